@@ -1,0 +1,3 @@
+from vae_deploy.cli.app import main
+
+main()

@@ -1,0 +1,46 @@
+"""Model kinds by name: the name stored in checkpoints and manifests maps to (config class, model class).
+
+Video models register here as they are added; dispatch always goes through this table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from vae_deploy.config_io import from_dict
+from vae_deploy.errors import ConfigError
+from vae_deploy.models.mlp import MLPVAE, MLPVAEConfig
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    name: str
+    config_cls: type
+    model_cls: type[nn.Module]
+
+
+MODEL_KINDS: dict[str, ModelKind] = {}
+
+
+def register(name: str, config_cls: type, model_cls: type[nn.Module]) -> None:
+    MODEL_KINDS[name] = ModelKind(name, config_cls, model_cls)
+
+
+def get_kind(name: str) -> ModelKind:
+    try:
+        return MODEL_KINDS[name]
+    except KeyError:
+        raise ConfigError(f"unknown model kind {name!r} (known: {', '.join(sorted(MODEL_KINDS))})") from None
+
+
+def build_model(name: str, config: dict | object) -> nn.Module:
+    """Instantiate model kind `name` from a config dataclass or a plain dict (checked key by key)."""
+    kind = get_kind(name)
+    if isinstance(config, dict):
+        config = from_dict(kind.config_cls, config, where="model")
+    return kind.model_cls(config)
+
+
+register("mlp", MLPVAEConfig, MLPVAE)
