@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from vae_deploy.cli import evaluate, train
+from vae_deploy.cli import bench, evaluate, export, sample, train, verify
 from vae_deploy.errors import VaeDeployError
 
 app = typer.Typer(
@@ -23,6 +23,10 @@ app = typer.Typer(
 
 app.command("train")(train.train)
 app.command("evaluate")(evaluate.evaluate)
+app.command("export")(export.export)
+app.command("verify")(verify.verify)
+app.command("sample")(sample.sample)
+app.command("bench")(bench.bench)
 
 
 def main() -> None:

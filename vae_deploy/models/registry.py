@@ -44,3 +44,12 @@ def build_model(name: str, config: dict | object) -> nn.Module:
 
 
 register("mlp", MLPVAEConfig, MLPVAE)
+
+# Video VAEs (imported here, below the table, so that their modules can use the registry's names freely).
+from vae_deploy.models.causal3d import Causal3DVAE, Causal3DVAEConfig  # noqa: E402
+from vae_deploy.models.frame import FrameVAE, FrameVAEConfig  # noqa: E402
+from vae_deploy.models.temporal import TemporalVAE, TemporalVAEConfig  # noqa: E402
+
+register("frame", FrameVAEConfig, FrameVAE)
+register("temporal", TemporalVAEConfig, TemporalVAE)
+register("causal3d", Causal3DVAEConfig, Causal3DVAE)

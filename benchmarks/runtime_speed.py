@@ -1,0 +1,153 @@
+"""ONNX Runtime CPU vs PyTorch eager CPU on the MLP VAE's encoder and decoder, side by side in one run.
+
+    .venv/bin/python benchmarks/runtime_speed.py [--model MODEL_DIR] [--rounds 7]
+
+Without --model it exports the seed configuration (784-256-2) to a temporary folder. Each case (graph x
+batch 1, 128, 8192) alternates the configurations round by round, times `calls` calls per round after
+warm-up, takes each round's median and reports the median over rounds, so a burst of load from another
+process hits every configuration alike. Timed is each backend's `_run` (numpy in, numpy out, no input
+validation) so the comparison is ORT vs PyTorch, not our checks.
+
+PyTorch is timed at its default thread count and at 1 thread (on a loaded 2-core machine its default can
+be far slower: OpenMP threads wait for a core); the ratio is taken against the faster of the two.
+Writes benchmarks/results/runtime_speed.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import torch
+
+from vae_deploy.export import ExportProfile, export_model
+from vae_deploy.files import write_json_atomic, write_text_atomic
+from vae_deploy.models import MLPVAE, MLPVAEConfig
+from vae_deploy.models.checkpoint import save_model
+from vae_deploy.runtime.benchmark import time_calls
+from vae_deploy.runtime.ort_runner import DEFAULT_CPU_THREADS, DEFAULT_SPINNING, OrtCpuRunner
+from vae_deploy.runtime.spec import random_inputs
+from vae_deploy.runtime.torch_runner import TorchRunner
+
+BATCHES = (1, 128, 8192)
+CALLS = {1: 200, 128: 50, 8192: 4}  # calls per round: enough to make a round last tens of ms or more
+RESULTS = Path(__file__).parent / "results"
+
+
+def make_model(folder: Path) -> Path:
+    torch.manual_seed(0)
+    save_model(folder / "ckpt", MLPVAE(MLPVAEConfig()))
+    export_model(folder / "ckpt", folder / "model", ExportProfile(parity_batch_sizes=(1, 7)))
+    return folder / "model"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="model folder (default: export the seed MLP to a temp dir)")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=RESULTS / "runtime_speed")
+    args = parser.parse_args()
+
+    default_threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = args.model or make_model(Path(tmp))
+        ours = OrtCpuRunner(model_dir)  # the runner's defaults (ort_runner.py), what users get
+        one_thread = OrtCpuRunner(model_dir, threads=1, spinning=False)
+        no_spin = OrtCpuRunner(model_dir, spinning=False)
+        reference = TorchRunner(model_dir)
+
+        def with_threads(n: int):
+            def run(graph, feeds):
+                torch.set_num_threads(n)
+                return reference._run(graph, feeds)
+            return run
+
+        configs = {
+            f"ort-cpu ours (threads={DEFAULT_CPU_THREADS or 'cores'}, spinning={DEFAULT_SPINNING})": ours._run,
+            "ort-cpu threads=1": one_thread._run,
+            "ort-cpu threads=cores, no spinning": no_spin._run,
+            f"torch eager (threads={default_threads}, default)": with_threads(default_threads),
+            "torch eager (threads=1)": with_threads(1),
+        }
+        names = list(configs)
+        load_before = os.getloadavg()
+        started = time.time()
+        cases = []
+        for graph in ("encoder", "decoder"):
+            spec = reference.graph(graph)
+            for batch in BATCHES:
+                inputs = random_inputs(spec, batch, np.random.default_rng(batch))
+                feeds = {t.name: a for t, a in zip(spec.inputs, inputs, strict=True)}
+                per_round: dict[str, list[float]] = {n: [] for n in names}
+                for _ in range(args.rounds):
+                    for name in names:
+                        fn = configs[name]
+                        seconds = time_calls(lambda fn=fn: fn(graph, feeds), CALLS[batch], warmup=2)
+                        per_round[name].append(float(np.median(seconds)))
+                medians = {n: float(np.median(v)) * 1e3 for n, v in per_round.items()}
+                ort_ms = medians[names[0]]
+                torch_best = min(medians[names[3]], medians[names[4]])
+                case = {"graph": graph, "batch": batch, "median_ms": medians,
+                        "speedup_vs_torch_best": torch_best / ort_ms,
+                        "speedup_vs_torch_default": medians[names[3]] / ort_ms}
+                cases.append(case)
+                print(f"{graph:8s} batch {batch:5d}: " + ", ".join(f"{n}: {v:.4f} ms" for n, v in medians.items())
+                      + f" | ORT {case['speedup_vs_torch_best']:.2f}x faster than the best torch", flush=True)
+        torch.set_num_threads(default_threads)
+    result = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0],
+                    "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
+        "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
+        "model": "MLPVAE 784-256-2 (seed config)" if args.model is None else str(args.model),
+        "rounds": args.rounds, "calls_per_round": CALLS, "seconds": time.time() - started,
+        "configs": names, "cases": cases,
+    }
+    write_json_atomic(args.out.with_suffix(".json"), result)
+    write_text_atomic(args.out.with_suffix(".md"), render(result))
+    print(f"wrote {args.out.with_suffix('.json')} and .md")
+
+
+def render(result: dict) -> str:
+    names = result["configs"]
+    lines = [
+        "# Runtime speed: ONNX Runtime CPU vs PyTorch eager CPU (MLP VAE)",
+        "",
+        f"Command: `.venv/bin/python benchmarks/runtime_speed.py` ({result['rounds']} alternating rounds, median "
+        f"of per-round medians; calls per round {result['calls_per_round']}).",
+        f"Machine: {result['machine']['cpus']} CPUs, {result['machine']['platform']}, load average "
+        f"{result['machine']['loadavg_before'][0]:.1f} before / {result['machine']['loadavg_after'][0]:.1f} after "
+        f"(shared with other jobs). torch {result['versions']['torch']}, onnxruntime "
+        f"{result['versions']['onnxruntime']}.",
+        "",
+        "| graph | batch | " + " | ".join(f"{n} ms" for n in names) + " | ORT speed-up vs best torch | vs default torch |",
+        "|---|---:|" + "---:|" * len(names) + "---:|---:|",
+    ]
+    for c in result["cases"]:
+        lines.append(f"| {c['graph']} | {c['batch']} | " + " | ".join(f"{c['median_ms'][n]:.4f}" for n in names)
+                     + f" | {c['speedup_vs_torch_best']:.2f}x | {c['speedup_vs_torch_default']:.2f}x |")
+    small = [c for c in result["cases"] if c["batch"] in (1, 128)]
+    holds = all(c["speedup_vs_torch_best"] >= 1.0 for c in small)
+    lines += [
+        "",
+        "Speed-up = torch median / ORT (ours) median; above 1 means ONNX Runtime is faster. Best torch is the",
+        "faster of its default thread count and 1 thread, case by case.",
+        f"ORT (ours) not slower than the best PyTorch at batch 1 and 128: **{'yes' if holds else 'NO'}** "
+        f"(worst ratio {min(c['speedup_vs_torch_best'] for c in small):.2f}x).",
+        "",
+        "ORT session settings (vae_deploy/runtime/ort_runner.py): graph optimization ORT_ENABLE_ALL, sequential",
+        "execution, one inter-op thread; intra-op threads and spinning as in the first column. The other ORT",
+        "columns are the alternatives measured in the same run.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

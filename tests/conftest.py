@@ -1,0 +1,73 @@
+"""Shared fixtures: one small model zoo for every test that needs a checkpoint or a model folder.
+
+Add fixtures, do not rewrite others' (several helpers edit this file). Session-scoped folders are shared:
+a test that modifies one must copy it first (shutil.copytree into its tmp_path).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# ---------------------------------------------------------------- MLP checkpoint and model folders (export/runtime)
+
+MLP_TRAIN_STEPS = 150  # real Adam steps on real MNIST: weights with realistic magnitudes, in about a second
+
+
+@pytest.fixture(scope="session")
+def mnist_test_images() -> np.ndarray:
+    """1000 real MNIST test images (the mnist-5k subset's test split), float32 (N, 1, 28, 28) in [0, 1]."""
+    from vae_deploy.data.mnist import load_mnist
+
+    images = load_mnist("test", source="mnist-5k").images
+    return (images.astype(np.float32) / 255.0)[:, None]
+
+
+@pytest.fixture(scope="session")
+def mlp_checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint folder of the seed MLP VAE (784-256-2) after a short real training run."""
+    import torch
+
+    from vae_deploy.data.mnist import load_mnist
+    from vae_deploy.models import MLPVAE, MLPVAEConfig
+    from vae_deploy.models.checkpoint import save_model
+    from vae_deploy.models.losses import vae_loss
+
+    torch.manual_seed(0)
+    train = torch.from_numpy(load_mnist("train", source="mnist-5k").images).float().div_(255).unsqueeze(1)
+    model = MLPVAE(MLPVAEConfig(latent_dim=2))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(MLP_TRAIN_STEPS):
+        x = train[torch.randint(0, train.shape[0], (128,), generator=gen)]
+        recon, mu, logvar = model(x)
+        loss = vae_loss(recon, x, mu, logvar)[0] / x.shape[0]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    folder = tmp_path_factory.mktemp("mlp_checkpoint")
+    save_model(folder, model.eval())
+    return folder
+
+
+@pytest.fixture(scope="session")
+def mlp_model_dir(tmp_path_factory, mlp_checkpoint, mnist_test_images) -> Path:
+    """The MLP checkpoint exported with the default (cpu-fp32) profile. Read-only: copy before modifying."""
+    from vae_deploy.export import export_model
+
+    folder = tmp_path_factory.mktemp("mlp_model") / "model"
+    export_model(mlp_checkpoint, folder, real_inputs=mnist_test_images)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def mlp_model_fp16_dir(tmp_path_factory, mlp_checkpoint, mnist_test_images) -> Path:
+    """The MLP checkpoint exported with export/gpu-fp16.toml (fp16 weights, float32 I/O). Read-only."""
+    from vae_deploy.export import export_model, load_profile
+
+    folder = tmp_path_factory.mktemp("mlp_model_fp16") / "model"
+    export_model(mlp_checkpoint, folder, load_profile(Path(__file__).parents[1] / "export" / "gpu-fp16.toml"),
+                 real_inputs=mnist_test_images)
+    return folder

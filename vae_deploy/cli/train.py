@@ -1,0 +1,39 @@
+"""`vae-deploy train RECIPE.toml`: train a recipe into a run folder (see vae_deploy.training)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def train(
+    recipe: Annotated[Path, typer.Argument(help="Training recipe, e.g. train/mnist_mlp.toml.")],
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Override [train] epochs.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Run folder (default: runs/<recipe name>).")] = None,
+    data_dir: Annotated[Path | None, typer.Option(
+        "--data-dir", help="A torchvision-style MNIST_DATA/ folder (MNIST/raw/*-ubyte) instead of the "
+                           "shipped copy.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Override [train] seed.")] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the run in --out from its last finished epoch.")] = False,
+    max_steps: Annotated[int | None, typer.Option(
+        "--max-steps", min=1, help="Stop after this many optimizer steps in total (smoke runs).")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads for torch.")] = None,
+) -> None:
+    """Train a VAE from a recipe; keeps the best epoch by validation loss, resumable."""
+    from rich.console import Console
+
+    from vae_deploy.training.config import load_recipe
+    from vae_deploy.training.trainer import train as run_training
+
+    spec = load_recipe(recipe).with_overrides(epochs=epochs, seed=seed, max_steps=max_steps, device=device,
+                                                threads=threads)
+    spec = spec.with_data_dir(data_dir)
+    out_dir = out if out is not None else Path("runs") / spec.name
+    result = run_training(spec, out_dir, resume=resume, console=Console(stderr=True))
+    best = (f"best epoch {result.best_epoch} (valid loss {result.best_valid_loss:.3f})"
+            if result.best_epoch is not None else "no finished epoch yet")
+    print(f"{result.run_dir}: {result.epochs_done} epochs, {result.steps} steps, {best}")

@@ -1,0 +1,118 @@
+"""`vae-deploy verify MODEL_DIR [--backend NAME] [--json]`: parity of a backend against the PyTorch reference.
+
+Runs the backend and the reference (the folder's reference/ checkpoint) on real test inputs and on random
+inputs at several batch sizes, prints one table per output (max abs error, max rel error, PSNR) and exits 1
+when any comparison is over tolerance. Writes nothing; --json prints the report to stdout instead.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+
+from vae_deploy.errors import ConfigError, ParityError
+
+# Real encoder inputs per model kind: kind -> (n, source, data_dir) -> float32 batch in the model's layout.
+# Kinds without an entry are verified on random inputs only (the report has no "real" rows then).
+RealInputs = Callable[[int, str, Path | None], np.ndarray]
+REAL_INPUTS: dict[str, RealInputs] = {}
+
+
+def _mnist_test_images(n: int, source: str, data_dir: Path | None) -> np.ndarray:
+    from vae_deploy.data.mnist import load_mnist
+
+    images = load_mnist("test", source=source, data_dir=data_dir).images[:n]
+    return (images.astype(np.float32) / 255.0)[:, None]  # (N, 1, 28, 28) in [0, 1], as training sees them
+
+
+REAL_INPUTS["mlp"] = _mnist_test_images
+
+
+def real_inputs_for(kind: str, n: int, source: str, data_dir: Path | None) -> np.ndarray | None:
+    loader = REAL_INPUTS.get(kind)
+    return loader(n, source, data_dir) if loader is not None and n > 0 else None
+
+
+def parse_sizes(text: str | None, option: str) -> tuple[int, ...] | None:
+    """"1,7,128" -> (1, 7, 128); None stays None."""
+    if text is None:
+        return None
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"{option} must be comma-separated integers, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise ConfigError(f"{option} must list positive integers, got {text!r}")
+    return sizes
+
+
+def _fmt(value: float, kind: str) -> str:
+    if kind == "db":
+        return "inf" if math.isinf(value) else f"{value:.1f}"
+    return f"{value:.2e}"
+
+
+def print_report(report) -> None:
+    """One table per output: rows are the input cases."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    outputs: dict[str, list] = {}
+    for c in report.comparisons:
+        outputs.setdefault(f"{c.graph}/{c.output}", []).append(c)
+    for name, rows in outputs.items():
+        table = Table(title=f"{name}: {report.backend} vs {report.reference} ({report.precision})",
+                      title_justify="left")
+        for column in ("inputs", "batch", "chunk", "max abs", "max rel", "PSNR dB", "limit", ""):
+            table.add_column(column, justify="left" if column in ("inputs", "limit") else "right")
+        for c in rows:
+            table.add_row(c.case, str(c.batch), str(c.chunk or "-"), _fmt(c.max_abs, "e"), _fmt(c.max_rel, "e"),
+                          _fmt(c.psnr_db, "db"), c.limit, "[green]ok[/]" if c.passed else "[red]FAIL[/]")
+        console.print(table)
+
+
+def parity_error(report) -> ParityError:
+    worst = max(report.failures(), key=lambda c: c.max_abs)
+    return ParityError(f"parity failed: {len(report.failures())} of {len(report.comparisons)} comparisons over "
+                       f"tolerance (worst {worst.graph}/{worst.output}, {worst.case} batch {worst.batch}: max abs "
+                       f"{worst.max_abs:.2e}, PSNR {_fmt(worst.psnr_db, 'db')} dB, needs {worst.limit})")
+
+
+def verify(
+    model_dir: Annotated[Path, typer.Argument(help="Model folder (manifest.json, encoder.onnx, decoder.onnx).")],
+    backend: Annotated[str, typer.Option("--backend", "-b", help="Backend to check: ort-cpu, ort-cuda, ...")] = "ort-cpu",
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of tables.")] = False,
+    batch_sizes: Annotated[str | None, typer.Option(
+        "--batch-sizes", help="Random-input batch sizes, e.g. 1,7,128,1000 (default: the export profile's).")] = None,
+    real: Annotated[int, typer.Option("--real", help="Real test inputs to check (0: random only).")] = 1000,
+    data_source: Annotated[str, typer.Option("--data-source", help="MNIST source for real inputs.")] = "auto",
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="MNIST folder for real inputs.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random inputs.")] = 0,
+) -> None:
+    """Compare a backend with the PyTorch reference; exit 1 when parity fails."""
+    from vae_deploy.export.validate import check_parity
+    from vae_deploy.runtime.registry import get_backend
+    from vae_deploy.runtime.manifest import json_safe, read_manifest
+
+    manifest = read_manifest(model_dir)
+    sizes = parse_sizes(batch_sizes, "--batch-sizes") or tuple(
+        manifest.export_profile.get("parity_batch_sizes", (1, 7, 128, 1000)))
+    inputs = real_inputs_for(manifest.kind, real, data_source, data_dir)
+    with get_backend(backend)(model_dir, manifest=manifest) as runner, \
+            get_backend("torch")(model_dir, manifest=manifest) as reference:
+        report = check_parity(runner, reference, inputs, sizes, seed=seed)
+    if json_out:
+        typer.echo(json.dumps(json_safe(report.to_dict()), indent=2))
+    else:
+        print_report(report)
+    if not report.passed:
+        raise parity_error(report)
+    if not json_out:
+        typer.echo(f"parity ok: {len(report.comparisons)} comparisons within tolerance")

@@ -1,0 +1,8 @@
+"""Datasets (above export, below training): MNIST from offline sources; video clip datasets join here.
+
+Nothing here imports from training or cli; torch-side readers (torchvision) are imported lazily.
+"""
+
+from vae_deploy.data.mnist import MnistSplit, load_mnist
+
+__all__ = ["MnistSplit", "load_mnist"]

@@ -1,0 +1,227 @@
+"""Checkpoint -> model folder: encoder.onnx + decoder.onnx + reference/ + manifest.json (runtime/manifest.py).
+
+Steps, each driven by the kind's graph specs (export/specs.py):
+1. torch.onnx.export of each graph's model method, inputs/outputs named and dynamic axes set from the spec.
+   We use the legacy TorchScript exporter (dynamo=False): the dynamo exporter needs onnxscript, which the
+   train extra does not install, and the legacy one takes `dynamic_axes` (including symbolic state shapes
+   such as "height//8") directly.
+2. fp16 profiles: onnxconverter_common's convert_float_to_float16, with keep_io_types so callers keep
+   float32 arrays unless the profile asks otherwise.
+3. onnx.checker (full check) and strict shape inference, then the spec check: names, then dynamic axes and
+   fixed dims, then dtypes, so a graph that does not match its manifest is never written out as valid.
+4. reference/: the checkpoint's model.safetensors + config.json, for the torch reference runner.
+5. Parity of the exported graphs against the reference (export/validate.py, the code behind `verify`);
+   the report goes into the manifest, which is written last, after every file it vouches for.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+import vae_deploy
+from vae_deploy.config_io import to_dict
+from vae_deploy.errors import ModelFormatError
+from vae_deploy.export.profile import ExportProfile
+from vae_deploy.export.specs import graph_specs
+from vae_deploy.export.validate import ParityReport, check_parity
+from vae_deploy.files import atomic_path, ensure_writable_dir
+from vae_deploy.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_model
+from vae_deploy.runtime.manifest import REFERENCE_DIR, Manifest, hash_files, write_manifest
+from vae_deploy.runtime.registry import get_backend
+from vae_deploy.runtime.spec import GraphSpec, TensorSpec, random_inputs
+
+_ONNX_DTYPES = {"float32": onnx.TensorProto.FLOAT, "float16": onnx.TensorProto.FLOAT16}
+
+
+class GraphModule(nn.Module):
+    """Exposes one model method as `forward`, returning a flat tuple (what the exporter wants)."""
+
+    def __init__(self, model: nn.Module, method: str):
+        super().__init__()
+        self.model = model
+        self.method = method
+
+    def forward(self, *args: torch.Tensor):
+        out = getattr(self.model, self.method)(*args)
+        return tuple(out) if isinstance(out, (tuple, list)) else out
+
+
+def trace_inputs(spec: GraphSpec, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Example inputs at the spec's example dims (batch 2: a batch of 1 invites the tracer to specialize)."""
+    env = spec.example_env()
+    data = random_inputs(spec, env["batch"], np.random.default_rng(seed))
+    state = spec.zero_state(env)
+    arrays = [a.astype(np.float32) for a in data] + [state[s.input].astype(np.float32) for s in spec.state]
+    return tuple(torch.from_numpy(a) for a in arrays)
+
+
+def export_graph(model: nn.Module, spec: GraphSpec, path: Path, opset: int) -> None:
+    """torch.onnx.export of `model.<spec.method>` to `path` (atomically), names and axes from `spec`."""
+    if not hasattr(model, spec.method):
+        raise ModelFormatError(f"{type(model).__name__} has no method {spec.method!r} for the {spec.name} graph")
+    dynamic_axes = {t.name: t.dynamic_axes for t in spec.all_inputs + spec.all_outputs if t.dynamic_axes}
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        # Deprecation of the legacy exporter: chosen on purpose (module docstring). Tracer warnings come from
+        # the models' static layout asserts; the parity check at several batch and chunk sizes that follows
+        # is what proves the traced graph general.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(
+            GraphModule(model, spec.method).eval(), trace_inputs(spec), str(tmp), dynamo=False,
+            opset_version=opset, input_names=spec.input_names, output_names=spec.output_names,
+            dynamic_axes=dynamic_axes, do_constant_folding=True,
+        )
+
+
+def convert_fp16(path: Path, keep_io_types: bool) -> None:
+    from onnxconverter_common import float16
+
+    model = float16.convert_float_to_float16(onnx.load(str(path)), keep_io_types=keep_io_types)
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+
+
+def _dims(value_info: onnx.ValueInfoProto) -> list[int | str | None]:
+    dims = []
+    for d in value_info.type.tensor_type.shape.dim:
+        dims.append(d.dim_value if d.HasField("dim_value") else d.dim_param if d.HasField("dim_param") else None)
+    return dims
+
+
+def declare_io_shapes(path: Path, spec: GraphSpec) -> None:
+    """Write the spec's dims onto the graph's inputs/outputs where the exporter left them symbolic.
+
+    The legacy exporter names some static output dims itself (mu's latent dim after `chunk` comes out as
+    "Slicemu_dim_1"); the spec is the contract, so its fixed sizes and axis names are declared in the file.
+    A dim the exporter fixed to another value is a real mismatch and is left for check_graph to report.
+    Whether the declaration is true is then checked on every run: runners compare each output's shape
+    with the spec (runtime/runner.py), starting with the parity check right after export.
+    """
+    model = onnx.load(str(path))
+    initializers = {i.name for i in model.graph.initializer}
+    infos = [i for i in model.graph.input if i.name not in initializers] + list(model.graph.output)
+    by_name = {t.name: t for t in spec.all_inputs + spec.all_outputs}
+    changed = False
+    for info in infos:
+        t = by_name.get(info.name)
+        dims = info.type.tensor_type.shape.dim
+        if t is None or len(dims) != len(t.shape):
+            continue
+        for d, want in zip(dims, t.shape, strict=True):
+            if d.HasField("dim_value"):
+                continue
+            if isinstance(want, int):
+                d.dim_value = want
+            else:
+                d.dim_param = want
+            changed = True
+    if changed:
+        with atomic_path(path) as tmp:
+            onnx.save(model, str(tmp))
+
+
+def check_graph(path: Path, spec: GraphSpec) -> onnx.ModelProto:
+    """onnx.checker (full) + strict shape inference, then names, axes and dtypes against the spec."""
+    model = onnx.load(str(path))
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ModelFormatError(f"{path} fails the ONNX checker: {str(exc).splitlines()[0]}") from None
+    graph = model.graph
+    initializers = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    got_in, got_out = [i.name for i in inputs], [o.name for o in graph.output]
+    if got_in != spec.input_names or got_out != spec.output_names:
+        raise ModelFormatError(f"{path}: graph has inputs {got_in} / outputs {got_out}, the spec says "
+                               f"{spec.input_names} / {spec.output_names}")
+    for info, t in zip(list(inputs) + list(graph.output), spec.all_inputs + spec.all_outputs, strict=True):
+        dims = _dims(info)
+        if dims != list(t.shape):
+            raise ModelFormatError(f"{path}: {t.name} has dims {dims}, the spec says {list(t.shape)}")
+        if info.type.tensor_type.elem_type != _ONNX_DTYPES[t.dtype]:
+            raise ModelFormatError(f"{path}: {t.name} has ONNX element type "
+                                   f"{onnx.TensorProto.DataType.Name(info.type.tensor_type.elem_type)}, the spec "
+                                   f"says {t.dtype}")
+    return model
+
+
+def _with_io_dtype(spec: GraphSpec, dtype: str) -> GraphSpec:
+    def cast(t: TensorSpec) -> TensorSpec:
+        return replace(t, dtype=dtype)
+
+    return replace(spec, inputs=[cast(t) for t in spec.inputs], outputs=[cast(t) for t in spec.outputs],
+                   state=[replace(s, dtype=dtype) for s in spec.state])
+
+
+def _producer() -> dict[str, str]:
+    import onnxruntime
+
+    versions = {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+                "vae_deploy": vae_deploy.__version__}
+    try:
+        import onnxconverter_common
+
+        versions["onnxconverter_common"] = onnxconverter_common.__version__
+    except ImportError:
+        pass
+    return versions
+
+
+def _preprocessing(encoder: GraphSpec) -> dict:
+    t = encoder.inputs[0]
+    leading = 2 if t.layout.startswith("NT") else 1  # batch (and time) axes come before one image
+    return {"input": t.name, "layout": t.layout, "dtype": t.dtype,
+            "value_range": list(t.value_range) if t.value_range else None, "image_shape": list(t.shape[leading:])}
+
+
+def export_model(checkpoint_dir: Path, out_dir: Path, profile: ExportProfile | None = None,
+                 real_inputs: np.ndarray | None = None, parity_backend: str = "ort-cpu",
+                 log: Callable[[str], None] = lambda msg: None) -> tuple[Manifest, ParityReport]:
+    """Export a checkpoint folder to a model folder and measure parity; returns (manifest, report).
+
+    The manifest is written even when parity fails (its report says so, and callers decide, e.g. the CLI
+    exits 1), so the failing folder can be inspected with `vae-deploy verify`.
+    """
+    profile = profile or ExportProfile()
+    checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
+    model, config = load_model(checkpoint_dir)
+    model.eval()
+    specs = graph_specs(config["kind"], model.config)
+    if profile.io_dtype != "float32":
+        specs = {name: _with_io_dtype(spec, profile.io_dtype) for name, spec in specs.items()}
+    ensure_writable_dir(out_dir)
+    for spec in specs.values():
+        path = out_dir / spec.file
+        log(f"exporting {spec.name} ({spec.method}) -> {path}")
+        export_graph(model, spec, path, profile.opset)
+        if profile.precision == "fp16":
+            convert_fp16(path, profile.keep_io_types)
+        declare_io_shapes(path, spec)
+        check_graph(path, spec)
+    reference = out_dir / REFERENCE_DIR
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        with atomic_path(reference / name) as tmp:
+            shutil.copyfile(checkpoint_dir / name, tmp)
+    files = [spec.file for spec in specs.values()] + [f"{REFERENCE_DIR}/{WEIGHTS_FILE}", f"{REFERENCE_DIR}/{CONFIG_FILE}"]
+    manifest = Manifest(
+        kind=config["kind"], model=to_dict(model.config), graphs=specs, precision=profile.precision,
+        opset=profile.opset, preprocessing=_preprocessing(specs["encoder"]), producer=_producer(),
+        files=hash_files(out_dir, files), export_profile=profile.to_dict(),
+    )
+    log(f"checking parity: {parity_backend} vs torch")
+    with get_backend(parity_backend)(out_dir, manifest=manifest) as backend, \
+            get_backend("torch")(out_dir, manifest=manifest) as ref:
+        report = check_parity(backend, ref, real_inputs, tuple(profile.parity_batch_sizes))
+    manifest.parity = report.to_dict()
+    write_manifest(out_dir, manifest)
+    return manifest, report

@@ -1,0 +1,95 @@
+"""Export profiles (export/*.toml): how graphs are exported and, later, how TensorRT engines are built.
+
+    name = "gpu-fp16"
+    precision = "fp16"           # "fp32" | "fp16"
+    opset = 17
+    keep_io_types = true         # fp16: graph inputs/outputs stay float32
+    parity_batch_sizes = [1, 7, 128, 1000]
+    [dynamic.batch]              # one table per symbolic dimension: TensorRT min/opt/max
+    min = 1
+    opt = 128
+    max = 8192
+    [tensorrt]
+    workspace_mb = 4096
+
+Ranges are per symbol (batch, frames, height, width), not per tensor: each graph spec turns them into
+min/opt/max shapes of its own inputs (GraphSpec.profile_shapes), so one profile serves every model kind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from vae_deploy.config_io import from_dict, read_toml, to_dict
+from vae_deploy.errors import ConfigError
+
+
+@dataclass
+class DimRange:
+    min: int  # smallest size an engine must accept
+    opt: int  # the size TensorRT tunes kernels for
+    max: int  # largest size an engine must accept
+
+    def __post_init__(self):
+        if not 1 <= self.min <= self.opt <= self.max:
+            raise ValueError(f"need 1 <= min <= opt <= max, got {self.min}, {self.opt}, {self.max}")
+
+
+@dataclass
+class TensorRTSettings:
+    workspace_mb: int = 1024  # builder scratch memory (IBuilderConfig memory pool limit, WORKSPACE)
+    builder_optimization_level: int = 3  # 0..5: higher builds slower and may find faster kernels
+    fp16: bool = False  # allow fp16 kernels in the engine (independent of the ONNX precision)
+
+
+def _default_dynamic() -> dict[str, DimRange]:
+    return {"batch": DimRange(1, 128, 8192)}
+
+
+@dataclass
+class ExportProfile:
+    name: str = "cpu-fp32"  # recorded in the manifest; a file's stem when it does not set one
+    precision: Literal["fp32", "fp16"] = "fp32"  # weights and compute of the ONNX graphs
+    opset: int = 17  # ONNX opset of torch.onnx.export
+    keep_io_types: bool = True  # fp16: inputs/outputs stay float32 so callers need not change
+    parity_batch_sizes: tuple[int, ...] = (1, 7, 128, 1000)  # random-input batches of the parity check
+    dynamic: dict[str, DimRange] = field(default_factory=_default_dynamic)  # symbol -> min/opt/max
+    tensorrt: TensorRTSettings = field(default_factory=TensorRTSettings)
+
+    def __post_init__(self):
+        self.dynamic = {k: v if isinstance(v, DimRange) else from_dict(DimRange, v, where=f"dynamic.{k}")
+                        for k, v in self.dynamic.items()}
+        if not 7 <= self.opset <= 21:
+            raise ValueError(f"opset {self.opset} is outside what the legacy exporter supports (7..21)")
+        if not self.parity_batch_sizes or min(self.parity_batch_sizes) < 1:
+            raise ValueError(f"parity_batch_sizes must be positive, got {self.parity_batch_sizes}")
+        batch = self.dynamic.get("batch")
+        if batch is not None and max(self.parity_batch_sizes) > batch.max:
+            raise ValueError(f"parity batch {max(self.parity_batch_sizes)} is above dynamic.batch.max {batch.max}")
+
+    @property
+    def io_dtype(self) -> str:
+        return "float16" if self.precision == "fp16" and not self.keep_io_types else "float32"
+
+    def ranges(self) -> dict[str, tuple[int, int, int]]:
+        return {k: (v.min, v.opt, v.max) for k, v in self.dynamic.items()}
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+
+def load_profile(path_or_name: str | Path | None) -> ExportProfile:
+    """A profile from a TOML file; a bare name ("gpu-fp16") means export/<name>.toml; None, the defaults."""
+    if path_or_name is None:
+        return ExportProfile()
+    path = Path(path_or_name)
+    if not path.exists() and path.suffix == "" and len(path.parts) == 1:
+        path = Path("export") / f"{path.name}.toml"
+    data = read_toml(path)
+    data.setdefault("name", path.stem)
+    try:
+        return from_dict(ExportProfile, data, where=str(path))
+    except ConfigError as exc:
+        raise ConfigError(f"export profile {path}: {exc}") from None

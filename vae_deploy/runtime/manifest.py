@@ -1,0 +1,203 @@
+"""The model folder format: manifest.json + encoder.onnx + decoder.onnx + reference/ (+ engines later).
+
+Export writes it, the runtime reads it; no torch here. manifest.json (schema_version 1):
+
+    format, schema_version    "vae-deploy-model", 1
+    kind, model               model kind (models/registry.py) and its config
+    graphs                    per graph: file, method, inputs/outputs (name, shape with symbolic dims as
+                              strings, dtype, layout, value_range, dynamic_axes), state (past/present names,
+                              shape, initial "zeros"), tolerance, example_dims, stream_axis, stream_chunks
+    preprocessing             layout, value range, image shape, dtype of the encoder's input
+    precision, opset          "fp32" | "fp16", ONNX opset
+    producer                  versions of torch, onnx, onnxruntime, vae_deploy at export time
+    files                     relative path -> sha256, for every file of the folder the manifest vouches for
+    export_profile            the profile the graphs were exported with
+    parity                    the parity report measured at export time (export/validate.py)
+
+Loading checks the schema version and every listed file's hash, so a tampered, truncated or swapped file
+is refused before anything runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from vae_deploy.config_io import from_dict, to_dict
+from vae_deploy.errors import ConfigError, ModelFormatError
+from vae_deploy.files import sha256_file, write_json_atomic
+from vae_deploy.runtime.spec import GraphSpec
+
+FORMAT = "vae-deploy-model"
+SCHEMA_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+REFERENCE_DIR = "reference"  # checkpoint copy (model.safetensors + config.json) for the torch reference
+
+
+@dataclass
+class Manifest:
+    kind: str
+    model: dict[str, Any]
+    graphs: dict[str, GraphSpec]
+    precision: str = "fp32"  # "fp32" | "fp16" (weights and compute; I/O dtypes are in the tensor specs)
+    opset: int = 17
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    producer: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)  # relative posix path -> sha256
+    export_profile: dict[str, Any] = field(default_factory=dict)
+    parity: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+    format: str = FORMAT
+
+    def graph(self, name: str) -> GraphSpec:
+        try:
+            return self.graphs[name]
+        except KeyError:
+            raise ModelFormatError(f"the model has no {name!r} graph (has: {', '.join(self.graphs)})") from None
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 over the folder's file hashes: identifies the model (e.g. in latent files) independently
+        of the parity report or formatting of manifest.json."""
+        text = "\n".join(f"{name}:{digest}" for name, digest in sorted(self.files.items()))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "schema_version": self.schema_version,
+            "kind": self.kind,
+            "model": self.model,
+            "precision": self.precision,
+            "opset": self.opset,
+            "preprocessing": self.preprocessing,
+            "graphs": {name: _graph_to_json(g) for name, g in self.graphs.items()},
+            "producer": self.producer,
+            "files": self.files,
+            "export_profile": self.export_profile,
+            "parity": self.parity,
+        }
+
+
+def _graph_to_json(graph: GraphSpec) -> dict[str, Any]:
+    data = {"file": graph.file, **to_dict(graph)}
+    data.pop("name")
+    for key, specs in (("inputs", graph.inputs), ("outputs", graph.outputs)):
+        for entry, spec in zip(data[key], specs, strict=True):
+            # Redundant with the shape, but what an ONNX reader looks for; checked on load.
+            entry["dynamic_axes"] = {str(axis): name for axis, name in spec.dynamic_axes.items()}
+    return data
+
+
+def _graph_from_json(name: str, data: dict[str, Any], where: str) -> GraphSpec:
+    data = dict(data)
+    file = data.pop("file", None)
+    axes = {}
+    for key in ("inputs", "outputs"):
+        entries = []
+        for entry in data.get(key, []):
+            entry = dict(entry)
+            axes[(key, entry.get("name"))] = entry.pop("dynamic_axes", None)
+            entries.append(entry)
+        data[key] = entries
+    graph = from_dict(GraphSpec, {"name": name, **data}, where=where)
+    if file != graph.file:
+        raise ModelFormatError(f"{where}: file is {file!r}, expected {graph.file!r}")
+    for spec in graph.inputs + graph.outputs:
+        key = ("inputs" if spec in graph.inputs else "outputs", spec.name)
+        derived = {str(a): n for a, n in spec.dynamic_axes.items()}
+        if axes.get(key) is not None and axes[key] != derived:
+            raise ModelFormatError(f"{where}: {spec.name} lists dynamic_axes {axes[key]} but its shape "
+                                   f"{list(spec.shape)} implies {derived}")
+    return graph
+
+
+def manifest_from_json(data: Any, where: str = MANIFEST_FILE) -> Manifest:
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ModelFormatError(f"{where} is not a vae-deploy model manifest")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ModelFormatError(f"{where} has schema version {version}, this vae-deploy reads version "
+                               f"{SCHEMA_VERSION}: re-export the model with this version")
+    data = dict(data)
+    graphs_raw = data.pop("graphs", None)
+    if not isinstance(graphs_raw, dict) or not graphs_raw:
+        raise ModelFormatError(f"{where} lists no graphs")
+    try:
+        graphs = {name: _graph_from_json(name, g, f"{where}: graphs.{name}") for name, g in graphs_raw.items()}
+        manifest = from_dict(Manifest, {**data, "graphs": {}}, where=where)
+    except ConfigError as exc:
+        raise ModelFormatError(f"{where} is malformed: {exc}") from None
+    manifest.graphs = graphs
+    return manifest
+
+
+def _safe_member(folder: Path, name: str) -> Path:
+    """A manifest's file name must stay inside the model folder."""
+    rel = PurePosixPath(name)
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+        raise ModelFormatError(f"manifest lists a file outside the model folder: {name!r}")
+    return folder.joinpath(*rel.parts)
+
+
+def verify_files(folder: Path, manifest: Manifest) -> None:
+    """Every listed file exists and has its recorded sha256; every graph file is listed."""
+    folder = Path(folder)
+    for name, graph in manifest.graphs.items():
+        if graph.file not in manifest.files:
+            raise ModelFormatError(f"{folder / MANIFEST_FILE} does not vouch for the {name} graph "
+                                   f"({graph.file} has no sha256)")
+    for name, digest in manifest.files.items():
+        path = _safe_member(folder, name)
+        if not path.is_file():
+            raise ModelFormatError(f"model folder {folder} is missing {name}, which its manifest lists")
+        actual = sha256_file(path)
+        if actual != digest:
+            raise ModelFormatError(f"{path} does not match the manifest (sha256 {actual[:12]}..., expected "
+                                   f"{digest[:12]}...): the file was modified or replaced after export; "
+                                   f"re-export the model")
+
+
+def read_manifest(folder: Path, check_files: bool = True) -> Manifest:
+    """Read and validate `folder/manifest.json`; with check_files, also every file's sha256."""
+    folder = Path(folder)
+    path = folder / MANIFEST_FILE
+    if not folder.is_dir():
+        raise ModelFormatError(f"model folder not found: {folder}")
+    if not path.is_file():
+        raise ModelFormatError(f"{folder} is not a model folder: {MANIFEST_FILE} is missing "
+                               f"(make one with `vae-deploy export CKPT_DIR --out {folder}`)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFormatError(f"{path} is not valid JSON: {exc}") from None
+    manifest = manifest_from_json(data, str(path))
+    if check_files:
+        verify_files(folder, manifest)
+    return manifest
+
+
+def hash_files(folder: Path, names: list[str]) -> dict[str, str]:
+    folder = Path(folder)
+    return {name: sha256_file(_safe_member(folder, name)) for name in sorted(names)}
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> Path:
+    """Write manifest.json atomically (last, after the files it vouches for)."""
+    path = Path(folder) / MANIFEST_FILE
+    write_json_atomic(path, json_safe(manifest.to_json()))
+    return path
+
+
+def json_safe(value: Any) -> Any:
+    """JSON has no inf/nan: write them as strings (a PSNR of identical outputs is +inf)."""
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

@@ -1,0 +1,201 @@
+"""One Runner contract for every backend (Polygraphy's BaseRunner is the model).
+
+Public methods validate against the manifest's graph specs (names, dtype, shape, NaN) and manage the
+streaming state; a backend implements only `_load()` (build sessions/engines), `_run(graph, feeds)` and
+`_close()`. Arrays are numpy at this boundary; GPU backends keep device buffers inside.
+
+Layout: whatever the graph spec says (images NCHW float32 in [0, 1] for the MLP, video NTCHW); latents as
+the encoder's first output.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vae_deploy.errors import InputShapeError, ModelFormatError, VaeDeployError
+from vae_deploy.runtime.manifest import Manifest, read_manifest
+from vae_deploy.runtime.spec import GraphSpec, format_shape
+
+
+def module_available(name: str) -> bool:
+    """Whether `name` can be imported, without importing it (cheap enough for listing backends)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a blocked or half-installed package
+        return False
+
+
+class Runner:
+    """Base class: create from a model folder, call `encode`/`decode`, `open_stream()`, `close()`."""
+
+    name = "base"  # registry name of the backend
+    install_hint = ""  # what to install when the backend is missing
+
+    def __init__(self, model_dir: Path | str, manifest: Manifest | None = None, **options: Any):
+        self.model_dir = Path(model_dir)
+        # A manifest handed in (export measuring parity before writing manifest.json) is trusted as is.
+        self.manifest = manifest if manifest is not None else read_manifest(self.model_dir)
+        self.options = options
+        self._closed = False
+        self._load()
+
+    # ------------------------------------------------------------------ backend hooks
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """Why this backend cannot run here (missing library or device), or None. Must be cheap."""
+        return None
+
+    def _load(self) -> None:
+        raise NotImplementedError
+
+    def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run graph `graph` on validated feeds (data inputs and state inputs by name); return every output."""
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        pass
+
+    # ------------------------------------------------------------------ public API
+
+    def graph(self, name: str) -> GraphSpec:
+        return self.manifest.graph(name)
+
+    def run(self, graph: str, inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray] | np.ndarray,
+            past: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Validated call of one graph. `inputs` by name or in spec order; `past` None feeds the zero state.
+
+        Returns every output by name, state outputs (present_i) included.
+        """
+        if self._closed:
+            raise VaeDeployError(f"{self.name} runner for {self.model_dir} is closed")
+        spec = self.graph(graph)
+        arrays = _named(spec, inputs)
+        env = spec.bind(arrays)
+        state = spec.zero_state(env) if past is None else _checked_state(spec, env, past)
+        feeds = {t.name: arrays[t.name] for t in spec.inputs}
+        feeds.update(state)
+        outputs = self._run(graph, feeds)
+        _check_outputs(self.name, spec, env, outputs)
+        return outputs
+
+    def encode(self, images: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Images (layout per the manifest) -> (mu, logvar): the encoder's results, no sampling."""
+        spec = self.graph("encoder")
+        outputs = self.run("encoder", [images])
+        return tuple(outputs[t.name] for t in spec.outputs)
+
+    def decode(self, z: np.ndarray) -> np.ndarray:
+        """Latents -> images in [0, 1]."""
+        spec = self.graph("decoder")
+        outputs = self.run("decoder", [z])
+        return outputs[spec.outputs[0].name]
+
+    def open_stream(self) -> Stream:
+        """A streaming session: chunks in order, state carried from one chunk to the next."""
+        return Stream(self)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._close()
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} {self.model_dir}>"
+
+
+class Stream:
+    """Streaming session over a runner (DESIGN.md streaming contract).
+
+    Each graph keeps its own state: zeros before the first chunk, then each call's `present_i` becomes the
+    next call's `past_i`. Chunks may differ in length along the stream axis, but not in the dimensions the
+    state depends on (batch, spatial size): that needs a new stream.
+    """
+
+    def __init__(self, runner: Runner):
+        self.runner = runner
+        self._state: dict[str, dict[str, np.ndarray]] = {}
+
+    def reset(self) -> None:
+        self._state.clear()
+
+    def step(self, graph: str, chunk: np.ndarray | Sequence[np.ndarray] | Mapping[str, np.ndarray]
+             ) -> dict[str, np.ndarray]:
+        spec = self.runner.graph(graph)
+        arrays = _named(spec, chunk)
+        env = spec.bind(arrays)
+        past = self._state.get(graph)
+        fresh = spec.zero_state(env)
+        if past is None:
+            past = fresh
+        else:
+            for st in spec.state:
+                if past[st.input].shape != fresh[st.input].shape:
+                    raise InputShapeError(
+                        f"{graph} stream: this chunk needs state {st.input} of shape {fresh[st.input].shape} "
+                        f"but the stream holds {past[st.input].shape} (batch or frame size changed "
+                        f"mid-stream; open a new stream)")
+        outputs = self.runner.run(graph, arrays, past=past)
+        self._state[graph] = {st.input: outputs[st.output] for st in spec.state}
+        return {t.name: outputs[t.name] for t in spec.outputs}
+
+    def encode(self, chunk: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Next chunk of frames -> (mu, logvar) for that chunk."""
+        return tuple(self.step("encoder", chunk).values())
+
+    def decode(self, chunk: np.ndarray) -> np.ndarray:
+        """Next chunk of latents -> frames for that chunk."""
+        return next(iter(self.step("decoder", chunk).values()))
+
+
+def _named(spec: GraphSpec, inputs: Any) -> dict[str, np.ndarray]:
+    if isinstance(inputs, Mapping):
+        unknown = sorted(set(inputs) - {t.name for t in spec.inputs})
+        if unknown:
+            raise InputShapeError(f"{spec.name} has no input {', '.join(unknown)} "
+                                  f"(inputs: {', '.join(t.name for t in spec.inputs)})")
+        return dict(inputs)
+    if isinstance(inputs, np.ndarray) or not isinstance(inputs, Sequence):
+        inputs = [inputs]
+    if len(inputs) != len(spec.inputs):
+        raise InputShapeError(f"{spec.name} takes {len(spec.inputs)} input(s) "
+                              f"({', '.join(t.name for t in spec.inputs)}), got {len(inputs)}")
+    return {t.name: a for t, a in zip(spec.inputs, inputs, strict=True)}
+
+
+def _checked_state(spec: GraphSpec, env: dict[str, int], past: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    state = {}
+    for st, shape in zip(spec.state, spec.state_shapes(env), strict=True):
+        a = past.get(st.input)
+        if not isinstance(a, np.ndarray) or a.dtype != np.dtype(st.dtype) or a.shape != shape:
+            got = "nothing" if a is None else f"{getattr(a, 'dtype', type(a).__name__)} {getattr(a, 'shape', '')}"
+            raise InputShapeError(f"{spec.name} state '{st.input}' must be {st.dtype} {shape} "
+                                  f"{format_shape(st.shape)}, got {got}")
+        state[st.input] = a
+    return state
+
+
+def _check_outputs(backend: str, spec: GraphSpec, env: dict[str, int], outputs: dict[str, np.ndarray]) -> None:
+    """A backend must return exactly the spec's outputs with the spec's shapes: names first, then shapes."""
+    if sorted(outputs) != sorted(spec.output_names):
+        raise ModelFormatError(f"{backend} {spec.name} returned outputs {sorted(outputs)}, the manifest lists "
+                               f"{spec.output_names}")
+    for t in spec.all_outputs:
+        try:
+            expected = t.resolve(env)
+        except KeyError:
+            continue  # a dimension no input fixes (not in our specs, but allowed): nothing to compare
+        if tuple(outputs[t.name].shape) != expected:
+            raise ModelFormatError(f"{backend} {spec.name} output {t.name} has shape {outputs[t.name].shape}, "
+                                   f"the manifest says {format_shape(t.shape)} = {expected}")

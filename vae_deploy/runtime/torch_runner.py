@@ -1,0 +1,63 @@
+"""The `torch` backend: the PyTorch model from the folder's reference/ checkpoint, the parity reference.
+
+torch and the model code are imported only when this runner is built, so the rest of the runtime stays
+torch-free. Each graph calls the model method its spec names (`encode`, `decode`, or a video model's
+`encode_step`/`decode_step`) with the same inputs and state the ONNX graph gets, in eval mode. It always
+computes in fp32 and returns fp32, whatever the exported graphs' precision: it is the reference.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vae_deploy.errors import ModelFormatError
+from vae_deploy.runtime.manifest import REFERENCE_DIR
+from vae_deploy.runtime.runner import Runner, module_available
+
+
+class TorchRunner(Runner):
+    name = "torch"
+    install_hint = "the PyTorch side (pip install 'vae-deploy[train]')"
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        for module in ("torch", "safetensors"):
+            if not module_available(module):
+                return f"{module} is not installed"
+        return None
+
+    def _load(self) -> None:
+        import torch
+
+        from vae_deploy.models.checkpoint import load_model
+
+        self._torch = torch
+        if "threads" in self.options:
+            torch.set_num_threads(int(self.options["threads"]))
+        reference = self.model_dir / REFERENCE_DIR
+        model, config = load_model(reference)
+        if config["kind"] != self.manifest.kind:
+            raise ModelFormatError(f"{reference} holds a {config['kind']!r} model but the manifest says "
+                                   f"{self.manifest.kind!r}")
+        self.model = model.eval()
+        self._methods = {}
+        for name, spec in self.manifest.graphs.items():
+            method = getattr(self.model, spec.method, None)
+            if method is None:
+                raise ModelFormatError(f"{self.manifest.kind!r} models have no method {spec.method!r}, which "
+                                       f"the {name} graph names")
+            self._methods[name] = method
+
+    def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        torch = self._torch
+        spec = self.graph(graph)
+        args = [torch.from_numpy(np.asarray(feeds[n], dtype=np.float32)) for n in spec.input_names]
+        with torch.inference_mode():
+            result = self._methods[graph](*args)
+        if isinstance(result, torch.Tensor):
+            result = (result,)
+        names = spec.output_names
+        if len(result) != len(names):
+            raise ModelFormatError(f"{self.manifest.kind}.{spec.method} returned {len(result)} tensors, the "
+                                   f"{graph} graph has {len(names)} outputs ({', '.join(names)})")
+        return {n: t.numpy() for n, t in zip(names, result, strict=True)}

@@ -1,0 +1,87 @@
+"""Training tasks: what the generic trainer trains on, keyed by the recipe's `[data] kind`.
+
+A task owns its data (already on the training device), the batching, the loss, and the pictures that
+`evaluate` draws. The trainer, checkpoints, resume, metrics and progress bar know nothing else, so a new
+kind of data (video clips, NTCHW, MSE reconstruction) is one new Task subclass registered here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from vae_deploy.errors import ConfigError
+
+
+class Task:
+    """Base class. Subclasses set `kind` and `config_cls` and implement the methods that raise here."""
+
+    kind: ClassVar[str]
+    config_cls: ClassVar[type]
+
+    def __init__(self, config: Any, train: Any, device: torch.device):
+        """`config` is the task's data config, `train` the recipe's TrainConfig (batch size, kl weight)."""
+        self.config = config
+        self.train_config = train
+        self.device = device
+
+    @property
+    def num_train(self) -> int:
+        """Training samples per epoch."""
+        raise NotImplementedError
+
+    def steps_per_epoch(self) -> int:
+        batch = self.train_config.batch_size
+        return (self.num_train + batch - 1) // batch
+
+    def train_batches(self, generator: torch.Generator) -> Iterator[Any]:
+        """One epoch of shuffled training batches; all shuffling draws from `generator` (its state is
+        checkpointed, so a resumed run sees the same order)."""
+        raise NotImplementedError
+
+    def valid_batches(self) -> Iterator[Any]:
+        """Validation batches in a fixed order (chooses the best epoch)."""
+        raise NotImplementedError
+
+    def test_batches(self) -> Iterator[Any]:
+        """Test batches in a fixed order (what `evaluate` reports)."""
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+        """(total summed over the batch, {"recon": .., "kl": ..} summed, number of samples)."""
+        raise NotImplementedError
+
+    def check_model(self, model: nn.Module) -> None:
+        """Raise ConfigError when the model cannot take this task's data."""
+
+    def write_pictures(self, model: nn.Module, out_dir: Path, seed: int) -> dict[str, Path]:
+        """Draw the task's evaluation pictures into out_dir; return {name: path}."""
+        return {}
+
+
+TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    """Class decorator: make `cls` available as recipe `[data] kind = cls.kind`."""
+    TASKS[cls.kind] = cls
+    return cls
+
+
+def get_task(kind: str) -> type[Task]:
+    try:
+        return TASKS[kind]
+    except KeyError:
+        raise ConfigError(f"unknown data kind {kind!r} (known: {', '.join(sorted(TASKS))})") from None
+
+
+def build_task(kind: str, config: Any, train: Any, device: torch.device) -> Task:
+    return get_task(kind)(config, train, device)
+
+
+# Built-in tasks register themselves on import (kept last: they subclass Task above).
+from vae_deploy.training.tasks import mnist as _mnist  # noqa: E402,F401
