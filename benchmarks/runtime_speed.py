@@ -16,7 +16,6 @@ Writes benchmarks/results/runtime_speed.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -51,7 +50,7 @@ def make_model(folder: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, help="model folder (default: export the seed MLP to a temp dir)")
+    parser.add_argument("--model", type=Path, help="model folder (default: the seed MLP, in a tmp dir)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--out", type=Path, default=RESULTS / "runtime_speed")
     args = parser.parse_args()
@@ -71,7 +70,8 @@ def main() -> None:
             return run
 
         configs = {
-            f"ort-cpu ours (threads={DEFAULT_CPU_THREADS or 'cores'}, spinning={DEFAULT_SPINNING})": ours._run,
+            f"ort-cpu ours (threads={DEFAULT_CPU_THREADS or 'cores'}, spinning={DEFAULT_SPINNING})":
+                ours._run,
             "ort-cpu threads=1": one_thread._run,
             "ort-cpu threads=cores, no spinning": no_spin._run,
             f"torch eager (threads={default_threads}, default)": with_threads(default_threads),
@@ -90,7 +90,7 @@ def main() -> None:
                 for _ in range(args.rounds):
                     for name in names:
                         fn = configs[name]
-                        seconds = time_calls(lambda fn=fn: fn(graph, feeds), CALLS[batch], warmup=2)
+                        seconds = time_calls(lambda fn=fn, g=graph, f=feeds: fn(g, f), CALLS[batch], warmup=2)
                         per_round[name].append(float(np.median(seconds)))
                 medians = {n: float(np.median(v)) * 1e3 for n, v in per_round.items()}
                 ort_ms = medians[names[0]]
@@ -99,7 +99,8 @@ def main() -> None:
                         "speedup_vs_torch_best": torch_best / ort_ms,
                         "speedup_vs_torch_default": medians[names[3]] / ort_ms}
                 cases.append(case)
-                print(f"{graph:8s} batch {batch:5d}: " + ", ".join(f"{n}: {v:.4f} ms" for n, v in medians.items())
+                timings = ", ".join(f"{n}: {v:.4f} ms" for n, v in medians.items())
+                print(f"{graph:8s} batch {batch:5d}: {timings}"
                       + f" | ORT {case['speedup_vs_torch_best']:.2f}x faster than the best torch", flush=True)
         torch.set_num_threads(default_threads)
     result = {
@@ -120,31 +121,34 @@ def render(result: dict) -> str:
     lines = [
         "# Runtime speed: ONNX Runtime CPU vs PyTorch eager CPU (MLP VAE)",
         "",
-        f"Command: `.venv/bin/python benchmarks/runtime_speed.py` ({result['rounds']} alternating rounds, median "
-        f"of per-round medians; calls per round {result['calls_per_round']}).",
+        f"Command: `.venv/bin/python benchmarks/runtime_speed.py` ({result['rounds']} alternating rounds, "
+        f"median of per-round medians; calls per round {result['calls_per_round']}).",
         f"Machine: {result['machine']['cpus']} CPUs, {result['machine']['platform']}, load average "
-        f"{result['machine']['loadavg_before'][0]:.1f} before / {result['machine']['loadavg_after'][0]:.1f} after "
+        f"{result['machine']['loadavg_before'][0]:.1f} before / "
+        f"{result['machine']['loadavg_after'][0]:.1f} after "
         f"(shared with other jobs). torch {result['versions']['torch']}, onnxruntime "
         f"{result['versions']['onnxruntime']}.",
         "",
-        "| graph | batch | " + " | ".join(f"{n} ms" for n in names) + " | ORT speed-up vs best torch | vs default torch |",
+        "| graph | batch | " + " | ".join(f"{n} ms" for n in names)
+        + " | ORT speed-up vs best torch | vs default torch |",
         "|---|---:|" + "---:|" * len(names) + "---:|---:|",
     ]
     for c in result["cases"]:
-        lines.append(f"| {c['graph']} | {c['batch']} | " + " | ".join(f"{c['median_ms'][n]:.4f}" for n in names)
+        cells = " | ".join(f"{c['median_ms'][n]:.4f}" for n in names)
+        lines.append(f"| {c['graph']} | {c['batch']} | {cells}"
                      + f" | {c['speedup_vs_torch_best']:.2f}x | {c['speedup_vs_torch_default']:.2f}x |")
     small = [c for c in result["cases"] if c["batch"] in (1, 128)]
     holds = all(c["speedup_vs_torch_best"] >= 1.0 for c in small)
     lines += [
         "",
-        "Speed-up = torch median / ORT (ours) median; above 1 means ONNX Runtime is faster. Best torch is the",
-        "faster of its default thread count and 1 thread, case by case.",
+        "Speed-up = torch median / ORT (ours) median; above 1 means ONNX Runtime is faster. Best torch is",
+        "the faster of its default thread count and 1 thread, case by case.",
         f"ORT (ours) not slower than the best PyTorch at batch 1 and 128: **{'yes' if holds else 'NO'}** "
         f"(worst ratio {min(c['speedup_vs_torch_best'] for c in small):.2f}x).",
         "",
-        "ORT session settings (vae_deploy/runtime/ort_runner.py): graph optimization ORT_ENABLE_ALL, sequential",
-        "execution, one inter-op thread; intra-op threads and spinning as in the first column. The other ORT",
-        "columns are the alternatives measured in the same run.",
+        "ORT session settings (vae_deploy/runtime/ort_runner.py): graph optimization ORT_ENABLE_ALL,",
+        "sequential execution, one inter-op thread; intra-op threads and spinning as in the first column.",
+        "The other ORT columns are the alternatives measured in the same run.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# ---------------------------------------------------------------- MLP checkpoint and model folders (export/runtime)
+# ---------------------------------------------------------------- MLP checkpoint and model folders (B)
 
 MLP_TRAIN_STEPS = 150  # real Adam steps on real MNIST: weights with realistic magnitudes, in about a second
 
@@ -35,6 +35,8 @@ def mlp_checkpoint(tmp_path_factory) -> Path:
     from vae_deploy.models.checkpoint import save_model
     from vae_deploy.models.losses import vae_loss
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny batches: a second OpenMP thread costs more than it gives on a busy CPU
     torch.manual_seed(0)
     train = torch.from_numpy(load_mnist("train", source="mnist-5k").images).float().div_(255).unsqueeze(1)
     model = MLPVAE(MLPVAEConfig(latent_dim=2))
@@ -47,6 +49,7 @@ def mlp_checkpoint(tmp_path_factory) -> Path:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    torch.set_num_threads(threads)
     folder = tmp_path_factory.mktemp("mlp_checkpoint")
     save_model(folder, model.eval())
     return folder

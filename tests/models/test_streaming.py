@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from video_zoo import TINY_VIDEO_CONFIGS, tiny_model
+from video_zoo import TINY_VIDEO_CONFIGS, perturbed, tiny_model
 
 from vae_deploy.errors import InputShapeError
+from vae_deploy.models import build_model
 from vae_deploy.models.streaming import StreamDecoder, StreamEncoder, pad_time
 from vae_deploy.runtime.spec import SymDim, as_dim, eval_dim
 
@@ -42,7 +43,8 @@ def test_chunked_encoder_and_decoder_equal_full_sequence(name):
         for chunk in CHUNKS:
             mu, logvar = _run_chunks(model.encode_step, video, model.init_encoder_state(2, 32, 32), chunk * f)
             (frames,) = _run_chunks(model.decode_step, z, model.init_decoder_state(2, 4, 4), chunk)
-            err = {"mu": (mu - mu_full).abs().max().item(), "logvar": (logvar - logvar_full).abs().max().item(),
+            err = {"mu": (mu - mu_full).abs().max().item(),
+                   "logvar": (logvar - logvar_full).abs().max().item(),
                    "frames": (frames - frames_full).abs().max().item()}
             assert max(err.values()) <= TOL, f"{name}, chunks of {chunk * f} frames: {err}"
 
@@ -69,9 +71,6 @@ def test_outputs_never_depend_on_the_future(name):
 
 def test_temporal_attention_is_limited_to_its_window():
     """One layer, W = 3: frame t sees latents t-2..t, and nothing older."""
-    from vae_deploy.models import build_model
-    from video_zoo import perturbed
-
     _, config = TINY_VIDEO_CONFIGS["temporal"]
     model = perturbed(build_model("temporal", {**config, "layers": 1, "window": 3}))
     z = torch.randn(1, 8, model.latent_channels, 4, 4, generator=torch.Generator().manual_seed(3))
@@ -81,6 +80,20 @@ def test_temporal_attention_is_limited_to_its_window():
         a, b = model.decode(z), model.decode(changed)
     moved = [(a[:, t] - b[:, t]).abs().max().item() > 0 for t in range(8)]
     assert moved == [False, False, True, True, True, False, False, False]
+
+
+def test_temporal_mask_hides_whatever_sits_in_invalid_slots():
+    """Past slots marked invalid never reach the attention: filling them with noise changes nothing."""
+    model = tiny_model("temporal")
+    z = torch.randn(2, 4, model.latent_channels, 4, 4, generator=torch.Generator().manual_seed(6))
+    valid, *hist = model.init_decoder_state(2, 4, 4)
+    noisy = [torch.randn_like(h) * 10 for h in hist]
+    with torch.no_grad():
+        clean_out, *_ = model.decode_step(z, valid, *hist)
+        noisy_out, *_ = model.decode_step(z, valid, *noisy)
+        marked_out, *_ = model.decode_step(z, torch.ones_like(valid), *noisy)
+    assert torch.equal(clean_out, noisy_out)
+    assert not torch.allclose(clean_out, marked_out)  # the same noise, marked valid, is attended to
 
 
 @pytest.mark.parametrize("name", ["causal3d-t2", "causal3d-t4", "temporal"])

@@ -77,7 +77,8 @@ class TinyCausalVAE(nn.Module):
 
     def encode(self, video):
         n, _, _, height, width = video.shape
-        mu, logvar, _ = self.encode_step(video, *self._zeros(self.encoder_state_shapes(n, height, width), video))
+        past = self._zeros(self.encoder_state_shapes(n, height, width), video)
+        mu, logvar, _ = self.encode_step(video, *past)
         return mu, logvar
 
     def decode(self, z):

@@ -30,7 +30,8 @@ def evaluate(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{report['run']} (epoch {report['epoch']}{', partial' if report['partial'] else ''})")
+    partial = ", partial" if report["partial"] else ""
+    table = Table(title=f"{report['run']} (epoch {report['epoch']}{partial})")
     table.add_column("per test sample")
     table.add_column("nats", justify="right")
     for name in ("test_loss", "test_recon", "test_kl"):

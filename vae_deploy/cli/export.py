@@ -15,14 +15,19 @@ import typer
 
 
 def export(
-    run_dir: Annotated[Path, typer.Argument(help="Checkpoint or training run folder (model.safetensors + config.json).")],
+    run_dir: Annotated[Path, typer.Argument(
+        help="Checkpoint or training run folder (model.safetensors + config.json).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
     profile: Annotated[str | None, typer.Option(
-        "--profile", help="Export profile: a TOML file or a name in export/ (cpu-fp32, gpu-fp16, jetson-orin-fp16).")] = None,
-    real: Annotated[int, typer.Option("--real", help="Real test inputs for the parity check (0: random only).")] = 1000,
+        "--profile",
+        help="Export profile: a TOML file, or a name in export/ (cpu-fp32, gpu-fp16, jetson-orin-fp16)."
+    )] = None,
+    real: Annotated[int, typer.Option(
+        "--real", help="Real test inputs for the parity check (0: random only).")] = 1000,
     data_source: Annotated[str, typer.Option("--data-source", help="MNIST source for real inputs.")] = "auto",
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="MNIST folder for real inputs.")] = None,
-    parity_backend: Annotated[str, typer.Option("--parity-backend", help="Backend the parity check runs.")] = "ort-cpu",
+    parity_backend: Annotated[str, typer.Option(
+        "--parity-backend", help="Backend the parity check runs.")] = "ort-cpu",
 ) -> None:
     """Export encoder and decoder to ONNX with a manifest and an export-time parity report."""
     from rich.console import Console
@@ -38,8 +43,8 @@ def export(
     inputs = real_inputs_for(kind, real, data_source, data_dir)
     manifest, report = export_model(run_dir, out, chosen, real_inputs=inputs, parity_backend=parity_backend,
                                     log=lambda msg: console.print(msg, highlight=False))
-    table = Table(title=f"parity at export: {report.backend} vs {report.reference} ({report.precision}), worst case",
-                  title_justify="left")
+    title = f"parity at export: {report.backend} vs {report.reference} ({report.precision}), worst case"
+    table = Table(title=title, title_justify="left")
     for column in ("output", "max abs", "max rel", "min PSNR dB"):
         table.add_column(column, justify="left" if column == "output" else "right")
     for name, w in report.worst().items():

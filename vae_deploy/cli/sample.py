@@ -17,7 +17,8 @@ def sample(
     model_dir: Annotated[Path, typer.Argument(help="Model folder.")],
     n: Annotated[int, typer.Option("-n", "--n", help="Number of samples.")] = 64,
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")] = Path("grid.png"),
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed of the prior draws (default: random).")] = None,
+    seed: Annotated[int | None, typer.Option(
+        "--seed", help="Seed of the prior draws (default: random).")] = None,
     backend: Annotated[str, typer.Option("--backend", "-b", help="Backend that decodes.")] = "ort-cpu",
     columns: Annotated[int | None, typer.Option("--columns", help="Grid columns (default: square).")] = None,
 ) -> None:

@@ -11,7 +11,8 @@ import typer
 def train(
     recipe: Annotated[Path, typer.Argument(help="Training recipe, e.g. train/mnist_mlp.toml.")],
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Override [train] epochs.")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Run folder (default: runs/<recipe name>).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Run folder (default: runs/<recipe name>).")] = None,
     data_dir: Annotated[Path | None, typer.Option(
         "--data-dir", help="A torchvision-style MNIST_DATA/ folder (MNIST/raw/*-ubyte) instead of the "
                            "shipped copy.")] = None,

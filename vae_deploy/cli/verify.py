@@ -73,24 +73,29 @@ def print_report(report) -> None:
         for column in ("inputs", "batch", "chunk", "max abs", "max rel", "PSNR dB", "limit", ""):
             table.add_column(column, justify="left" if column in ("inputs", "limit") else "right")
         for c in rows:
-            table.add_row(c.case, str(c.batch), str(c.chunk or "-"), _fmt(c.max_abs, "e"), _fmt(c.max_rel, "e"),
-                          _fmt(c.psnr_db, "db"), c.limit, "[green]ok[/]" if c.passed else "[red]FAIL[/]")
+            table.add_row(c.case, str(c.batch), str(c.chunk or "-"), _fmt(c.max_abs, "e"),
+                          _fmt(c.max_rel, "e"), _fmt(c.psnr_db, "db"), c.limit,
+                          "[green]ok[/]" if c.passed else "[red]FAIL[/]")
         console.print(table)
 
 
 def parity_error(report) -> ParityError:
     worst = max(report.failures(), key=lambda c: c.max_abs)
-    return ParityError(f"parity failed: {len(report.failures())} of {len(report.comparisons)} comparisons over "
-                       f"tolerance (worst {worst.graph}/{worst.output}, {worst.case} batch {worst.batch}: max abs "
-                       f"{worst.max_abs:.2e}, PSNR {_fmt(worst.psnr_db, 'db')} dB, needs {worst.limit})")
+    return ParityError(
+        f"parity failed: {len(report.failures())} of {len(report.comparisons)} comparisons over tolerance "
+        f"(worst {worst.graph}/{worst.output}, {worst.case} batch {worst.batch}: "
+        f"max abs {worst.max_abs:.2e}, PSNR {_fmt(worst.psnr_db, 'db')} dB, needs {worst.limit})")
 
 
 def verify(
-    model_dir: Annotated[Path, typer.Argument(help="Model folder (manifest.json, encoder.onnx, decoder.onnx).")],
-    backend: Annotated[str, typer.Option("--backend", "-b", help="Backend to check: ort-cpu, ort-cuda, ...")] = "ort-cpu",
-    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of tables.")] = False,
+    model_dir: Annotated[Path, typer.Argument(help="Model folder (manifest.json, encoder/decoder.onnx).")],
+    backend: Annotated[str, typer.Option(
+        "--backend", "-b", help="Backend to check: ort-cpu, ort-cuda, ...")] = "ort-cpu",
+    json_out: Annotated[bool, typer.Option(
+        "--json", help="Print the report as JSON instead of tables.")] = False,
     batch_sizes: Annotated[str | None, typer.Option(
-        "--batch-sizes", help="Random-input batch sizes, e.g. 1,7,128,1000 (default: the export profile's).")] = None,
+        "--batch-sizes",
+        help="Random-input batch sizes, e.g. 1,7,128,1000 (default: the export profile's).")] = None,
     real: Annotated[int, typer.Option("--real", help="Real test inputs to check (0: random only).")] = 1000,
     data_source: Annotated[str, typer.Option("--data-source", help="MNIST source for real inputs.")] = "auto",
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="MNIST folder for real inputs.")] = None,
@@ -98,8 +103,8 @@ def verify(
 ) -> None:
     """Compare a backend with the PyTorch reference; exit 1 when parity fails."""
     from vae_deploy.export.validate import check_parity
-    from vae_deploy.runtime.registry import get_backend
     from vae_deploy.runtime.manifest import json_safe, read_manifest
+    from vae_deploy.runtime.registry import get_backend
 
     manifest = read_manifest(model_dir)
     sizes = parse_sizes(batch_sizes, "--batch-sizes") or tuple(

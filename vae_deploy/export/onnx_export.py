@@ -67,7 +67,8 @@ def trace_inputs(spec: GraphSpec, seed: int = 0) -> tuple[torch.Tensor, ...]:
 def export_graph(model: nn.Module, spec: GraphSpec, path: Path, opset: int) -> None:
     """torch.onnx.export of `model.<spec.method>` to `path` (atomically), names and axes from `spec`."""
     if not hasattr(model, spec.method):
-        raise ModelFormatError(f"{type(model).__name__} has no method {spec.method!r} for the {spec.name} graph")
+        raise ModelFormatError(f"{type(model).__name__} has no method {spec.method!r} for the {spec.name} "
+                               f"graph")
     dynamic_axes = {t.name: t.dynamic_axes for t in spec.all_inputs + spec.all_outputs if t.dynamic_axes}
     with atomic_path(path) as tmp, warnings.catch_warnings():
         # Deprecation of the legacy exporter: chosen on purpose (module docstring). Tracer warnings come from
@@ -93,7 +94,10 @@ def convert_fp16(path: Path, keep_io_types: bool) -> None:
 def _dims(value_info: onnx.ValueInfoProto) -> list[int | str | None]:
     dims = []
     for d in value_info.type.tensor_type.shape.dim:
-        dims.append(d.dim_value if d.HasField("dim_value") else d.dim_param if d.HasField("dim_param") else None)
+        if d.HasField("dim_value"):
+            dims.append(d.dim_value)
+        else:
+            dims.append(d.dim_param if d.HasField("dim_param") else None)
     return dims
 
 
@@ -148,10 +152,10 @@ def check_graph(path: Path, spec: GraphSpec) -> onnx.ModelProto:
         dims = _dims(info)
         if dims != list(t.shape):
             raise ModelFormatError(f"{path}: {t.name} has dims {dims}, the spec says {list(t.shape)}")
-        if info.type.tensor_type.elem_type != _ONNX_DTYPES[t.dtype]:
+        elem_type = info.type.tensor_type.elem_type
+        if elem_type != _ONNX_DTYPES[t.dtype]:
             raise ModelFormatError(f"{path}: {t.name} has ONNX element type "
-                                   f"{onnx.TensorProto.DataType.Name(info.type.tensor_type.elem_type)}, the spec "
-                                   f"says {t.dtype}")
+                                   f"{onnx.TensorProto.DataType.Name(elem_type)}, the spec says {t.dtype}")
     return model
 
 
@@ -181,7 +185,8 @@ def _preprocessing(encoder: GraphSpec) -> dict:
     t = encoder.inputs[0]
     leading = 2 if t.layout.startswith("NT") else 1  # batch (and time) axes come before one image
     return {"input": t.name, "layout": t.layout, "dtype": t.dtype,
-            "value_range": list(t.value_range) if t.value_range else None, "image_shape": list(t.shape[leading:])}
+            "value_range": list(t.value_range) if t.value_range else None,
+            "image_shape": list(t.shape[leading:])}
 
 
 def export_model(checkpoint_dir: Path, out_dir: Path, profile: ExportProfile | None = None,
@@ -212,7 +217,8 @@ def export_model(checkpoint_dir: Path, out_dir: Path, profile: ExportProfile | N
     for name in (WEIGHTS_FILE, CONFIG_FILE):
         with atomic_path(reference / name) as tmp:
             shutil.copyfile(checkpoint_dir / name, tmp)
-    files = [spec.file for spec in specs.values()] + [f"{REFERENCE_DIR}/{WEIGHTS_FILE}", f"{REFERENCE_DIR}/{CONFIG_FILE}"]
+    files = [spec.file for spec in specs.values()]
+    files += [f"{REFERENCE_DIR}/{WEIGHTS_FILE}", f"{REFERENCE_DIR}/{CONFIG_FILE}"]
     manifest = Manifest(
         kind=config["kind"], model=to_dict(model.config), graphs=specs, precision=profile.precision,
         opset=profile.opset, preprocessing=_preprocessing(specs["encoder"]), producer=_producer(),

@@ -67,7 +67,8 @@ class ExportProfile:
             raise ValueError(f"parity_batch_sizes must be positive, got {self.parity_batch_sizes}")
         batch = self.dynamic.get("batch")
         if batch is not None and max(self.parity_batch_sizes) > batch.max:
-            raise ValueError(f"parity batch {max(self.parity_batch_sizes)} is above dynamic.batch.max {batch.max}")
+            raise ValueError(f"parity batch {max(self.parity_batch_sizes)} is above dynamic.batch.max "
+                             f"{batch.max}")
 
     @property
     def io_dtype(self) -> str:

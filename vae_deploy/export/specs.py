@@ -38,7 +38,8 @@ def graph_specs(kind: str, config: Any) -> dict[str, GraphSpec]:
     """The encoder and decoder specs of model kind `kind` with config `config`."""
     builder = SPEC_BUILDERS.get(kind)
     if builder is None:
-        raise ConfigError(f"no export spec for model kind {kind!r} (known: {', '.join(sorted(SPEC_BUILDERS))})")
+        known = ", ".join(sorted(SPEC_BUILDERS))
+        raise ConfigError(f"no export spec for model kind {kind!r} (known: {known})")
     specs = builder(kind, config)
     if tuple(specs) != GRAPH_NAMES:
         raise ConfigError(f"the spec of kind {kind!r} must define graphs {GRAPH_NAMES}, got {tuple(specs)}")
@@ -55,7 +56,8 @@ def mlp_specs(kind: str, config: Any) -> dict[str, GraphSpec]:
     z = TensorSpec("z", ("batch", latent), layout="NC")
     encoder = GraphSpec(
         "encoder", inputs=[images],
-        outputs=[TensorSpec("mu", ("batch", latent), layout="NC"), TensorSpec("logvar", ("batch", latent), layout="NC")],
+        outputs=[TensorSpec("mu", ("batch", latent), layout="NC"),
+                 TensorSpec("logvar", ("batch", latent), layout="NC")],
         method="encode", example_dims={"batch": 2},
     )
     decoder = GraphSpec("decoder", inputs=[z], outputs=[images], method="decode", example_dims={"batch": 2})
@@ -81,7 +83,8 @@ def streaming_video_specs(kind: str, config: Any) -> dict[str, GraphSpec]:
     s, tf = int(model.spatial_factor), int(model.temporal_factor)
     lc, ch = int(model.latent_channels), int(model.in_channels)
     batch, frames, height, width = SymDim("batch"), SymDim("frames"), SymDim("height"), SymDim("width")
-    latent_h, latent_w = SymDim("latent_h"), SymDim("latent_w")
+    # The decoder's own symbols: its chunks are latent frames, so they get their own names.
+    latent_frames, latent_h, latent_w = SymDim("latent_frames"), SymDim("latent_h"), SymDim("latent_w")
 
     def states(shapes: list) -> list[StateSpec]:
         return [StateSpec(f"past_{i}", f"present_{i}", tuple(shape)) for i, shape in enumerate(shapes)]
@@ -89,22 +92,28 @@ def streaming_video_specs(kind: str, config: Any) -> dict[str, GraphSpec]:
     latent_shape = (batch, _scaled(frames, tf, True), lc, _scaled(height, s, True), _scaled(width, s, True))
     encoder = GraphSpec(
         "encoder",
-        inputs=[TensorSpec("video", (batch, frames, ch, height, width), layout="NTCHW", value_range=(0.0, 1.0))],
-        outputs=[TensorSpec("mu", latent_shape, layout="NTCHW"), TensorSpec("logvar", latent_shape, layout="NTCHW")],
+        inputs=[TensorSpec("video", (batch, frames, ch, height, width), layout="NTCHW",
+                           value_range=(0.0, 1.0))],
+        outputs=[TensorSpec("mu", latent_shape, layout="NTCHW"),
+                 TensorSpec("logvar", latent_shape, layout="NTCHW")],
         state=states(model.encoder_state_shapes(batch, height, width)),
         method="encode_step",
         example_dims={"batch": 1, "frames": 4 * tf, "height": 4 * s, "width": 4 * s},
-        stream_axis="frames", stream_chunks=(tf, 3 * tf), dim_multiples={"height": s, "width": s, "frames": tf},
+        stream_axis="frames", stream_chunks=(tf, 3 * tf),
+        dim_multiples={"height": s, "width": s, "frames": tf},
     )
+    video_shape = (batch, _scaled(latent_frames, tf, False), ch, _scaled(latent_h, s, False),
+                   _scaled(latent_w, s, False))
     decoder = GraphSpec(
         "decoder",
-        inputs=[TensorSpec("z", (batch, frames, lc, latent_h, latent_w), layout="NTCHW")],
-        outputs=[TensorSpec("video", (batch, _scaled(frames, tf, False), ch, _scaled(latent_h, s, False),
-                                      _scaled(latent_w, s, False)), layout="NTCHW", value_range=(0.0, 1.0))],
+        inputs=[TensorSpec("z", (batch, latent_frames, lc, latent_h, latent_w), layout="NTCHW")],
+        outputs=[TensorSpec("video", video_shape, layout="NTCHW", value_range=(0.0, 1.0))],
         state=states(model.decoder_state_shapes(batch, latent_h, latent_w)),
         method="decode_step",
-        example_dims={"batch": 1, "frames": 4, "latent_h": 4, "latent_w": 4},
-        stream_axis="frames", stream_chunks=(1, 3),
+        example_dims={"batch": 1, "latent_frames": 4, "latent_h": 4, "latent_w": 4},
+        stream_axis="latent_frames", stream_chunks=(1, 3),
+        derived_dims={"latent_frames": f"(frames+{tf - 1})//{tf}" if tf > 1 else "frames",
+                      "latent_h": f"height//{s}", "latent_w": f"width//{s}"},
     )
     return {"encoder": encoder, "decoder": decoder}
 

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from vae_deploy.runtime.runner import Runner
-from vae_deploy.runtime.spec import GraphSpec, TensorSpec, random_inputs
+from vae_deploy.runtime.spec import GraphSpec, TensorSpec, dim_symbols, random_inputs
 from vae_deploy.video.metrics import psnr_from_mse
 
 REL_FLOOR = 1e-6  # relative errors divide by max(|reference|, this), so exact zeros do not explode
@@ -54,7 +54,8 @@ class ParityReport:
         """Per graph/output: the largest errors and smallest PSNR over all cases."""
         out: dict[str, dict[str, float]] = {}
         for c in self.comparisons:
-            w = out.setdefault(f"{c.graph}/{c.output}", {"max_abs": 0.0, "max_rel": 0.0, "min_psnr_db": math.inf})
+            w = out.setdefault(f"{c.graph}/{c.output}",
+                               {"max_abs": 0.0, "max_rel": 0.0, "min_psnr_db": math.inf})
             w["max_abs"] = max(w["max_abs"], c.max_abs)
             w["max_rel"] = max(w["max_rel"], c.max_rel)
             w["min_psnr_db"] = min(w["min_psnr_db"], c.psnr_db)
@@ -62,12 +63,16 @@ class ParityReport:
 
     def to_dict(self) -> dict:
         return {"backend": self.backend, "reference": self.reference, "precision": self.precision,
-                "passed": self.passed, "worst": self.worst(), "comparisons": [asdict(c) for c in self.comparisons]}
+                "passed": self.passed, "worst": self.worst(),
+                "comparisons": [asdict(c) for c in self.comparisons]}
 
 
 def compare(spec: TensorSpec, got: np.ndarray, ref: np.ndarray) -> tuple[float, float, float]:
-    """(max abs, max rel, PSNR dB) of `got` against `ref`. PSNR's peak is the tensor's value range when the
-    spec gives one (images: 1), else the reference's own range."""
+    """(max abs, max rel, PSNR dB) of `got` against `ref`.
+
+    PSNR's peak is the tensor's value range when the spec gives one (images: 1), else the reference's peak
+    magnitude max|ref| (peak signal over error power; the data range would be unstable for a batch of one
+    2-d latent, where two nearby values make a tiny "range")."""
     a, r = got.astype(np.float64), ref.astype(np.float64)
     if a.shape != r.shape:
         raise ValueError(f"{spec.name}: backend shape {a.shape} vs reference {r.shape}")
@@ -77,7 +82,7 @@ def compare(spec: TensorSpec, got: np.ndarray, ref: np.ndarray) -> tuple[float, 
     if spec.value_range is not None:
         peak = spec.value_range[1] - spec.value_range[0]
     else:
-        peak = float(r.max() - r.min()) if r.size else 1.0
+        peak = float(np.abs(r).max()) if r.size else 1.0
     return max_abs, max_rel, psnr_from_mse(float(np.mean(diff**2)) if diff.size else 0.0, peak or 1.0)
 
 
@@ -103,7 +108,7 @@ class _Checker:
     def whole(self, graph: str, case: str, inputs: list[np.ndarray]) -> dict:
         spec = self.backend.graph(graph)
         got = self.backend.run(graph, inputs)
-        ref = self.reference.run(graph, [x.astype(np.float32) for x in inputs])
+        ref = self.reference.run(graph, inputs)
         self.add(spec, case, inputs[0].shape[0], 0, got, ref)
         return ref
 
@@ -111,7 +116,7 @@ class _Checker:
         """Chunked backend stream vs the reference's one-call (full-sequence) result."""
         spec = self.backend.graph(graph)
         axis = _stream_axis(spec)
-        ref = self.reference.run(graph, [x.astype(np.float32) for x in inputs])
+        ref = self.reference.run(graph, inputs)
         for chunk in spec.stream_chunks:
             session = self.backend.open_stream()
             total = inputs[0].shape[axis]
@@ -130,7 +135,7 @@ def _stream_axis(spec: GraphSpec) -> int:
 
 def _output_axis(t: TensorSpec, symbol: str) -> int:
     for axis, d in enumerate(t.shape):
-        if isinstance(d, str) and symbol in d:
+        if symbol in dim_symbols(d):
             return axis
     raise ValueError(f"output {t.name} has no {symbol} axis to concatenate stream chunks along")
 

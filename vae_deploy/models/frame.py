@@ -35,7 +35,8 @@ def check_common(config) -> None:
     if config.activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, "
                          f"got {config.activation!r}")
-    minimum = {"in_channels": 1, "latent_channels": 1, "channels": 1, "fine_channels": 1, "blocks_per_level": 0}
+    minimum = {"in_channels": 1, "latent_channels": 1, "channels": 1, "fine_channels": 1,
+               "blocks_per_level": 0}
     for name, least in minimum.items():
         if getattr(config, name) < least:
             raise ValueError(f"{name} must be at least {least}, got {getattr(config, name)}")

@@ -40,8 +40,9 @@ def time_calls(fn: Callable[[], object], repeats: int, warmup: int) -> np.ndarra
 
 def summarize(graph: str, batch: int, seconds: np.ndarray) -> Timing:
     median = float(np.median(seconds))
-    return Timing(graph=graph, batch=batch, median_ms=median * 1e3, p95_ms=float(np.percentile(seconds, 95)) * 1e3,
-                  min_ms=float(seconds.min()) * 1e3, repeats=int(seconds.size), items_per_s=batch / median)
+    return Timing(graph=graph, batch=batch, median_ms=median * 1e3,
+                  p95_ms=float(np.percentile(seconds, 95)) * 1e3, min_ms=float(seconds.min()) * 1e3,
+                  repeats=int(seconds.size), items_per_s=batch / median)
 
 
 def bench_runner(runner: Runner, batch_sizes: list[int], repeats: int = 30, warmup: int = 3,

@@ -56,7 +56,8 @@ class Manifest:
         try:
             return self.graphs[name]
         except KeyError:
-            raise ModelFormatError(f"the model has no {name!r} graph (has: {', '.join(self.graphs)})") from None
+            raise ModelFormatError(f"the model has no {name!r} graph (has: {', '.join(self.graphs)})"
+                                   ) from None
 
     @property
     def fingerprint(self) -> str:
@@ -127,7 +128,8 @@ def manifest_from_json(data: Any, where: str = MANIFEST_FILE) -> Manifest:
     if not isinstance(graphs_raw, dict) or not graphs_raw:
         raise ModelFormatError(f"{where} lists no graphs")
     try:
-        graphs = {name: _graph_from_json(name, g, f"{where}: graphs.{name}") for name, g in graphs_raw.items()}
+        graphs = {name: _graph_from_json(name, g, f"{where}: graphs.{name}")
+                  for name, g in graphs_raw.items()}
         manifest = from_dict(Manifest, {**data, "graphs": {}}, where=where)
     except ConfigError as exc:
         raise ModelFormatError(f"{where} is malformed: {exc}") from None
@@ -146,12 +148,14 @@ def _safe_member(folder: Path, name: str) -> Path:
 def verify_files(folder: Path, manifest: Manifest) -> None:
     """Every listed file exists and has its recorded sha256; every graph file is listed."""
     folder = Path(folder)
+    # Every name first, so nothing outside the folder is ever opened.
+    paths = {name: _safe_member(folder, name) for name in manifest.files}
     for name, graph in manifest.graphs.items():
         if graph.file not in manifest.files:
             raise ModelFormatError(f"{folder / MANIFEST_FILE} does not vouch for the {name} graph "
                                    f"({graph.file} has no sha256)")
     for name, digest in manifest.files.items():
-        path = _safe_member(folder, name)
+        path = paths[name]
         if not path.is_file():
             raise ModelFormatError(f"model folder {folder} is missing {name}, which its manifest lists")
         actual = sha256_file(path)

@@ -132,6 +132,7 @@ class OrtCudaRunner(OrtRunner):
         super()._check_session(name, spec, session)
         if "CUDAExecutionProvider" not in session.get_providers():
             # ORT falls back to CPU when the CUDA libraries fail to load; a CUDA backend must not.
-            raise MissingBackendError("backend 'ort-cuda' could not start the CUDA execution provider (no GPU "
-                                      "or CUDA/cuDNN libraries not found); use --backend ort-cpu or install "
-                                      "onnxruntime-gpu with its CUDA libraries")
+            raise MissingBackendError(
+                "backend 'ort-cuda' could not start the CUDA execution provider (no GPU, or CUDA/cuDNN "
+                "libraries not found); use --backend ort-cpu, or install onnxruntime-gpu with its CUDA "
+                "libraries")

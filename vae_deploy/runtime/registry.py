@@ -79,8 +79,8 @@ def load_runner(model_dir: Path | str, backend: str = DEFAULT_BACKEND, **options
     return get_backend(backend)(model_dir, **options)
 
 
-register_backend("ort-cpu", "vae_deploy.runtime.ort_runner:OrtCpuRunner", "onnxruntime (pip install onnxruntime)",
-                 "ONNX Runtime, CPU execution provider")
+register_backend("ort-cpu", "vae_deploy.runtime.ort_runner:OrtCpuRunner",
+                 "onnxruntime (pip install onnxruntime)", "ONNX Runtime, CPU execution provider")
 register_backend("ort-cuda", "vae_deploy.runtime.ort_runner:OrtCudaRunner",
                  "onnxruntime-gpu with a CUDA device (pip install onnxruntime-gpu)",
                  "ONNX Runtime, CUDA execution provider")

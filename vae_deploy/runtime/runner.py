@@ -55,7 +55,7 @@ class Runner:
         raise NotImplementedError
 
     def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run graph `graph` on validated feeds (data inputs and state inputs by name); return every output."""
+        """Run `graph` on validated feeds (data and state inputs by name); return every output by name."""
         raise NotImplementedError
 
     def _close(self) -> None:
@@ -174,28 +174,34 @@ def _named(spec: GraphSpec, inputs: Any) -> dict[str, np.ndarray]:
     return {t.name: a for t, a in zip(spec.inputs, inputs, strict=True)}
 
 
-def _checked_state(spec: GraphSpec, env: dict[str, int], past: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _checked_state(spec: GraphSpec, env: dict[str, int],
+                   past: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     state = {}
     for st, shape in zip(spec.state, spec.state_shapes(env), strict=True):
         a = past.get(st.input)
         if not isinstance(a, np.ndarray) or a.dtype != np.dtype(st.dtype) or a.shape != shape:
-            got = "nothing" if a is None else f"{getattr(a, 'dtype', type(a).__name__)} {getattr(a, 'shape', '')}"
+            if a is None:
+                got = "nothing"
+            else:
+                got = f"{getattr(a, 'dtype', type(a).__name__)} {getattr(a, 'shape', '')}"
             raise InputShapeError(f"{spec.name} state '{st.input}' must be {st.dtype} {shape} "
                                   f"{format_shape(st.shape)}, got {got}")
         state[st.input] = a
     return state
 
 
-def _check_outputs(backend: str, spec: GraphSpec, env: dict[str, int], outputs: dict[str, np.ndarray]) -> None:
+def _check_outputs(backend: str, spec: GraphSpec, env: dict[str, int],
+                   outputs: dict[str, np.ndarray]) -> None:
     """A backend must return exactly the spec's outputs with the spec's shapes: names first, then shapes."""
     if sorted(outputs) != sorted(spec.output_names):
-        raise ModelFormatError(f"{backend} {spec.name} returned outputs {sorted(outputs)}, the manifest lists "
-                               f"{spec.output_names}")
+        raise ModelFormatError(f"{backend} {spec.name} returned outputs {sorted(outputs)}, the manifest "
+                               f"lists {spec.output_names}")
     for t in spec.all_outputs:
         try:
             expected = t.resolve(env)
         except KeyError:
             continue  # a dimension no input fixes (not in our specs, but allowed): nothing to compare
         if tuple(outputs[t.name].shape) != expected:
-            raise ModelFormatError(f"{backend} {spec.name} output {t.name} has shape {outputs[t.name].shape}, "
-                                   f"the manifest says {format_shape(t.shape)} = {expected}")
+            raise ModelFormatError(f"{backend} {spec.name} output {t.name} has shape "
+                                   f"{outputs[t.name].shape}, the manifest says {format_shape(t.shape)} = "
+                                   f"{expected}")

@@ -47,7 +47,8 @@ def image_grid(images: np.ndarray, columns: int | None = None, pad: int = 2) -> 
     columns = columns or math.ceil(math.sqrt(n))
     rows = math.ceil(n / columns)
     grid = np.zeros((pad + rows * (h + pad), pad + columns * (w + pad), c), dtype=np.uint8)
-    pixels = np.clip(np.rint(images.astype(np.float32) * 255.0), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+    pixels = np.clip(np.rint(images.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+    pixels = pixels.transpose(0, 2, 3, 1)  # NCHW -> NHWC
     for i in range(n):
         r, col = divmod(i, columns)
         top, left = pad + r * (h + pad), pad + col * (w + pad)

@@ -24,7 +24,8 @@ from vae_deploy.errors import ConfigError, InputShapeError
 Dim = int | str
 
 # Integer arithmetic only: enough for conv/stride shape formulas, nothing that can run code.
-_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv}
+_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+           ast.FloorDiv: operator.floordiv}
 
 
 def _parse(expr: str) -> ast.expr:
@@ -180,6 +181,9 @@ class GraphSpec:
     stream_axis: str = ""  # symbol of the axis a stream is chunked along ("frames"); "" if not streamable
     stream_chunks: tuple[int, ...] = ()  # chunk sizes the parity check feeds through a stream
     dim_multiples: dict[str, int] = field(default_factory=dict)  # e.g. {"height": 8}: strided convs need it
+    # Symbols of this graph as formulas of a profile's symbols, for TensorRT ranges given per video
+    # frame size: a decoder's {"latent_h": "height//8"}.
+    derived_dims: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
         names = self.input_names + self.output_names
@@ -241,7 +245,8 @@ class GraphSpec:
             if a.dtype != np.dtype(t.dtype):
                 raise InputShapeError(f"{what}, got dtype {a.dtype}")
             if a.ndim != len(t.shape):
-                raise InputShapeError(f"{what}, got shape {a.shape} ({a.ndim} dims instead of {len(t.shape)})")
+                raise InputShapeError(f"{what}, got shape {a.shape} ({a.ndim} dims instead of "
+                                      f"{len(t.shape)})")
             for axis, (d, n) in enumerate(zip(t.shape, a.shape, strict=True)):
                 if isinstance(d, int) and d != n:
                     raise InputShapeError(f"{what}, got shape {a.shape} (axis {axis} is {n}, not {d})")
@@ -256,13 +261,13 @@ class GraphSpec:
             a = arrays[t.name]
             for axis, (d, n) in enumerate(zip(t.shape, a.shape, strict=True)):
                 if isinstance(d, str) and not is_identifier(d) and eval_dim(d, env) != n:
-                    raise InputShapeError(f"{self.name} input '{t.name}' must be {self.expected(t)}, got shape "
-                                          f"{a.shape} (axis {axis} must be {d} = {eval_dim(d, env)})")
+                    raise InputShapeError(f"{self.name} input '{t.name}' must be {self.expected(t)}, got "
+                                          f"shape {a.shape} (axis {axis} must be {d} = {eval_dim(d, env)})")
         for symbol, multiple in self.dim_multiples.items():
             if symbol in env and env[symbol] % multiple:
                 t = next(t for t in self.inputs if symbol in t.shape)
-                raise InputShapeError(f"{self.name} input '{t.name}' must be {self.expected(t)} with {symbol} a "
-                                      f"multiple of {multiple}, got shape {arrays[t.name].shape}")
+                raise InputShapeError(f"{self.name} input '{t.name}' must be {self.expected(t)} with "
+                                      f"{symbol} a multiple of {multiple}, got shape {arrays[t.name].shape}")
         for t in self.inputs:
             check_finite(arrays[t.name], f"{self.name} input '{t.name}'")
         return env
@@ -272,8 +277,9 @@ class GraphSpec:
 
     def zero_state(self, env: dict[str, int]) -> dict[str, np.ndarray]:
         """The initial state: zeros, shaped for the batch/spatial size in `env`."""
-        return {st.input: np.zeros(shape, dtype=st.dtype) for st, shape in zip(self.state, self.state_shapes(env),
-                                                                                strict=True)}
+        shapes = self.state_shapes(env)
+        return {st.input: np.zeros(shape, dtype=st.dtype)
+                for st, shape in zip(self.state, shapes, strict=True)}
 
     def example_env(self, batch: int | None = None) -> dict[str, int]:
         """Symbol values for a made-up input: example_dims, batch overridden; missing ones default to 2."""
@@ -283,7 +289,8 @@ class GraphSpec:
             env["batch"] = batch
         return env
 
-    def profile_shapes(self, ranges: dict[str, tuple[int, int, int]]) -> dict[str, tuple[tuple[int, ...], ...]]:
+    def profile_shapes(self, ranges: dict[str, tuple[int, int, int]]
+                       ) -> dict[str, tuple[tuple[int, ...], ...]]:
         """(min, opt, max) shape of every graph input (state included) for a TensorRT optimization profile.
 
         `ranges` maps each symbol to (min, opt, max); symbols without a range use example_dims for all three.
@@ -292,6 +299,9 @@ class GraphSpec:
         for i in range(3):
             env = self.example_env()
             env.update({k: v[i] for k, v in ranges.items()})
+            for symbol, formula in self.derived_dims.items():
+                if symbol not in ranges and dim_symbols(formula) <= set(ranges):
+                    env[symbol] = max(1, eval_dim(formula, env))
             env3.append(env)
         return {t.name: tuple(t.resolve(env) for env in env3) for t in self.all_inputs}
 
@@ -304,7 +314,10 @@ def random_inputs(spec: GraphSpec, batch: int, rng: np.random.Generator, **dims:
     arrays = []
     for t in spec.inputs:
         shape = t.resolve(env)
-        a = rng.uniform(*t.value_range, size=shape) if t.value_range is not None else rng.standard_normal(shape)
+        if t.value_range is not None:
+            a = rng.uniform(*t.value_range, size=shape)
+        else:
+            a = rng.standard_normal(shape)
         arrays.append(a.astype(t.dtype))
     return arrays
 

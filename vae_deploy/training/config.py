@@ -4,7 +4,8 @@
     [data]   kind = "mnist" + that task's data config (vae_deploy.training.tasks)
     [train]  TrainConfig below
 
-Relative paths inside a recipe (data_dir) are relative to the current directory, like the seed's 'MNIST_DATA/'.
+Relative paths inside a recipe (data_dir) are relative to the current directory, like the seed's
+'MNIST_DATA/'.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from vae_deploy.training.tasks import get_task
 @dataclass
 class TrainConfig:
     epochs: int = 100  # the seed's 100 epochs
-    batch_size: int = 128  # images per optimizer step, as the seed (the last batch of an epoch may be smaller)
+    batch_size: int = 128  # samples per optimizer step, as the seed (an epoch's last batch may be smaller)
     lr: float = 1e-3  # Adam learning rate, as the seed
     seed: int = 0  # seeds torch: initial weights, shuffling and the sampling noise
-    max_steps: int | None = None  # stop after this many optimizer steps in total (smoke runs); None = no limit
+    max_steps: int | None = None  # stop after this many optimizer steps in all (smoke runs); None = no limit
     device: str = "auto"  # "auto" = cuda when available, else cpu; or any torch device string
     kl_weight: float = 1.0  # weight of the KL term (1 = the seed's plain ELBO)
     fused_adam: bool = False  # one fused Adam kernel: faster, but rounding differs from the seed's Adam, so a

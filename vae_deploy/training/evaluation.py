@@ -53,7 +53,8 @@ def evaluate_run(run_dir: Path, data_dir: Path | None = None, out_dir: Path | No
     run = RunFolder(Path(run_dir))
     model, config = load_model(run.root)  # refuses weights that do not match config.json
     if "recipe" not in config:
-        raise ModelFormatError(f"{run.config} has no training recipe: it was not written by `vae-deploy train`")
+        raise ModelFormatError(f"{run.config} has no training recipe: "
+                               f"it was not written by `vae-deploy train`")
     recipe = recipe_from_dict(config["recipe"]).with_data_dir(data_dir)
     out = Path(out_dir) if out_dir is not None else run.eval_dir
     RunFolder(out).ensure()  # an unwritable output folder fails before the data is loaded

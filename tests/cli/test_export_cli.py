@@ -1,0 +1,158 @@
+"""`vae-deploy export / verify / sample / bench` end to end, as a user runs them (subprocess, real files)."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from vae_deploy.models.checkpoint import load_model, save_model
+from vae_deploy.runtime import read_manifest
+from vae_deploy.runtime.manifest import hash_files, write_manifest
+
+DATA = ["--data-source", "mnist-5k", "--real", "200"]
+
+
+def cli(*args, timeout=300):
+    """A real `vae-deploy` process (exit code, stdout, stderr as a user sees them)."""
+    return subprocess.run([sys.executable, "-m", "vae_deploy", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture
+def run(capsys, monkeypatch):
+    """The same entry point in this process (main() with argv), for speed: no torch import per call."""
+    from vae_deploy.cli.app import main
+
+    def invoke(*args):
+        monkeypatch.setattr(sys, "argv", ["vae-deploy", *map(str, args)])
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code or 0
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+    return invoke
+
+
+def assert_one_line_error(result, code, pattern):
+    assert result.returncode == code, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    assert pattern in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def exported(mlp_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "model"
+    result = cli("export", mlp_checkpoint, "--out", out, *DATA)
+    assert result.returncode == 0, result.stderr
+    return out, result
+
+
+def test_export_writes_a_model_folder(exported):
+    out, result = exported
+    assert {p.name for p in out.iterdir()} == {"manifest.json", "encoder.onnx", "decoder.onnx", "reference"}
+    assert "parity at export: ort-cpu vs torch (fp32)" in result.stdout
+    assert "decoder/images" in result.stdout and f"wrote {out}" in result.stdout.replace("\n", "")
+    manifest = read_manifest(out)
+    assert manifest.parity["passed"]
+    assert {c["batch"] for c in manifest.parity["comparisons"] if c["case"] == "real"} == {200}
+
+
+def test_export_with_a_profile(mlp_checkpoint, tmp_path, run):
+    result = run("export", mlp_checkpoint, "--out", tmp_path / "m",
+                 "--profile", "export/jetson-orin-fp16.toml", "--real", "0")
+    assert result.returncode == 0, result.stderr
+    manifest = read_manifest(tmp_path / "m")
+    assert manifest.precision == "fp16" and manifest.export_profile["name"] == "jetson-orin-fp16"
+    assert "(fp16)" in result.stdout
+
+
+def test_verify_prints_a_table_per_output(exported, run):
+    out, _ = exported
+    result = run("verify", out, *DATA, "--batch-sizes", "1,7,128,1000")
+    assert result.returncode == 0, result.stderr
+    for name in ("encoder/mu", "encoder/logvar", "decoder/images"):
+        assert f"{name}: ort-cpu vs torch (fp32)" in result.stdout
+    assert "max abs" in result.stdout and "PSNR dB" in result.stdout
+    assert "parity ok: 15 comparisons within tolerance" in result.stdout
+
+
+def test_verify_json(exported, run):
+    out, _ = exported
+    result = run("verify", out, "--json", *DATA, "--batch-sizes", "1,7")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["passed"] is True and report["backend"] == "ort-cpu" and report["reference"] == "torch"
+    cases = {(c["case"], c["batch"]) for c in report["comparisons"]}
+    assert cases == {("real", 200), ("random", 1), ("random", 7)}
+    assert max(c["max_abs"] for c in report["comparisons"]) <= 1e-5
+    assert list(out.parent.iterdir()) == [out]  # verify writes nothing
+
+
+def test_verify_exits_1_when_parity_fails(exported, tmp_path):
+    folder = shutil.copytree(exported[0], tmp_path / "m")
+    model, _ = load_model(folder / "reference")
+    with torch.no_grad():
+        model.encoder[2].weight.mul_(1.01)
+    save_model(folder / "reference", model)
+    manifest = read_manifest(folder, check_files=False)
+    manifest.files = hash_files(folder, list(manifest.files))
+    write_manifest(folder, manifest)
+    result = cli("verify", folder, "--real", "0", "--batch-sizes", "7")
+    assert_one_line_error(result, 1, "parity failed")
+    assert "FAIL" in result.stdout
+
+
+def test_sample_writes_a_reproducible_grid(exported, tmp_path, run):
+    out, _ = exported
+    first, second = tmp_path / "a.png", tmp_path / "b.png"
+    assert run("sample", out, "-n", "64", "--out", first, "--seed", "7").returncode == 0
+    assert run("sample", out, "-n", "64", "--out", second, "--seed", "7").returncode == 0
+    grid = cv2.imread(str(first), cv2.IMREAD_UNCHANGED)
+    assert grid.shape == (2 + 8 * 30, 2 + 8 * 30) and grid.dtype == np.uint8
+    assert grid.max() > 128  # digits, not a blank page
+    np.testing.assert_array_equal(grid, cv2.imread(str(second), cv2.IMREAD_UNCHANGED))
+    assert not [p for p in tmp_path.iterdir() if ".part" in p.name]
+
+
+def test_bench_json(exported, run):
+    out, _ = exported
+    result = run("bench", out, "--json", "--batch-sizes", "1,16", "--repeats", "5", "--warmup", "1")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)["results"]
+    assert {(r["graph"], r["batch"]) for r in rows} == {(g, b) for g in ("encoder", "decoder")
+                                                        for b in (1, 16)}
+    assert all(0 < r["median_ms"] <= r["p95_ms"] and r["repeats"] == 5 for r in rows)
+
+
+def test_bench_table(exported, run):
+    result = run("bench", exported[0], "--batch-sizes", "2", "--repeats", "3")
+    assert result.returncode == 0, result.stderr
+    assert "median ms" in result.stdout and "decoder" in result.stdout
+
+
+def test_user_errors_are_one_line(exported, tmp_path, run):
+    out, _ = exported
+    # As a process: the console entry point's handling of our errors.
+    assert_one_line_error(cli("export", tmp_path / "missing", "--out", tmp_path / "o"), 2,
+                          "is not a checkpoint folder")
+    assert_one_line_error(run("verify", out, "--backend", "nope"), 2, "unknown backend 'nope'")
+    assert_one_line_error(run("sample", out, "--out", tmp_path / "grid.txt"), 2, "must be an image file")
+    assert_one_line_error(run("sample", out, "-n", "0", "--out", tmp_path / "g.png"), 2, "at least 1")
+    assert_one_line_error(run("bench", out, "--batch-sizes", "one"), 2, "comma-separated integers")
+    assert_one_line_error(run("export", out / "reference", "--out", tmp_path / "o", "--profile", "nope"),
+                          2, "file not found")
+    tampered = shutil.copytree(out, tmp_path / "t")
+    (tampered / "encoder.onnx").write_bytes(b"not onnx")
+    assert_one_line_error(run("verify", tampered), 2, "does not match the manifest")
+    assert_one_line_error(run("sample", tampered, "--out", tmp_path / "g.png"), 2,
+                          "does not match the manifest")

