@@ -11,11 +11,16 @@ validation) so the comparison is ORT vs PyTorch, not our checks.
 PyTorch is timed at its default thread count and at 1 thread (on a loaded 2-core machine its default can
 be far slower: OpenMP threads wait for a core); the ratio is taken against the faster of the two.
 Writes benchmarks/results/runtime_speed.{json,md}.
+
+--device-check FILE adds the summary of a GPU device check (out/hB_gpu/gpu_check.py run on the lent GPU:
+ort-cuda parity and ort-cuda vs ort-cpu timings of the same model there); without it, a device-check
+section already in the results JSON is kept.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -53,7 +58,14 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="model folder (default: the seed MLP, in a tmp dir)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--out", type=Path, default=RESULTS / "runtime_speed")
+    parser.add_argument("--device-check", type=Path, help="gpu_check.json from a run on the lent GPU")
+    parser.add_argument("--device-name", default="NVIDIA H200")
+    parser.add_argument("--render-only", action="store_true", help="rewrite the .md from the existing .json")
     args = parser.parse_args()
+    if args.render_only:
+        saved = json.loads(args.out.with_suffix(".json").read_text())
+        write_text_atomic(args.out.with_suffix(".md"), render(saved))
+        return
 
     default_threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,9 +123,53 @@ def main() -> None:
         "rounds": args.rounds, "calls_per_round": CALLS, "seconds": time.time() - started,
         "configs": names, "cases": cases,
     }
+    previous = args.out.with_suffix(".json")
+    if args.device_check is not None:
+        result["device_check"] = summarize_device_check(json.loads(args.device_check.read_text()),
+                                                        args.device_name)
+    elif previous.is_file() and "device_check" in json.loads(previous.read_text()):
+        result["device_check"] = json.loads(previous.read_text())["device_check"]
     write_json_atomic(args.out.with_suffix(".json"), result)
     write_text_atomic(args.out.with_suffix(".md"), render(result))
     print(f"wrote {args.out.with_suffix('.json')} and .md")
+
+
+def summarize_device_check(check: dict, device: str) -> dict:
+    parity = {}
+    for name, value in check["checks"].items():
+        if isinstance(value, dict):
+            parity[name] = {"passed": value["passed"], "stream_rows": value["stream_rows"],
+                            "worst": {k: v for k, v in value["worst"].items() if "present" not in k}}
+        else:
+            parity[name] = value
+    return {"device": device, "onnxruntime": check["onnxruntime"], "parity": parity, "bench": check["bench"]}
+
+
+def render_device_check(dc: dict) -> list[str]:
+    lines = ["", f"## ort-cuda on the lent GPU ({dc['device']}, onnxruntime-gpu {dc['onnxruntime']})", "",
+             "Parity of ort-cuda against the PyTorch reference (tests/runtime/test_ort_cuda.py and "
+             "export/validate.py), the 100-epoch seed model and a tiny causal3d video model:", ""]
+    for name, value in dc["parity"].items():
+        if isinstance(value, dict):
+            worst = ", ".join(f"{k} max abs {v['max_abs']:.1e} / PSNR {v['min_psnr_db']:.1f} dB"
+                              for k, v in value["worst"].items())
+            streams = f", {value['stream_rows']} stream rows" if value["stream_rows"] else ""
+            lines.append(f"- {name}: {'passed' if value['passed'] else 'FAILED'}{streams}: {worst}")
+        else:
+            lines.append(f"- {name}: {value.splitlines()[0]}")
+    lines += ["", "Runner timings there (public encode/decode calls, numpy in and out, ms median / p95; "
+              "no IO binding yet):", "", "| model | graph | batch | ort-cuda | ort-cpu (16 cores) |",
+              "|---|---|---:|---:|---:|"]
+    rows = {(b["model"], b["backend"], b["graph"], b["batch"]): b for b in dc["bench"] if "graph" in b}
+    labels = {"model": "mlp fp32", "model16": "mlp gpu-fp16"}  # the check's folder names
+    for (model, backend, graph, batch), b in rows.items():
+        if backend != "ort-cuda":
+            continue
+        cpu = rows.get((model, "ort-cpu", graph, batch))
+        cpu_text = f"{cpu['median_ms']:.3f} / {cpu['p95_ms']:.3f}" if cpu else "-"
+        gpu_text = f"{b['median_ms']:.3f} / {b['p95_ms']:.3f}"
+        lines.append(f"| {labels.get(model, model)} | {graph} | {batch} | {gpu_text} | {cpu_text} |")
+    return lines
 
 
 def render(result: dict) -> str:
@@ -150,6 +206,8 @@ def render(result: dict) -> str:
         "sequential execution, one inter-op thread; intra-op threads and spinning as in the first column.",
         "The other ORT columns are the alternatives measured in the same run.",
     ]
+    if "device_check" in result:
+        lines += render_device_check(result["device_check"])
     return "\n".join(lines) + "\n"
 
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from video_zoo import TINY_VIDEO_CONFIGS, perturbed, tiny_model
+from video_zoo import (
+    TINY_VIDEO_CONFIGS,
+    one_torch_thread,  # noqa: F401  (autouse fixture)
+    perturbed,
+    tiny_model,
+)
 
 from vae_deploy.errors import InputShapeError
 from vae_deploy.models import build_model

@@ -10,7 +10,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from video_zoo import TINY_VIDEO_CONFIGS, tiny_model
+from video_zoo import (
+    TINY_VIDEO_CONFIGS,
+    one_torch_thread,  # noqa: F401  (autouse fixture)
+    tiny_model,
+)
 
 from vae_deploy.errors import ConfigError, InputShapeError
 from vae_deploy.models import build_model

@@ -7,6 +7,7 @@ take part in the checks instead of hiding behind zeros.
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from vae_deploy.models import build_model
@@ -20,6 +21,17 @@ TINY_VIDEO_CONFIGS: dict[str, tuple[str, dict]] = {
     "causal3d-t2": ("causal3d", {**_FRAME, "temporal_downsample": 2}),
     "causal3d-t4": ("causal3d", {**_FRAME, "temporal_downsample": 4, "kernel_t": 2}),
 }
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models run on one thread: on a shared 2-core machine a second OpenMP thread waits for a core
+    at every op (a tiny causal 3D encode measured 230 ms on two threads, 4 ms on one). Import it into a
+    test module to apply it there."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def perturbed(model: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:

@@ -44,7 +44,8 @@ def test_damaged_files_are_refused(tmp_path, damage):
     path = tmp_path / "clip.vaelat"
     _write(path, np.zeros((9, 4, 3, 5), np.float32))
     data = path.read_bytes()
-    path.write_bytes({"truncate": data[:-20], "not-latents": b"\x00\x00\x00 ftypmp42" + data[12:], "empty": b""}[damage])
+    damaged = {"truncate": data[:-20], "not-latents": b"\x00\x00\x00 ftypmp42" + data[12:], "empty": b""}
+    path.write_bytes(damaged[damage])
     with pytest.raises(DataError):
         LatentReader(path)
 

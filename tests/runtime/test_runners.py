@@ -128,16 +128,22 @@ TORCH_FREE = textwrap.dedent("""
         print("torch backend:", exc)
     else:
         raise SystemExit("the torch backend loaded without torch")
+    # The CLI's generation path too: `vae-deploy sample` decodes and writes the PNG with numpy + OpenCV.
+    from vae_deploy.cli.app import main
+    sys.argv = ["vae-deploy", "sample", model_dir, "-n", "16", "--out", sys.argv[2], "--seed", "1"]
+    main()
     leaked = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
     assert not leaked, leaked
     print("ok without torch")
 """)
 
 
-def test_runtime_works_without_torch(mlp_model_dir):
-    result = subprocess.run([sys.executable, "-c", TORCH_FREE, str(mlp_model_dir)], capture_output=True,
-                            text=True, timeout=120)
+def test_runtime_works_without_torch(mlp_model_dir, tmp_path):
+    grid = tmp_path / "grid.png"
+    result = subprocess.run([sys.executable, "-c", TORCH_FREE, str(mlp_model_dir), str(grid)],
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "ok without torch" in result.stdout
+    assert grid.is_file() and grid.stat().st_size > 0
     assert "torch backend: backend 'torch' is not available" in result.stdout
     assert "pip install 'vae-deploy[train]'" in result.stdout

@@ -3,6 +3,7 @@ here with OpenCV, decoded back with OpenCV."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -105,6 +106,9 @@ def test_unavailable_camera_and_stream():
         open_source("98")
     with pytest.raises(DataError, match="cannot open stream rtsp://127.0.0.1:9/"):
         open_source("rtsp://127.0.0.1:9/none")
+    if re.search(r"GStreamer:\s+NO", cv2.getBuildInformation()):  # the PyPI wheels have no GStreamer
+        with pytest.raises(DataError, match="cannot open stream videotestsrc"):
+            open_source("videotestsrc num-buffers=5 ! videoconvert ! appsink")
 
 
 def test_gray_video_comes_out_rgb(tmp_path):

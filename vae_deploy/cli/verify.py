@@ -16,7 +16,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from vae_deploy.errors import ConfigError, ParityError
+from vae_deploy.errors import ConfigError, DataError, ParityError
 
 # Real encoder inputs per model kind: kind -> (n, source, data_dir) -> float32 batch in the model's layout.
 # Kinds without an entry are verified on random inputs only (the report has no "real" rows then).
@@ -36,7 +36,12 @@ REAL_INPUTS["mlp"] = _mnist_test_images
 
 def real_inputs_for(kind: str, n: int, source: str, data_dir: Path | None) -> np.ndarray | None:
     loader = REAL_INPUTS.get(kind)
-    return loader(n, source, data_dir) if loader is not None and n > 0 else None
+    if loader is None or n <= 0:
+        return None
+    try:
+        return loader(n, source, data_dir)
+    except DataError as exc:
+        raise DataError(f"{exc} (or pass --real 0 to check on random inputs only)") from None
 
 
 def parse_sizes(text: str | None, option: str) -> tuple[int, ...] | None:
@@ -70,12 +75,16 @@ def print_report(report) -> None:
     for name, rows in outputs.items():
         table = Table(title=f"{name}: {report.backend} vs {report.reference} ({report.precision})",
                       title_justify="left")
-        for column in ("inputs", "batch", "chunk", "max abs", "max rel", "PSNR dB", "limit", ""):
-            table.add_column(column, justify="left" if column in ("inputs", "limit") else "right")
+        streams = any(c.chunk for c in rows)  # the chunk column only where a stream was checked
+        columns = ("inputs", "batch", "chunk", "max abs", "max rel", "PSNR dB", "limit", "")
+        for column in columns:
+            if column != "chunk" or streams:
+                table.add_column(column, justify="left" if column in ("inputs", "limit") else "right")
         for c in rows:
-            table.add_row(c.case, str(c.batch), str(c.chunk or "-"), _fmt(c.max_abs, "e"),
-                          _fmt(c.max_rel, "e"), _fmt(c.psnr_db, "db"), c.limit,
-                          "[green]ok[/]" if c.passed else "[red]FAIL[/]")
+            cells = [c.case, str(c.batch), str(c.chunk or "-"), _fmt(c.max_abs, "e"), _fmt(c.max_rel, "e"),
+                     _fmt(c.psnr_db, "db"), c.limit, "[green]ok[/]" if c.passed else "[red]FAIL[/]"]
+            table.add_row(*(cell for column, cell in zip(columns, cells, strict=True)
+                            if column != "chunk" or streams))
         console.print(table)
 
 

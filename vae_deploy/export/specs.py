@@ -100,7 +100,7 @@ def streaming_video_specs(kind: str, config: Any) -> dict[str, GraphSpec]:
         method="encode_step",
         example_dims={"batch": 1, "frames": 4 * tf, "height": 4 * s, "width": 4 * s},
         stream_axis="frames", stream_chunks=(tf, 3 * tf),
-        dim_multiples={"height": s, "width": s, "frames": tf},
+        dim_multiples={"height": s, "width": s, "frames": tf}, max_parity_batch=2,
     )
     video_shape = (batch, _scaled(latent_frames, tf, False), ch, _scaled(latent_h, s, False),
                    _scaled(latent_w, s, False))
@@ -111,7 +111,7 @@ def streaming_video_specs(kind: str, config: Any) -> dict[str, GraphSpec]:
         state=states(model.decoder_state_shapes(batch, latent_h, latent_w)),
         method="decode_step",
         example_dims={"batch": 1, "latent_frames": 4, "latent_h": 4, "latent_w": 4},
-        stream_axis="latent_frames", stream_chunks=(1, 3),
+        stream_axis="latent_frames", stream_chunks=(1, 3), max_parity_batch=2,
         derived_dims={"latent_frames": f"(frames+{tf - 1})//{tf}" if tf > 1 else "frames",
                       "latent_h": f"height//{s}", "latent_w": f"width//{s}"},
     )

@@ -60,7 +60,8 @@ class LatentWriter:
     def write(self, latents: np.ndarray) -> None:
         shape = tuple(self.header.latent_shape)
         if latents.ndim != 4 or tuple(latents.shape[1:]) != shape:
-            raise InputShapeError(f"latent chunk must be (T, {', '.join(map(str, shape))}), got {latents.shape}")
+            raise InputShapeError(f"latent chunk must be (T, {', '.join(map(str, shape))}), "
+                                  f"got {latents.shape}")
         self._fh.write(np.ascontiguousarray(latents, dtype=np.float16).tobytes())
         self.header.latent_frames += latents.shape[0]
 
@@ -117,7 +118,8 @@ class LatentReader:
         frame_shape = tuple(self.header.latent_shape)
         expected = self.header.latent_frames * int(np.prod(frame_shape)) * 2
         if data_end - len(MAGIC) != expected:
-            raise DataError(f"{self.path} holds {data_end - len(MAGIC)} latent bytes, its header promises {expected}")
+            raise DataError(f"{self.path} holds {data_end - len(MAGIC)} latent bytes, its header promises "
+                            f"{expected}")
         self.latents = np.memmap(self.path, dtype=np.float16, mode="r", offset=len(MAGIC),
                                  shape=(self.header.latent_frames, *frame_shape))
 

@@ -4,9 +4,10 @@ onnxruntime is imported here only, when one of these runners is built. Session s
     threads         intra-op threads (CPU EP); default 0 = ORT's choice, one per physical core
     spinning        idle intra-op threads spin briefly before sleeping (ORT's default; default True)
     optimization    graph optimization level: "disable" | "basic" | "extended" | "all" (default "all")
-Defaults chosen by measurement (benchmarks/results/runtime_speed.md): one thread per core with spinning
-was the fastest or tied at batch 128 and up; a single thread saves a few microseconds at batch 1 but loses
-half the speed on large batches, so it is an option (threads=1), not the default.
+Defaults chosen by measurement (benchmarks/results/runtime_speed.md, MLP VAE on the shared 2-core machine):
+one thread per core with spinning was fastest or tied at batch 1 and 128, and clearly fastest at batch 128
+when the cores were free (spinning threads pick up the next op without a wake-up); at batch 8192 on cores
+busy with other processes, spinning lost to threads=1 or spinning=False, which are options for that case.
 ort-cuda's GPU tuning (IO binding, CUDA graphs, fp16 NHWC) comes with the GPU issue; here it runs the same
 numpy-in/numpy-out contract on the CUDA execution provider and refuses to fall back to CPU silently.
 """

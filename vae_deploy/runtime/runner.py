@@ -72,15 +72,23 @@ class Runner:
 
         Returns every output by name, state outputs (present_i) included.
         """
+        spec, arrays, env = self._prepare(graph, inputs)
+        state = spec.zero_state(env) if past is None else _checked_state(spec, env, past)
+        return self._execute(spec, arrays, env, state)
+
+    def _prepare(self, graph: str, inputs: Any) -> tuple[GraphSpec, dict[str, np.ndarray], dict[str, int]]:
+        """Validate the data inputs once: (spec, arrays by name, symbol values)."""
         if self._closed:
             raise VaeDeployError(f"{self.name} runner for {self.model_dir} is closed")
         spec = self.graph(graph)
         arrays = _named(spec, inputs)
-        env = spec.bind(arrays)
-        state = spec.zero_state(env) if past is None else _checked_state(spec, env, past)
+        return spec, arrays, spec.bind(arrays)
+
+    def _execute(self, spec: GraphSpec, arrays: dict[str, np.ndarray], env: dict[str, int],
+                 state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = {t.name: arrays[t.name] for t in spec.inputs}
         feeds.update(state)
-        outputs = self._run(graph, feeds)
+        outputs = self._run(spec.name, feeds)
         _check_outputs(self.name, spec, env, outputs)
         return outputs
 
@@ -132,21 +140,18 @@ class Stream:
 
     def step(self, graph: str, chunk: np.ndarray | Sequence[np.ndarray] | Mapping[str, np.ndarray]
              ) -> dict[str, np.ndarray]:
-        spec = self.runner.graph(graph)
-        arrays = _named(spec, chunk)
-        env = spec.bind(arrays)
+        spec, arrays, env = self.runner._prepare(graph, chunk)
         past = self._state.get(graph)
-        fresh = spec.zero_state(env)
         if past is None:
-            past = fresh
+            past = spec.zero_state(env)
         else:
-            for st in spec.state:
-                if past[st.input].shape != fresh[st.input].shape:
+            for st, shape in zip(spec.state, spec.state_shapes(env), strict=True):
+                if past[st.input].shape != shape:
                     raise InputShapeError(
-                        f"{graph} stream: this chunk needs state {st.input} of shape {fresh[st.input].shape} "
-                        f"but the stream holds {past[st.input].shape} (batch or frame size changed "
-                        f"mid-stream; open a new stream)")
-        outputs = self.runner.run(graph, arrays, past=past)
+                        f"{graph} stream: this chunk needs state {st.input} of shape {shape} but the stream "
+                        f"holds {past[st.input].shape} (batch or frame size changed mid-stream; open a new "
+                        f"stream)")
+        outputs = self.runner._execute(spec, arrays, env, past)
         self._state[graph] = {st.input: outputs[st.output] for st in spec.state}
         return {t.name: outputs[t.name] for t in spec.outputs}
 

@@ -14,6 +14,7 @@ of the batch and spatial size can be written down once and resolved for each str
 from __future__ import annotations
 
 import ast
+import functools
 import operator
 from dataclasses import dataclass, field
 
@@ -28,6 +29,7 @@ _BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
            ast.FloorDiv: operator.floordiv}
 
 
+@functools.lru_cache(maxsize=1024)  # every call checks shapes: parse each formula once
 def _parse(expr: str) -> ast.expr:
     try:
         tree = ast.parse(expr, mode="eval").body
@@ -184,6 +186,9 @@ class GraphSpec:
     # Symbols of this graph as formulas of a profile's symbols, for TensorRT ranges given per video
     # frame size: a decoder's {"latent_h": "height//8"}.
     derived_dims: dict[str, str] = field(default_factory=dict)
+    # Largest random batch the parity check feeds (0: no cap): 1000 video clips would take minutes on a
+    # CPU and prove nothing more than 2; bigger requested batches are clamped to this.
+    max_parity_batch: int = 0
 
     def __post_init__(self):
         names = self.input_names + self.output_names
