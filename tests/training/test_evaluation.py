@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,7 +59,8 @@ def test_test_loss_is_the_seeds_validation(report, trained_run):
     assert report["test_recon"] == pytest.approx(recon / 1000, rel=1e-12)
     assert report["test_kl"] == pytest.approx(kl / 1000, rel=1e-12)
     assert report["epoch"] == 1 and report["partial"] is False and report["kind"] == "mlp"
-    json.dumps(report)  # JSON-ready
+    saved = json.loads((Path(report["pictures"]["manifold"]).parent / "report.json").read_text())
+    assert saved == report
 
 
 def test_seed_changes_only_the_sampling_noise(report, trained_run, tmp_path):

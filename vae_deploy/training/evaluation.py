@@ -16,12 +16,16 @@ import torch
 from torch import nn
 
 from vae_deploy.errors import ModelFormatError
+from vae_deploy.files import write_json_atomic
 from vae_deploy.models.checkpoint import load_model
 from vae_deploy.training import plots
 from vae_deploy.training.config import recipe_from_dict
 from vae_deploy.training.device import resolve_device
 from vae_deploy.training.run_folder import RunFolder
 from vae_deploy.training.tasks import Task, build_task
+
+
+REPORT_FILE = "report.json"  # written beside the pictures
 
 
 @torch.no_grad()
@@ -48,7 +52,8 @@ def evaluate_run(run_dir: Path, data_dir: Path | None = None, out_dir: Path | No
                  device: str = "auto") -> dict[str, Any]:
     """Evaluate the best checkpoint of a run folder on its task's test set and draw the pictures.
 
-    Returns a JSON-ready report: test loss/recon/kl per sample, the checkpoint's epoch, and picture paths.
+    Returns the report (test loss/recon/kl per sample, the checkpoint's epoch, picture paths), also written
+    as report.json beside the pictures.
     """
     run = RunFolder(Path(run_dir))
     model, config = load_model(run.root)  # refuses weights that do not match config.json
@@ -69,7 +74,7 @@ def evaluate_run(run_dir: Path, data_dir: Path | None = None, out_dir: Path | No
     history = run.read_metrics()
     if history:
         pictures["loss_curves"] = plots.save_loss_curves(out / "loss_curves.png", history)
-    return {
+    report = {
         "run": str(run.root),
         "kind": config["kind"],
         "epoch": config.get("epoch"),
@@ -81,3 +86,5 @@ def evaluate_run(run_dir: Path, data_dir: Path | None = None, out_dir: Path | No
         "seed": seed,
         "pictures": {name: str(path) for name, path in sorted(pictures.items())},
     }
+    write_json_atomic(out / REPORT_FILE, report)
+    return report
