@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     args.results.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.results / "train_speed.json", report)
     rows = "\n".join(
-        f"| {name} | {medians[name]:,.0f} | {medians[name] / medians['seed loop']:.2f} | "
+        f"| {name} | {medians[name]:,.0f} | {medians[name] / medians['seed loop']:.3f} | "
         f"{', '.join(f'{v:,.0f}' for v in rates[name])} |" for name in names)
     write_text_atomic(args.results / "train_speed.md", f"""# Training speed: trainer vs the seed's loop
 
@@ -120,14 +120,15 @@ validation + saving, fresh model each time, alternating order; median over {args
 |---|---:|---:|---|
 {rows}
 
-**Ratio trainer / seed loop: {report['ratio_trainer_vs_seed']:.2f}**
-(fused Adam: {report['ratio_fused_vs_seed']:.2f}).
-The trainer at its defaults retraces the seed's numbers exactly (tests/training/test_trainer.py); its gain
+**Ratio trainer / seed loop: {report['ratio_trainer_vs_seed']:.3f}**
+(fused Adam: {report['ratio_fused_vs_seed']:.3f}).
+The trainer at its defaults retraces the seed's numbers exactly (tests/training/test_seed_equivalence.py,
+benchmarks/results/mnist_quality.md); its gain
 comes from dropping the DataLoader (one permutation per epoch, slices of one in-memory float32 tensor) and
 from summing losses on the device instead of calling `.item()` every step.
 """)
-    print(f"trainer / seed loop = {report['ratio_trainer_vs_seed']:.2f} "
-          f"(fused {report['ratio_fused_vs_seed']:.2f}); wrote {args.results}/train_speed.{{json,md}}")
+    print(f"trainer / seed loop = {report['ratio_trainer_vs_seed']:.3f} "
+          f"(fused {report['ratio_fused_vs_seed']:.3f}); wrote {args.results}/train_speed.{{json,md}}")
 
 
 if __name__ == "__main__":

@@ -92,3 +92,59 @@ def mlp_model_fp16_dir(tmp_path_factory, mlp_checkpoint, mnist_test_images) -> P
     export_model(mlp_checkpoint, folder, load_profile(Path(__file__).parents[1] / "export" / "gpu-fp16.toml"),
                  real_inputs=mnist_test_images)
     return folder
+
+
+# ---------------------------------------------------------------- tiny exported video models (F)
+
+# name -> (kind, config, channels): random-weight video models small enough to export in seconds and to
+# stream 32-64 px frames quickly; every design, and a 1-channel model for grayscale handling.
+_TINY_FRAME = {"channels": 16, "fine_channels": 8, "latent_channels": 4, "downsample": 8}
+TINY_VIDEO_MODELS: dict[str, tuple[str, dict]] = {
+    "frame": ("frame", dict(_TINY_FRAME)),
+    "frame-gray": ("frame", {**_TINY_FRAME, "in_channels": 1}),
+    "temporal": ("temporal", {"frame": dict(_TINY_FRAME), "window": 3, "d_model": 16, "heads": 2,
+                              "layers": 1}),
+    "causal3d-t1": ("causal3d", {**_TINY_FRAME, "temporal_downsample": 1}),
+    "causal3d-t2": ("causal3d", {**_TINY_FRAME, "temporal_downsample": 2}),
+    "causal3d-t4": ("causal3d", {**_TINY_FRAME, "temporal_downsample": 4, "kernel_t": 2}),
+}
+TINY_VIDEO_SHORT_SIDE = 32  # recorded as the training short side, so `run` defaults to small frames
+
+
+@pytest.fixture(scope="session")
+def tiny_video_model(tmp_path_factory):
+    """name -> model folder of a tiny video model (TINY_VIDEO_MODELS), exported once per session with the
+    default profile (its ort-cpu parity checked). Random weights, perturbed so that zero-initialised parts
+    take part. Read-only: copy before modifying."""
+    import torch
+
+    from vae_deploy.export import ExportProfile, export_model
+    from vae_deploy.models import build_model
+    from vae_deploy.models.checkpoint import save_model
+
+    built: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in built:
+            kind, config = TINY_VIDEO_MODELS[name]
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                gen = torch.Generator().manual_seed(0)
+                torch.manual_seed(0)
+                model = build_model(kind, config).eval()
+                with torch.no_grad():
+                    for p in model.parameters():
+                        p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+                root = tmp_path_factory.mktemp(f"video_{name}")
+                recipe = {"data": {"short_side": TINY_VIDEO_SHORT_SIDE}}
+                save_model(root / "ckpt", model, extra={"recipe": recipe})
+                profile = ExportProfile(parity_batch_sizes=(1,))
+                _, report = export_model(root / "ckpt", root / "model", profile)
+                assert report.passed, report.failures()
+            finally:
+                torch.set_num_threads(threads)
+            built[name] = root / "model"
+        return built[name]
+
+    return get

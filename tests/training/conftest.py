@@ -19,9 +19,3 @@ def trained_run(tmp_path_factory) -> Path:
     with one_thread():
         train(tiny_recipe(epochs=2), out, console=Console(quiet=True))
     return out
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    with one_thread():
-        yield

@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from vae_deploy.cli import bench, evaluate, export, sample, train, verify
+from vae_deploy.cli import bench, decode, demo, encode, evaluate, export, run, sample, train, verify
 from vae_deploy.errors import VaeDeployError
 
 app = typer.Typer(
@@ -27,6 +27,10 @@ app.command("export")(export.export)
 app.command("verify")(verify.verify)
 app.command("sample")(sample.sample)
 app.command("bench")(bench.bench)
+app.command("run")(run.run)
+app.command("encode")(encode.encode)
+app.command("decode")(decode.decode)
+app.command("demo")(demo.demo)
 
 
 def main() -> None:

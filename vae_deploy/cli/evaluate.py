@@ -8,6 +8,9 @@ from typing import Annotated
 
 import typer
 
+# The report's own numbers (shown above or bookkeeping); numbers a task adds get a row each.
+_BASE_KEYS = {"epoch", "steps", "test_loss", "test_recon", "test_kl", "test_samples", "seed"}
+
 
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by `vae-deploy train`.")],
@@ -30,14 +33,27 @@ def evaluate(
     from rich.console import Console
     from rich.table import Table
 
-    partial = ", partial" if report["partial"] else ""
-    table = Table(title=f"{report['run']} (epoch {report['epoch']}{partial})")
-    table.add_column("per test sample")
-    table.add_column("nats", justify="right")
+    which = (f"partial checkpoint, {report['steps']} steps" if report["partial"]
+             else f"best epoch {report['epoch']}")
+    table = Table(title=f"{report['run']} ({which})")
+    table.add_column("test set")
+    table.add_column("value", justify="right")
     for name in ("test_loss", "test_recon", "test_kl"):
         if report[name] is not None:
-            table.add_row(name[5:], f"{report[name]:.3f}")
+            table.add_row(f"{name[5:]} (nats per sample)", f"{report[name]:.3f}")
+    for name, value in report.items():  # numbers a task adds (e.g. video PSNR)
+        if name not in _BASE_KEYS and isinstance(value, (int, float)) and not isinstance(value, bool):
+            table.add_row(name, f"{value:.4g}")
     console = Console()
     console.print(table)
+    if report.get("clips"):  # video tasks: one row per held-out clip (vae_deploy.training.video_evaluation)
+        clips = Table(title="held-out clips, streamed (mu, no sampling)")
+        for column in ("clip", "frames", "WxH", "PSNR", "SSIM", "flicker", "ratio", "fps"):
+            clips.add_column(column, justify="left" if column == "clip" else "right", overflow="fold")
+        for c in report["clips"]:
+            clips.add_row(c["name"], str(c["frames"]), f"{c['width']}x{c['height']}", f"{c['psnr']:.2f}",
+                          f"{c['ssim']:.4f}", f"{c['flicker']:.4f}", f"{c['compression_ratio']:.1f}",
+                          f"{c['fps']:.1f}")
+        console.print(clips)
     for name, path in report["pictures"].items():
         console.print(f"{name}: {path}", highlight=False)

@@ -1,8 +1,9 @@
-"""`vae-deploy export RUN_DIR --out MODEL_DIR [--profile export/NAME.toml]`: checkpoint -> model folder.
+"""`vae-deploy export RUN_DIR --out MODEL_DIR [--profile NAME] [--engine]`: checkpoint -> model folder.
 
 Writes encoder.onnx, decoder.onnx, reference/ and manifest.json (with the parity report measured here),
 prints the worst error per output, and exits 1 when parity fails (the folder is still written, so
-`vae-deploy verify` can show the details).
+`vae-deploy verify` can show the details). --engine also builds TensorRT engines (export/tensorrt_build.py);
+where TensorRT is missing it stops before exporting, saying what to install and which backends run here.
 """
 
 from __future__ import annotations
@@ -28,6 +29,15 @@ def export(
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="MNIST folder for real inputs.")] = None,
     parity_backend: Annotated[str, typer.Option(
         "--parity-backend", help="Backend the parity check runs.")] = "ort-cpu",
+    engine: Annotated[bool, typer.Option(
+        "--engine", help="Also build TensorRT engines into MODEL_DIR/engines (TensorRT 10+, NVIDIA GPU); "
+                         "engines cached under the same key are reused, stale ones rebuilt.")] = False,
+    engine_precision: Annotated[str | None, typer.Option(
+        "--engine-precision", help="Engine precision: fp32, fp16 or int8 (default: the profile's "
+                                   "tensorrt.fp16).")] = None,
+    calibration: Annotated[Path | None, typer.Option(
+        "--calibration", help="int8 engines of video models: a video file or image folder of real frames "
+                              "(the MLP calibrates on its real MNIST test inputs).")] = None,
 ) -> None:
     """Export encoder and decoder to ONNX with a manifest and an export-time parity report."""
     from rich.console import Console
@@ -38,6 +48,13 @@ def export(
     from vae_deploy.models.checkpoint import read_config
 
     console = Console()
+    if engine:  # before the export: a missing TensorRT should not cost an export first
+        from vae_deploy.errors import ConfigError
+        from vae_deploy.export.tensorrt_build import require_tensorrt
+
+        if engine_precision not in (None, "fp32", "fp16", "int8"):
+            raise ConfigError(f"--engine-precision must be fp32, fp16 or int8, got {engine_precision!r}")
+        require_tensorrt()
     chosen = load_profile(profile)
     kind = read_config(run_dir)["kind"]
     inputs = real_inputs_for(kind, real, data_source, data_dir)
@@ -55,3 +72,30 @@ def export(
         raise parity_error(report)
     console.print(f"wrote {out} ({manifest.kind}, {manifest.precision}, opset {manifest.opset}, profile "
                   f"{chosen.name})", highlight=False)
+    if engine:
+        _build_engines(console, out, manifest, engine_precision, inputs, calibration)
+
+
+def _build_engines(console, out: Path, manifest, precision: str | None, real_inputs, calibration) -> None:
+    from rich.table import Table
+
+    from vae_deploy.errors import ConfigError
+    from vae_deploy.export.tensorrt_build import build_engines, calibration_from_video, describe
+
+    calibration_inputs = None
+    if precision == "int8":
+        if calibration is not None:
+            calibration_inputs = calibration_from_video(calibration, manifest)
+        elif real_inputs is not None and not manifest.graph("encoder").stream_axis:
+            calibration_inputs = real_inputs
+        else:
+            raise ConfigError("int8 engines need real calibration inputs: pass --calibration VIDEO "
+                              "(or --real N for the MLP)")
+    results = build_engines(out, precision, calibration_inputs=calibration_inputs,
+                            log=lambda msg: console.print(msg, highlight=False))
+    table = Table(title=f"TensorRT engines in {out}/engines", title_justify="left")
+    for column in ("graph", "precision", "file", "cached", "seconds"):
+        table.add_column(column)
+    for row in describe(results):
+        table.add_row(*(str(row[c]) for c in ("graph", "precision", "file", "cached", "seconds")))
+    console.print(table)

@@ -23,6 +23,8 @@ def train(
         "--max-steps", min=1, help="Stop after this many optimizer steps in total (smoke runs).")] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads for torch.")] = None,
+    max_minutes: Annotated[float | None, typer.Option(
+        "--max-minutes", min=0.001, help="Override [train] max_minutes (wall-clock budget).")] = None,
 ) -> None:
     """Train a VAE from a recipe; keeps the best epoch by validation loss, resumable."""
     from rich.console import Console
@@ -31,8 +33,9 @@ def train(
     from vae_deploy.training.trainer import train as run_training
 
     spec = load_recipe(recipe).with_overrides(epochs=epochs, seed=seed, max_steps=max_steps, device=device,
-                                                threads=threads)
-    spec = spec.with_data_dir(data_dir)
+                                                threads=threads, max_minutes=max_minutes)
+    # An absolute data folder in the run's recipe, so `evaluate` and `--resume` work from any directory.
+    spec = spec.with_data_dir(data_dir.resolve() if data_dir is not None else None)
     out_dir = out if out is not None else Path("runs") / spec.name
     result = run_training(spec, out_dir, resume=resume, console=Console(stderr=True))
     best = (f"best epoch {result.best_epoch} (valid loss {result.best_valid_loss:.3f})"

@@ -219,9 +219,13 @@ def export_model(checkpoint_dir: Path, out_dir: Path, profile: ExportProfile | N
             shutil.copyfile(checkpoint_dir / name, tmp)
     files = [spec.file for spec in specs.values()]
     files += [f"{REFERENCE_DIR}/{WEIGHTS_FILE}", f"{REFERENCE_DIR}/{CONFIG_FILE}"]
+    preprocessing = _preprocessing(specs["encoder"])
+    recipe_data = (config.get("recipe") or {}).get("data") or {}
+    if recipe_data.get("short_side"):  # video runs: the working resolution `vae-deploy run` defaults to
+        preprocessing["short_side"] = int(recipe_data["short_side"])
     manifest = Manifest(
         kind=config["kind"], model=to_dict(model.config), graphs=specs, precision=profile.precision,
-        opset=profile.opset, preprocessing=_preprocessing(specs["encoder"]), producer=_producer(),
+        opset=profile.opset, preprocessing=preprocessing, producer=_producer(),
         files=hash_files(out_dir, files), export_profile=profile.to_dict(),
     )
     log(f"checking parity: {parity_backend} vs torch")

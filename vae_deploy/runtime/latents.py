@@ -41,6 +41,7 @@ class LatentHeader:
     source_size: list[int] = field(default_factory=list)  # (width, height) of the source frames
     working_size: list[int] = field(default_factory=list)  # (width, height) the model ran at
     fit: dict = field(default_factory=dict)  # how frames were fitted to the model; undone on decode
+    chunk: int = 0  # frames per encoder call; decode uses the same chunks, so its frames equal `run`'s
     dtype: str = "float16"
     format: str = FORMAT
     version: int = VERSION

@@ -87,3 +87,10 @@ register_backend("ort-cuda", "vae_deploy.runtime.ort_runner:OrtCudaRunner",
 register_backend("torch", "vae_deploy.runtime.torch_runner:TorchRunner",
                  "the PyTorch side (pip install 'vae-deploy[train]')",
                  "the PyTorch model from the folder's reference/ checkpoint: the parity reference")
+register_backend("torch-cuda", "vae_deploy.runtime.torch_cuda_runner:TorchCudaRunner",
+                 "PyTorch with CUDA and an NVIDIA GPU (pip install 'vae-deploy[train]' with a CUDA torch)",
+                 "the PyTorch model on the GPU, eager or torch.compile'd (the verified GPU fast path)")
+register_backend("tensorrt", "vae_deploy.runtime.tensorrt_runner:TensorRTRunner",
+                 "TensorRT 10 or later and an NVIDIA GPU (pip install tensorrt; engines from "
+                 "`vae-deploy export --engine`)",
+                 "TensorRT engines from the model folder's engines/ cache (unverified in this project's CI)")

@@ -34,6 +34,8 @@ class TrainConfig:
     # run no longer retraces the seed script step for step (statistically the same training)
     threads: int | None = None  # CPU threads for torch; None = torch's default. Small models on a busy
     # machine often run faster with 1 (threads spin against each other)
+    max_minutes: float | None = None  # wall-clock budget of one `train` invocation: when it is spent, the
+    # current epoch ends early (validated and saved like any other) and training stops; None = no limit
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1:
@@ -44,11 +46,13 @@ class TrainConfig:
             raise ValueError(f"threads must be at least 1, got {self.threads}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be at least 1, got {self.max_steps}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ValueError(f"max_minutes must be positive, got {self.max_minutes}")
 
 
 # Keys that may change between a run and its --resume: how long to train, where the data lies, which device.
 RESUMABLE_CHANGES = frozenset({"train.epochs", "train.max_steps", "train.device", "train.threads",
-                               "data.data_dir"})
+                               "train.max_minutes", "data.data_dir"})
 
 
 @dataclass

@@ -24,7 +24,6 @@ from vae_deploy.training.device import resolve_device
 from vae_deploy.training.run_folder import RunFolder
 from vae_deploy.training.tasks import Task, build_task
 
-
 REPORT_FILE = "report.json"  # written beside the pictures
 
 
@@ -71,6 +70,8 @@ def evaluate_run(run_dir: Path, data_dir: Path | None = None, out_dir: Path | No
     torch.manual_seed(seed)  # the sampling noise of the loss estimate
     test = average_loss(task, model, task.test_batches())
     pictures = task.write_pictures(model, out, seed)
+    extra, extra_pictures = task.evaluate_extra(model, out, seed)
+    pictures.update(extra_pictures)
     history = run.read_metrics()
     if history:
         pictures["loss_curves"] = plots.save_loss_curves(out / "loss_curves.png", history)
@@ -79,6 +80,7 @@ def evaluate_run(run_dir: Path, data_dir: Path | None = None, out_dir: Path | No
         "kind": config["kind"],
         "epoch": config.get("epoch"),
         "partial": bool(config.get("partial", False)),
+        "steps": config.get("steps"),
         "test_loss": test["loss"],
         "test_recon": test.get("recon"),
         "test_kl": test.get("kl"),
@@ -86,5 +88,9 @@ def evaluate_run(run_dir: Path, data_dir: Path | None = None, out_dir: Path | No
         "seed": seed,
         "pictures": {name: str(path) for name, path in sorted(pictures.items())},
     }
+    clashes = sorted(set(extra) & set(report))
+    if clashes:
+        raise ValueError(f"task {recipe.data_kind!r} reports keys the report already has: {clashes}")
+    report.update(extra)
     write_json_atomic(out / REPORT_FILE, report)
     return report

@@ -148,6 +148,9 @@ class Trainer:
 
     def __init__(self, recipe: TrainRecipe, out_dir: Path, resume: bool = False,
                  console: Console | None = None):
+        # train.max_minutes counts from here: reading the data is part of the budget.
+        minutes = recipe.train.max_minutes
+        self.deadline = None if minutes is None else time.perf_counter() + 60.0 * minutes
         self.recipe = recipe
         self.run = RunFolder(Path(out_dir))
         self.console = console or Console(stderr=True)
@@ -274,8 +277,13 @@ class Trainer:
                 on_step(self.step)
             if max_steps is not None and self.step >= max_steps and done < steps_in_epoch:
                 return {}, samples, False
+            if self._out_of_time():
+                break  # train.max_minutes: this epoch ends here and is validated and saved as usual
         means = (sums / samples).tolist() if sums is not None else [math.nan] * (len(names) + 1)
         return {"loss": means[0], **dict(zip(names, means[1:], strict=True))}, samples, True
+
+    def _out_of_time(self) -> bool:
+        return self.deadline is not None and time.perf_counter() >= self.deadline
 
     def fit(self, on_step: Callable[[int], None] | None = None,
             on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
@@ -285,10 +293,17 @@ class Trainer:
         if self.next_epoch >= train.epochs:
             self.console.print(f"{self.run.root}: all {train.epochs} epochs are already done",
                                highlight=False, markup=False)
+        first = self.next_epoch
         with _Bar(self.console, train.epochs) as bar:
-            for epoch in range(self.next_epoch, train.epochs):
+            for epoch in range(first, train.epochs):
                 if train.max_steps is not None and self.step >= train.max_steps:
                     stopped = True
+                    break
+                if epoch > first and self._out_of_time():  # each invocation trains at least one step
+                    stopped = True
+                    self.console.print(f"stopped before epoch {epoch}: the {train.max_minutes:g} minutes of "
+                                       f"train.max_minutes are spent; --resume continues", highlight=False,
+                                       markup=False, soft_wrap=True)
                     break
                 started = time.perf_counter()
                 bar.start_epoch(epoch, self.task.steps_per_epoch())
@@ -326,7 +341,8 @@ class Trainer:
         if self.best_epoch is None:
             self._save_best({}, partial=True)
             note += "; saved the current weights as a partial checkpoint"
-        self.console.print(note + "; --resume continues from the last finished epoch", highlight=False)
+        self.console.print(note + "; --resume continues from the last finished epoch", highlight=False,
+                           markup=False, soft_wrap=True)
 
 
 def train(recipe: TrainRecipe, out_dir: Path, resume: bool = False, console: Console | None = None,

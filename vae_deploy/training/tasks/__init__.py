@@ -62,6 +62,12 @@ class Task:
         """Draw the task's evaluation pictures into out_dir; return {name: path}."""
         return {}
 
+    def evaluate_extra(self, model: nn.Module, out_dir: Path, seed: int) -> tuple[dict[str, Any],
+                                                                                  dict[str, Path]]:
+        """Evaluation beyond the test loss (e.g. PSNR/SSIM of whole videos): (report entries, {name: path})
+        for `evaluate`'s report. Entries must not reuse the report's own keys."""
+        return {}, {}
+
 
 TASKS: dict[str, type[Task]] = {}
 
@@ -83,5 +89,8 @@ def build_task(kind: str, config: Any, train: Any, device: torch.device) -> Task
     return get_task(kind)(config, train, device)
 
 
-# Built-in tasks register themselves on import (kept last: they subclass Task above).
+# Built-in tasks register themselves on import (kept last: they subclass Task above). A new task module
+# (e.g. video clips) adds its import here.
 from vae_deploy.training.tasks import mnist as _mnist  # noqa: E402,F401
+from vae_deploy.training.tasks import moving_mnist as _moving_mnist  # noqa: E402,F401
+from vae_deploy.training.tasks import video as _video  # noqa: E402,F401

@@ -1,0 +1,338 @@
+"""The streaming pipeline's floors, measured side by side in one run on this CPU.
+
+    .venv/bin/python benchmarks/pipeline_speed.py [--model DIR] [--rounds 5] [--long-frames 10000]
+
+Model: the packaged default model (vae_deploy/assets/default_model) unless --model is given. Clip:
+carphone_pristine (176x144, 120 frames), which the default model never saw in training, fitted as `vae-deploy
+run` fits it (working short side from the manifest). Sections:
+
+1. parity: the exported streaming graphs on ort-cpu, fed in chunks of 1, 4 and 8 frames with the state
+   carried, against the PyTorch reference's full-sequence output (the folder's reference/ checkpoint):
+   max abs error of mu and of the decoded frames (floor: <= 1e-4, fp32).
+2. backends: one chunk (8 frames) through encode -> fp16 latents -> decode (video/codec.py, the pipeline's
+   own code), ONNX Runtime CPU in several SessionOptions settings against PyTorch eager at 1 and 2 threads.
+   Rounds alternate over every case; each round keeps the median of `calls` timed calls after a warm-up;
+   the figure is the median over rounds (floor: best ort-cpu >= 1.5x faster than best torch).
+3. pipeline: `run_video` (the code behind `vae-deploy run --out --metrics`: reading, fitting, encoding,
+   decoding, writing the mp4, PSNR/SSIM/flicker) on the whole clip, against pure inference of the same
+   pre-fitted chunks in a loop; alternating rounds, medians (floor: the pipeline adds <= 20%). Also the
+   end-to-end frames/s and quality (floors: >= 25 frames/s, PSNR >= 26 dB, compression >= 24x), and one
+   `vae-deploy run` process timed from the shell's point of view (model loading included).
+4. memory: the clip looped to `long_frames` frames through `run_video` with an mp4 and a latent file
+   written; resident set size (psutil) at frame 1,000 and at the last frame (floor: grows < 50 MB).
+
+Writes benchmarks/results/pipeline_speed.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from vae_deploy.files import write_json_atomic, write_text_atomic  # noqa: E402
+from vae_deploy.runtime import load_runner  # noqa: E402
+from vae_deploy.runtime.benchmark import time_calls  # noqa: E402
+from vae_deploy.video.codec import VideoCodec, VideoModelInfo  # noqa: E402
+from vae_deploy.video.default_model import DEFAULT_MODEL_DIR, DEMO_CLIP  # noqa: E402
+from vae_deploy.video.fit import plan_fit  # noqa: E402
+from vae_deploy.video.io import FrameSource, open_source  # noqa: E402
+from vae_deploy.video.pipeline import StreamOptions, VideoOutputs, run_video  # noqa: E402
+from vae_deploy.video.samples import sample_video_path  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+FLOORS = {"parity_max_abs": 1e-4, "ort_speedup": 1.5, "pipeline_overhead": 0.20, "frames_per_s": 25.0,
+          "psnr": 26.0, "compression_ratio": 24.0, "rss_growth_mb": 50.0}
+CHUNK = 8
+# name -> (backend, runner options). ORT: threads 0 is ORT's choice (one per core), the runtime's default.
+BACKEND_CASES = {
+    "ort-cpu (default: threads=0, spinning)": ("ort-cpu", {}),
+    "ort-cpu threads=1": ("ort-cpu", {"threads": 1}),
+    "ort-cpu threads=2, no spinning": ("ort-cpu", {"threads": 2, "spinning": False}),
+    "ort-cpu threads=2, optimization=extended": ("ort-cpu", {"threads": 2, "optimization": "extended"}),
+    "torch eager threads=1": ("torch", {"threads": 1}),
+    "torch eager threads=2": ("torch", {"threads": 2}),
+}
+
+
+class LoopedClip(FrameSource):
+    """A real clip played again and again up to `total` frames: a long video without a long file."""
+
+    def __init__(self, frames: np.ndarray, total: int, fps: float):
+        self.frames, self.total = frames, total
+        self.description, self.fps, self.frame_count = f"{DEMO_CLIP} looped", fps, total
+        self.size = (frames.shape[2], frames.shape[1])
+
+    def __iter__(self):
+        for i in range(self.total):
+            yield self.frames[i % len(self.frames)]
+
+
+def fitted_clip(model_dir: Path, frames: np.ndarray) -> np.ndarray:
+    """The clip as the pipeline feeds it: (T, C, H, W) float32 at the working resolution."""
+    from vae_deploy.runtime import read_manifest
+
+    info = VideoModelInfo.from_manifest(read_manifest(model_dir))
+    policy = plan_fit((frames.shape[2], frames.shape[1]), info.short_side, info.spatial_factor, info.channels)
+    return np.stack([policy.fit(f) for f in frames])
+
+
+def parity(model_dir: Path, clip: np.ndarray) -> dict:
+    info = VideoModelInfo.from_manifest(load_runner(model_dir, "ort-cpu").manifest)
+    f = info.temporal_factor
+    video = clip[None, :24 - 24 % f]
+    with load_runner(model_dir, "torch") as ref:
+        ref_mu, _ = ref.encode(video)
+        ref_frames = ref.decode(ref_mu)
+    rows = {}
+    with load_runner(model_dir, "ort-cpu") as runner:
+        for chunk in (1, 4, 8):
+            row = {}
+            if chunk % f == 0:
+                stream = runner.open_stream()
+                mu = np.concatenate([stream.encode(video[:, i:i + chunk])[0]
+                                     for i in range(0, video.shape[1], chunk)], axis=1)
+                row["encoder_mu_max_abs"] = float(np.abs(mu - ref_mu).max())
+            stream = runner.open_stream()
+            frames = np.concatenate([stream.decode(ref_mu[:, i:i + chunk])
+                                     for i in range(0, ref_mu.shape[1], chunk)], axis=1)
+            row["decoder_max_abs"] = float(np.abs(frames - ref_frames).max())
+            rows[str(chunk)] = row
+    worst = max(v for row in rows.values() for v in row.values())
+    return {"frames": int(video.shape[1]), "chunks": rows, "max_abs": worst}
+
+
+def backends(model_dir: Path, clip: np.ndarray, rounds: int, calls: int) -> dict:
+    import torch
+
+    chunk = clip[:CHUNK]
+    runners = {name: load_runner(model_dir, backend, **opts)
+               for name, (backend, opts) in BACKEND_CASES.items()}
+    per_round: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, runner in runners.items():
+            if runner.name == "torch":
+                torch.set_num_threads(BACKEND_CASES[name][1]["threads"])  # a global: set before each case
+            codec = VideoCodec(runner)
+            seconds = time_calls(lambda c=codec: c.decode(c.encode(chunk)), calls, warmup=1)
+            per_round[name].append(float(np.median(seconds)))
+    for runner in runners.values():
+        runner.close()
+    ms = {name: float(np.median(v)) * 1e3 for name, v in per_round.items()}
+    ort = {k: v for k, v in ms.items() if k.startswith("ort")}
+    eager = {k: v for k, v in ms.items() if k.startswith("torch")}
+    best_ort, best_torch = min(ort, key=ort.get), min(eager, key=eager.get)
+    return {"chunk_frames": CHUNK, "frame_size": [int(clip.shape[3]), int(clip.shape[2])],
+            "ms_per_chunk": ms, "frames_per_s": {k: CHUNK / (v / 1e3) for k, v in ms.items()},
+            "best_ort": best_ort, "best_torch": best_torch, "speedup": eager[best_torch] / ort[best_ort],
+            "speedup_default_ort": eager[best_torch] / ms["ort-cpu (default: threads=0, spinning)"]}
+
+
+def pipeline(model_dir: Path, clip_path: Path, clip: np.ndarray, rounds: int, out_dir: Path) -> dict:
+    pipe_s, pure_s, reports = [], [], []
+    with load_runner(model_dir, "ort-cpu") as runner:
+        codec = VideoCodec(runner)
+        codec.decode(codec.encode(clip[:CHUNK]))  # warm-up: first-call allocations in both paths
+        for _ in range(rounds):
+            with open_source(clip_path) as source:
+                report = run_video(runner, source, StreamOptions(chunk=CHUNK),
+                                   VideoOutputs(video=out_dir / "recon.mp4"))
+            pipe_s.append(report.seconds)
+            reports.append(report.to_dict())
+            codec = VideoCodec(runner)
+            start = time.perf_counter()
+            for i in range(0, clip.shape[0], CHUNK):
+                codec.decode(codec.encode(clip[i:i + CHUNK]))
+            pure_s.append(time.perf_counter() - start)
+    pipe, pure = float(np.median(pipe_s)), float(np.median(pure_s))
+    last = reports[-1]
+    return {"frames": last["frames"], "pipeline_seconds": pipe, "pure_inference_seconds": pure,
+            "overhead": pipe / pure - 1.0, "frames_per_s": last["frames"] / pipe,
+            "pure_frames_per_s": last["frames"] / pure, "rounds_pipeline_s": pipe_s, "rounds_pure_s": pure_s,
+            "report": last}
+
+
+def cli_run(model_dir: Path, clip_path: Path, out_dir: Path) -> dict:
+    metrics = out_dir / "cli_metrics.json"
+    start = time.perf_counter()
+    command = [sys.executable, "-m", "vae_deploy", "run", str(clip_path), "--model", str(model_dir),
+               "--out", str(out_dir / "cli.mp4"), "--metrics", str(metrics), "-q"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if result.returncode:
+        raise SystemExit(f"vae-deploy run failed: {result.stderr}")
+    data = json.loads(metrics.read_text())
+    return {"process_seconds": wall, "frames": data["frames"], "frames_per_s": data["frames_per_s"],
+            "process_frames_per_s": data["frames"] / wall, "psnr": data["psnr"], "ssim": data["ssim"],
+            "stdout": result.stdout.strip().splitlines()}
+
+
+def memory(model_dir: Path, frames: np.ndarray, fps: float, total: int, out_dir: Path) -> dict:
+    import psutil
+
+    process = psutil.Process()
+    marks = {1000: None, total: None}
+    samples = []
+
+    def progress(done: int) -> None:
+        if done % 500 < CHUNK or done == total:
+            samples.append((done, process.memory_info().rss))
+        for mark in marks:
+            if marks[mark] is None and done >= mark:
+                marks[mark] = process.memory_info().rss
+
+    with load_runner(model_dir, "ort-cpu") as runner:
+        outputs = VideoOutputs(video=out_dir / "long.mp4", latents=out_dir / "long.vaelat")
+        report = run_video(runner, LoopedClip(frames, total, fps), StreamOptions(chunk=CHUNK), outputs,
+                           progress)
+    growth = (marks[total] - marks[1000]) / 2**20
+    return {"frames": report.frames, "seconds": report.seconds, "frames_per_s": report.frames_per_s,
+            "rss_mb_at_1000": marks[1000] / 2**20, f"rss_mb_at_{total}": marks[total] / 2**20,
+            "rss_growth_mb": growth, "samples_mb": [(d, r / 2**20) for d, r in samples]}
+
+
+def markdown(r: dict) -> str:
+    b, p, m, par, c = r["backends"], r["pipeline"], r.get("memory"), r["parity"], r["cli"]
+    rep = p["report"]
+    met = r["floors_met"]
+
+    def ok(key):
+        return "**met**" if met[key] else "**NOT met**"
+
+    lines = [
+        "# Streaming pipeline: parity, speed, overhead, memory (benchmarks/pipeline_speed.py)",
+        "",
+        f"Command: `{r['command']}`. Model: `{r['model']}` ({r['model_kind']}, sha256 "
+        f"{r['model_sha256'][:12]}...), "
+        f"clip {DEMO_CLIP} (never seen in training) at {rep['working_size'][0]}x{rep['working_size'][1]}.",
+        f"Machine: {r['machine']['cpus']} CPUs, {r['machine']['platform']}, load average "
+        f"{r['machine']['load_before'][0]:.1f} before / {r['machine']['load_after'][0]:.1f} after "
+        f"(shared with other jobs). onnxruntime {r['machine']['onnxruntime']}, "
+        f"torch {r['machine']['torch']}.",
+        "",
+        "## Floors",
+        "",
+        "| floor | measured | |",
+        "|---|---:|---|",
+        f"| parity, ort-cpu streamed (chunks 1/4/8) vs PyTorch full sequence, max abs <= 1e-4 | "
+        f"{par['max_abs']:.2e} | {ok('parity_max_abs')} |",
+        f"| `vae-deploy run` end to end >= 25 frames/s | {p['frames_per_s']:.1f} | {ok('frames_per_s')} |",
+        f"| PSNR >= 26 dB on a clip never seen (working resolution) | {rep['psnr']:.2f} dB | {ok('psnr')} |",
+        f"| latents >= 24x smaller than raw RGB | {rep['compression_ratio']:.1f}x | "
+        f"{ok('compression_ratio')} |",
+        f"| ort-cpu >= 1.5x faster than PyTorch eager (same model, chunk of {b['chunk_frames']}) | "
+        f"{b['speedup']:.2f}x | {ok('ort_speedup')} |",
+        f"| pipeline adds <= 20% over pure inference | {100 * p['overhead']:+.1f}% | "
+        f"{ok('pipeline_overhead')} |",
+    ]
+    if m:
+        lines.append(f"| RSS grows < 50 MB from frame 1,000 to frame {m['frames']:,} | "
+                     f"{m['rss_growth_mb']:+.1f} MB | {ok('rss_growth_mb')} |")
+    lines += [
+        "",
+        f"## Backends: one chunk of {b['chunk_frames']} frames at {b['frame_size'][0]}x{b['frame_size'][1]}, "
+        "encode -> fp16 -> decode",
+        "",
+        "| backend | ms / chunk | frames/s |",
+        "|---|---:|---:|",
+    ]
+    for name, ms in b["ms_per_chunk"].items():
+        lines.append(f"| {name} | {ms:.1f} | {b['frames_per_s'][name]:.1f} |")
+    lines += [
+        "",
+        f"Best ort-cpu ({b['best_ort']}) vs best PyTorch eager ({b['best_torch']}): {b['speedup']:.2f}x; "
+        f"ort-cpu with the runtime's default settings: {b['speedup_default_ort']:.2f}x.",
+        "",
+        "## Pipeline against pure inference (whole clip, ort-cpu default settings)",
+        "",
+        f"- `run_video` with an mp4 output and the quality metrics: {p['pipeline_seconds']:.3f} s for "
+        f"{p['frames']} frames = {p['frames_per_s']:.1f} frames/s "
+        f"(median of {len(p['rounds_pipeline_s'])} rounds)",
+        f"- pure inference of the same chunks: {p['pure_inference_seconds']:.3f} s = "
+        f"{p['pure_frames_per_s']:.1f} frames/s; overhead {100 * p['overhead']:+.1f}%",
+        f"- quality at the working resolution: PSNR {rep['psnr']:.2f} dB, SSIM {rep['ssim']:.4f}, flicker "
+        f"{rep['flicker']:.4f}; PSNR at the source resolution {rep['psnr_source']:.2f} dB; chunk latency p50 "
+        f"{rep['chunk_latency_ms']['p50']:.1f} ms, p95 {rep['chunk_latency_ms']['p95']:.1f} ms",
+        f"- one `vae-deploy run --out --metrics` process: {c['frames_per_s']:.1f} frames/s as it reports, "
+        f"{c['process_seconds']:.2f} s wall for the process including start-up and model loading",
+        "",
+        "## Parity (max abs error, fp32)",
+        "",
+        "| chunk | encoder mu | decoder frames |",
+        "|---:|---:|---:|",
+    ]
+    for chunk, row in par["chunks"].items():
+        enc = f"{row['encoder_mu_max_abs']:.2e}" if "encoder_mu_max_abs" in row else "-"
+        lines.append(f"| {chunk} | {enc} | {row['decoder_max_abs']:.2e} |")
+    if m:
+        lines += ["", f"## Memory over {m['frames']:,} frames (looped clip, mp4 + latents written)", "",
+                  f"RSS at frame 1,000: {m['rss_mb_at_1000']:.1f} MB; at frame {m['frames']:,}: "
+                  f"{m['rss_mb_at_1000'] + m['rss_growth_mb']:.1f} MB; {m['frames_per_s']:.1f} frames/s "
+                  f"over the long run."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=3, help="timed chunks per backend case and round")
+    parser.add_argument("--long-frames", type=int, default=10_000, help="0 skips the memory section")
+    parser.add_argument("--out", type=Path, default=RESULTS / "pipeline_speed")
+    args = parser.parse_args()
+
+    import onnxruntime
+    import torch
+
+    from vae_deploy.runtime import read_manifest
+
+    manifest = read_manifest(args.model)
+    clip_path = sample_video_path(DEMO_CLIP)
+    with open_source(clip_path) as source:
+        frames, fps = source.read(), source.fps
+    clip = fitted_clip(args.model, frames)
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        out_dir = Path(tmp)
+        result = {
+            "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+            "model": str(args.model), "model_kind": manifest.kind, "model_sha256": manifest.fingerprint,
+            "parity": parity(args.model, clip),
+            "backends": backends(args.model, clip, args.rounds, args.calls),
+            "pipeline": pipeline(args.model, clip_path, clip, args.rounds, out_dir),
+            "cli": cli_run(args.model, clip_path, out_dir),
+        }
+        if args.long_frames:
+            result["memory"] = memory(args.model, frames, fps, args.long_frames, out_dir)
+    result["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "load_before": load_before,
+                         "load_after": os.getloadavg(), "onnxruntime": onnxruntime.__version__,
+                         "torch": torch.__version__}
+    rep = result["pipeline"]["report"]
+    met = {"parity_max_abs": result["parity"]["max_abs"] <= FLOORS["parity_max_abs"],
+           "ort_speedup": result["backends"]["speedup"] >= FLOORS["ort_speedup"],
+           "pipeline_overhead": result["pipeline"]["overhead"] <= FLOORS["pipeline_overhead"],
+           "frames_per_s": result["pipeline"]["frames_per_s"] >= FLOORS["frames_per_s"],
+           "psnr": rep["psnr"] >= FLOORS["psnr"],
+           "compression_ratio": rep["compression_ratio"] >= FLOORS["compression_ratio"] - 1e-9}
+    if "memory" in result:
+        met["rss_growth_mb"] = result["memory"]["rss_growth_mb"] < FLOORS["rss_growth_mb"]
+    result["floors"], result["floors_met"] = FLOORS, met
+    write_json_atomic(args.out.with_suffix(".json"), result)
+    text = markdown(result)
+    write_text_atomic(args.out.with_suffix(".md"), text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

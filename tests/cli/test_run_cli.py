@@ -1,0 +1,317 @@
+"""`vae-deploy run / encode / decode / demo` as a user runs them: real video files, real exported models, one
+clear line for every bad input, Ctrl-C, and no torch."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from vae_deploy.runtime.latents import LatentReader
+from vae_deploy.video.default_model import DEFAULT_MODEL_DIR
+from vae_deploy.video.io import open_source
+from vae_deploy.video.samples import sample_video_path
+
+
+def cli(*args, timeout=300, **kwargs):
+    """A real `vae-deploy` process."""
+    return subprocess.run([sys.executable, "-m", "vae_deploy", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, **kwargs)
+
+
+@pytest.fixture
+def vd(capsys, monkeypatch):
+    """`vae-deploy` in this process (main() with argv): the same entry point, without a process start."""
+    from vae_deploy.cli.app import main
+
+    def invoke(*args):
+        monkeypatch.setattr(sys, "argv", ["vae-deploy", *map(str, args)])
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code or 0
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+    return invoke
+
+
+@pytest.fixture(scope="module")
+def carphone():
+    return sample_video_path("carphone_pristine")
+
+
+@pytest.fixture(scope="module")
+def frame_model(tiny_video_model):
+    return tiny_video_model("frame")
+
+
+def read_video(path) -> np.ndarray:
+    with open_source(path) as source:
+        return source.read()
+
+
+def write_video(path, frames, fourcc="MJPG", fps=30):
+    size = (frames.shape[2], frames.shape[1])
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
+    for frame in frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+
+
+def assert_one_line_error(result, pattern):
+    assert result.returncode != 0, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    assert pattern in lines[0], lines[0]
+
+
+def test_run_then_encode_decode_give_the_same_video(vd, frame_model, carphone, tmp_path):
+    ran = vd("run", carphone, "--model", frame_model, "--out", tmp_path / "run.mkv", "--side-by-side",
+             tmp_path / "both.mp4", "--latents", tmp_path / "run.vaelat", "--metrics", tmp_path / "m.json",
+             "--max-frames", 20, "--chunk", 4)
+    assert ran.returncode == 0, ran.stderr
+    assert "ran 20 frames" in ran.stdout and "compression 24.0x" in ran.stdout
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    expected_keys = {"frames", "seconds", "frames_per_s", "chunk_latency_ms", "psnr", "ssim", "flicker",
+                     "compression_ratio", "psnr_source", "backend", "model_sha256"}
+    assert expected_keys <= set(metrics)
+    assert metrics["frames"] == 20 and metrics["backend"] == "ort-cpu" and metrics["chunk"] == 4
+    assert set(metrics["chunk_latency_ms"]) == {"p50", "p95", "chunks"}
+    assert metrics["frames_per_s"] == pytest.approx(20 / metrics["seconds"])
+    assert metrics["working_size"] == [40, 32]  # the manifest's short side (32) by default
+    enc = vd("encode", carphone, "-o", tmp_path / "clip.vaelat", "--model", frame_model, "--max-frames", 20,
+             "--chunk", 4)
+    assert enc.returncode == 0, enc.stderr
+    assert (tmp_path / "clip.vaelat").read_bytes() == (tmp_path / "run.vaelat").read_bytes()
+    dec = vd("decode", tmp_path / "clip.vaelat", "-o", tmp_path / "dec.mkv", "--model", frame_model)
+    assert dec.returncode == 0, dec.stderr
+    run_frames, dec_frames = read_video(tmp_path / "run.mkv"), read_video(tmp_path / "dec.mkv")
+    assert run_frames.shape == (20, 144, 176, 3)
+    np.testing.assert_array_equal(run_frames, dec_frames)
+    header = LatentReader(tmp_path / "clip.vaelat").header
+    assert header.fps == pytest.approx(30000 / 1001) and header.source_size == [176, 144]
+    assert header.model_sha256 == metrics["model_sha256"]
+    cap = cv2.VideoCapture(str(tmp_path / "dec.mkv"))
+    assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(30000 / 1001, rel=1e-3)  # written at the source rate
+    cap.release()
+
+
+def test_size_and_fit_options(vd, frame_model, carphone, tmp_path):
+    result = vd("run", carphone, "--model", frame_model, "--size", 48, "--fit", "pad", "--max-frames", 3,
+                "--metrics", tmp_path / "m.json", "-q")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["working_size"] == [59, 48] and metrics["model_size"] == [64, 48]
+    assert metrics["fit"] == "pad"
+    assert metrics["compression_ratio"] == pytest.approx(59 * 48 * 3 / (2 * 4 * 8 * 6))
+
+
+def test_temporal_factor_chunk_rule_and_exact_frame_count(vd, tiny_video_model, carphone, tmp_path):
+    model = tiny_video_model("causal3d-t2")
+    bad = vd("run", carphone, "--model", model, "--chunk", 3)
+    assert_one_line_error(bad, "--chunk 3 is not a multiple of the model's temporal factor 2")
+    ok = vd("run", carphone, "--model", model, "--chunk", 4, "--max-frames", 11, "-o", tmp_path / "out.mkv")
+    assert ok.returncode == 0, ok.stderr
+    assert read_video(tmp_path / "out.mkv").shape[0] == 11
+
+
+def test_odd_sizes_and_grayscale_sources(vd, frame_model, tiny_video_model, carphone, tmp_path):
+    frames = open_source(carphone).read(max_frames=6)
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    for i, frame in enumerate(frames):
+        cv2.imwrite(str(odd / f"f{i}.png"), cv2.cvtColor(frame[:17, :33], cv2.COLOR_RGB2BGR))
+    result = vd("run", odd, "--model", frame_model, "-o", tmp_path / "odd_out.mkv", "--size", 0,
+                "--fit", "pad", "--metrics", tmp_path / "odd.json")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "odd.json").read_text())
+    assert metrics["source_size"] == [33, 17] and metrics["model_size"] == [40, 24]
+    assert metrics["frames"] == 6 and metrics["fps"] == 25.0  # an image folder has no rate: the default
+    # OpenCV's video writers store even sizes only: the last column and row of an odd frame are dropped.
+    assert read_video(tmp_path / "odd_out.mkv").shape == (6, 16, 32, 3)
+    gray = tmp_path / "gray"
+    gray.mkdir()
+    for i, frame in enumerate(frames):
+        cv2.imwrite(str(gray / f"f{i}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY))
+    for model in (frame_model, tiny_video_model("frame-gray")):
+        result = vd("run", gray, "--model", model, "-o", tmp_path / "gray_out.mkv", "--fps", 12)
+        assert result.returncode == 0, result.stderr
+        out = read_video(tmp_path / "gray_out.mkv")
+        assert out.shape == (6, 144, 176, 3)
+    assert np.array_equal(out[..., 0], out[..., 2])  # a 1-channel model writes gray frames as RGB
+
+
+def test_truncated_video_processes_what_decodes(vd, frame_model, carphone, tmp_path):
+    write_video(tmp_path / "full.avi", open_source(carphone).read(max_frames=30))
+    data = (tmp_path / "full.avi").read_bytes()
+    (tmp_path / "cut.avi").write_bytes(data[:len(data) // 2])
+    result = vd("run", tmp_path / "cut.avi", "--model", frame_model, "-o", tmp_path / "out.mp4", "--metrics",
+                tmp_path / "m.json")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["truncated"] and metrics["expected_frames"] == 30 and 0 < metrics["frames"] < 30
+    warning = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warning == [f"warning: the source ended after {metrics['frames']} of the 30 frames it announced "
+                       f"(truncated or damaged); the {metrics['frames']} frames that decode were processed"]
+    assert read_video(tmp_path / "out.mp4").shape[0] == metrics["frames"]
+
+
+def _bad_inputs(tmp_path, carphone, frame_model, other_latents):
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video\n")
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    (tmp_path / "no_frames").mkdir()
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    out = tmp_path / "out.mp4"
+    return {
+        "missing file": (["run", tmp_path / "nope.mp4", "-o", out], "no such file or folder"),
+        "not a video": (["run", text, "-o", out], "is not a video OpenCV can decode"),
+        "zero frames": (["run", empty, "-o", out], "is not a video OpenCV can decode"),
+        "empty folder": (["run", tmp_path / "no_frames", "-o", out], "has no images"),
+        "unavailable camera": (["run", "7", "-o", out], "camera 7 is not available"),
+        "unwritable output": (["run", carphone, "-o", blocker / "out.mp4"], "cannot write to output folder"),
+        "output is a folder": (["run", carphone, "-o", tmp_path / "no_frames"], "it is a folder"),
+        "unwritable metrics": (["run", carphone, "--metrics", blocker / "m.json"], "cannot write to output"),
+        "unknown output type": (["run", carphone, "-o", tmp_path / "out.xyz"], "cannot write"),
+        "not a latent file": (["decode", text, "-o", out], "is not a vae-deploy latent file"),
+        "latents of another model": (["decode", other_latents, "-o", out], "was encoded by another model"),
+        "bad chunk": (["run", carphone, "--chunk", 0, "-o", out], "--chunk must be a positive"),
+        "bad fit": (["run", carphone, "--fit", "crop", "-o", out], "unknown fit mode 'crop'"),
+        "not a video model": (["run", carphone, "--model", tmp_path / "mlp"], "is not a video model"),
+    }
+
+
+def test_bad_inputs_give_one_line_and_no_output(vd, frame_model, tiny_video_model, mlp_model_dir, carphone,
+                                                tmp_path):
+    import shutil
+
+    shutil.copytree(mlp_model_dir, tmp_path / "mlp")
+    other = tmp_path / "other.vaelat"
+    assert vd("encode", carphone, "-o", other, "--model", tiny_video_model("causal3d-t1"), "--max-frames",
+              2).returncode == 0
+    cases = _bad_inputs(tmp_path, carphone, frame_model, other)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for name, (args, pattern) in cases.items():
+        if "--model" not in args:
+            args = [*args, "--model", frame_model]
+        result = vd(*args)
+        assert_one_line_error(result, pattern)
+        after = sorted(p.name for p in tmp_path.iterdir())
+        assert after == before, f"{name} left {set(after) ^ set(before)}"
+        assert not list((tmp_path / "a_file").parent.glob(".*part*")), name
+
+
+def test_no_default_model_is_one_clear_line(vd, carphone, monkeypatch, tmp_path):
+    import vae_deploy.video.default_model as default_model
+
+    monkeypatch.setattr(default_model, "DEFAULT_MODEL_DIR", tmp_path / "none")
+    assert_one_line_error(vd("run", carphone), "no default model is packaged")
+
+
+def test_demo_writes_every_output_to_the_folder_it_names(vd, frame_model, monkeypatch, tmp_path):
+    import vae_deploy.video.default_model as default_model
+
+    monkeypatch.setattr(default_model, "DEFAULT_MODEL_DIR", frame_model)  # the mechanism, on a tiny model
+    result = vd("demo", "--out-dir", tmp_path / "demo", "-q")
+    assert result.returncode == 0, result.stderr
+    assert f"demo outputs are in {(tmp_path / 'demo').resolve()}" in result.stdout
+    assert "carphone_pristine.mp4" in result.stdout
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == [
+        "carphone.vaelat", "metrics.json", "reconstruction.mp4", "side_by_side.mp4"]
+    assert read_video(tmp_path / "demo" / "reconstruction.mp4").shape == (120, 144, 176, 3)
+    assert json.loads((tmp_path / "demo" / "metrics.json").read_text())["frames"] == 120
+
+
+@pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "manifest.json").is_file(),
+                    reason="no default model packaged in this checkout (scripts/make_default_model.py)")
+def test_the_packaged_default_model_is_a_verified_video_model():
+    from vae_deploy.runtime import read_manifest
+
+    manifest = read_manifest(DEFAULT_MODEL_DIR)  # every file's sha256 checked
+    assert manifest.kind in ("frame", "temporal", "causal3d") and manifest.parity["passed"]
+    assert manifest.preprocessing["short_side"] >= 128
+    size = sum(p.stat().st_size for p in DEFAULT_MODEL_DIR.rglob("*") if p.is_file())
+    assert size < 20e6
+
+
+def test_ctrl_c_leaves_a_playable_video_and_exits_130(frame_model, carphone, tmp_path):
+    frames = open_source(carphone).read(max_frames=40)
+    write_video(tmp_path / "long.avi", np.concatenate([frames] * 30))  # 1200 frames
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vae_deploy", "run", tmp_path / "long.avi", "--model", frame_model,
+         "--chunk", "1", "--size", "64", "-o", out / "recon.mp4", "--latents", out / "clip.vaelat",
+         "--metrics", out / "m.json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:  # wait until frames are being written
+        if sum(p.stat().st_size for p in out.iterdir()) > 30_000:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (stdout, stderr)
+    assert "Traceback" not in stderr and "interrupted:" in stderr
+    assert sorted(p.name for p in out.iterdir()) == ["clip.vaelat", "m.json", "recon.mp4"]  # no temporaries
+    done = read_video(out / "recon.mp4").shape[0]
+    metrics = json.loads((out / "m.json").read_text())
+    assert metrics["interrupted"] and 0 < done == metrics["frames"] < 1200
+    assert LatentReader(out / "clip.vaelat").header.frame_count == done
+
+
+TORCH_BLOCKED = textwrap.dedent("""
+    import importlib.abc, runpy, sys
+
+    class BlockTorch(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch.") or name == "torchvision":
+                raise ImportError(f"{name} is blocked in this test")
+            return None
+
+    sys.meta_path.insert(0, BlockTorch())
+    from vae_deploy.cli.app import main
+    import vae_deploy.video.default_model as default_model
+    default_model.DEFAULT_MODEL_DIR = __import__("pathlib").Path(sys.argv[1])
+    for args in (sys.argv[2:8], sys.argv[8:12], sys.argv[12:]):
+        sys.argv = ["vae-deploy", *args]
+        try:
+            main()
+        except SystemExit as exc:
+            assert not exc.code, (args, exc.code)
+    leaked = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
+    assert not leaked, leaked
+    print("ok without torch")
+""")
+
+
+def test_run_encode_decode_demo_work_without_torch(frame_model, carphone, tmp_path):
+    args = [frame_model,
+            "run", carphone, "-o", tmp_path / "run.mkv", "--max-frames", "9",
+            "encode", carphone, "-o", tmp_path / "c.vaelat",
+            "decode", tmp_path / "c.vaelat", "-o", tmp_path / "dec.mkv"]
+    result = subprocess.run([sys.executable, "-c", TORCH_BLOCKED, *map(str, args)], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "ok without torch" in result.stdout
+    assert read_video(tmp_path / "run.mkv").shape[0] == 9
+    assert read_video(tmp_path / "dec.mkv").shape[0] == 120  # encode without --max-frames: the whole clip
+    demo = tmp_path / "demo"
+    result = subprocess.run([sys.executable, "-c", TORCH_BLOCKED.replace(
+        "for args in (sys.argv[2:8], sys.argv[8:12], sys.argv[12:]):", "for args in (sys.argv[2:],):"),
+        str(frame_model), "demo", "--out-dir", str(demo), "-q"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert (demo / "reconstruction.mp4").is_file() and (demo / "metrics.json").is_file()

@@ -1,0 +1,329 @@
+"""Video training: the shipped recipes load, each video kind trains a few real steps on real clips (and
+Moving MNIST), `evaluate` streams the held-out clip through the step form and reports what the full-sequence
+reconstruction gives, writes the side-by-side video and the strip, resume continues exactly, and
+train.max_minutes ends a run."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from rich.console import Console
+
+from vae_deploy.errors import ConfigError
+from vae_deploy.models.checkpoint import load_model, load_state
+from vae_deploy.models.streaming import pad_time
+from vae_deploy.training.config import load_recipe, recipe_from_dict
+from vae_deploy.training.evaluation import evaluate_run
+from vae_deploy.training.run_folder import RunFolder
+from vae_deploy.training.tasks import build_task
+from vae_deploy.training.trainer import train
+from vae_deploy.training.video_evaluation import STRIP_FRAMES, latent_compression, stream_reconstruct
+from vae_deploy.video.io import open_source
+from vae_deploy.video.metrics import VideoMetrics, psnr
+
+ROOT = Path(__file__).resolve().parents[2]
+QUIET = Console(quiet=True)
+
+# Tiny models (a few thousand weights) so a step takes milliseconds; causal3d with temporal stride 2, so
+# the evaluation also exercises the stream's buffering and end padding (11 frames, chunks of 3).
+TINY_MODELS = {
+    "frame": {"kind": "frame", "channels": 8, "fine_channels": 8, "blocks_per_level": 0},
+    "temporal": {"kind": "temporal", "window": 3, "d_model": 8, "heads": 2, "layers": 1,
+                 "frame": {"channels": 8, "fine_channels": 8, "blocks_per_level": 0}},
+    "causal3d": {"kind": "causal3d", "temporal_downsample": 2, "latent_channels": 8, "channels": 8,
+                 "fine_channels": 8, "blocks_per_level": 0},
+}
+EVAL_FRAMES = 11
+TINY_DATA = {"kind": "video", "short_side": 32, "crop": 32, "clip_len": 4, "clips_per_epoch": 4,
+             "valid_crop": 32, "max_frames": 12, "eval_chunk": 3, "eval_max_frames": EVAL_FRAMES}
+
+
+def tiny_video_recipe(kind: str = "frame", epochs: int = 1, data: dict | None = None, **train_options):
+    return recipe_from_dict({
+        "model": copy.deepcopy(TINY_MODELS[kind]),
+        "data": {**TINY_DATA, **(data or {})},
+        "train": {"epochs": epochs, "batch_size": 2, "device": "cpu", "kl_weight": 0.005, **train_options},
+    }, name=f"tiny_{kind}")
+
+
+def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    """`vae-deploy ARGS` through the real entry point, in this process (no torch import per call)."""
+    from vae_deploy.cli.app import main
+
+    monkeypatch.setattr(sys, "argv", ["vae-deploy", *map(str, args)])
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# ------------------------------------------------------------------------------------------ the recipes
+
+VIDEO_RECIPES = {"video_frame": "frame", "video_transformer": "temporal", "video_causal3d": "causal3d"}
+
+
+@pytest.mark.parametrize("stem, kind", sorted(VIDEO_RECIPES.items()))
+def test_video_recipes_load_with_the_issue_settings(stem, kind):
+    from vae_deploy.models.registry import build_model
+
+    recipe = load_recipe(ROOT / "train" / f"{stem}.toml")
+    assert (recipe.model_kind, recipe.data_kind, recipe.name) == (kind, "video", stem)
+    assert recipe.data.train == ["bikes", "bigbuckbunny"] and recipe.data.valid == ["carphone_pristine"]
+    assert recipe.data.short_side == 128
+    t = recipe.train
+    assert t.threads == 1 and t.max_minutes is not None and t.max_minutes <= 28
+    assert 1e-4 <= t.kl_weight <= 1e-2
+    model = build_model(recipe.model_kind, recipe.model)
+    assert latent_compression(model, 128, 128) >= 24  # the issue's compression floor
+
+
+def test_the_three_video_recipes_differ_only_in_the_model_and_batching():
+    frame, *others = (load_recipe(ROOT / "train" / f"{stem}.toml").to_dict() for stem in VIDEO_RECIPES)
+    for other in others:
+        assert {k: v for k, v in other["train"].items() if k != "batch_size"} == \
+               {k: v for k, v in frame["train"].items() if k != "batch_size"}
+        # same frames per step: 32 single frames, or 4 clips x 8 frames
+        assert other["train"]["batch_size"] * other["data"]["clip_len"] == \
+               frame["train"]["batch_size"] * frame["data"]["clip_len"]
+        same = ("train", "valid", "short_side", "crop", "flip", "valid_crop")
+        assert {k: other["data"][k] for k in same} == {k: frame["data"][k] for k in same}
+
+
+def test_moving_mnist_recipe_loads():
+    recipe = load_recipe(ROOT / "train" / "moving_mnist.toml")
+    assert (recipe.data_kind, recipe.data.canvas, recipe.data.num_digits, recipe.data.seq_len) == \
+           ("moving_mnist", 64, 2, 20)
+    assert recipe.model.frame.in_channels == recipe.data.channels == 1
+    assert recipe.train.threads == 1 and recipe.train.max_minutes <= 28
+
+
+# ------------------------------------------------------------------------------------------ train + evaluate
+
+
+@pytest.fixture(scope="module")
+def trained_runs(tmp_path_factory) -> dict[str, Path]:
+    """One finished tiny epoch (2 steps) of each video kind on the real clips. Read-only."""
+    runs = {}
+    for kind in TINY_MODELS:
+        out = tmp_path_factory.mktemp(f"video_{kind}") / "run"
+        result = train(tiny_video_recipe(kind), out, console=QUIET)
+        assert (result.epochs_done, result.steps) == (1, 2)
+        runs[kind] = out
+    return runs
+
+
+@pytest.mark.parametrize("kind", list(TINY_MODELS))
+def test_training_writes_the_run_folder(trained_runs, kind):
+    run = trained_runs[kind]
+    for name in ("model.safetensors", "config.json", "train_state.safetensors", "metrics.jsonl"):
+        assert (run / name).is_file(), name
+    (record,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert record["epoch"] == 0 and record["steps"] == 2
+    # the "mse" part is the recon sum over the number of values per clip: per-value MSE (divided in float32
+    # per batch before the float64 sums, hence float32 rounding)
+    assert record["valid_mse"] == pytest.approx(record["valid_recon"] / (4 * 3 * 32 * 32), rel=1e-6)
+    assert 0 < record["valid_mse"] < 1 and record["valid_kl"] > 0
+    model, config = load_model(run)
+    assert model.kind == kind and config["recipe"]["data"]["kind"] == "video"
+
+
+@pytest.mark.parametrize("kind", list(TINY_MODELS))
+def test_evaluate_prints_metrics_and_writes_video_and_strip(trained_runs, kind, tmp_path, monkeypatch,
+                                                            capsys):
+    out = tmp_path / "eval"
+    code, stdout, stderr = run_cli(monkeypatch, capsys, "evaluate", trained_runs[kind], "--out", out,
+                                   "--device", "cpu")
+    assert code == 0, stderr
+    for words in ("psnr", "ssim", "flicker", "compression_ratio", "fps", "carphone_pristine"):
+        assert words in stdout, words
+    video, strip = out / "side_by_side_carphone_pristine.mp4", out / "strip_carphone_pristine.png"
+    assert f"side_by_side_carphone_pristine: {video}" in stdout.replace("\n", "")
+    with open_source(video) as source:
+        frames = source.read()
+    # every held-out frame, source | reconstruction: 32x32 each (short side 32, center crop to x8)
+    assert frames.shape == (EVAL_FRAMES, 32, 64, 3)
+    # the strip: a row of STRIP_FRAMES source frames over their reconstructions (make_grid, padding 2)
+    assert Image.open(strip).size == (STRIP_FRAMES * 34 + 2, 2 * 34 + 2)
+    report = json.loads((out / "report.json").read_text())
+    (clip,) = report["clips"]
+    assert (clip["name"], clip["frames"], clip["height"], clip["width"]) == ("carphone_pristine", EVAL_FRAMES,
+                                                                             32, 32)
+    assert report["compression_ratio"] == clip["compression_ratio"]
+    assert report["psnr"] == clip["psnr"] and report["fps"] > 0
+    # raw uint8 RGB over fp16 latent bytes; causal3d's latent frame stands for 2 frames
+    factor = 2 if kind == "causal3d" else 1
+    latent = TINY_MODELS[kind].get("latent_channels", 4)
+    assert clip["compression_ratio"] == pytest.approx(32 * 32 * 3 * factor / (2 * latent * 4 * 4))
+
+
+@pytest.mark.parametrize("kind", list(TINY_MODELS))
+def test_evaluation_stream_equals_full_sequence_reconstruction(trained_runs, kind, tmp_path):
+    """The chunked stream (chunks of 3, causal3d padded at the end) reconstructs exactly what the
+    full-sequence encode -> mu -> decode does, and the reported metrics are those of that reconstruction."""
+    model, config = load_model(trained_runs[kind])
+    recipe = recipe_from_dict(config["recipe"])
+    task = build_task(recipe.data_kind, recipe.data, recipe.train, torch.device("cpu"))
+    (clip,) = task.eval_clips(model)
+    assert clip.video.shape == (1, EVAL_FRAMES, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        padded = pad_time(clip.video, model.temporal_factor)
+        full = model.decode(model.encode(padded)[0])[0, :EVAL_FRAMES]
+    pieces = list(stream_reconstruct(model, clip.video, chunk=3))
+    sources = torch.cat([s for s, _, _ in pieces])
+    recons = torch.cat([r for _, r, _ in pieces])
+    assert torch.equal(sources, clip.video[0])
+    assert (recons - full).abs().max().item() <= 1e-5
+
+    report, files = task.evaluate_extra(model, tmp_path, seed=0)
+    hwc = full.permute(0, 2, 3, 1).numpy()
+    source = clip.video[0].permute(0, 2, 3, 1).numpy()
+    assert report["clips"][0]["psnr"] == pytest.approx(psnr(source, hwc), abs=1e-3)
+    expected = VideoMetrics()
+    expected.update(source, hwc)
+    assert report["clips"][0]["ssim"] == pytest.approx(expected.ssim, abs=1e-4)
+    assert report["clips"][0]["flicker"] == pytest.approx(expected.flicker, abs=1e-5)
+    assert sorted(files) == ["side_by_side_carphone_pristine", "strip_carphone_pristine"]
+
+
+def test_evaluate_json_from_a_real_process(trained_runs, tmp_path):
+    out = tmp_path / "eval"
+    result = subprocess.run([sys.executable, "-m", "vae_deploy", "evaluate", str(trained_runs["frame"]),
+                             "--json", "--out", str(out), "--device", "cpu"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["clips"][0]["frames"] == EVAL_FRAMES and np.isfinite(report["psnr"])
+    assert report["stream"]["chunk"] == 3 and report["stream"]["temporal_factor"] == 1
+    assert Path(report["pictures"]["side_by_side_carphone_pristine"]).is_file()
+
+
+# ------------------------------------------------------------------------------------------ resume, time budget
+
+
+def test_resume_of_a_video_run_continues_exactly(tmp_path):
+    """2 epochs, then --resume to 3: the same weights and metrics as 3 epochs in one go (the random crops,
+    windows and flips all come from the checkpointed generator)."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(tiny_video_recipe("temporal", epochs=3), straight, console=QUIET)
+    train(tiny_video_recipe("temporal", epochs=2), resumed, console=QUIET)
+    result = train(tiny_video_recipe("temporal", epochs=3), resumed, resume=True, console=QUIET)
+    assert (result.epochs_done, result.steps) == (3, 6)
+    lines = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [0, 1, 2]
+    reference = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    for a, b in zip(lines, reference, strict=True):
+        assert a["train_loss"] == b["train_loss"] and a["valid_loss"] == b["valid_loss"]
+    a, b = (load_state(RunFolder(run).state)["model"] for run in (resumed, straight))
+    assert sorted(a) == sorted(b) and len(a) > 10
+    assert all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_resume_from_the_cli_continues_the_video_run(trained_runs, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained_runs["frame"], run)
+    recipe = tmp_path / "tiny_frame.toml"
+    recipe.write_text(_toml(tiny_video_recipe("frame").to_dict()))
+    code, stdout, stderr = run_cli(monkeypatch, capsys, "train", recipe, "--out", run, "--resume",
+                                   "--epochs", "2")
+    assert code == 0, stderr
+    assert f"{run}: 2 epochs, 4 steps" in stdout
+    assert "epoch 1 (2/2)" in stderr and "epoch 0 (1/2)" not in stderr
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+
+
+def _toml(tables: dict) -> str:
+    """A recipe dict as TOML (flat tables and one nested level: all the tiny recipes need)."""
+    def value(v):
+        return json.dumps(v)  # strings, numbers, booleans and lists of them are the same in TOML
+
+    lines = []
+    for table in ("model", "data", "train"):
+        nested = {k: v for k, v in tables[table].items() if isinstance(v, dict)}
+        lines.append(f"[{table}]")
+        lines += [f"{k} = {value(v)}" for k, v in tables[table].items() if v is not None and k not in nested]
+        for name, sub in nested.items():
+            lines.append(f"[{table}.{name}]")
+            lines += [f"{k} = {value(v)}" for k, v in sub.items() if v is not None]
+    return "\n".join(lines) + "\n"
+
+
+def test_max_minutes_ends_the_epoch_early_and_stops(tmp_path):
+    """A budget spent during the first step: that epoch ends after it, is validated and saved, and
+    training stops there instead of running the 5 epochs."""
+    result = train(tiny_video_recipe("frame", epochs=5, max_minutes=1e-4), tmp_path / "run", console=QUIET)
+    assert result.stopped_at_max_steps and (result.epochs_done, result.steps, result.best_epoch) == (1, 1, 0)
+    (record,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert record["steps"] == 1 and np.isfinite(record["valid_loss"])
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_max_minutes_may_change_on_resume(tmp_path):
+    train(tiny_video_recipe("frame", epochs=1, max_minutes=10.0), tmp_path / "run", console=QUIET)
+    result = train(tiny_video_recipe("frame", epochs=2, max_minutes=20.0), tmp_path / "run", resume=True,
+                   console=QUIET)
+    assert result.epochs_done == 2
+
+
+# ------------------------------------------------------------------------------------------ Moving MNIST
+
+
+def test_moving_mnist_trains_and_evaluates(tmp_path):
+    recipe = recipe_from_dict({
+        "model": {"kind": "temporal", "window": 3, "d_model": 8, "heads": 2, "layers": 1,
+                  "frame": {"in_channels": 1, "latent_channels": 2, "downsample": 4, "channels": 8,
+                            "fine_channels": 8, "blocks_per_level": 0}},
+        "data": {"kind": "moving_mnist", "clip_len": 4, "seq_len": 6, "canvas": 32, "sequences_per_epoch": 4,
+                 "valid_sequences": 3, "eval_sequences": 3, "eval_chunk": 4},
+        "train": {"epochs": 1, "batch_size": 2, "device": "cpu", "kl_weight": 0.005},
+    }, name="tiny_mm")
+    result = train(recipe, tmp_path / "run", console=QUIET)
+    assert (result.epochs_done, result.steps) == (1, 2)
+    report = evaluate_run(tmp_path / "run", out_dir=tmp_path / "eval", device="cpu")
+    assert report["test_samples"] == 3
+    assert [c["name"] for c in report["clips"]] == ["seq000", "seq001", "seq002"]
+    assert all(c["frames"] == 6 and c["channels"] == 1 and 0 < c["ssim"] <= 1 for c in report["clips"])
+    # 32x32 gray over fp16 8x8x2 latents
+    assert report["compression_ratio"] == pytest.approx(32 * 32 / (2 * 8 * 8 * 2))
+    # videos and strips of the first two sequences only
+    assert sorted(p for p in report["pictures"] if p != "loss_curves") == [
+        "side_by_side_seq000", "side_by_side_seq001", "strip_seq000", "strip_seq001"]
+    with open_source(tmp_path / "eval" / "side_by_side_seq000.mp4") as source:
+        assert source.read().shape == (6, 32, 64, 3)
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize("model, data, message", [
+    ({"kind": "mlp"}, {}, "is not a video model"),
+    (TINY_MODELS["frame"], {"crop": 36}, "multiples of the model's spatial factor 8"),
+    (TINY_MODELS["causal3d"], {"clip_len": 3}, "must be a multiple of the model's temporal factor 2"),
+    ({**TINY_MODELS["frame"], "in_channels": 1}, {}, "takes 1 channels, the video data has 3"),
+])
+def test_a_model_that_cannot_take_the_clips_is_refused(tmp_path, model, data, message):
+    recipe = recipe_from_dict({"model": copy.deepcopy(model), "data": {**TINY_DATA, **data},
+                               "train": {"device": "cpu"}})
+    with pytest.raises(ConfigError, match=message):
+        train(recipe, tmp_path / "run", console=QUIET)
+
+
+def test_bad_video_data_keys_are_refused_by_name():
+    with pytest.raises(ConfigError, match="unknown key data.crops"):
+        tiny_video_recipe(data={"crops": 32})
+    with pytest.raises(ConfigError, match="valid_crop must be at least 1"):
+        tiny_video_recipe(data={"valid_crop": 0})
+    with pytest.raises(ConfigError, match="max_minutes must be positive"):
+        tiny_video_recipe(max_minutes=0.0)

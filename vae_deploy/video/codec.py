@@ -1,0 +1,105 @@
+"""A video model behind a runner, as a streaming codec: fitted frames -> fp16 latents -> frames (no torch).
+
+Layout: frames (T, C, H, W) float32 in [0, 1] (one clip, no batch axis: the pipeline streams one video);
+latents (t, C_lat, h, w) float16, t = ceil(T / temporal_factor), h = H / spatial_factor.
+
+Latents leave the encoder as float32 `mu` (no sampling: reconstruction uses the mean) and are rounded to
+float16 at once, the precision the `.vaelat` container stores; the decoder always gets those rounded values
+(back as float32). So `run` (encode and decode in one pass) and `encode` then `decode` (through a file) hand
+the decoder bit-identical inputs in identical chunks, and produce identical frames.
+
+A temporal factor f > 1 (causal3d with temporal downsampling) groups f frames per latent frame. Every chunk
+but the last must hold a multiple of f frames; the last may hold fewer, and is padded by repeating its last
+frame (`models.streaming.pad_time`, the same rule as the PyTorch StreamEncoder); the caller drops the
+decoder's extra frames, so the output has exactly as many frames as the input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vae_deploy.errors import ConfigError, InputShapeError, ModelFormatError
+from vae_deploy.runtime.manifest import Manifest
+from vae_deploy.runtime.runner import Runner
+from vae_deploy.video.fit import DEFAULT_SHORT_SIDE
+
+
+@dataclass(frozen=True)
+class VideoModelInfo:
+    """What the pipeline needs to know about a video model, read from its manifest."""
+
+    kind: str
+    channels: int  # image channels the encoder takes (3 RGB, 1 luma)
+    spatial_factor: int  # frame height and width must be multiples of this
+    temporal_factor: int  # frames per latent frame
+    latent_channels: int
+    short_side: int  # working short side the model was trained at (manifest preprocessing), or the default
+    fingerprint: str  # the manifest's model fingerprint: latent files name the model that made them
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest) -> VideoModelInfo:
+        enc, dec = manifest.graph("encoder"), manifest.graph("decoder")
+        video = enc.inputs[0]
+        if video.layout != "NTCHW" or not enc.stream_axis:
+            raise ModelFormatError(f"a {manifest.kind!r} model is not a video model (its encoder takes "
+                                   f"{video.layout or 'unlabelled'} {tuple(video.shape)}, not NTCHW clips); "
+                                   f"video commands need a model exported from a video run")
+        channels, latent = video.shape[2], dec.inputs[0].shape[2]
+        if not isinstance(channels, int) or not isinstance(latent, int):
+            raise ModelFormatError(f"the manifest leaves the channel dimension of {video.name} or "
+                                   f"{dec.inputs[0].name} symbolic; re-export the model")
+        multiples = enc.dim_multiples
+        short = manifest.preprocessing.get("short_side") or DEFAULT_SHORT_SIDE
+        return cls(kind=manifest.kind, channels=channels,
+                   spatial_factor=max(multiples.get("height", 1), multiples.get("width", 1)),
+                   temporal_factor=multiples.get(enc.stream_axis, 1), latent_channels=latent,
+                   short_side=int(short), fingerprint=manifest.fingerprint)
+
+    def check_chunk(self, chunk: int) -> None:
+        f = self.temporal_factor
+        if chunk < 1:
+            raise ConfigError(f"--chunk must be a positive number of frames, got {chunk}")
+        if chunk % f:
+            raise ConfigError(f"--chunk {chunk} is not a multiple of the model's temporal factor {f} (this "
+                              f"{self.kind} model turns every {f} frames into one latent frame); use "
+                              f"{max(f, chunk - chunk % f)} or {chunk - chunk % f + f}")
+
+    def latent_shape(self, model_size: tuple[int, int]) -> tuple[int, int, int]:
+        """(C_lat, h, w) of one latent frame for model input `model_size` (width, height)."""
+        w, h = model_size
+        return self.latent_channels, h // self.spatial_factor, w // self.spatial_factor
+
+
+class VideoCodec:
+    """One video through one runner's streaming session (see the module docstring)."""
+
+    def __init__(self, runner: Runner, info: VideoModelInfo | None = None):
+        self.runner = runner
+        self.info = info or VideoModelInfo.from_manifest(runner.manifest)
+        self.stream = runner.open_stream()
+        self._ended = False
+
+    def encode(self, frames: np.ndarray) -> np.ndarray:
+        """Fitted frames (T, C, H, W) float32 -> fp16 latents (ceil(T / f), C_lat, h, w).
+
+        T must be a multiple of f, except for the stream's last chunk, which is padded (module docstring).
+        """
+        if frames.ndim != 4 or frames.shape[1] != self.info.channels:
+            raise InputShapeError(f"frames must be (T, {self.info.channels}, H, W), got {frames.shape}")
+        if self._ended:
+            raise InputShapeError("the stream's last (partial) group was already encoded; open a new codec")
+        f = self.info.temporal_factor
+        extra = (-frames.shape[0]) % f
+        if extra:
+            self._ended = True
+            frames = np.concatenate([frames, np.repeat(frames[-1:], extra, axis=0)])
+        mu, _logvar = self.stream.encode(frames[None])
+        return mu[0].astype(np.float16)
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        """fp16 latents (t, C_lat, h, w) -> frames (t * f, C, H, W) float32 in [0, 1]."""
+        if latents.dtype != np.float16:
+            raise InputShapeError(f"latents must be float16 (the stored precision), got {latents.dtype}")
+        return self.stream.decode(latents.astype(np.float32)[None])[0]

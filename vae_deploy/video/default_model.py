@@ -1,0 +1,28 @@
+"""The small video model shipped inside the package, used by run/encode/decode/demo without --model.
+
+It lives in vae_deploy/assets/default_model/ (a model folder: manifest.json, encoder.onnx, decoder.onnx,
+reference/), built by scripts/make_default_model.py from the project's FrameVAE run (train/video_frame.toml)
+and packaged as package data (pyproject: [tool.setuptools.package-data]).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vae_deploy.errors import ModelFormatError
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "default_model"
+DEMO_CLIP = "carphone_pristine"  # held out from the default model's training (train/video_frame.toml)
+
+
+def default_model_dir() -> Path:
+    """The packaged model folder; a clear error when this install has none."""
+    if not (DEFAULT_MODEL_DIR / "manifest.json").is_file():
+        raise ModelFormatError(f"no default model is packaged in {DEFAULT_MODEL_DIR}: pass --model "
+                               f"MODEL_DIR, or build it with `python scripts/make_default_model.py RUN_DIR`")
+    return DEFAULT_MODEL_DIR
+
+
+def resolve_model(model: Path | None) -> Path:
+    """--model when given, else the packaged default model."""
+    return Path(model) if model is not None else default_model_dir()

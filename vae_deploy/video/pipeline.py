@@ -1,0 +1,464 @@
+"""Streaming a video through an exported model: read -> fit -> encode -> fp16 latents -> decode -> write.
+
+Layout: source frames RGB uint8 (H, W, 3); model frames (T, C, H', W') float32 in [0, 1] (video/fit.py);
+latents (t, C_lat, h, w) float16 (video/codec.py).
+
+Three entry points, one per command, built from the same parts so their results agree exactly:
+
+    run_video(runner, source, options, outputs)      frames -> latents -> frames (`vae-deploy run`)
+    encode_video(runner, source, options, path)      frames -> .vaelat           (`vae-deploy encode`)
+    decode_latents(runner, path, outputs)            .vaelat -> frames           (`vae-deploy decode`)
+
+`run` decodes the fp16-rounded latents, exactly what a .vaelat file stores, in the same chunks, so
+`encode` then `decode` gives bit-identical frames. Reading, inference and writing overlap in three threads
+joined by bounded queues (video/stages.py): memory stays flat however long the video.
+
+Outputs are published atomically: each is written under a temporary name and renamed when the run ends.
+When the run fails (an unreadable frame, a full disk) nothing is published; when it is interrupted
+(Ctrl-C) every output holds the frames done so far, as a complete, playable file, and the report says
+`interrupted`. A source that ends early (a truncated file) is not an error: what decodes is processed and
+the report gives the count the container promised (`expected_frames`, `truncated`).
+
+Quality (PSNR, SSIM, flicker) and compression are measured at the model's working resolution: fitted frames
+against their reconstruction, raw uint8 bytes of a working frame over the fp16 latent bytes per frame;
+`psnr_source` compares the source frames with the output frames at the source resolution.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vae_deploy.errors import DataError, VaeDeployError
+from vae_deploy.files import atomic_path, ensure_writable_dir
+from vae_deploy.runtime.latents import LatentHeader, LatentReader, LatentWriter
+from vae_deploy.runtime.runner import Runner
+from vae_deploy.video.codec import VideoCodec, VideoModelInfo
+from vae_deploy.video.fit import FitPolicy, plan_fit
+from vae_deploy.video.io import FrameSource, VideoSink
+from vae_deploy.video.metrics import VideoMetrics, compression_ratio, psnr_from_mse
+
+DEFAULT_CHUNK = 8  # frames per model call: long enough to amortize a call, short enough for low latency
+DEFAULT_FPS = 25.0  # output frame rate when the source does not say (an image folder)
+Progress = Callable[[int], None]  # called with the number of frames finished so far
+# Output codec by file suffix: .mkv is lossless (FFV1: bit-exact frames, e.g. to compare runs), .avi Motion
+# JPEG, anything else MPEG-4 part 2 (mp4v), which every OpenCV build can write. mp4v stores even sizes only:
+# an odd width or height loses its last column or row.
+FOURCC_BY_SUFFIX = {".mkv": "FFV1", ".avi": "MJPG"}
+
+
+@dataclass
+class StreamOptions:
+    chunk: int = DEFAULT_CHUNK  # frames per model call; a multiple of the model's temporal factor
+    short_side: int | None = None  # working short side in pixels; None: the model's, 0: the source's size
+    fit: str = "snap"  # how frames reach the model's multiple: "snap" or "pad" (video/fit.py)
+    max_frames: int | None = None  # stop after this many frames (None: the whole source)
+    fps: float | None = None  # output frame rate; None: the source's (DEFAULT_FPS when unknown)
+    queue_chunks: int = 2  # chunks waiting between two stages: bounds memory, enough to keep all busy
+    measure: bool = True  # quality metrics (PSNR, SSIM, flicker); off saves their CPU time
+
+
+@dataclass
+class VideoOutputs:
+    video: Path | None = None  # the reconstruction at the source resolution
+    side_by_side: Path | None = None  # source | reconstruction, side by side
+    latents: Path | None = None  # the .vaelat container
+
+    def paths(self) -> list[Path]:
+        return [p for p in (self.video, self.side_by_side, self.latents) if p is not None]
+
+
+@dataclass
+class StreamReport:
+    """What a run did; `to_dict` is the --metrics JSON."""
+
+    source: str
+    frames: int = 0
+    seconds: float = 0.0  # wall time from the first frame read to the last frame written
+    frames_per_s: float = 0.0
+    chunk: int = DEFAULT_CHUNK
+    chunk_latency_ms: dict[str, float] = field(default_factory=dict)  # model time per chunk: p50, p95
+    psnr: float | None = None  # dB, working resolution
+    ssim: float | None = None  # working resolution
+    flicker: float | None = None  # working resolution (video/metrics.py)
+    psnr_source: float | None = None  # dB, source frames vs output frames at the source resolution
+    compression_ratio: float | None = None  # raw uint8 bytes of a working frame / fp16 latent bytes
+    latent_bytes: int = 0
+    backend: str = ""
+    model_kind: str = ""
+    model_sha256: str = ""
+    fps: float = DEFAULT_FPS
+    source_size: list[int] = field(default_factory=list)  # (width, height)
+    working_size: list[int] = field(default_factory=list)  # (width, height) of the working frame
+    model_size: list[int] = field(default_factory=list)  # (width, height) fed to the model
+    fit: str = ""
+    expected_frames: int | None = None  # what the container promised (file sources)
+    truncated: bool = False  # the source ended before expected_frames
+    interrupted: bool = False  # stopped by Ctrl-C: outputs hold the frames done
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {k: _json_number(v) for k, v in asdict(self).items()}
+
+
+def _json_number(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no inf (PSNR of identical frames) or nan
+    return value
+
+
+# ---------------------------------------------------------------- the stage items
+
+
+@dataclass
+class _Chunk:
+    fitted: np.ndarray  # (T, C, H, W) float32, the model's input
+    sources: list[np.ndarray] | None  # the source frames, when an output or a metric needs them
+
+
+@dataclass
+class _Coded:
+    chunk: _Chunk | None  # None when decoding a file (no source frames)
+    latents: np.ndarray | None  # fp16 (t, C_lat, h, w)
+    recon: np.ndarray | None  # (T, C, H, W) float32, real frames only
+    seconds: float  # model time for this chunk
+
+
+def _read_chunks(source: FrameSource, policy: FitPolicy, chunk: int, max_frames: int | None,
+                 keep_sources: bool, count: list[int]) -> Iterator[_Chunk]:
+    """Fitted chunks of `chunk` frames (the last may be shorter); count[0] tracks frames read."""
+    fitted: list[np.ndarray] = []
+    sources: list[np.ndarray] = []
+    for frame in source:
+        if max_frames is not None and count[0] >= max_frames:
+            break
+        count[0] += 1
+        fitted.append(policy.fit(frame))
+        if keep_sources:
+            sources.append(frame)
+        if len(fitted) == chunk:
+            yield _Chunk(np.stack(fitted), sources if keep_sources else None)
+            fitted, sources = [], []
+    if fitted:
+        yield _Chunk(np.stack(fitted), sources if keep_sources else None)
+
+
+class _Latencies:
+    def __init__(self):
+        self.seconds: list[float] = []
+
+    def summary(self) -> dict[str, float]:
+        if not self.seconds:
+            return {}
+        ms = np.array(self.seconds) * 1e3
+        return {"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)), "chunks": len(ms)}
+
+
+# ---------------------------------------------------------------- writing results
+
+
+class _FrameWriter:
+    """The consuming stage: output videos, latents and metrics, in stream order."""
+
+    def __init__(self, policy: FitPolicy, video: VideoSink | None, side: VideoSink | None,
+                 latents: LatentWriter | None, measure: bool, total_frames: int | None,
+                 progress: Progress | None):
+        self.policy, self.video, self.side, self.latents = policy, video, side, latents
+        self.metrics = VideoMetrics() if measure else None
+        self.total_frames = total_frames  # known only when decoding a file: trims the padded tail
+        self.progress = progress
+        self.frames = 0
+        self.source_sq_err = 0.0
+        self.source_values = 0
+        self.latency = _Latencies()
+        self.first_frame_at: float | None = None
+        self.last_frame_at: float | None = None
+
+    def __call__(self, coded: _Coded) -> None:
+        self.latency.seconds.append(coded.seconds)
+        if self.latents is not None and coded.latents is not None:
+            self.latents.write(coded.latents)
+        recon = coded.recon
+        if recon is not None:
+            if self.total_frames is not None:
+                recon = recon[:max(0, self.total_frames - self.frames)]
+            self._frames(coded.chunk, recon)
+            n = recon.shape[0]
+        else:
+            n = coded.chunk.fitted.shape[0]
+        self.frames += n
+        if self.latents is not None:
+            self.latents.header.frame_count = self.frames
+        self.last_frame_at = time.perf_counter()
+        if self.progress is not None:
+            self.progress(self.frames)
+
+    def _frames(self, chunk: _Chunk | None, recon: np.ndarray) -> None:
+        policy = self.policy
+        if self.metrics is not None and chunk is not None:
+            w, h = policy.content_size
+            fitted = chunk.fitted[:, :, :h, :w].transpose(0, 2, 3, 1)
+            self.metrics.update(fitted, recon[:, :, :h, :w].transpose(0, 2, 3, 1))
+        need_out = self.video is not None or self.side is not None or (
+            self.metrics is not None and chunk is not None and chunk.sources is not None)
+        if not need_out:
+            return
+        for i in range(recon.shape[0]):
+            out = policy.unfit(recon[i])
+            source = chunk.sources[i] if chunk is not None and chunk.sources is not None else None
+            if self.video is not None:
+                self.video.write(out)
+            if self.side is not None and source is not None:
+                self.side.write(np.concatenate([source, out], axis=1))
+            if self.metrics is not None and source is not None:
+                diff = source.astype(np.float32) - out.astype(np.float32)
+                self.source_sq_err += float(np.dot(diff.ravel(), diff.ravel()))
+                self.source_values += diff.size
+
+    def fill(self, report: StreamReport, started: float) -> None:
+        report.frames = self.frames
+        end = self.last_frame_at or started
+        report.seconds = end - started
+        report.frames_per_s = self.frames / report.seconds if report.seconds > 0 else 0.0
+        report.chunk_latency_ms = self.latency.summary()
+        if self.metrics is not None and self.metrics.frames:
+            report.psnr, report.ssim = self.metrics.psnr, self.metrics.ssim
+            report.flicker = self.metrics.flicker
+        if self.source_values:
+            report.psnr_source = psnr_from_mse(self.source_sq_err / self.source_values / 255.0**2)
+
+
+# ---------------------------------------------------------------- outputs: atomic, kept on interrupt
+
+
+def check_output_path(path: Path, what: str) -> Path:
+    """Refuse, before any work, an output that cannot be written (one line, no partial file later)."""
+    path = Path(path)
+    if path.is_dir():
+        raise VaeDeployError(f"cannot write {what} to {path}: it is a folder; give a file name")
+    ensure_writable_dir(path.parent)
+    return path
+
+
+@contextlib.contextmanager
+def _video_output(path: Path, fps: float, size: tuple[int, int]) -> Iterator[VideoSink]:
+    """A VideoSink published to `path` only if the block ends without an error.
+
+    VideoSink already writes atomically but keeps a playable partial video after any exception; here an
+    error discards it (the run failed) while an interrupt, handled by the caller, leaves the block normally.
+    """
+    fourcc = FOURCC_BY_SUFFIX.get(Path(path).suffix.lower(), "mp4v")
+    with atomic_path(path) as tmp, VideoSink(tmp, fps, size, fourcc) as sink:
+        yield sink
+
+
+@contextlib.contextmanager
+def _latent_output(path: Path, header: LatentHeader) -> Iterator[LatentWriter]:
+    writer = LatentWriter(path, header)
+    try:
+        yield writer
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+
+
+class _Interrupted(Exception):
+    """Raised inside the outputs' block when an interrupt left nothing worth keeping."""
+
+
+def _stream(produce: Iterator, transform: Callable, writer: _FrameWriter, depth: int) -> tuple[bool, float]:
+    """Run the stages; (interrupted, start time). An interrupt before any frame is written discards."""
+    from vae_deploy.video.stages import run_stages
+
+    started = time.perf_counter()
+    try:
+        run_stages(produce, transform, writer, depth)
+    except KeyboardInterrupt:
+        if writer.frames == 0:
+            raise _Interrupted() from None
+        return True, started
+    return False, started
+
+
+# ---------------------------------------------------------------- the three entry points
+
+
+def _model_info(runner: Runner, options: StreamOptions) -> VideoModelInfo:
+    info = VideoModelInfo.from_manifest(runner.manifest)
+    info.check_chunk(options.chunk)
+    return info
+
+
+def _plan(info: VideoModelInfo, source: FrameSource, options: StreamOptions) -> FitPolicy:
+    short = info.short_side if options.short_side is None else options.short_side
+    return plan_fit(source.size, short, info.spatial_factor, info.channels, options.fit)
+
+
+def _fill_common(report: StreamReport, runner: Runner, info: VideoModelInfo, policy: FitPolicy,
+                 chunk: int, fps: float) -> None:
+    report.backend, report.model_kind, report.model_sha256 = runner.name, info.kind, info.fingerprint
+    report.chunk, report.fps, report.fit = chunk, fps, policy.mode
+    report.source_size, report.working_size = list(policy.source_size), list(policy.content_size)
+    report.model_size = list(policy.model_size)
+    lc, lh, lw = info.latent_shape(policy.model_size)
+    w, h = policy.content_size
+    report.compression_ratio = compression_ratio((h, w, info.channels), lc * lh * lw / info.temporal_factor)
+
+
+def _finish_source(report: StreamReport, source: FrameSource, count: int, options: StreamOptions) -> None:
+    expected = source.frame_count
+    if expected is not None and options.max_frames is not None:
+        expected = min(expected, options.max_frames)
+    report.expected_frames = expected
+    report.truncated = bool(expected is not None and count < expected and not report.interrupted)
+
+
+def _header(info: VideoModelInfo, policy: FitPolicy, fps: float, chunk: int) -> LatentHeader:
+    return LatentHeader(model_sha256=info.fingerprint, model_kind=info.kind,
+                        latent_shape=list(info.latent_shape(policy.model_size)), fps=fps, frame_count=0,
+                        source_size=list(policy.source_size), working_size=list(policy.content_size),
+                        fit=policy.to_dict(), chunk=chunk)
+
+
+def run_video(runner: Runner, source: FrameSource, options: StreamOptions | None = None,
+              outputs: VideoOutputs | None = None, progress: Progress | None = None) -> StreamReport:
+    """Encode and decode `source` chunk by chunk, carrying the state; write the outputs asked for."""
+    options, outputs = options or StreamOptions(), outputs or VideoOutputs()
+    info = _model_info(runner, options)
+    for path, what in ((outputs.video, "the video"), (outputs.side_by_side, "the side-by-side video"),
+                       (outputs.latents, "the latents")):
+        if path is not None:
+            check_output_path(path, what)
+    policy = _plan(info, source, options)
+    fps = options.fps or source.fps or DEFAULT_FPS
+    codec = VideoCodec(runner, info)
+    report = StreamReport(source=source.description)
+    _fill_common(report, runner, info, policy, options.chunk, fps)
+    keep_sources = outputs.side_by_side is not None or options.measure
+    count = [0]
+
+    def transform(chunk: _Chunk) -> _Coded:
+        start = time.perf_counter()
+        latents = codec.encode(chunk.fitted)
+        recon = codec.decode(latents)[:chunk.fitted.shape[0]]  # drop frames decoded from padding
+        return _Coded(chunk, latents, recon, time.perf_counter() - start)
+
+    w, h = policy.source_size
+    with contextlib.ExitStack() as stack:
+        video = side = latents = None
+        if outputs.video is not None:
+            video = stack.enter_context(_video_output(outputs.video, fps, (w, h)))
+        if outputs.side_by_side is not None:
+            side = stack.enter_context(_video_output(outputs.side_by_side, fps, (2 * w, h)))
+        if outputs.latents is not None:
+            latents = stack.enter_context(_latent_output(outputs.latents, _header(info, policy, fps,
+                                                                                  options.chunk)))
+        writer = _FrameWriter(policy, video, side, latents, options.measure, None, progress)
+        produce = _read_chunks(source, policy, options.chunk, options.max_frames, keep_sources, count)
+        try:
+            report.interrupted, started = _stream(produce, transform, writer, options.queue_chunks)
+        except _Interrupted:
+            raise KeyboardInterrupt from None
+    writer.fill(report, started)
+    _finish_source(report, source, count[0], options)
+    _finish_outputs(report, outputs)
+    return report
+
+
+def encode_video(runner: Runner, source: FrameSource, path: Path, options: StreamOptions | None = None,
+                 progress: Progress | None = None) -> StreamReport:
+    """Encode `source` into a .vaelat file at `path` (what `run` encodes, chunk for chunk)."""
+    options = options or StreamOptions()
+    info = _model_info(runner, options)
+    check_output_path(path, "the latents")
+    policy = _plan(info, source, options)
+    fps = options.fps or source.fps or DEFAULT_FPS
+    codec = VideoCodec(runner, info)
+    report = StreamReport(source=source.description)
+    _fill_common(report, runner, info, policy, options.chunk, fps)
+    count = [0]
+
+    def transform(chunk: _Chunk) -> _Coded:
+        start = time.perf_counter()
+        latents = codec.encode(chunk.fitted)
+        return _Coded(chunk, latents, None, time.perf_counter() - start)
+
+    with _latent_output(path, _header(info, policy, fps, options.chunk)) as latents:
+        writer = _FrameWriter(policy, None, None, latents, False, None, progress)
+        produce = _read_chunks(source, policy, options.chunk, options.max_frames, False, count)
+        try:
+            report.interrupted, started = _stream(produce, transform, writer, options.queue_chunks)
+        except _Interrupted:
+            raise KeyboardInterrupt from None
+    writer.fill(report, started)
+    _finish_source(report, source, count[0], options)
+    report.outputs = {"latents": str(path)}
+    report.latent_bytes = Path(path).stat().st_size
+    return report
+
+
+def open_latents(path: Path, info: VideoModelInfo) -> LatentReader:
+    """Open a .vaelat file made by this model (else one line saying which model made it)."""
+    reader = LatentReader(Path(path))
+    header = reader.header
+    if header.model_sha256 != info.fingerprint:
+        raise DataError(f"{path} was encoded by another model ({header.model_kind}, sha256 "
+                        f"{header.model_sha256[:12]}...); this {info.kind} model is "
+                        f"{info.fingerprint[:12]}...: decode with the model that encoded it (--model)")
+    return reader
+
+
+def decode_latents(runner: Runner, path: Path, outputs: VideoOutputs, options: StreamOptions | None = None,
+                   progress: Progress | None = None) -> StreamReport:
+    """Decode a .vaelat file to video; the frames equal what `run` writes for the same source."""
+    options = options or StreamOptions()
+    info = VideoModelInfo.from_manifest(runner.manifest)
+    if outputs.video is not None:
+        check_output_path(outputs.video, "the video")
+    reader = open_latents(path, info)
+    header = reader.header
+    policy = FitPolicy.from_dict(header.fit)
+    if list(info.latent_shape(policy.model_size)) != list(header.latent_shape):
+        raise DataError(f"{path} holds latents of shape {header.latent_shape}, but its fit record implies "
+                        f"{list(info.latent_shape(policy.model_size))}: the file is inconsistent")
+    chunk = header.chunk or options.chunk
+    info.check_chunk(chunk)
+    fps = options.fps or header.fps or DEFAULT_FPS
+    codec = VideoCodec(runner, info)
+    report = StreamReport(source=str(path))
+    _fill_common(report, runner, info, policy, chunk, fps)
+
+    def transform(latents: np.ndarray) -> _Coded:
+        start = time.perf_counter()
+        recon = codec.decode(latents)
+        return _Coded(None, None, recon, time.perf_counter() - start)
+
+    with contextlib.ExitStack() as stack:
+        video = None
+        if outputs.video is not None:
+            video = stack.enter_context(_video_output(outputs.video, fps, policy.source_size))
+        writer = _FrameWriter(policy, video, None, None, False, header.frame_count, progress)
+        try:
+            report.interrupted, started = _stream(reader.chunks(chunk // info.temporal_factor), transform,
+                                                  writer, options.queue_chunks)
+        except _Interrupted:
+            raise KeyboardInterrupt from None
+    writer.fill(report, started)
+    report.expected_frames = header.frame_count
+    report.latent_bytes = Path(path).stat().st_size
+    _finish_outputs(report, VideoOutputs(video=outputs.video))
+    return report
+
+
+def _finish_outputs(report: StreamReport, outputs: VideoOutputs) -> None:
+    named = {"video": outputs.video, "side_by_side": outputs.side_by_side, "latents": outputs.latents}
+    report.outputs = {k: str(v) for k, v in named.items() if v is not None}
+    if outputs.latents is not None and Path(outputs.latents).is_file():
+        report.latent_bytes = Path(outputs.latents).stat().st_size
