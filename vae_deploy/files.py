@@ -14,6 +14,9 @@ from pathlib import Path
 
 from vae_deploy.errors import VaeDeployError
 
+_UMASK = os.umask(0)  # read once (the only way to read it is to set it) and put back at once
+os.umask(_UMASK)
+
 
 def ensure_writable_dir(path: Path) -> Path:
     """Create `path` if needed and check that files can be written in it."""
@@ -39,6 +42,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.stem}.", suffix=f".part{target.suffix}")
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual permissions
     try:
         yield tmp_path
         os.replace(tmp_path, target)
