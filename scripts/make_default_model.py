@@ -44,6 +44,10 @@ def build(run_dir: Path, profile_path: Path, target: Path = DEFAULT_MODEL_DIR) -
         if not report.passed:
             raise SystemExit(f"parity failed at export: {len(report.failures())} comparisons over tolerance; "
                              f"the default model was not replaced")
+        # Package data must be readable by every user; the atomic temporary files are created 0600.
+        for path in (staging / "model").rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        (staging / "model").chmod(0o755)
         old = target.with_name(f".{target.name}.old")
         if old.exists():
             shutil.rmtree(old)
@@ -62,10 +66,11 @@ def build(run_dir: Path, profile_path: Path, target: Path = DEFAULT_MODEL_DIR) -
 def check(model_dir: Path) -> dict:
     from vae_deploy.runtime import load_runner
     from vae_deploy.video.io import open_source
-    from vae_deploy.video.pipeline import StreamOptions, run_video
+    from vae_deploy.video.pipeline import StreamOptions, run_video, runner_options
     from vae_deploy.video.samples import sample_video_path
 
-    with load_runner(model_dir, "ort-cpu") as runner, open_source(sample_video_path(DEMO_CLIP)) as source:
+    with load_runner(model_dir, "ort-cpu", **runner_options("ort-cpu")) as runner, \
+            open_source(sample_video_path(DEMO_CLIP)) as source:
         report = run_video(runner, source, StreamOptions())
     result = report.to_dict()
     for key, floor in FLOORS.items():
@@ -78,8 +83,9 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path, help="training run folder (model.safetensors + config.json)")
     parser.add_argument("--profile", type=Path, default=ROOT / "export" / "cpu-fp32.toml")
     parser.add_argument("--check", action="store_true", help="measure the new model on the held-out clip")
+    parser.add_argument("--target", type=Path, default=DEFAULT_MODEL_DIR, help="model folder to (re)place")
     args = parser.parse_args()
-    target = build(args.run_dir, args.profile)
+    target = build(args.run_dir, args.profile, args.target)
     if args.check:
         print(json.dumps(check(target), indent=2))
 

@@ -236,14 +236,23 @@ def test_demo_writes_every_output_to_the_folder_it_names(vd, frame_model, monkey
 
 @pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "manifest.json").is_file(),
                     reason="no default model packaged in this checkout (scripts/make_default_model.py)")
-def test_the_packaged_default_model_is_a_verified_video_model():
+def test_the_packaged_default_model_meets_the_quality_floors(vd, tmp_path):
+    """The shipped model: a verified video model of a few MB that reconstructs the clip it never saw in
+    training (carphone_pristine) at >= 26 dB PSNR with latents >= 24x smaller than raw RGB."""
     from vae_deploy.runtime import read_manifest
 
     manifest = read_manifest(DEFAULT_MODEL_DIR)  # every file's sha256 checked
     assert manifest.kind in ("frame", "temporal", "causal3d") and manifest.parity["passed"]
     assert manifest.preprocessing["short_side"] >= 128
+    config = json.loads((DEFAULT_MODEL_DIR / "reference" / "config.json").read_text())
+    assert "carphone_pristine" not in json.dumps(config["recipe"]["data"]["train"])
     size = sum(p.stat().st_size for p in DEFAULT_MODEL_DIR.rglob("*") if p.is_file())
-    assert size < 20e6
+    assert size < 10e6
+    result = vd("demo", "--out-dir", tmp_path, "-q")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["frames"] == 120 and metrics["working_size"] == [160, 128]
+    assert metrics["psnr"] >= 26.0 and metrics["compression_ratio"] >= 24.0
 
 
 def test_ctrl_c_leaves_a_playable_video_and_exits_130(frame_model, carphone, tmp_path):

@@ -27,7 +27,7 @@ def demo(
     from vae_deploy.runtime.registry import load_runner
     from vae_deploy.video.default_model import DEMO_CLIP, default_model_dir
     from vae_deploy.video.io import open_source
-    from vae_deploy.video.pipeline import StreamOptions, VideoOutputs, run_video
+    from vae_deploy.video.pipeline import StreamOptions, VideoOutputs, run_video, runner_options
     from vae_deploy.video.samples import sample_video_path
 
     try:
@@ -37,8 +37,8 @@ def demo(
         outputs = VideoOutputs(video=out_dir / "reconstruction.mp4",
                                side_by_side=out_dir / "side_by_side.mp4", latents=out_dir / "carphone.vaelat")
         typer.echo(f"demo: the packaged model ({model}) on {clip.name}, a clip it never saw in training")
-        options = {} if threads is None else {"threads": threads}
-        with load_runner(model, backend, **options) as runner, open_source(clip) as frames:
+        with load_runner(model, backend, **runner_options(backend, threads)) as runner, \
+                open_source(clip) as frames:
             with progress_bar(frames.frame_count, "demo", quiet) as progress:
                 report = run_video(runner, frames, StreamOptions(), outputs, progress)
     except KeyboardInterrupt:

@@ -37,16 +37,16 @@ MaxFramesOption = Annotated[int | None, typer.Option(
 FpsOption = Annotated[float | None, typer.Option(
     "--fps", help="Frame rate of the output (default: the source's; 25 for an image folder).")]
 ThreadsOption = Annotated[int | None, typer.Option(
-    "--threads", help="Inference threads (default: the backend's choice).")]
+    "--threads", help="Inference threads (default for ort-cpu: one fewer than the CPUs, at least 1).")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
 
 def open_runner(model: Path | None, backend: str, threads: int | None):
     from vae_deploy.runtime.registry import load_runner
     from vae_deploy.video.default_model import resolve_model
+    from vae_deploy.video.pipeline import runner_options
 
-    options: dict[str, Any] = {} if threads is None else {"threads": threads}
-    return load_runner(resolve_model(model), backend, **options)
+    return load_runner(resolve_model(model), backend, **runner_options(backend, threads))
 
 
 def stream_options(chunk: int, size: int | None, fit: str, max_frames: int | None, fps: float | None,
@@ -103,21 +103,20 @@ def _num(value: float | None, fmt: str) -> str:
 
 
 def print_summary(report, verb: str) -> None:
-    """One line of results, warnings on stderr, then one line per output written."""
+    """Results in a line or two, warnings on stderr, then one line per output written."""
     w, h = report.working_size
     line = (f"{verb} {report.frames} frames in {report.seconds:.1f} s ({report.frames_per_s:.1f} frames/s) "
-            f"at {w}x{h}, backend {report.backend}")
+            f"at {w}x{h}, compression {_num(report.compression_ratio, '.1f')}x, backend {report.backend}")
     if report.chunk_latency_ms:
-        line += (f", chunk of {report.chunk} p50 {report.chunk_latency_ms['p50']:.0f} ms / p95 "
+        line += (f", chunk of {report.chunk}: p50 {report.chunk_latency_ms['p50']:.0f} ms, p95 "
                  f"{report.chunk_latency_ms['p95']:.0f} ms")
     typer.echo(line)
     if report.psnr is not None:
         sw, sh = report.source_size
         quality = (f"PSNR {_num(report.psnr, '.2f')} dB, SSIM {_num(report.ssim, '.4f')}, "
                    f"flicker {_num(report.flicker, '.4f')}")
-        ratio = _num(report.compression_ratio, ".1f")
-        typer.echo(f"quality at {w}x{h}: {quality}; at the source size {sw}x{sh}: PSNR "
-                   f"{_num(report.psnr_source, '.2f')} dB; compression {ratio}x")
+        typer.echo(f"quality at {w}x{h}: {quality}; PSNR at the source size {sw}x{sh}: "
+                   f"{_num(report.psnr_source, '.2f')} dB")
     if report.truncated:
         n = report.frames
         typer.echo(f"warning: the source ended after {n} of the {report.expected_frames} frames it announced "
@@ -166,7 +165,8 @@ def run(
         "--side-by-side", help="Video of source and reconstruction side by side.")] = None,
     latents: Annotated[Path | None, typer.Option("--latents", help=".vaelat file of the latents.")] = None,
     metrics: Annotated[Path | None, typer.Option(
-        "--metrics", help="JSON: frames/s, chunk latency, PSNR, SSIM, flicker, compression.")] = None,
+        "--metrics", help="JSON: frames/s, chunk latency, PSNR, SSIM, flicker, compression (measuring "
+                          "quality costs a few ms per frame, so it is done only when asked).")] = None,
     chunk: ChunkOption = 8,
     size: SizeOption = None,
     fit: FitOption = "snap",
@@ -180,7 +180,7 @@ def run(
     from vae_deploy.video.pipeline import VideoOutputs, run_video
 
     try:
-        options = stream_options(chunk, size, fit, max_frames, fps)
+        options = stream_options(chunk, size, fit, max_frames, fps, measure=metrics is not None)
         check_metrics_path(metrics)
         with open_runner(model, backend, threads) as runner, open_source(source) as frames:
             total = frames.frame_count if max_frames is None else min(frames.frame_count or max_frames,

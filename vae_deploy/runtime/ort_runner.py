@@ -63,6 +63,16 @@ def _first_line(exc: Exception) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _host(value) -> np.ndarray:
+    """An OrtValue's contents as a numpy array of its own. For device memory numpy() copies to the host;
+    for CPU memory it may return a view of the OrtValue's buffer, which a later run overwrites (static
+    buffers) or frees (ORT-allocated outputs), so that view is copied."""
+    array = value.numpy()
+    if array.size and array.ctypes.data == value.data_ptr():
+        array = array.copy()
+    return array
+
+
 class CudaGraphWarning(UserWarning):
     """cuda_graph was asked for but a graph cannot be captured; that graph runs without it."""
 
@@ -218,7 +228,7 @@ class _SessionExec:
         self.session.run_with_iobinding(io)
         outs = io.get_outputs()
         n = len(spec.outputs)
-        data = {t.name: outs[i].numpy() for i, t in enumerate(spec.outputs)}
+        data = {t.name: _host(outs[i]) for i, t in enumerate(spec.outputs)}
         present = OrtState(spec.state_shapes(env), values=list(outs[n:])) if spec.state else None
         return data, present
 
@@ -290,7 +300,7 @@ class _GraphEntry:
         """Before slot `slot` is overwritten: a live state held there moves to the host."""
         held = self.owner(slot)
         if held is not None and held is not keep and held.entry is self:
-            held.host = [v.numpy() for v in self.state[slot]]
+            held.host = [_host(v) for v in self.state[slot]]
             held.entry = None
         self._owners[slot] = None
 
@@ -319,7 +329,7 @@ class _GraphEntry:
         if spec.state:
             self.evict(1 - k, keep=past)
         self.session.run_with_iobinding(self.bindings[k], self.run_options[k])
-        data = {name: value.numpy() for name, value in self.outputs.items()}
+        data = {name: _host(value) for name, value in self.outputs.items()}
         if not spec.state:
             return data, None
         present = OrtState(self.shapes, entry=self, slot=1 - k)
@@ -378,7 +388,7 @@ class OrtDeviceRunner(DeviceRunner, OrtRunner):
 
     device_type = "cuda"
     OPTIONS = ("threads", "spinning", "optimization", "fp16_guard", "device_id", "prefer_nhwc",
-               "conv_algo_search", "cuda_graph", "graph_cache", "tf32")
+               "conv_algo_search", "fuse_conv_bias", "cuda_graph", "graph_cache", "tf32")
 
     def _load(self) -> None:
         unknown = sorted(set(self.options) - set(self.OPTIONS))
@@ -445,9 +455,9 @@ class OrtDeviceRunner(DeviceRunner, OrtRunner):
 
     def _state_host(self, state: OrtState) -> list[np.ndarray]:
         if state.entry is not None and state.in_entry(state.entry):
-            return [v.numpy() for v in state.entry.state[state.slot]]
+            return [_host(v) for v in state.entry.state[state.slot]]
         if state.values is not None:
-            return [v.numpy() for v in state.values]
+            return [_host(v) for v in state.values]
         return list(state.host)
 
     # ------------------------------------------------------------------ DeviceRunner hooks
@@ -481,19 +491,26 @@ class OrtDeviceRunner(DeviceRunner, OrtRunner):
         super()._close()
 
 
-def cuda_provider_options(options: Mapping[str, Any], extra: Mapping[str, str] | None = None
-                          ) -> dict[str, str]:
+def conv_defaults(precision: str) -> tuple[bool, str]:
+    """(prefer_nhwc, conv_algo_search) by model precision, as measured (module docstring)."""
+    return (True, "HEURISTIC") if precision == "fp16" else (False, "EXHAUSTIVE")
+
+
+def cuda_provider_options(options: Mapping[str, Any], extra: Mapping[str, str] | None = None,
+                          precision: str = "fp32") -> dict[str, str]:
     """CUDA EP provider options from runner options (validated; values as the strings ORT takes)."""
-    search = str(options.get("conv_algo_search", "EXHAUSTIVE")).upper()
+    nhwc, search = conv_defaults(precision)
+    search = str(options.get("conv_algo_search", search)).upper()
     if search not in CONV_ALGO_SEARCH:
         raise ConfigError(f"conv_algo_search must be one of {', '.join(CONV_ALGO_SEARCH)}, got {search!r}")
     provider = {
         "device_id": str(int(options.get("device_id", 0))),
         # TF32 would trade fp32 parity (1e-5) for speed: off unless asked for.
         "use_tf32": "1" if options.get("tf32", False) else "0",
-        "prefer_nhwc": "1" if options.get("prefer_nhwc", True) else "0",
+        "prefer_nhwc": "1" if options.get("prefer_nhwc", nhwc) else "0",
         "cudnn_conv_algo_search": search,
         "cudnn_conv_use_max_workspace": "1",  # lets cuDNN pick its fastest algorithms (ORT's default too)
+        "fuse_conv_bias": "1" if options.get("fuse_conv_bias", False) else "0",
     }
     provider.update(extra or {})
     return provider
@@ -520,7 +537,8 @@ class OrtCudaRunner(OrtDeviceRunner):
             # Loads the CUDA/cuDNN libraries shipped as pip packages (or with torch) before the first session.
             ort.preload_dlls()
             _PRELOADED.append(True)
-        return [("CUDAExecutionProvider", cuda_provider_options(self.options, extra)), "CPUExecutionProvider"]
+        options = cuda_provider_options(self.options, extra, self.manifest.precision)
+        return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
 
     def _check_session(self, name, spec, session) -> None:
         super()._check_session(name, spec, session)

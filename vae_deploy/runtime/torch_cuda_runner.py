@@ -70,6 +70,9 @@ class _Captured:
 class TorchCudaRunner(DeviceRunner):
     name = "torch-cuda"
     install_hint = "PyTorch with CUDA (pip install 'vae-deploy[train]' with a CUDA build of torch)"
+    # The device logic (state, precision, guard, compile) does not depend on the device; tests run it with
+    # device_type "cpu" where there is no GPU (no CUDA graphs there).
+    device_type = "cuda"
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -87,13 +90,13 @@ class TorchCudaRunner(DeviceRunner):
         if unknown:
             raise ConfigError(f"{self.name}: unknown option(s) {', '.join(unknown)} (known: "
                               f"{', '.join(OPTIONS)})")
-        if not torch.cuda.is_available():
+        if self.device_type == "cuda" and not torch.cuda.is_available():
             raise MissingBackendError(f"backend 'torch-cuda' needs a CUDA build of torch and a GPU; this "
                                       f"torch ({torch.__version__}) sees no CUDA device; use --backend torch")
         self._torch = torch
         if "threads" in self.options:  # host-side work (uploads, conversions); `bench --threads` passes it
             torch.set_num_threads(int(self.options["threads"]))
-        self.device = torch.device("cuda", int(self.options.get("device_id", 0)))
+        self.device = torch.device(self.device_type, int(self.options.get("device_id", 0)))
         self.precision = str(self.options.get("precision", self.manifest.precision))
         if self.precision not in ("fp32", "fp16"):
             raise ConfigError(f"{self.name}: precision must be fp32 or fp16, got {self.precision!r}")
@@ -102,6 +105,8 @@ class TorchCudaRunner(DeviceRunner):
         compile_opt = self.options.get("compile", False)
         self.compile_mode = "default" if compile_opt is True else (compile_opt or None)
         self.cuda_graph = bool(self.options.get("cuda_graph", False))
+        if self.cuda_graph and self.device_type != "cuda":
+            raise ConfigError(f"{self.name}: cuda_graph needs a CUDA device")
         self.capacity = int(self.options.get("graph_cache", 8))
         self.tf32 = bool(self.options.get("tf32", False))
         self.cudnn_benchmark = bool(self.options.get("cudnn_benchmark", True))
@@ -148,9 +153,11 @@ class TorchCudaRunner(DeviceRunner):
         matmul = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = self.tf32
         try:
+            cuda = self.device_type == "cuda"
+            device = torch.cuda.device(self.device) if cuda else contextlib.nullcontext()
             with torch.backends.cudnn.flags(enabled=True, benchmark=self.cudnn_benchmark,
                                             deterministic=False, allow_tf32=self.tf32), \
-                    torch.inference_mode(), torch.cuda.device(self.device):
+                    torch.inference_mode(), device:
                 yield
         finally:
             torch.backends.cuda.matmul.allow_tf32 = matmul
@@ -238,26 +245,31 @@ class TorchCudaRunner(DeviceRunner):
         state = TorchState(spec.state_shapes(env), present) if spec.state else None
         return host, state
 
-    def device_call(self, graph, inputs):
+    def _synchronize(self) -> None:
+        if self.device_type == "cuda":
+            self._torch.cuda.synchronize(self.device)
+
+    def device_call(self, graph, inputs, cuda_graph: bool | None = None):
+        """See DeviceRunner.device_call; cuda_graph overrides the runner's option for this call (timing
+        a compiled model with and without a captured graph without compiling it twice)."""
         spec, arrays, env = self._prepare(graph, named_inputs(self.graph(graph), inputs))
-        torch = self._torch
         fn = self._fns[graph]
         with self._mode():
             xs = [self._upload(arrays[t.name]) for t in spec.inputs]
             past = self._zeros(spec, env, self.dtype)
-            if self.cuda_graph:
+            if self.cuda_graph if cuda_graph is None else cuda_graph:
                 key = tuple(arrays[t.name].shape for t in spec.inputs)
                 captured = self._captured(spec, fn, key, xs, past)
 
-                def run():
+                def replay():
                     captured.graph.replay()
-                    torch.cuda.synchronize(self.device)
-                return run
+                    self._synchronize()
+                return replay
 
         def call():
             with self._mode():
                 fn(*xs, *past)
-            torch.cuda.synchronize(self.device)
+            self._synchronize()
         return call
 
     def _close(self) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -53,6 +54,20 @@ Progress = Callable[[int], None]  # called with the number of frames finished so
 FOURCC_BY_SUFFIX = {".mkv": "FFV1", ".avi": "MJPG"}
 
 
+def runner_options(backend: str, threads: int | None = None) -> dict:
+    """Runner options for streaming with `backend`; `threads` None picks the pipeline's default.
+
+    ort-cpu gets one intra-op thread fewer than the machine has CPUs (at least one): the reading and
+    writing stages need a core too, and ORT's default (a spinning thread per core) fighting them for it ran
+    a chunk about 2x slower than one thread on the 2-core machine of benchmarks/results/pipeline_speed.md.
+    """
+    if threads is not None:
+        return {"threads": threads}
+    if backend == "ort-cpu":
+        return {"threads": max(1, (os.cpu_count() or 2) - 1)}
+    return {}
+
+
 @dataclass
 class StreamOptions:
     chunk: int = DEFAULT_CHUNK  # frames per model call; a multiple of the model's temporal factor
@@ -61,7 +76,7 @@ class StreamOptions:
     max_frames: int | None = None  # stop after this many frames (None: the whole source)
     fps: float | None = None  # output frame rate; None: the source's (DEFAULT_FPS when unknown)
     queue_chunks: int = 2  # chunks waiting between two stages: bounds memory, enough to keep all busy
-    measure: bool = True  # quality metrics (PSNR, SSIM, flicker); off saves their CPU time
+    measure: bool = True  # quality metrics (PSNR, SSIM, flicker): about 2.5 ms per 160x128 frame here
 
 
 @dataclass
@@ -177,7 +192,6 @@ class _FrameWriter:
         self.source_sq_err = 0.0
         self.source_values = 0
         self.latency = _Latencies()
-        self.first_frame_at: float | None = None
         self.last_frame_at: float | None = None
 
     def __call__(self, coded: _Coded) -> None:

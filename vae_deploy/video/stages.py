@@ -97,14 +97,17 @@ def run_stages(produce: Iterable[A], transform: Callable[[A], B], consume: Calla
         stages.put(stages.outbox, _END)
     except BaseException as exc:
         stages.fail(exc)
-    finally:
-        for thread in threads:
-            _join(thread)
+    _join_all(threads, stages)
     if stages.errors:
         raise stages.errors[0]
 
 
-def _join(thread: threading.Thread) -> None:
-    # join with a timeout in a loop: a plain join() would hold off a second Ctrl-C
-    while thread.is_alive():
-        thread.join(_POLL_S)
+def _join_all(threads: list[threading.Thread], stages: _Stages) -> None:
+    """Wait for both threads, so no stage still writes when the caller closes its outputs. A Ctrl-C
+    while waiting (the writer draining the last chunks) stops them after their current item instead."""
+    while any(t.is_alive() for t in threads):
+        try:
+            for thread in threads:
+                thread.join(_POLL_S)
+        except KeyboardInterrupt as exc:
+            stages.fail(exc)
