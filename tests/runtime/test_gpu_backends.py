@@ -170,13 +170,16 @@ def test_device_runner_options_are_checked(mlp_model_dir):
     # Measured defaults (benchmarks/results/gpu_check_h200.md): fp16 NHWC + heuristic, fp32 NCHW + exhaustive.
     assert cuda_provider_options({}, precision="fp16") == {
         "device_id": "0", "use_tf32": "0", "prefer_nhwc": "1", "cudnn_conv_algo_search": "HEURISTIC",
-        "cudnn_conv_use_max_workspace": "1", "fuse_conv_bias": "0"}
+        "cudnn_conv_use_max_workspace": "1", "fuse_conv_bias": "1"}
     fp32 = cuda_provider_options({}, precision="fp32")
-    assert fp32["prefer_nhwc"] == "0" and fp32["cudnn_conv_algo_search"] == "EXHAUSTIVE"
+    assert (fp32["prefer_nhwc"], fp32["cudnn_conv_algo_search"], fp32["fuse_conv_bias"]) == (
+        "0", "EXHAUSTIVE", "0")
     chosen = cuda_provider_options({"prefer_nhwc": True, "tf32": True, "conv_algo_search": "default"},
                                    {"enable_cuda_graph": "1"})
     assert (chosen["prefer_nhwc"], chosen["use_tf32"], chosen["cudnn_conv_algo_search"],
             chosen["enable_cuda_graph"]) == ("1", "1", "DEFAULT", "1")
+    # Bias fusion only goes with NHWC fp16 (with NCHW fp16 cuDNN had no plan for it on the H200).
+    assert cuda_provider_options({"prefer_nhwc": False}, precision="fp16")["fuse_conv_bias"] == "0"
 
 
 def test_torch_device_runner_logic_on_the_cpu(mlp_model_dir, causal_dir, mnist_test_images):

@@ -90,11 +90,12 @@ def test_video_recipes_load_with_the_issue_settings(stem, kind):
 
 
 def test_the_three_video_recipes_differ_only_in_the_model_and_batching():
+    """Same data, loss, lr curve and time budget; the number of steps and the clip shape may differ."""
     frame, *others = (load_recipe(ROOT / "train" / f"{stem}.toml").to_dict() for stem in VIDEO_RECIPES)
     for other in others:
-        assert {k: v for k, v in other["train"].items() if k != "batch_size"} == \
-               {k: v for k, v in frame["train"].items() if k != "batch_size"}
-        # same frames per step: 32 single frames, or 4 clips x 8 frames
+        assert {k: v for k, v in other["train"].items() if k not in ("batch_size", "epochs")} == \
+               {k: v for k, v in frame["train"].items() if k not in ("batch_size", "epochs")}
+        # same frames per step: 32 single frames, 8 clips x 4 frames or 4 clips x 8 frames
         assert other["train"]["batch_size"] * other["data"]["clip_len"] == \
                frame["train"]["batch_size"] * frame["data"]["clip_len"]
         same = ("train", "valid", "short_side", "crop", "flip", "valid_crop")
@@ -268,6 +269,28 @@ def test_max_minutes_ends_the_epoch_early_and_stops(tmp_path):
     (record,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert record["steps"] == 1 and np.isfinite(record["valid_loss"])
     assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_lr_final_follows_a_cosine_over_all_steps_and_resumes_on_it(tmp_path):
+    """lr 2e-3 -> 2e-5 over 2 epochs x 2 steps: the lr set before step k (0-based) is the cosine at k / 3."""
+    def lr_at(k: int) -> float:
+        return 2e-5 + (2e-3 - 2e-5) * 0.5 * (1 + np.cos(np.pi * k / 3))
+
+    def stored_lr(run: Path) -> float:
+        (group,) = load_state(RunFolder(run).state)["optimizer"]["param_groups"]
+        return group["lr"]
+
+    options = {"lr": 2e-3, "lr_final": 2e-5}
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(tiny_video_recipe("frame", epochs=2, **options), straight, console=QUIET)
+    assert stored_lr(straight) == pytest.approx(2e-5, rel=1e-12)  # the last step ran at lr_final
+    train(tiny_video_recipe("frame", epochs=2, max_steps=2, **options), resumed, console=QUIET)
+    assert stored_lr(resumed) == pytest.approx(lr_at(1), rel=1e-12)
+    train(tiny_video_recipe("frame", epochs=2, **options), resumed, resume=True, console=QUIET)
+    a, b = (load_state(RunFolder(run).state)["model"] for run in (resumed, straight))
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    with pytest.raises(ConfigError, match="lr_final must be between 0 and lr"):
+        tiny_video_recipe(lr=1e-3, lr_final=2e-3)
 
 
 def test_max_minutes_may_change_on_resume(tmp_path):

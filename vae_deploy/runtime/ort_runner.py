@@ -15,14 +15,21 @@ threads=1 or spinning=False, which are options for that case.
 - IO binding: inputs are copied to device buffers once per call, outputs are written to device buffers, and
   only the data outputs are copied back. The streaming state (present_i -> past_i) stays on the GPU between
   the chunks of a stream (runtime/device_runner.py); only frames/latents in and out cross the bus.
-- CUDA EP options for conv nets, as runner options (defaults measured on an H100/H200 with the FrameVAE at
-  256x256, 16 frames per call: benchmarks/results/gpu_check_*.md):
-    prefer_nhwc       NHWC convolutions (cuDNN's fast layout for tensor cores); default True
-    conv_algo_search  cuDNN algorithm choice: "EXHAUSTIVE" (benchmark each conv once) | "HEURISTIC" |
-                      "DEFAULT"; default "EXHAUSTIVE"
+- CUDA EP options for conv nets, as runner options. Defaults depend on the folder's precision and were
+  chosen by measurement (benchmarks/results/gpu_check_h200.md: FrameVAE, 256x256, 16 frames per call,
+  H200, onnxruntime-gpu 1.31.1, decoder ms): fp16 NHWC+heuristic 1.34 (+bias fusion 1.23, +CUDA graph
+  1.07) against NCHW+exhaustive 1.79 and NHWC+exhaustive 4.30 (cuDNN's frontend finds no plan for some
+  NHWC convs and exhaustive search then lands on slow ones); fp32 NCHW+exhaustive 2.56 against
+  NCHW+heuristic 3.33, NHWC+exhaustive 3.46, NHWC+heuristic 5.32.
+    prefer_nhwc       NHWC convolutions; default True for fp16 folders, False for fp32
+    conv_algo_search  cuDNN algorithm choice: "EXHAUSTIVE" (time each conv once) | "HEURISTIC" | "DEFAULT";
+                      default "HEURISTIC" for fp16, "EXHAUSTIVE" for fp32
+    fuse_conv_bias    let cuDNN's frontend fuse the bias add into NHWC convs; default True for fp16 NHWC
+                      (with NCHW fp16 it failed at run time on the H200: cuDNN found no plan)
     cuda_graph        capture each fixed input shape as a CUDA graph and replay it (one session per shape,
                       dims fixed by free-dimension overrides, static device buffers; states ping-pong between
-                      two captured graphs); for streams with a fixed chunk size; default False
+                      two captured graphs); for streams with a fixed chunk size (about 20% faster on the
+                      fp16 FrameVAE); default False, because each new shape costs a session and a capture
     graph_cache       input shapes kept captured in cuda_graph mode (least recently used dropped); default 8
     tf32              TF32 convolutions/matmuls for fp32 graphs; default False (fp32 parity comes first)
     device_id         CUDA device; default 0
@@ -39,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from vae_deploy.errors import ConfigError, MissingBackendError, ModelFormatError
+from vae_deploy.errors import ConfigError, MissingBackendError, ModelFormatError, VaeDeployError
 from vae_deploy.runtime import cuda_device
 from vae_deploy.runtime.device_runner import DeviceRunner, DeviceState, named_inputs
 from vae_deploy.runtime.fp16_guard import Fp16Guard, inspect_arrays, upcast_to_fp32
@@ -71,6 +78,15 @@ def _host(value) -> np.ndarray:
     if array.size and array.ctypes.data == value.data_ptr():
         array = array.copy()
     return array
+
+
+def _run_bound(session, binding, run_options, graph: str) -> None:
+    """run_with_iobinding with ORT's failures (e.g. a cuDNN configuration the options asked for that has
+    no kernel) as one VaeDeployError line."""
+    try:
+        session.run_with_iobinding(binding, run_options)
+    except Exception as exc:  # onnxruntime's pybind exception types
+        raise VaeDeployError(f"onnxruntime failed to run the {graph}: {_first_line(exc)[:300]}") from None
 
 
 class CudaGraphWarning(UserWarning):
@@ -225,7 +241,7 @@ class _SessionExec:
                 io.bind_ortvalue_input(st.input, value)
         for name in spec.output_names:
             io.bind_output(name, r.device_type, r.device_id)
-        self.session.run_with_iobinding(io)
+        _run_bound(self.session, io, None, spec.name)
         outs = io.get_outputs()
         n = len(spec.outputs)
         data = {t.name: _host(outs[i]) for i, t in enumerate(spec.outputs)}
@@ -328,7 +344,7 @@ class _GraphEntry:
         k = self.place_past(spec, past)
         if spec.state:
             self.evict(1 - k, keep=past)
-        self.session.run_with_iobinding(self.bindings[k], self.run_options[k])
+        _run_bound(self.session, self.bindings[k], self.run_options[k], spec.name)
         data = {name: _host(value) for name, value in self.outputs.items()}
         if not spec.state:
             return data, None
@@ -500,6 +516,7 @@ def cuda_provider_options(options: Mapping[str, Any], extra: Mapping[str, str] |
                           precision: str = "fp32") -> dict[str, str]:
     """CUDA EP provider options from runner options (validated; values as the strings ORT takes)."""
     nhwc, search = conv_defaults(precision)
+    nhwc = bool(options.get("prefer_nhwc", nhwc))
     search = str(options.get("conv_algo_search", search)).upper()
     if search not in CONV_ALGO_SEARCH:
         raise ConfigError(f"conv_algo_search must be one of {', '.join(CONV_ALGO_SEARCH)}, got {search!r}")
@@ -507,10 +524,11 @@ def cuda_provider_options(options: Mapping[str, Any], extra: Mapping[str, str] |
         "device_id": str(int(options.get("device_id", 0))),
         # TF32 would trade fp32 parity (1e-5) for speed: off unless asked for.
         "use_tf32": "1" if options.get("tf32", False) else "0",
-        "prefer_nhwc": "1" if options.get("prefer_nhwc", nhwc) else "0",
+        "prefer_nhwc": "1" if nhwc else "0",
         "cudnn_conv_algo_search": search,
         "cudnn_conv_use_max_workspace": "1",  # lets cuDNN pick its fastest algorithms (ORT's default too)
-        "fuse_conv_bias": "1" if options.get("fuse_conv_bias", False) else "0",
+        # Measured with NHWC fp16 only; with NCHW fp16 convs cuDNN's frontend found no plan (an error).
+        "fuse_conv_bias": "1" if options.get("fuse_conv_bias", nhwc and precision == "fp16") else "0",
     }
     provider.update(extra or {})
     return provider

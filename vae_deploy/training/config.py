@@ -26,6 +26,8 @@ class TrainConfig:
     epochs: int = 100  # the seed's 100 epochs
     batch_size: int = 128  # samples per optimizer step, as the seed (an epoch's last batch may be smaller)
     lr: float = 1e-3  # Adam learning rate, as the seed
+    lr_final: float | None = None  # set: the lr follows a cosine from lr down to lr_final over all the
+    # epochs' steps (cosine annealing, Loshchilov & Hutter, SGDR, 2017); None = constant lr, as the seed
     seed: int = 0  # seeds torch: initial weights, shuffling and the sampling noise
     max_steps: int | None = None  # stop after this many optimizer steps in all (smoke runs); None = no limit
     device: str = "auto"  # "auto" = cuda when available, else cpu; or any torch device string
@@ -40,6 +42,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be at least 1")
+        if self.lr_final is not None and not 0 <= self.lr_final <= self.lr:
+            raise ValueError(f"lr_final must be between 0 and lr ({self.lr}), got {self.lr_final}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.threads is not None and self.threads < 1:

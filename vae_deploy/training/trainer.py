@@ -263,6 +263,8 @@ class Trainer:
             total, parts, n = self.task.loss(self.model, batch)
             self.optimizer.zero_grad(set_to_none=True)
             (total / n).backward()
+            if self.recipe.train.lr_final is not None:
+                self._set_lr(steps_in_epoch)
             self.optimizer.step()
             self.step += 1
             done += 1
@@ -281,6 +283,15 @@ class Trainer:
                 break  # train.max_minutes: this epoch ends here and is validated and saved as usual
         means = (sums / samples).tolist() if sums is not None else [math.nan] * (len(names) + 1)
         return {"loss": means[0], **dict(zip(names, means[1:], strict=True))}, samples, True
+
+    def _set_lr(self, steps_per_epoch: int) -> None:
+        """train.lr_final: cosine from lr (step 0) to lr_final (the last step of the last epoch). A function
+        of the step count alone, which the state file keeps, so a resumed run follows the same curve."""
+        train = self.recipe.train
+        progress = min(1.0, self.step / max(1, train.epochs * steps_per_epoch - 1))
+        lr = train.lr_final + (train.lr - train.lr_final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     def _out_of_time(self) -> bool:
         return self.deadline is not None and time.perf_counter() >= self.deadline
