@@ -90,11 +90,14 @@ def test_video_recipes_load_with_the_issue_settings(stem, kind):
 
 
 def test_the_three_video_recipes_differ_only_in_the_model_and_batching():
-    """Same data, loss, lr curve and time budget; the number of steps and the clip shape may differ."""
+    """Same data, loss, lr curve shape (a 100x cosine decay) and time budget; the number of steps, the clip
+    shape and the peak lr may differ."""
     frame, *others = (load_recipe(ROOT / "train" / f"{stem}.toml").to_dict() for stem in VIDEO_RECIPES)
+    varies = ("batch_size", "epochs", "lr", "lr_final")
     for other in others:
-        assert {k: v for k, v in other["train"].items() if k not in ("batch_size", "epochs")} == \
-               {k: v for k, v in frame["train"].items() if k not in ("batch_size", "epochs")}
+        assert {k: v for k, v in other["train"].items() if k not in varies} == \
+               {k: v for k, v in frame["train"].items() if k not in varies}
+        assert other["train"]["lr"] / other["train"]["lr_final"] == pytest.approx(100)
         # same frames per step: 32 single frames, 8 clips x 4 frames or 4 clips x 8 frames
         assert other["train"]["batch_size"] * other["data"]["clip_len"] == \
                frame["train"]["batch_size"] * frame["data"]["clip_len"]
