@@ -4,11 +4,12 @@ with a message that names the key. No third-party imports: usable from every lay
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
+
+import tomllib
 
 from vae_deploy.errors import ConfigError
 

@@ -36,7 +36,8 @@ app.command("demo")(demo.demo)
 def main() -> None:
     """Console entry point: a user error prints `error: ...` on stderr and exits non-zero, no traceback."""
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns the exit code instead of exiting (130 for a Ctrl-C it caught).
+        code = app(standalone_mode=False)
     except VaeDeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
@@ -55,6 +56,10 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    if isinstance(code, int) and code != 0:
+        if code == 130:
+            print("interrupted: finished work was kept", file=sys.stderr)
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
 
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor],
+                 metadata: dict[str, str] | None = None) -> None:
     """Write a safetensors file atomically (contiguous CPU copies, as safetensors requires)."""
     plain = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     with atomic_path(Path(path)) as tmp:
@@ -79,7 +80,8 @@ def read_config(folder: Path, config_name: str = CONFIG_FILE) -> dict[str, Any]:
         raise ModelFormatError(f"{path} is not a vae-deploy checkpoint config")
     if config.get("version") != CHECKPOINT_VERSION:
         raise ModelFormatError(
-            f"{path} has checkpoint version {config.get('version')}, this vae-deploy reads {CHECKPOINT_VERSION}"
+            f"{path} has checkpoint version {config.get('version')}, "
+            f"this vae-deploy reads {CHECKPOINT_VERSION}"
         )
     return config
 

@@ -24,7 +24,8 @@ class MLPVAEConfig:
         self.image_shape = tuple(int(v) for v in self.image_shape)
         c, h, w = self.image_shape
         if c * h * w != self.input_dim:
-            raise ValueError(f"image_shape {self.image_shape} has {c * h * w} pixels, input_dim is {self.input_dim}")
+            raise ValueError(f"image_shape {self.image_shape} has {c * h * w} pixels, "
+                             f"input_dim is {self.input_dim}")
 
 
 class MLPVAE(nn.Module):
@@ -48,7 +49,8 @@ class MLPVAE(nn.Module):
 
     def _check_images(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or tuple(x.shape[1:]) != self.config.image_shape:
-            raise ValueError(f"expected images (N, {', '.join(map(str, self.config.image_shape))}), got {tuple(x.shape)}")
+            expected = ", ".join(map(str, self.config.image_shape))
+            raise ValueError(f"expected images (N, {expected}), got {tuple(x.shape)}")
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (N, C, H, W) -> (mu, logvar), each (N, latent_dim). Never samples."""
