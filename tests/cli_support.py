@@ -1,0 +1,41 @@
+"""Running `vae-deploy` in tests: as a real process, or through the same entry point in this process.
+
+Importable from any test module (pytest puts tests/ on sys.path because tests/conftest.py lives there).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def cli_process(*args, timeout=300, **kwargs) -> subprocess.CompletedProcess:
+    """A real `vae-deploy` process: exit code, stdout and stderr as a user sees them."""
+    return subprocess.run([sys.executable, "-m", "vae_deploy", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, **kwargs)
+
+
+def invoke_main(monkeypatch, capsys, *args) -> subprocess.CompletedProcess:
+    """`main()` with argv in this process: the same entry point without a process start (or torch import)."""
+    from vae_deploy.cli.app import main
+
+    monkeypatch.setattr(sys, "argv", ["vae-deploy", *map(str, args)])
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, pattern: str, code: int | None = None) -> None:
+    """The user-error contract: exit `code` (any non-zero when None), one `error: ...` line, no traceback."""
+    if code is None:
+        assert result.returncode != 0, (result.stdout, result.stderr)
+    else:
+        assert result.returncode == code, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    assert pattern in lines[0], lines[0]
