@@ -23,7 +23,7 @@ from torch import nn
 from vae_deploy.data.video import VideoDataConfig, load_clip_sets
 from vae_deploy.errors import ConfigError
 from vae_deploy.models.losses import mse_reconstruction, vae_loss
-from vae_deploy.models.streaming import VideoVAE
+from vae_deploy.models.streaming import VideoVAE, reparameterize
 from vae_deploy.training.tasks import Task, register_task
 from vae_deploy.training.video_evaluation import EvalClip, evaluate_clips
 from vae_deploy.video.io import open_source
@@ -46,11 +46,35 @@ class VideoTaskBase(Task):
     in_channels: int = 3
     train_shape: tuple[int, int, int]
     eval_chunk: int = 8
+    burn_in: int = 0  # leading frames of every batch clip that only warm up the streaming state
+
+    @staticmethod
+    @torch.no_grad()
+    def warm_state(model: VideoVAE, frames: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Encoder and decoder states after streaming `frames` (N, T, C, H, W) from the zero state, with
+        sampled z as in training. No gradients: the state is context, not something to train through."""
+        n, _, _, h, w = frames.shape
+        s = model.spatial_factor
+        encoder = model.init_encoder_state(n, h, w, frames.device, frames.dtype)
+        decoder = model.init_decoder_state(n, h // s, w // s, frames.device, frames.dtype)
+        if frames.shape[1] == 0:
+            return encoder, decoder
+        mu, logvar, *encoder = model.encode_step(frames, *encoder)
+        _, *decoder = model.decode_step(reparameterize(mu, logvar), *decoder)
+        return encoder, decoder
 
     def loss(self, model: nn.Module, batch: torch.Tensor):
-        # model(batch) samples z (reparameterized); summed over the batch like the MNIST task, per clip after
-        # the trainer divides by the number of clips.
-        recon, mu, logvar = model(batch)
+        """Batch clips (N, burn_in + clip_len, C, H, W). With a burn-in, the first frames only set up the
+        model's streaming state and the loss covers the rest: the model trains on what a long stream looks
+        like (real past frames in its state), not only on clips that start from the zero state."""
+        if self.burn_in:
+            encoder, decoder = self.warm_state(model, batch[:, :self.burn_in])
+            batch = batch[:, self.burn_in:]
+            mu, logvar, *_ = model.encode_step(batch, *encoder)
+            recon, *_ = model.decode_step(reparameterize(mu, logvar), *decoder)
+        else:
+            recon, mu, logvar = model(batch)  # samples z (reparameterized)
+        # summed over the batch like the MNIST task; per clip after the trainer divides by the clips
         total, recon_term, kl_term = vae_loss(recon, batch, mu, logvar, mse_reconstruction,
                                               self.train_config.kl_weight)
         # "mse": the mean squared error per pixel value (its mean over clips is the clips' mean MSE), the
@@ -73,6 +97,9 @@ class VideoTaskBase(Task):
         if clip_len % t:
             raise ConfigError(f"data.clip_len {clip_len} must be a multiple of the model's temporal factor "
                               f"{t}")
+        if self.burn_in % t:
+            raise ConfigError(f"data.burn_in {self.burn_in} must be a multiple of the model's temporal "
+                              f"factor {t}")
 
     def eval_clips(self, model: VideoVAE) -> list[EvalClip]:
         """The whole held-out clips `evaluate` streams through the model."""
@@ -91,7 +118,10 @@ class VideoTaskConfig(VideoDataConfig):
     # The clip data itself (train/valid videos, short_side, crop, clip_len, clips_per_epoch, max_frames) is
     # vae_deploy.data.video.VideoDataConfig; these add how the task uses it.
     flip: bool = True  # mirror training clips left-right at random (two training videos: more variety)
-    valid_crop: int = 128  # validation clips: center crops of this size of the held-out videos, clip_len long
+    burn_in: int = 0  # frames before every training and validation clip that only warm up the model's
+    # streaming state (no loss on them, no gradients through them): clips then start mid-stream, as in a
+    # long video, instead of from the zero state. 0 = clips start from the zero state.
+    valid_crop: int = 128  # validation clips: center crops of this size of the held-out videos
     eval_chunk: int = 8  # `evaluate` streams the held-out videos through the model this many frames at a time
     eval_max_frames: int = 0  # `evaluate` uses at most this many frames per held-out video; 0 = all
 
@@ -100,6 +130,8 @@ class VideoTaskConfig(VideoDataConfig):
         for name in ("valid_crop", "eval_chunk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.burn_in < 0:
+            raise ValueError(f"burn_in must be 0 (none) or positive, got {self.burn_in}")
         if self.eval_max_frames < 0:
             raise ValueError(f"eval_max_frames must be 0 (all) or positive, got {self.eval_max_frames}")
 
@@ -120,11 +152,14 @@ class VideoClipsTask(VideoTaskBase):
     def __init__(self, config: VideoTaskConfig, train, device: torch.device):
         super().__init__(config, train, device)
         self.train_set, self.valid_set = load_clip_sets(config)
-        self.valid_set.check_fits(config.clip_len, config.valid_crop)
+        self.burn_in = config.burn_in
+        frames = config.burn_in + config.clip_len  # per batch clip
+        self.train_set.check_fits(frames, config.crop)
+        self.valid_set.check_fits(frames, config.valid_crop)
         self.train_shape = (config.clip_len, config.crop, config.crop)
         self.eval_chunk = config.eval_chunk
         # Fixed validation clips, kept on the device: every epoch is measured on exactly the same frames.
-        self.valid_clips = self.valid_set.center_clips(config.clip_len, config.valid_crop).to(device)
+        self.valid_clips = self.valid_set.center_clips(frames, config.valid_crop).to(device)
 
     @property
     def num_train(self) -> int:
@@ -134,7 +169,7 @@ class VideoClipsTask(VideoTaskBase):
         c, batch = self.config, self.train_config.batch_size
         for start in range(0, c.clips_per_epoch, batch):
             n = min(batch, c.clips_per_epoch - start)
-            clips = self.train_set.random_clips(n, c.clip_len, c.crop, generator)
+            clips = self.train_set.random_clips(n, c.burn_in + c.clip_len, c.crop, generator)
             if c.flip:
                 clips = random_flip(clips, generator)
             yield clips.to(self.device)
