@@ -214,6 +214,52 @@ def test_evaluate_json_from_a_real_process(trained_runs, tmp_path):
     assert Path(report["pictures"]["side_by_side_carphone_pristine"]).is_file()
 
 
+# ------------------------------------------------------------------------------------------ burn-in
+
+
+@pytest.mark.parametrize("kind", ["temporal", "causal3d"])
+def test_burn_in_frames_only_set_up_the_state(trained_runs, kind):
+    """With data.burn_in = 2 the loss of a 2 + 4 frame clip is the loss of its last 4 frames, decoded with
+    the state that its first 2 frames left: built here from the full-sequence paths (causal, so the clip
+    part of a full pass is what the stream gives), drawing the sampling noise in the same order."""
+    model, config = load_model(trained_runs[kind])
+    recipe = recipe_from_dict({**config["recipe"], "data": {**config["recipe"]["data"], "burn_in": 2}})
+    task = build_task(recipe.data_kind, recipe.data, recipe.train, torch.device("cpu"))
+    task.check_model(model)
+    batch = next(task.train_batches(torch.Generator().manual_seed(3)))
+    assert batch.shape[1] == 2 + 4
+    model.eval()
+    torch.manual_seed(0)
+    total, parts, n = task.loss(model, batch)
+
+    burn = 2 // model.temporal_factor  # latent frames of the burn-in
+    torch.manual_seed(0)
+    with torch.no_grad():
+        mu, logvar = model.encode(batch)
+        noise_burn = torch.randn_like(mu[:, :burn])  # warm_state's draw, then the clip's
+        noise_clip = torch.randn_like(mu[:, burn:])
+        z = mu + torch.cat([noise_burn, noise_clip], dim=1) * torch.exp(logvar / 2)
+        recon = model.decode(z)[:, 2:]
+        clip = batch[:, 2:]
+        sse = ((recon - clip) ** 2).sum()
+        kl = -0.5 * torch.sum(1 + logvar[:, burn:] - mu[:, burn:] ** 2 - logvar[:, burn:].exp())
+    assert n == batch.shape[0]
+    assert parts["recon"].item() == pytest.approx(sse.item(), rel=1e-5)
+    assert parts["kl"].item() == pytest.approx(kl.item(), rel=1e-5)
+    assert total.item() == pytest.approx(sse.item() + 0.005 * kl.item(), rel=1e-5)
+    assert parts["mse"].item() == pytest.approx(sse.item() / clip[0].numel(), rel=1e-5)
+
+
+def test_burn_in_run_trains_and_validates_on_the_clip_frames(tmp_path):
+    result = train(tiny_video_recipe("causal3d", data={"burn_in": 2}), tmp_path / "run", console=QUIET)
+    assert (result.epochs_done, result.steps) == (1, 2)
+    (record,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    # validation clips: 2 + 4 frames of the 12 decoded, the loss on 4 (32x32 RGB)
+    assert record["valid_mse"] == pytest.approx(record["valid_recon"] / (4 * 3 * 32 * 32), rel=1e-6)
+    with pytest.raises(ConfigError, match="data.burn_in 1 must be a multiple of the model.s temporal"):
+        train(tiny_video_recipe("causal3d", data={"burn_in": 1}), tmp_path / "bad", console=QUIET)
+
+
 # ------------------------------------------------------------------------------ resume, time budget
 
 

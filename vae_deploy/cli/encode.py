@@ -25,9 +25,8 @@ from vae_deploy.cli.run import (
     check_metrics_path,
     finish,
     interrupted,
-    open_runner,
-    progress_bar,
     stream_options,
+    streaming_job,
 )
 
 
@@ -48,17 +47,14 @@ def encode(
     quiet: QuietOption = False,
 ) -> None:
     """Encode a video into a latent file (fp16 latents plus what decoding needs)."""
-    from vae_deploy.video.io import open_source
     from vae_deploy.video.pipeline import encode_video
 
     try:
         options = stream_options(chunk, size, fit, max_frames, fps, measure=False)
         check_metrics_path(metrics)
-        with open_runner(model, backend, threads) as runner, open_source(source) as frames:
-            total = frames.frame_count if max_frames is None else min(frames.frame_count or max_frames,
-                                                                        max_frames)
-            with progress_bar(total, "encode", quiet) as progress:
-                report = encode_video(runner, frames, out, options, progress)
+        with streaming_job(source, model, backend, threads, max_frames, "encode", quiet) as (runner, frames,
+                                                                                             progress):
+            report = encode_video(runner, frames, out, options, progress)
     except KeyboardInterrupt:
         interrupted()
     finish(report, metrics, "encoded")

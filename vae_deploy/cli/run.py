@@ -96,6 +96,20 @@ def progress_bar(total: int | None, what: str, quiet: bool) -> Iterator[Any]:
             progress.stop()
 
 
+@contextlib.contextmanager
+def streaming_job(source: str, model: Path | None, backend: str, threads: int | None,
+                  max_frames: int | None, what: str, quiet: bool) -> Iterator[tuple[Any, Any, Any]]:
+    """(runner, frame source, progress bar) for a command that streams SOURCE through a model."""
+    from vae_deploy.video.io import open_source
+
+    with open_runner(model, backend, threads) as runner, open_source(source) as frames:
+        total = frames.frame_count
+        if max_frames is not None:
+            total = min(total or max_frames, max_frames)
+        with progress_bar(total, what, quiet) as progress:
+            yield runner, frames, progress
+
+
 def _num(value: float | None, fmt: str) -> str:
     if value is None:
         return "-"
@@ -176,18 +190,14 @@ def run(
     quiet: QuietOption = False,
 ) -> None:
     """Encode and decode a video chunk by chunk; write the reconstruction, latents and metrics."""
-    from vae_deploy.video.io import open_source
     from vae_deploy.video.pipeline import VideoOutputs, run_video
 
     try:
         options = stream_options(chunk, size, fit, max_frames, fps, measure=metrics is not None)
         check_metrics_path(metrics)
-        with open_runner(model, backend, threads) as runner, open_source(source) as frames:
-            total = frames.frame_count if max_frames is None else min(frames.frame_count or max_frames,
-                                                                        max_frames)
-            with progress_bar(total, "run", quiet) as progress:
-                outputs = VideoOutputs(out, side_by_side, latents)
-                report = run_video(runner, frames, options, outputs, progress)
+        with streaming_job(source, model, backend, threads, max_frames, "run", quiet) as (runner, frames,
+                                                                                          progress):
+            report = run_video(runner, frames, options, VideoOutputs(out, side_by_side, latents), progress)
     except KeyboardInterrupt:
         interrupted()
     finish(report, metrics, "ran")

@@ -22,11 +22,17 @@ from torch import nn
 
 from vae_deploy.data.video import VideoDataConfig, load_clip_sets
 from vae_deploy.errors import ConfigError
-from vae_deploy.models.losses import mse_reconstruction, vae_loss
+from vae_deploy.models.losses import bce_reconstruction, mse_reconstruction, vae_loss
 from vae_deploy.models.streaming import VideoVAE, reparameterize
 from vae_deploy.training.tasks import Task, register_task
 from vae_deploy.training.video_evaluation import EvalClip, evaluate_clips
 from vae_deploy.video.io import open_source
+
+# Reconstruction terms by name (data configs are plain data). "mse": a Gaussian likelihood, for natural
+# video; "bce": a Bernoulli likelihood, for near-binary frames such as Moving MNIST, where a sigmoid decoder
+# trained with MSE on a mostly black canvas can saturate at black and stop learning (the MSE gradient carries
+# the sigmoid's slope, the BCE gradient does not).
+RECON_LOSSES = {"mse": mse_reconstruction, "bce": bce_reconstruction}
 
 
 def random_flip(clips: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -47,6 +53,7 @@ class VideoTaskBase(Task):
     train_shape: tuple[int, int, int]
     eval_chunk: int = 8
     burn_in: int = 0  # leading frames of every batch clip that only warm up the streaming state
+    recon_loss: str = "mse"  # a name in RECON_LOSSES
 
     @staticmethod
     @torch.no_grad()
@@ -75,11 +82,12 @@ class VideoTaskBase(Task):
         else:
             recon, mu, logvar = model(batch)  # samples z (reparameterized)
         # summed over the batch like the MNIST task; per clip after the trainer divides by the clips
-        total, recon_term, kl_term = vae_loss(recon, batch, mu, logvar, mse_reconstruction,
+        total, recon_term, kl_term = vae_loss(recon, batch, mu, logvar, RECON_LOSSES[self.recon_loss],
                                               self.train_config.kl_weight)
         # "mse": the mean squared error per pixel value (its mean over clips is the clips' mean MSE), the
         # number PSNR is made from; summed per clip so that the trainer's per-sample averaging keeps it.
-        mse = recon_term / batch[0].numel()
+        squared = recon_term if self.recon_loss == "mse" else mse_reconstruction(recon.detach(), batch)
+        mse = squared / batch[0].numel()
         return total, {"recon": recon_term, "kl": kl_term, "mse": mse}, int(batch.shape[0])
 
     def check_model(self, model: nn.Module) -> None:
