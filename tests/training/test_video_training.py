@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_support import invoke_main
 from PIL import Image
 from rich.console import Console
 
@@ -57,16 +58,8 @@ def tiny_video_recipe(kind: str = "frame", epochs: int = 1, data: dict | None = 
 
 def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
     """`vae-deploy ARGS` through the real entry point, in this process (no torch import per call)."""
-    from vae_deploy.cli.app import main
-
-    monkeypatch.setattr(sys, "argv", ["vae-deploy", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    result = invoke_main(monkeypatch, capsys, *args)
+    return result.returncode, result.stdout, result.stderr
 
 
 # ------------------------------------------------------------------------------------------ the recipes

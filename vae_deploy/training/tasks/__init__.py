@@ -43,6 +43,12 @@ class Task:
         checkpointed, so a resumed run sees the same order)."""
         raise NotImplementedError
 
+    def in_order(self, data: torch.Tensor) -> Iterator[torch.Tensor]:
+        """`data` in consecutive batches of the recipe's batch size (validation and test order)."""
+        batch = self.train_config.batch_size
+        for start in range(0, data.shape[0], batch):
+            yield data[start:start + batch]
+
     def valid_batches(self) -> Iterator[Any]:
         """Validation batches in a fixed order (chooses the best epoch)."""
         raise NotImplementedError

@@ -82,16 +82,11 @@ class MnistTask(Task):
         for start in range(0, self.num_train, batch):
             yield self.train_images.index_select(0, perm[start:start + batch])
 
-    @staticmethod
-    def _in_order(images: torch.Tensor, batch: int) -> Iterator[torch.Tensor]:
-        for start in range(0, images.shape[0], batch):
-            yield images[start:start + batch]
-
     def valid_batches(self) -> Iterator[torch.Tensor]:
-        return self._in_order(self.valid_images, self.train_config.batch_size)
+        return self.in_order(self.valid_images)
 
     def test_batches(self) -> Iterator[torch.Tensor]:
-        return self._in_order(self.test_images, self.train_config.batch_size)
+        return self.in_order(self.test_images)
 
     def loss(self, model: nn.Module, batch: torch.Tensor):
         # model(x) samples z (the seed's forward), so the loss is the seed's single-sample ELBO estimate.

@@ -92,16 +92,11 @@ class MovingMnistTask(VideoTaskBase):
             indices = torch.randint(0, TRAIN_INDEX_RANGE, (n,), generator=generator)
             yield self.train_data.batch(indices.tolist()).to(self.device)
 
-    def _in_order(self) -> Iterator[torch.Tensor]:
-        batch = self.train_config.batch_size
-        for start in range(0, self.valid_clips.shape[0], batch):
-            yield self.valid_clips[start:start + batch]
-
     def valid_batches(self) -> Iterator[torch.Tensor]:
-        return self._in_order()
+        return self.in_order(self.valid_clips)
 
     def test_batches(self) -> Iterator[torch.Tensor]:
-        return self._in_order()
+        return self.in_order(self.valid_clips)
 
     def eval_clips(self, model: VideoVAE) -> list[EvalClip]:
         # 10 frames/s: slow enough to follow the digits in the side-by-side video; videos and strips of the

@@ -182,16 +182,12 @@ class VideoClipsTask(VideoTaskBase):
                 clips = random_flip(clips, generator)
             yield clips.to(self.device)
 
-    def _in_order(self) -> Iterator[torch.Tensor]:
-        batch = self.train_config.batch_size
-        for start in range(0, self.valid_clips.shape[0], batch):
-            yield self.valid_clips[start:start + batch]
-
     def valid_batches(self) -> Iterator[torch.Tensor]:
-        return self._in_order()
+        return self.in_order(self.valid_clips)
 
     def test_batches(self) -> Iterator[torch.Tensor]:
-        return self._in_order()  # the held-out videos are the test set too: training never sees them
+        # The held-out videos are the test set too: training never sees them.
+        return self.in_order(self.valid_clips)
 
     def eval_clips(self, model: VideoVAE) -> list[EvalClip]:
         videos = self.valid_set.full_videos(model.spatial_factor, self.config.eval_max_frames or None)
