@@ -196,3 +196,55 @@ def test_onnx_step_graphs_stream_like_torch_full_sequence(tmp_path, name):
         assert np.abs(mu - mu_ref.numpy()).max() <= 1e-4
         assert np.abs(logvar - logvar_ref.numpy()).max() <= 1e-4
         assert np.abs(frames - frames_ref.numpy()).max() <= 1e-4
+
+
+# ------------------------------------------------------------------------------------------ warm start
+
+
+def _trained_like_frame_vae(**config) -> FrameVAE:
+    """A FrameVAE with random, non-zero weights everywhere (a stand-in for a trained one)."""
+    torch.manual_seed(1)
+    frame = FrameVAE(FrameVAEConfig(channels=16, fine_channels=8, **config)).eval()
+    with torch.no_grad():
+        for p in frame.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return frame
+
+
+@pytest.mark.parametrize("target", [
+    TemporalVAEConfig(frame=FrameVAEConfig(channels=16, fine_channels=8), window=3, d_model=8, heads=2),
+    Causal3DVAEConfig(channels=16, fine_channels=8, kernel_t=3),
+])
+def test_a_model_started_from_a_frame_vae_computes_what_the_frame_vae_computes(target):
+    """train.init_from: the temporal Transformer starts as the identity on z and the causal 3D convs are
+    inflated onto the current frame's tap, so before training both designs equal the FrameVAE."""
+    frame = _trained_like_frame_vae()
+    model = build_model("temporal" if isinstance(target, TemporalVAEConfig) else "causal3d", target).eval()
+    model.warm_start_from(frame)
+    video = torch.rand(2, 5, 3, 32, 48)
+    with torch.no_grad():
+        mu, logvar = frame.encode(video)
+        mu2, logvar2 = model.encode(video)
+        frames, frames2 = frame.decode(mu), model.decode(mu)
+    for a, b in ((mu, mu2), (logvar, logvar2), (frames, frames2)):
+        assert torch.allclose(a, b, atol=1e-6, rtol=0)
+    assert frames.std() > 0.01  # a real comparison: the decoded frames are not a constant
+
+
+@pytest.mark.parametrize("target, source_config, message", [
+    (Causal3DVAEConfig(channels=16, fine_channels=8), {"latent_channels": 8}, "latent_channels 8"),
+    (Causal3DVAEConfig(channels=16, fine_channels=8, temporal_downsample=2), {}, "temporal downsampling"),
+    (TemporalVAEConfig(frame=FrameVAEConfig(channels=32, fine_channels=8)), {}, "channels 16"),
+])
+def test_warm_start_refuses_a_frame_vae_that_does_not_fit(target, source_config, message):
+    model = build_model("temporal" if isinstance(target, TemporalVAEConfig) else "causal3d", target)
+    with pytest.raises(ConfigError, match=message):
+        model.warm_start_from(_trained_like_frame_vae(**source_config))
+
+
+def test_only_a_frame_vae_can_be_a_warm_start_source():
+    model = build_model("causal3d", Causal3DVAEConfig(channels=16, fine_channels=8))
+    with pytest.raises(ConfigError, match="starts from a 'frame' model, not from a 'causal3d' one"):
+        model.warm_start_from(build_model("causal3d", Causal3DVAEConfig(channels=16, fine_channels=8)))
+    with pytest.raises(ConfigError, match="cannot start from"):
+        _trained_like_frame_vae().warm_start_from(_trained_like_frame_vae())

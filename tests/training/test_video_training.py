@@ -19,7 +19,7 @@ from cli_support import invoke_main
 from PIL import Image
 from rich.console import Console
 
-from vae_deploy.errors import ConfigError
+from vae_deploy.errors import ConfigError, ModelFormatError
 from vae_deploy.models.checkpoint import load_model, load_state
 from vae_deploy.models.streaming import pad_time
 from vae_deploy.training.config import load_recipe, recipe_from_dict
@@ -392,3 +392,34 @@ def test_bad_video_data_keys_are_refused_by_name():
         tiny_video_recipe(data={"valid_crop": 0})
     with pytest.raises(ConfigError, match="max_minutes must be positive"):
         tiny_video_recipe(max_minutes=0.0)
+
+
+def test_init_from_starts_a_temporal_run_from_a_trained_frame_run(trained_runs, tmp_path):
+    """train.init_from copies the FrameVAE run's encoder and decoder before the first step; a resumed run
+    continues from its own state, not from the init_from weights."""
+    from vae_deploy.training.trainer import Trainer
+
+    frame, _ = load_model(trained_runs["frame"])
+    recipe = tiny_video_recipe("temporal", init_from=str(trained_runs["frame"]))
+    trainer = Trainer(recipe, tmp_path / "run", console=QUIET)
+    for part in ("encoder", "decoder"):
+        mine, theirs = getattr(trainer.model, part).state_dict(), getattr(frame, part).state_dict()
+        assert all(torch.equal(mine[name], theirs[name]) for name in theirs)
+    trainer.fit()
+    missing = tiny_video_recipe("temporal", init_from=str(tmp_path / "nowhere"))
+    with pytest.raises(ModelFormatError, match="not a checkpoint folder"):
+        train(missing, tmp_path / "other", console=QUIET)
+    with pytest.raises(ConfigError, match="a 'frame' model cannot start from a 'temporal' model"):
+        train(tiny_video_recipe("frame", init_from=str(tmp_path / "run")), tmp_path / "third", console=QUIET)
+
+
+def test_a_time_budget_ends_the_lr_cosine_before_the_last_step(tmp_path):
+    """With max_minutes spent during the first step, the lr reaches lr_final at once, although 10 epochs
+    of steps were planned: a run cut short by its budget ends on the low-lr end of the curve."""
+    from vae_deploy.training.trainer import Trainer
+
+    recipe = tiny_video_recipe("frame", epochs=10, lr=2e-3, lr_final=2e-5, max_minutes=1e-4)
+    Trainer(recipe, tmp_path / "run", console=QUIET).fit()
+    state = load_state(RunFolder(tmp_path / "run").state)
+    (group,) = state["optimizer"]["param_groups"]
+    assert group["lr"] == pytest.approx(2e-5, rel=1e-12) and state["lr_progress"] == 1.0

@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vae_deploy.models.frame import ACTIVATIONS, check_common, level_widths
+from vae_deploy.errors import ConfigError
+from vae_deploy.models.frame import ACTIVATIONS, check_common, level_widths, require_frame_vae
 from vae_deploy.models.streaming import VideoVAE
 
 TEMPORAL_FACTORS = (1, 2, 4)
@@ -147,6 +148,22 @@ class CausalSequential(nn.ModuleList):
         return x
 
 
+def inflate_convs(convs_2d: list[nn.Conv2d], convs_3d: list[nn.Conv3d]) -> None:
+    """Copy 2D conv weights into causal 3D convs at the last temporal tap (the current frame) and zero the
+    taps on past frames ("inflation", as I3D, Carreira & Zisserman 2017, turned 2D nets into 3D ones, here
+    onto the causal tap): each 3D conv then computes exactly its 2D conv on every frame."""
+    if len(convs_2d) != len(convs_3d):
+        raise ConfigError(f"cannot inflate {len(convs_2d)} 2D convs into {len(convs_3d)} 3D convs")
+    with torch.no_grad():
+        for conv2, conv3 in zip(convs_2d, convs_3d, strict=True):
+            if conv3.weight[:, :, -1].shape != conv2.weight.shape or conv3.stride[1:] != conv2.stride:
+                raise ConfigError(f"cannot inflate a 2D conv {tuple(conv2.weight.shape)} into a 3D conv "
+                                  f"{tuple(conv3.weight.shape)}")
+            conv3.weight.zero_()
+            conv3.weight[:, :, -1].copy_(conv2.weight)
+            conv3.bias.copy_(conv2.bias)
+
+
 def _to_ncthw(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 1, 3, 4)
 
@@ -213,6 +230,21 @@ class Causal3DVAE(VideoVAE):
         self.temporal_factor = c.temporal_downsample
         self.encoder = Causal3DEncoder(c)
         self.decoder = Causal3DDecoder(c)
+
+    def warm_start_from(self, source: nn.Module) -> None:
+        """Start from a trained FrameVAE with the same widths and no temporal downsampling: every conv is
+        inflated from its 2D twin (same order in both designs), so this model starts out computing exactly
+        what the FrameVAE computes, frame by frame, and training then learns to use the past frames."""
+        c = self.config
+        if c.temporal_downsample != 1:
+            raise ConfigError("a causal3d model with temporal downsampling has no FrameVAE twin to start from")
+        frame = require_frame_vae(source, self.kind, in_channels=c.in_channels,
+                                  latent_channels=c.latent_channels, downsample=c.downsample,
+                                  channels=c.channels, fine_channels=c.fine_channels,
+                                  blocks_per_level=c.blocks_per_level, activation=c.activation)
+        for part_2d, part_3d in ((frame.encoder, self.encoder), (frame.decoder, self.decoder)):
+            inflate_convs([m for m in part_2d.modules() if isinstance(m, nn.Conv2d)],
+                          [m for m in part_3d.modules() if isinstance(m, nn.Conv3d)])
 
     def encoder_state_shapes(self, batch, height, width) -> list[tuple]:
         return self.encoder.layers.state_shapes(batch, height, width)

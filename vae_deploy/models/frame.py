@@ -15,12 +15,14 @@ downsample 8 with latent_channels 4 gives 24.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from vae_deploy.errors import ConfigError
 from vae_deploy.models.streaming import VideoVAE
 
 # Activation by name (configs are plain data); all are elementwise, so streaming is unaffected.
@@ -118,6 +120,19 @@ class FrameDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(_channels_last(z))
+
+
+def require_frame_vae(source: nn.Module, target_kind: str, **expected) -> "FrameVAE":
+    """Check that a warm-start source is a FrameVAE whose config has the `expected` field values."""
+    if getattr(source, "kind", None) != "frame":
+        raise ConfigError(f"a {target_kind!r} model starts from a 'frame' model, not from a "
+                          f"{getattr(source, 'kind', '?')!r} one")
+    found = dataclasses.asdict(source.config)
+    wrong = [f"{k} {found[k]!r} (needs {v!r})" for k, v in expected.items() if found[k] != v]
+    if wrong:
+        raise ConfigError(f"the 'frame' model to start from does not match this {target_kind!r} model: "
+                          + ", ".join(wrong))
+    return source
 
 
 def per_frame(fn, x: torch.Tensor):

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vae_deploy.errors import InputShapeError
+from vae_deploy.errors import ConfigError, InputShapeError
 
 
 def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -72,6 +72,11 @@ class VideoVAE(nn.Module):
 
     def decode_step(self, z: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
+
+    def warm_start_from(self, source: nn.Module) -> None:
+        """Copy a trained model's weights into the parts this design shares with it (train.init_from).
+        Designs that can start from another override this; the rest refuse."""
+        raise ConfigError(f"a {self.kind!r} model cannot start from a {getattr(source, 'kind', '?')!r} model")
 
     # ---- checks shared by every model (skipped while tracing: they are Python, not graph ops) ----
     def check_video(self, video: torch.Tensor, what: str = "video") -> None:

@@ -24,12 +24,13 @@ step from that state, so chunked and full decoding see exactly the same keys.
 from __future__ import annotations
 
 import math
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from vae_deploy.models.frame import FrameDecoder, FrameEncoder, FrameVAEConfig, per_frame
+from vae_deploy.models.frame import FrameDecoder, FrameEncoder, FrameVAEConfig, per_frame, require_frame_vae
 from vae_deploy.models.streaming import VideoVAE
 
 
@@ -153,6 +154,15 @@ class TemporalVAE(VideoVAE):
         self.encoder = FrameEncoder(c.frame)
         self.temporal = TemporalTransformer(c.frame.latent_channels, c)
         self.decoder = FrameDecoder(c.frame)
+
+    def warm_start_from(self, source: nn.Module) -> None:
+        """Start from a trained FrameVAE of the same config: its encoder and decoder are copied, and the
+        Transformer's zero out_proj makes this model then compute exactly what the FrameVAE computes."""
+        frame = require_frame_vae(source, self.kind, **dataclasses.asdict(self.config.frame))
+        self.encoder.load_state_dict(frame.encoder.state_dict())
+        self.decoder.load_state_dict(frame.decoder.state_dict())
+        nn.init.zeros_(self.temporal.out_proj.weight)
+        nn.init.zeros_(self.temporal.out_proj.bias)
 
     def encoder_state_shapes(self, batch, height, width) -> list[tuple]:
         return []

@@ -37,7 +37,10 @@ class TrainConfig:
     threads: int | None = None  # CPU threads for torch; None = torch's default. Small models on a busy
     # machine often run faster with 1 (threads spin against each other)
     max_minutes: float | None = None  # wall-clock budget of one `train` invocation: when it is spent, the
-    # current epoch ends early (validated and saved like any other) and training stops; None = no limit
+    # current epoch ends early (validated and saved like any other) and training stops; None = no limit.
+    # With lr_final, the lr cosine then ends at this budget if that comes before the last step.
+    init_from: str | None = None  # a trained model folder (e.g. runs/video_frame) whose weights start this
+    # run where the designs share parts (VideoVAE.warm_start_from); relative to the current directory
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1:

@@ -37,7 +37,7 @@ from rich.progress import (
 from torch import nn
 
 from vae_deploy.errors import ConfigError, ModelFormatError
-from vae_deploy.models.checkpoint import load_state, read_config, save_model, save_state
+from vae_deploy.models.checkpoint import load_model, load_state, read_config, save_model, save_state
 from vae_deploy.models.registry import build_model
 from vae_deploy.training.config import TrainConfig, TrainRecipe, recipe_differences
 from vae_deploy.training.device import resolve_device
@@ -64,6 +64,14 @@ def make_optimizer(model: nn.Module, train: TrainConfig, device: torch.device) -
     if train.fused_adam and device.type in ("cpu", "cuda"):
         return torch.optim.Adam(model.parameters(), lr=train.lr, fused=True)
     return torch.optim.Adam(model.parameters(), lr=train.lr)  # the seed's Adam, bit for bit
+
+
+def warm_start(model: nn.Module, source_folder: Path) -> None:
+    """train.init_from: copy a trained model's weights into the parts `model` shares with it."""
+    if not hasattr(model, "warm_start_from"):
+        raise ConfigError(f"train.init_from: a {type(model).__name__} cannot start from another model")
+    source, _ = load_model(source_folder)
+    model.warm_start_from(source)
 
 
 def _draw_int64() -> int:
@@ -150,7 +158,8 @@ class Trainer:
                  console: Console | None = None):
         # train.max_minutes counts from here: reading the data is part of the budget.
         minutes = recipe.train.max_minutes
-        self.deadline = None if minutes is None else time.perf_counter() + 60.0 * minutes
+        self.budget_seconds = None if minutes is None else 60.0 * minutes
+        self.deadline = None if minutes is None else time.perf_counter() + self.budget_seconds
         self.recipe = recipe
         self.run = RunFolder(Path(out_dir))
         self.console = console or Console(stderr=True)
@@ -174,7 +183,10 @@ class Trainer:
         if train.threads is not None:
             torch.set_num_threads(train.threads)
         torch.manual_seed(train.seed)
-        self.model = build_model(recipe.model_kind, recipe.model).to(self.device)
+        self.model = build_model(recipe.model_kind, recipe.model)
+        if stored is None and train.init_from is not None:
+            warm_start(self.model, Path(train.init_from))
+        self.model.to(self.device)
         self.optimizer = make_optimizer(self.model, train, self.device)
         self.task: Task = build_task(recipe.data_kind, recipe.data, train, self.device)
         self.task.check_model(self.model)
@@ -184,6 +196,7 @@ class Trainer:
         self.best_epoch: int | None = None
         self.best_loss: float | None = None
         self.history: list[dict] = []
+        self.lr_progress = 0.0  # how far along the lr cosine the run is (0..1); kept so it never goes back
         if stored is not None:
             self._restore(stored)
 
@@ -212,6 +225,7 @@ class Trainer:
         self.best_epoch = stored["best_epoch"]
         self.best_loss = stored["best_loss"]
         self.history = list(stored["history"])
+        self.lr_progress = float(stored.get("lr_progress", 0.0))
         # Repair what an interruption between the state file and the other files may have left behind.
         self.run.write_metrics(self.history)
         if self.best_epoch == self.next_epoch - 1 and self._saved_best_epoch() != self.best_epoch:
@@ -234,6 +248,7 @@ class Trainer:
             "best_epoch": self.best_epoch,
             "best_loss": self.best_loss,
             "history": self.history,
+            "lr_progress": self.lr_progress,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "rng": _rng_state(),
@@ -285,11 +300,16 @@ class Trainer:
         return {"loss": means[0], **dict(zip(names, means[1:], strict=True))}, samples, True
 
     def _set_lr(self, steps_per_epoch: int) -> None:
-        """train.lr_final: cosine from lr (step 0) to lr_final (the last step of the last epoch). A function
-        of the step count alone, which the state file keeps, so a resumed run follows the same curve."""
+        """train.lr_final: cosine from lr (step 0) to lr_final, reached at the last step of the last epoch or,
+        with train.max_minutes, when the time budget is spent, whichever comes first: a run cut short by its
+        budget still ends on the low-lr part of the curve, where the last tenths of a dB come from. Progress
+        never goes back (it is kept in the state file), so a resumed run goes on along the same curve."""
         train = self.recipe.train
-        progress = min(1.0, self.step / max(1, train.epochs * steps_per_epoch - 1))
-        lr = train.lr_final + (train.lr - train.lr_final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        progress = self.step / max(1, train.epochs * steps_per_epoch - 1)
+        if self.deadline is not None:
+            progress = max(progress, 1.0 - (self.deadline - time.perf_counter()) / self.budget_seconds)
+        self.lr_progress = min(1.0, max(self.lr_progress, progress))
+        lr = train.lr_final + (train.lr - train.lr_final) * 0.5 * (1.0 + math.cos(math.pi * self.lr_progress))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
