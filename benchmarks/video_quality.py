@@ -35,6 +35,11 @@ FLOOR_PSNR = 26.0
 FLOOR_RATIO = 24.0
 
 
+def training_minutes(run_dir: Path) -> float:
+    """The epochs' wall time of a run (validation included, data loading not)."""
+    return sum(r["seconds"] for r in RunFolder(Path(run_dir)).read_metrics()) / 60.0
+
+
 def summarize(run_dir: Path) -> dict:
     run = RunFolder(Path(run_dir))
     history = run.read_metrics()
@@ -50,7 +55,11 @@ def summarize(run_dir: Path) -> dict:
         "best_epoch": config.get("epoch"),
         "epochs": len(history),
         "steps": history[-1]["steps"] if history else config.get("steps"),
-        "train_minutes": sum(r["seconds"] for r in history) / 60.0,  # epochs incl. validation, not loading
+        "train_minutes": training_minutes(run.root),
+        # train.init_from: the run this one started from, whose own training time comes on top
+        "init_from": recipe["train"].get("init_from"),
+        "init_minutes": (training_minutes(Path(recipe["train"]["init_from"]))
+                         if recipe["train"].get("init_from") else 0.0),
         "max_minutes": recipe["train"].get("max_minutes"),
         "kl_weight": recipe["train"]["kl_weight"],
         "psnr": report["psnr"],
@@ -88,6 +97,12 @@ def check_floors(rows: list[dict]) -> list[dict]:
     return checks
 
 
+def minutes_cell(row: dict) -> str:
+    if not row.get("init_from"):
+        return f"{row['train_minutes']:.1f}"
+    return f"{row['train_minutes']:.1f} + {row['init_minutes']:.1f} ({row['init_from']})"
+
+
 def markdown(rows: list[dict], checks: list[dict], notes: str) -> str:
     lines = ["# Video VAE quality: trained on this CPU, evaluated on held-out clips", "",
              "Command: `.venv/bin/python benchmarks/video_quality.py` (evaluates each run's best checkpoint "
@@ -101,14 +116,15 @@ def markdown(rows: list[dict], checks: list[dict], notes: str) -> str:
              "Compression: uint8 source bytes over fp16 latent bytes. Frames/s: encode + decode, PyTorch "
              "eager, "
              f"{rows[0]['eval_threads'] if rows else 1} thread. Training time: the epochs' wall time "
-             "(validation included, data loading not).", "",
+             "(validation included, data loading not); a run started from another (train.init_from) "
+             "shows its own minutes + those of the run it started from.", "",
              "| recipe | kind | params | PSNR dB | SSIM | flicker | compression | frames/s | steps | epochs "
              "(best) | training min |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['recipe']} | {r['kind']} | {r['params']:,} | {r['psnr']:.2f} | {r['ssim']:.4f} | "
                      f"{r['flicker']:.4f} | {r['compression_ratio']:.1f} | {r['fps']:.1f} | {r['steps']} | "
-                     f"{r['epochs']} ({r['best_epoch']}) | {r['train_minutes']:.1f} |")
+                     f"{r['epochs']} ({r['best_epoch']}) | {minutes_cell(r)} |")
     lines += ["", "## Floors", ""]
     lines += [f"- {c['floor']}: {c['value']}: **{'met' if c['met'] else 'NOT met'}**" for c in checks]
     if notes:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_support import invoke_main
+from cli_support import assert_one_line_error, invoke_main
 from PIL import Image
 from rich.console import Console
 
@@ -285,6 +285,21 @@ def test_resume_from_the_cli_continues_the_video_run(trained_runs, tmp_path, mon
     assert f"{run}: 2 epochs, 4 steps" in stdout
     assert "epoch 1 (2/2)" in stderr and "epoch 0 (1/2)" not in stderr
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+
+
+def test_init_from_on_the_command_line(trained_runs, tmp_path, monkeypatch, capsys):
+    """--init-from overrides train.init_from; a folder that holds no model is one line and exit 2."""
+    recipe = tmp_path / "tiny_temporal.toml"
+    recipe.write_text(_toml(tiny_video_recipe("temporal").to_dict()))
+    code, stdout, stderr = run_cli(monkeypatch, capsys, "train", recipe, "--out", tmp_path / "run",
+                                   "--init-from", trained_runs["frame"])
+    assert code == 0, stderr
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())["recipe"]["train"]
+    assert stored["init_from"] == str(trained_runs["frame"])
+    result = invoke_main(monkeypatch, capsys, "train", str(recipe), "--out", str(tmp_path / "other"),
+                         "--init-from", str(tmp_path / "empty"))
+    assert_one_line_error(result, f"train.init_from: {tmp_path / 'empty'} is not a checkpoint folder", code=2)
+    assert not (tmp_path / "other" / "model.safetensors").exists()
 
 
 def _toml(tables: dict) -> str:

@@ -25,6 +25,9 @@ def train(
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads for torch.")] = None,
     max_minutes: Annotated[float | None, typer.Option(
         "--max-minutes", min=0.001, help="Override [train] max_minutes (wall-clock budget).")] = None,
+    init_from: Annotated[Path | None, typer.Option(
+        "--init-from", help="Override [train] init_from: a trained model folder to start from (a FrameVAE "
+                            "run for the temporal and causal3d designs).")] = None,
 ) -> None:
     """Train a VAE from a recipe; keeps the best epoch by validation loss, resumable."""
     from rich.console import Console
@@ -33,7 +36,8 @@ def train(
     from vae_deploy.training.trainer import train as run_training
 
     spec = load_recipe(recipe).with_overrides(epochs=epochs, seed=seed, max_steps=max_steps, device=device,
-                                                threads=threads, max_minutes=max_minutes)
+                                                threads=threads, max_minutes=max_minutes,
+                                                init_from=str(init_from) if init_from is not None else None)
     # An absolute data folder in the run's recipe, so `evaluate` and `--resume` work from any directory.
     spec = spec.with_data_dir(data_dir.resolve() if data_dir is not None else None)
     out_dir = out if out is not None else Path("runs") / spec.name

@@ -70,7 +70,10 @@ def warm_start(model: nn.Module, source_folder: Path) -> None:
     """train.init_from: copy a trained model's weights into the parts `model` shares with it."""
     if not hasattr(model, "warm_start_from"):
         raise ConfigError(f"train.init_from: a {type(model).__name__} cannot start from another model")
-    source, _ = load_model(source_folder)
+    try:
+        source, _ = load_model(source_folder)
+    except ModelFormatError as exc:
+        raise ModelFormatError(f"train.init_from: {exc} (train the run it names first)") from None
     model.warm_start_from(source)
 
 
