@@ -237,7 +237,8 @@ class Causal3DVAE(VideoVAE):
         what the FrameVAE computes, frame by frame, and training then learns to use the past frames."""
         c = self.config
         if c.temporal_downsample != 1:
-            raise ConfigError("a causal3d model with temporal downsampling has no FrameVAE twin to start from")
+            raise ConfigError("a causal3d model with temporal downsampling has no FrameVAE twin to start "
+                              "from")
         frame = require_frame_vae(source, self.kind, in_channels=c.in_channels,
                                   latent_channels=c.latent_channels, downsample=c.downsample,
                                   channels=c.channels, fine_channels=c.fine_channels,

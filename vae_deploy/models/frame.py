@@ -122,7 +122,7 @@ class FrameDecoder(nn.Module):
         return self.net(_channels_last(z))
 
 
-def require_frame_vae(source: nn.Module, target_kind: str, **expected) -> "FrameVAE":
+def require_frame_vae(source: nn.Module, target_kind: str, **expected) -> FrameVAE:
     """Check that a warm-start source is a FrameVAE whose config has the `expected` field values."""
     if getattr(source, "kind", None) != "frame":
         raise ConfigError(f"a {target_kind!r} model starts from a 'frame' model, not from a "

@@ -23,8 +23,8 @@ step from that state, so chunked and full decoding see exactly the same keys.
 
 from __future__ import annotations
 
-import math
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import torch
