@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/video_models_speed.py [--rounds 5] [--frames 16] [--size 128]
 
 Input: one clip (batch 1) of `frames` frames, the full-sequence `encode` / `decode` (which are one streaming
-step from the zero state), default configs, untrained weights (speed does not depend on them), under
+step from the zero state), the configs of the recipes in train/ (the trained models' sizes) plus the 3D
+VAE's temporal downsampling variants, untrained weights (speed does not depend on them), under
 torch.inference_mode. Each case is timed at torch's default thread count and at 1 thread; rounds alternate
 over every (model, graph, threads) case, each round times `calls` calls after warm-up and keeps their
 median, and the reported figure is the median over rounds, so a burst of load from another process on this
@@ -29,18 +30,28 @@ from vae_deploy.config_io import to_dict
 from vae_deploy.files import write_json_atomic, write_text_atomic
 from vae_deploy.models import build_model
 from vae_deploy.runtime.benchmark import time_calls
+from vae_deploy.training.config import load_recipe
 
 RESULTS = Path(__file__).parent / "results"
 FLOOR_FPS = 30.0  # FrameVAE decoder at 128x128 (the issue's edge-speed floor)
 
-# name -> (kind, config): the defaults, plus the 3D VAE's temporal downsampling variants at the same
-# compression ratio as the per-frame models (latent channels scaled with the temporal factor).
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def recipe_model(stem: str, **changes) -> tuple[str, dict]:
+    """(kind, config) of the model of train/<stem>.toml, with `changes` applied."""
+    recipe = load_recipe(ROOT / "train" / f"{stem}.toml")
+    return recipe.model_kind, {**to_dict(recipe.model), **changes}
+
+
+# name -> (kind, config): the three real-video recipes' models, plus the 3D VAE's temporal downsampling
+# variants at the same compression ratio (latent channels scaled with the temporal factor).
 MODELS = {
-    "frame": ("frame", {}),
-    "temporal": ("temporal", {}),
-    "causal3d (t x1)": ("causal3d", {}),
-    "causal3d (t x2, 8 ch)": ("causal3d", {"temporal_downsample": 2, "latent_channels": 8}),
-    "causal3d (t x4, 16 ch)": ("causal3d", {"temporal_downsample": 4, "latent_channels": 16}),
+    "frame (train/video_frame.toml)": recipe_model("video_frame"),
+    "temporal (train/video_transformer.toml)": recipe_model("video_transformer"),
+    "causal3d t x1 (train/video_causal3d.toml)": recipe_model("video_causal3d"),
+    "causal3d t x2, 8 ch": recipe_model("video_causal3d", temporal_downsample=2, latent_channels=8),
+    "causal3d t x4, 16 ch": recipe_model("video_causal3d", temporal_downsample=4, latent_channels=16),
 }
 
 
@@ -96,9 +107,10 @@ def main() -> None:
         median = float(np.median(values))
         results.append({"model": name, "graph": graph, "threads": threads, "median_ms": median * 1e3,
                         "best_round_ms": min(values) * 1e3, "fps": args.frames / median})
-        print(f"{name:24s} {graph:8s} threads={threads}: {args.frames / median:7.1f} frames/s "
+        print(f"{name:42s} {graph:8s} threads={threads}: {args.frames / median:7.1f} frames/s "
               f"({median * 1e3:.1f} ms per {args.frames} frames)")
-    frame_decoder = max(r["fps"] for r in results if r["model"] == "frame" and r["graph"] == "decoder")
+    frame_decoder = max(r["fps"] for r in results
+                        if r["model"].startswith("frame") and r["graph"] == "decoder")
     result = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0],
                     "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
