@@ -91,7 +91,7 @@ def check_floors(rows: list[dict]) -> list[dict]:
             checks.append({
                 "floor": f"{kind} beats the FrameVAE (same latent size) in PSNR or flicker",
                 "value": (f"PSNR {other['psnr']:.2f} vs {frame['psnr']:.2f} dB, flicker "
-                          f"{other['flicker']:.4f} vs {frame['flicker']:.4f}, compression "
+                          f"{other['flicker']:.5f} vs {frame['flicker']:.5f}, compression "
                           f"{other['compression_ratio']:.1f} vs {frame['compression_ratio']:.1f}"),
                 "met": same_size and (better_psnr or better_flicker)})
     return checks
@@ -123,7 +123,7 @@ def markdown(rows: list[dict], checks: list[dict], notes: str) -> str:
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['recipe']} | {r['kind']} | {r['params']:,} | {r['psnr']:.2f} | {r['ssim']:.4f} | "
-                     f"{r['flicker']:.4f} | {r['compression_ratio']:.1f} | {r['fps']:.1f} | {r['steps']} | "
+                     f"{r['flicker']:.5f} | {r['compression_ratio']:.1f} | {r['fps']:.1f} | {r['steps']} | "
                      f"{r['epochs']} ({r['best_epoch']}) | {minutes_cell(r)} |")
     lines += ["", "## Floors", ""]
     lines += [f"- {c['floor']}: {c['value']}: **{'met' if c['met'] else 'NOT met'}**" for c in checks]

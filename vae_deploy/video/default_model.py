@@ -1,8 +1,9 @@
 """The small video model shipped inside the package, used by run/encode/decode/demo without --model.
 
 It lives in vae_deploy/assets/default_model/ (a model folder: manifest.json, encoder.onnx, decoder.onnx,
-reference/), built by scripts/make_default_model.py from the project's FrameVAE run (train/video_frame.toml)
-and packaged as package data (pyproject: [tool.setuptools.package-data]).
+reference/), built by scripts/make_default_model.py from the project's temporal-Transformer run
+(train/video_transformer.toml, started from train/video_frame.toml's FrameVAE) and packaged as package
+data (pyproject: [tool.setuptools.package-data]).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 from vae_deploy.errors import ModelFormatError
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "default_model"
-DEMO_CLIP = "carphone_pristine"  # held out from the default model's training (train/video_frame.toml)
+DEMO_CLIP = "carphone_pristine"  # held out from the default model's training (train/video_*.toml)
 
 
 def default_model_dir() -> Path:
