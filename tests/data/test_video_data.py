@@ -100,6 +100,19 @@ def test_default_config_holds_out_carphone():
     assert train.random_clips(2, 8, 64, torch.Generator().manual_seed(0)).shape == (2, 8, 3, 64, 64)
 
 
+def test_extra_short_sides_add_rescaled_training_copies_only():
+    train, valid = load_clip_sets(VideoDataConfig(max_frames=8, extra_short_sides=[192]))
+    assert [p.rsplit("/", 1)[-1] for p in train.names] == ["bikes.mp4", "bigbuckbunny.mp4",
+                                                           "bikes.mp4@192", "bigbuckbunny.mp4@192"]
+    assert [min(v.shape[2:]) for v in train.videos] == [128, 128, 192, 192]
+    assert [min(v.shape[2:]) for v in valid.videos] == [128]  # validation stays at short_side
+    # the 192 copy is the same frame, resized from the source (not from the 128 copy)
+    bikes = load_video(sample_video_path("bikes"), 192, 8)
+    assert np.array_equal(train.videos[2].permute(0, 2, 3, 1).numpy(), bikes)
+    with pytest.raises(ConfigError, match="extra_short_sides must be positive"):
+        from_dict(VideoDataConfig, {"extra_short_sides": [0]})
+
+
 def test_config_from_a_recipe_table_with_native_size(coded_folder):
     config = from_dict(VideoDataConfig, {"train": [str(coded_folder)], "valid": ["carphone_pristine"],
                                          "short_side": 0, "max_frames": 10, "crop": 16, "clip_len": 4})

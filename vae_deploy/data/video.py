@@ -39,6 +39,9 @@ class VideoDataConfig:
     clip_len: int = 8  # frames per training clip (a multiple of the model's temporal factor)
     clips_per_epoch: int = 1024  # random clips that make one "epoch"
     max_frames: int = 0  # decode at most this many frames per video (memory); 0 = all (TOML has no null)
+    extra_short_sides: list[int] = field(default_factory=list)  # training videos are also decoded at these
+    # short sides, each a further copy to crop from: the same clips at other scales give more varied
+    # crops (validation stays at short_side); [] = off
 
     def __post_init__(self):
         if not self.train or not self.valid:
@@ -52,6 +55,8 @@ class VideoDataConfig:
         for name in ("short_side", "max_frames"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 (off) or positive, got {getattr(self, name)}")
+        if any(side < 1 for side in self.extra_short_sides):
+            raise ValueError(f"extra_short_sides must be positive, got {self.extra_short_sides}")
 
 
 def _has_images(folder: Path) -> bool:
@@ -226,6 +231,9 @@ def load_clip_sets(config: VideoDataConfig) -> tuple[ClipSet, ClipSet]:
         raise ConfigError(f"{', '.join(map(str, shared))} is both a training and a validation video; "
                           f"validation must be held out")
     train = ClipSet.from_paths(train_paths, config.short_side, config.max_frames)
+    for side in config.extra_short_sides:
+        scaled = ClipSet.from_paths(train_paths, side, config.max_frames)
+        train = ClipSet(train.videos + scaled.videos, train.names + [f"{n}@{side}" for n in scaled.names])
     valid = ClipSet.from_paths(valid_paths, config.short_side, config.max_frames)
     train.check_fits(config.clip_len, config.crop)
     return train, valid
