@@ -35,9 +35,9 @@ FLOOR_PSNR = 26.0
 FLOOR_RATIO = 24.0
 
 
-def training_minutes(run_dir: Path) -> float:
-    """The epochs' wall time of a run (validation included, data loading not)."""
-    return sum(r["seconds"] for r in RunFolder(Path(run_dir)).read_metrics()) / 60.0
+def training_minutes(history: list[dict]) -> float:
+    """The epochs' wall time of a run's metrics history (validation included, data loading not)."""
+    return sum(r["seconds"] for r in history) / 60.0
 
 
 def summarize(run_dir: Path) -> dict:
@@ -46,6 +46,7 @@ def summarize(run_dir: Path) -> dict:
     model, config = load_model(run.root)
     report = evaluate_run(run.root, device="cpu")
     recipe = config["recipe"]
+    init_from = recipe["train"].get("init_from")
     return {
         "run": str(run.root),
         "recipe": f"train/{recipe['name']}.toml",
@@ -55,11 +56,10 @@ def summarize(run_dir: Path) -> dict:
         "best_epoch": config.get("epoch"),
         "epochs": len(history),
         "steps": history[-1]["steps"] if history else config.get("steps"),
-        "train_minutes": training_minutes(run.root),
+        "train_minutes": training_minutes(history),
         # train.init_from: the run this one started from, whose own training time comes on top
-        "init_from": recipe["train"].get("init_from"),
-        "init_minutes": (training_minutes(Path(recipe["train"]["init_from"]))
-                         if recipe["train"].get("init_from") else 0.0),
+        "init_from": init_from,
+        "init_minutes": training_minutes(RunFolder(Path(init_from)).read_metrics()) if init_from else 0.0,
         "max_minutes": recipe["train"].get("max_minutes"),
         "kl_weight": recipe["train"]["kl_weight"],
         "psnr": report["psnr"],

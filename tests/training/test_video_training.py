@@ -426,6 +426,11 @@ def test_init_from_starts_a_temporal_run_from_a_trained_frame_run(trained_runs, 
         mine, theirs = getattr(trainer.model, part).state_dict(), getattr(frame, part).state_dict()
         assert all(torch.equal(mine[name], theirs[name]) for name in theirs)
     trainer.fit()
+    trained = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    assert not torch.equal(trained["encoder.net.1.weight"], frame.state_dict()["encoder.net.1.weight"])
+    resumed = Trainer(tiny_video_recipe("temporal", epochs=2, init_from=str(trained_runs["frame"])),
+                      tmp_path / "run", resume=True, console=QUIET)
+    assert all(torch.equal(resumed.model.state_dict()[k], v) for k, v in trained.items())
     missing = tiny_video_recipe("temporal", init_from=str(tmp_path / "nowhere"))
     with pytest.raises(ModelFormatError, match="not a checkpoint folder"):
         train(missing, tmp_path / "other", console=QUIET)

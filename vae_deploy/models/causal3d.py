@@ -29,6 +29,7 @@ State: one tensor per causal conv whose context (k - s) is non-zero, in module o
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -36,7 +37,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from vae_deploy.errors import ConfigError
-from vae_deploy.models.frame import ACTIVATIONS, check_common, level_widths, require_frame_vae
+from vae_deploy.models.frame import (
+    ACTIVATIONS,
+    FrameVAEConfig,
+    check_common,
+    level_widths,
+    require_frame_vae,
+)
 from vae_deploy.models.streaming import VideoVAE
 
 TEMPORAL_FACTORS = (1, 2, 4)
@@ -239,10 +246,9 @@ class Causal3DVAE(VideoVAE):
         if c.temporal_downsample != 1:
             raise ConfigError("a causal3d model with temporal downsampling has no FrameVAE twin to start "
                               "from")
-        frame = require_frame_vae(source, self.kind, in_channels=c.in_channels,
-                                  latent_channels=c.latent_channels, downsample=c.downsample,
-                                  channels=c.channels, fine_channels=c.fine_channels,
-                                  blocks_per_level=c.blocks_per_level, activation=c.activation)
+        # every FrameVAE config field has a twin of the same name here, and all must agree
+        frame = require_frame_vae(source, self.kind, **{f.name: getattr(c, f.name)
+                                                        for f in dataclasses.fields(FrameVAEConfig)})
         for part_2d, part_3d in ((frame.encoder, self.encoder), (frame.decoder, self.decoder)):
             inflate_convs([m for m in part_2d.modules() if isinstance(m, nn.Conv2d)],
                           [m for m in part_3d.modules() if isinstance(m, nn.Conv3d)])
