@@ -97,7 +97,7 @@ def test_the_temporal_recipes_start_from_the_frame_recipe_and_differ_only_in_mod
         # same frames per step: 32 single frames, 8 clips x 4 frames or 4 clips x 8 frames
         assert other["train"]["batch_size"] * other["data"]["clip_len"] == \
                frame["train"]["batch_size"] * frame["data"]["clip_len"]
-        same = ("train", "valid", "short_side", "crop", "flip", "valid_crop")
+        same = ("train", "valid", "short_side", "extra_short_sides", "crop", "flip", "valid_crop")
         assert {k: other["data"][k] for k in same} == {k: frame["data"][k] for k in same}
         shared = other["model"].get("frame", other["model"])  # temporal nests the FrameVAE config
         assert {k: shared[k] for k in frame_model} == frame_model
