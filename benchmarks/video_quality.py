@@ -1,13 +1,13 @@
 """The video VAEs' quality table: evaluates finished training runs and records them side by side.
 
-    .venv/bin/python benchmarks/video_quality.py [RUN_DIR ...] [--notes NOTES.md]
+    .venv/bin/python benchmarks/video_quality.py [RUN_DIR ...] [--notes NOTES.md] [--threads 1]
 
 Default runs: runs/video_frame, runs/video_transformer, runs/video_causal3d (train/<name>.toml, real video,
 held-out carphone_pristine) and runs/moving_mnist. Each run's best checkpoint goes through
 `vae_deploy.training.evaluation.evaluate_run` (as `vae-deploy evaluate RUN_DIR` does: the whole held-out
-clip streamed through the step form, mu, no sampling), one run after another in this process, so the
-frames/s figures share the machine's conditions. Training time and steps come from each run's
-metrics.jsonl. The issue's floors are checked on the real-video runs:
+clip streamed through the step form, mu, no sampling), one run after another in this process with the
+same torch threads (--threads), so the frames/s figures share the machine's conditions. Training time
+and steps come from each run's metrics.jsonl. The issue's floors are checked on the real-video runs:
 
     FrameVAE: PSNR >= 26 dB at a compression ratio >= 24
     each temporal design (temporal, causal3d) beats the FrameVAE of the same latent size in PSNR or flicker
@@ -40,11 +40,11 @@ def training_minutes(history: list[dict]) -> float:
     return sum(r["seconds"] for r in history) / 60.0
 
 
-def summarize(run_dir: Path) -> dict:
+def summarize(run_dir: Path, threads: int) -> dict:
     run = RunFolder(Path(run_dir))
     history = run.read_metrics()
     model, config = load_model(run.root)
-    report = evaluate_run(run.root, device="cpu")
+    report = evaluate_run(run.root, device="cpu", threads=threads)
     recipe = config["recipe"]
     init_from = recipe["train"].get("init_from")
     return {
@@ -90,7 +90,7 @@ def check_floors(rows: list[dict]) -> list[dict]:
             better_psnr, better_flicker = other["psnr"] > frame["psnr"], other["flicker"] < frame["flicker"]
             checks.append({
                 "floor": f"{kind} beats the FrameVAE (same latent size) in PSNR or flicker",
-                "value": (f"PSNR {other['psnr']:.2f} vs {frame['psnr']:.2f} dB, flicker "
+                "value": (f"PSNR {other['psnr']:.3f} vs {frame['psnr']:.3f} dB, flicker "
                           f"{other['flicker']:.5f} vs {frame['flicker']:.5f}, compression "
                           f"{other['compression_ratio']:.1f} vs {frame['compression_ratio']:.1f}"),
                 "met": same_size and (better_psnr or better_flicker)})
@@ -114,10 +114,9 @@ def markdown(rows: list[dict], checks: list[dict], notes: str) -> str:
              "Moving MNIST: 8 held-out 20-frame sequences (test-split digits). Flicker: mean "
              "|(r_t - r_{t-1}) - (s_t - s_{t-1})| (vae_deploy.video.metrics); lower is steadier. "
              "Compression: uint8 source bytes over fp16 latent bytes. Frames/s: encode + decode, PyTorch "
-             "eager, "
-             f"{rows[0]['eval_threads'] if rows else 1} thread. Training time: the epochs' wall time "
-             "(validation included, data loading not); a run started from another (train.init_from) "
-             "shows its own minutes + those of the run it started from.", "",
+             f"eager, {rows[0]['eval_threads'] if rows else 1} thread(s) for every run. Training time: the "
+             "epochs' wall time (validation included, data loading not); a run started from another "
+             "(train.init_from) shows its own minutes + those of the run it started from.", "",
              "| recipe | kind | params | PSNR dB | SSIM | flicker | compression | frames/s | steps | epochs "
              "(best) | training min |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -136,9 +135,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="*", default=DEFAULT_RUNS)
     parser.add_argument("--notes", type=Path, help="markdown appended to the .md (run conditions)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for every run's timed stream (the recipes' own may differ)")
     parser.add_argument("--out", type=Path, default=RESULTS / "video_quality")
     args = parser.parse_args()
-    rows = [summarize(Path(run)) for run in args.runs]
+    rows = [summarize(Path(run), args.threads) for run in args.runs]
     checks = check_floors(rows)
     notes = args.notes.read_text() if args.notes else ""
     write_json_atomic(args.out.with_suffix(".json"), {"runs": rows, "floors": checks, "notes": notes})

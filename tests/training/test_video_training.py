@@ -201,14 +201,18 @@ def test_evaluation_stream_equals_full_sequence_reconstruction(trained_runs, kin
 
 
 def test_evaluate_json_from_a_real_process(trained_runs, tmp_path):
+    """--threads replaces the recipe's thread count for the timed stream (runs are then timed alike)."""
     out = tmp_path / "eval"
+    recipe_threads = load_model(trained_runs["frame"])[1]["recipe"]["train"]["threads"]
+    threads = 2 if recipe_threads != 2 else 1
     result = subprocess.run([sys.executable, "-m", "vae_deploy", "evaluate", str(trained_runs["frame"]),
-                             "--json", "--out", str(out), "--device", "cpu"],
+                             "--json", "--out", str(out), "--device", "cpu", "--threads", str(threads)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["clips"][0]["frames"] == EVAL_FRAMES and np.isfinite(report["psnr"])
     assert report["stream"]["chunk"] == 3 and report["stream"]["temporal_factor"] == 1
+    assert report["stream"]["threads"] == threads
     assert Path(report["pictures"]["side_by_side_carphone_pristine"]).is_file()
 
 

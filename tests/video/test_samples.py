@@ -9,7 +9,7 @@ from vae_deploy.video.io import open_source
 from vae_deploy.video.samples import SAMPLE_VIDEOS, sample_video_path
 
 EXPECTED = {"bikes": ((640, 272), 250), "carphone_pristine": ((176, 144), 120),
-            "bigbuckbunny": ((1280, 720), 132)}
+            "carphone_distorted": ((176, 144), 120), "bigbuckbunny": ((1280, 720), 132)}
 
 
 @pytest.mark.parametrize("name", SAMPLE_VIDEOS)

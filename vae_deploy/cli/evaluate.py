@@ -21,12 +21,14 @@ def evaluate(
                    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the sampling noise in the loss.")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")] = "auto",
+    threads: Annotated[int | None, typer.Option(
+        "--threads", min=1, help="CPU threads for torch (default: the recipe's train.threads).")] = None,
 ) -> None:
     """Test loss, recon and KL per sample; writes loss curves, reconstructions and (2-D latent) the latent
     scatter and the decoded manifold."""
     from vae_deploy.training.evaluation import evaluate_run
 
-    report = evaluate_run(run_dir, data_dir=data_dir, out_dir=out, seed=seed, device=device)
+    report = evaluate_run(run_dir, data_dir=data_dir, out_dir=out, seed=seed, device=device, threads=threads)
     if json_out:
         print(json.dumps(report, indent=2))
         return

