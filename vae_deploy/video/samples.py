@@ -5,7 +5,7 @@ data files, which OpenCV decodes. `importlib.util.find_spec` finds a top-level p
 
     bikes              640x272, 250 frames, 25 fps: street scene, fast motion
     carphone_pristine  176x144, 120 frames, 30 fps: head and shoulders in a car
-    carphone_distorted the same 120 frames after lossy compression (blockier, softer)
+    carphone_distorted 176x144, 120 frames, 30 fps: carphone_pristine after lossy compression
     bigbuckbunny       1280x720, 132 frames, 25 fps: animation
 """
 
