@@ -11,8 +11,8 @@ from vae_deploy.models import MLPVAEConfig
 PROFILES = Path(__file__).parents[2] / "export"
 
 
-@pytest.mark.parametrize(("name", "precision"), [("cpu-fp32", "fp32"), ("gpu-fp16", "fp16"),
-                                                 ("jetson-orin-fp16", "fp16")])
+@pytest.mark.parametrize(("name", "precision"), [("cpu-fp32", "fp32"), ("cpu-int8", "int8"),
+                                                 ("gpu-fp16", "fp16"), ("jetson-orin-fp16", "fp16")])
 def test_shipped_profiles(name, precision):
     profile = load_profile(PROFILES / f"{name}.toml")
     assert profile.name == name and profile.precision == precision and profile.opset == 17
@@ -37,6 +37,10 @@ def test_profile_ranges_give_tensorrt_shapes_per_graph():
     ("parity_batch_sizes = [1, 5000]\n[dynamic.batch]\nmin = 1\nopt = 2\nmax = 64",
      "above dynamic.batch.max"),
     ("[tensorrt]\nworkspace = 1", "unknown key"),
+    ('[quantization]\nmethod = "median"', "method: must be one of"),
+    ("[quantization]\nframes = 0", "frames must be at least 1"),
+    ("[quantization]\ncalibration = []", "must name at least one video"),
+    ("[quantization]\nop_types = []", "at least one ONNX op type"),
 ])
 def test_bad_profiles_are_refused(tmp_path, text, pattern):
     path = tmp_path / "p.toml"

@@ -1,10 +1,12 @@
 """The video model kinds (issue 4) go through the same export path: state tensors from the models' own
 shape functions, ORT parity on whole clips and on chunked streams against the PyTorch full sequence."""
 
+import numpy as np
 import pytest
 import torch
 
-from vae_deploy.export import ExportProfile, export_model
+from vae_deploy.cli.verify import real_inputs_for
+from vae_deploy.export import ExportProfile, export_model, graph_specs
 from vae_deploy.models import build_model
 from vae_deploy.models.checkpoint import save_model
 from vae_deploy.runtime import read_manifest
@@ -27,7 +29,11 @@ def test_video_kind_exports_with_streaming_parity(name, tmp_path):
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     save_model(tmp_path / "ckpt", model)
-    manifest, report = export_model(tmp_path / "ckpt", tmp_path / "model", ExportProfile())
+    encoder = graph_specs(kind, model.config)["encoder"]
+    real = real_inputs_for(kind, 1000, "auto", None, encoder)  # what `export` and `verify` take by default
+    assert real.shape == (1, 16, 3, 128, 160) and real.dtype == np.float32  # carphone as `run` fits it
+    manifest, report = export_model(tmp_path / "ckpt", tmp_path / "model", ExportProfile(), real_inputs=real)
+    assert {c.graph for c in report.comparisons if c.case == "real"} == {"encoder", "decoder"}
     # The default profile's batches (1, 7, 128, 1000) are clamped to the video specs' cap of 2.
     assert {c.batch for c in report.comparisons if c.case == "random"} == {1, 2}
     assert report.passed, report.failures()

@@ -242,9 +242,24 @@ def test_warm_start_refuses_a_frame_vae_that_does_not_fit(target, source_config,
         model.warm_start_from(_trained_like_frame_vae(**source_config))
 
 
-def test_only_a_frame_vae_can_be_a_warm_start_source():
-    model = build_model("causal3d", Causal3DVAEConfig(channels=16, fine_channels=8))
-    with pytest.raises(ConfigError, match="starts from a 'frame' model, not from a 'causal3d' one"):
-        model.warm_start_from(build_model("causal3d", Causal3DVAEConfig(channels=16, fine_channels=8)))
-    with pytest.raises(ConfigError, match="cannot start from"):
-        _trained_like_frame_vae().warm_start_from(_trained_like_frame_vae())
+def test_a_frame_vae_starts_only_from_a_frame_vae():
+    model = build_model("temporal", TemporalVAEConfig(frame=FrameVAEConfig(channels=16, fine_channels=8)))
+    with pytest.raises(ConfigError, match="a 'frame' model cannot start from a 'temporal' model"):
+        _trained_like_frame_vae().warm_start_from(model)
+
+
+@pytest.mark.parametrize("kind, config", [
+    ("frame", FrameVAEConfig(channels=16, fine_channels=8)),
+    ("temporal", TemporalVAEConfig(frame=FrameVAEConfig(channels=16, fine_channels=8))),
+    ("causal3d", Causal3DVAEConfig(channels=16, fine_channels=8)),
+])
+def test_fine_tuning_copies_every_weight_of_a_model_of_the_same_kind_and_config(kind, config):
+    torch.manual_seed(1)
+    source, model = build_model(kind, config), build_model(kind, config)
+    model.warm_start_from(source)
+    theirs = source.state_dict()
+    assert theirs and all(torch.equal(v, theirs[k]) for k, v in model.state_dict().items())
+    other = dataclasses.replace(config, latent_channels=8) if kind != "temporal" else \
+        dataclasses.replace(config, window=config.window + 1)
+    with pytest.raises(ConfigError, match=f"the '{kind}' model to start from has another config"):
+        build_model(kind, other).warm_start_from(source)

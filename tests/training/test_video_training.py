@@ -418,6 +418,34 @@ def test_bad_video_data_keys_are_refused_by_name():
         tiny_video_recipe(max_minutes=0.0)
 
 
+def test_dark_borders_give_some_clips_one_dark_band_and_leave_the_rest():
+    from vae_deploy.training.tasks.video import random_dark_borders
+
+    clips = torch.rand(64, 3, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.5  # >= 0.5
+    assert random_dark_borders(clips, 0.0, torch.Generator()) is clips
+    out = random_dark_borders(clips, 0.5, torch.Generator().manual_seed(1))
+    assert clips.min() >= 0.5  # the input is not modified
+    banded = 0
+    for before, after in zip(clips, out, strict=True):
+        dark = after < 0.5  # (T, C, H, W): only band pixels fall below 0.5
+        if not dark.any():
+            assert torch.equal(before, after)
+            continue
+        banded += 1
+        assert (dark == dark[0, 0]).all()  # the same band in every frame and channel
+        rows, cols = dark[0, 0].any(1).nonzero().flatten(), dark[0, 0].any(0).nonzero().flatten()
+        full_rows, full_cols = dark[0, 0].all(1).nonzero().flatten(), dark[0, 0].all(0).nonzero().flatten()
+        band = full_rows if len(full_rows) else full_cols  # a band spans the frame along its edge
+        assert 1 <= len(band) <= 32 // 8 and (band[0] == 0 or band[-1] == 31)
+        assert len(band) == (len(rows) if len(full_rows) else len(cols))
+        grey = after[0][dark[0]]
+        assert (grey == grey[0]).all() and 0 <= grey[0] <= 0.1
+        assert torch.equal(after[~dark], before[~dark])
+    assert 16 <= banded <= 48
+    with pytest.raises(ConfigError, match="dark_borders is a probability"):
+        tiny_video_recipe(data={"dark_borders": 1.5})
+
+
 def test_init_from_starts_a_temporal_run_from_a_trained_frame_run(trained_runs, tmp_path):
     """train.init_from copies the FrameVAE run's encoder and decoder before the first step; a resumed run
     continues from its own state, not from the init_from weights."""

@@ -21,10 +21,12 @@ def export(
     out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
     profile: Annotated[str | None, typer.Option(
         "--profile",
-        help="Export profile: a TOML file, or a name in export/ (cpu-fp32, gpu-fp16, jetson-orin-fp16)."
+        help="Export profile: a TOML file, or a name in export/ (cpu-fp32, cpu-int8, gpu-fp16, "
+             "jetson-orin-fp16)."
     )] = None,
     real: Annotated[int, typer.Option(
-        "--real", help="Real test inputs for the parity check (0: random only).")] = 1000,
+        "--real", help="Real test inputs for the parity check: MNIST images, or frames of a sample clip "
+                       "for video models (at most 16); 0: random only.")] = 1000,
     data_source: Annotated[str, typer.Option("--data-source", help="MNIST source for real inputs.")] = "auto",
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="MNIST folder for real inputs.")] = None,
     parity_backend: Annotated[str, typer.Option(
@@ -45,6 +47,8 @@ def export(
 
     from vae_deploy.cli.verify import parity_error, real_inputs_for
     from vae_deploy.export import export_model, load_profile
+    from vae_deploy.export.specs import graph_specs
+    from vae_deploy.models import build_model
     from vae_deploy.models.checkpoint import read_config
 
     console = Console()
@@ -56,8 +60,9 @@ def export(
             raise ConfigError(f"--engine-precision must be fp32, fp16 or int8, got {engine_precision!r}")
         require_tensorrt()
     chosen = load_profile(profile)
-    kind = read_config(run_dir)["kind"]
-    inputs = real_inputs_for(kind, real, data_source, data_dir)
+    config = read_config(run_dir)
+    encoder = graph_specs(config["kind"], build_model(config["kind"], config.get("model", {})).config)["encoder"]
+    inputs = real_inputs_for(config["kind"], real, data_source, data_dir, encoder)
     manifest, report = export_model(run_dir, out, chosen, real_inputs=inputs, parity_backend=parity_backend,
                                     log=lambda msg: console.print(msg, highlight=False))
     title = f"parity at export: {report.backend} vs {report.reference} ({report.precision}), worst case"

@@ -17,10 +17,15 @@ import numpy as np
 import typer
 
 from vae_deploy.errors import ConfigError, DataError, ParityError
+from vae_deploy.runtime.spec import GraphSpec
 
 # Real encoder inputs per model kind: kind -> (n, source, data_dir) -> float32 batch in the model's layout.
-# Kinds without an entry are verified on random inputs only (the report has no "real" rows then).
+# Video models (encoders with a stream axis) need no entry: they take the first frames of a sample clip
+# (REAL_VIDEO_CLIP), fitted like `run` fits them. Other kinds without an entry are verified on random inputs
+# only (the report has no "real" rows then).
 RealInputs = Callable[[int, str, Path | None], np.ndarray]
+REAL_VIDEO_CLIP = "carphone_pristine"
+REAL_VIDEO_FRAMES = 16  # at most; a multiple of every temporal stride
 REAL_INPUTS: dict[str, RealInputs] = {}
 
 
@@ -34,11 +39,18 @@ def _mnist_test_images(n: int, source: str, data_dir: Path | None) -> np.ndarray
 REAL_INPUTS["mlp"] = _mnist_test_images
 
 
-def real_inputs_for(kind: str, n: int, source: str, data_dir: Path | None) -> np.ndarray | None:
+def real_inputs_for(kind: str, n: int, source: str, data_dir: Path | None,
+                    encoder: GraphSpec) -> np.ndarray | None:
+    """n real encoder inputs (video models: a clip of up to REAL_VIDEO_FRAMES frames), or None."""
+    from vae_deploy.video.fit import fitted_clip
+    from vae_deploy.video.samples import sample_video_path
+
     loader = REAL_INPUTS.get(kind)
-    if loader is None or n <= 0:
+    if n <= 0 or (loader is None and not encoder.stream_axis):
         return None
     try:
+        if encoder.stream_axis:
+            return fitted_clip(sample_video_path(REAL_VIDEO_CLIP), encoder, min(n, REAL_VIDEO_FRAMES))
         return loader(n, source, data_dir)
     except DataError as exc:
         raise DataError(f"{exc} (or pass --real 0 to check on random inputs only)") from None
@@ -118,7 +130,7 @@ def verify(
     manifest = read_manifest(model_dir)
     sizes = parse_sizes(batch_sizes, "--batch-sizes") or tuple(
         manifest.export_profile.get("parity_batch_sizes", (1, 7, 128, 1000)))
-    inputs = real_inputs_for(manifest.kind, real, data_source, data_dir)
+    inputs = real_inputs_for(manifest.kind, real, data_source, data_dir, manifest.graph("encoder"))
     with get_backend(backend)(model_dir, manifest=manifest) as runner, \
             get_backend("torch")(model_dir, manifest=manifest) as reference:
         report = check_parity(runner, reference, inputs, sizes, seed=seed)

@@ -6,7 +6,8 @@ Steps, each driven by the kind's graph specs (export/specs.py):
    train extra does not install, and the legacy one takes `dynamic_axes` (including symbolic state shapes
    such as "height//8") directly.
 2. fp16 profiles: onnxconverter_common's convert_float_to_float16, with keep_io_types so callers keep
-   float32 arrays unless the profile asks otherwise.
+   float32 arrays unless the profile asks otherwise. int8 profiles: once both fp32 graphs exist, ONNX
+   Runtime static quantization calibrated on real frames streamed through them (export/quantize.py).
 3. onnx.checker (full check) and strict shape inference, then the spec check: names, then dynamic axes and
    fixed dims, then dtypes, so a graph that does not match its manifest is never written out as valid.
 4. reference/: the checkpoint's model.safetensors + config.json, for the torch reference runner.
@@ -167,6 +168,26 @@ def _with_io_dtype(spec: GraphSpec, dtype: str) -> GraphSpec:
                    state=[replace(s, dtype=dtype) for s in spec.state])
 
 
+def _quantize(out_dir: Path, fp32: Manifest, profile: ExportProfile,
+              log: Callable[[str], None]) -> dict[str, GraphSpec]:
+    """Quantize the exported fp32 graphs (described by `fp32`) in place; returns the graph specs with the
+    int8 parity rule."""
+    from vae_deploy.export.quantize import calibration_clips, calibration_feeds, quantize_graph
+
+    settings, specs = profile.quantization, fp32.graphs
+    clips = calibration_clips(settings, fp32)
+    log(f"calibrating int8 on {sum(c.shape[1] for c in clips)} frames of {', '.join(settings.calibration)}")
+    with get_backend("ort-cpu")(out_dir, manifest=fp32) as runner:
+        feeds = calibration_feeds(runner, clips, settings.chunk)
+    for spec in specs.values():
+        log(f"quantizing {spec.name} ({', '.join(settings.op_types)}) -> {out_dir / spec.file}")
+        quantize_graph(out_dir / spec.file, feeds[spec.name], settings)
+        declare_io_shapes(out_dir / spec.file, spec)
+        check_graph(out_dir / spec.file, spec)
+    return {name: replace(spec, tolerance=replace(spec.tolerance, min_psnr_db=settings.min_psnr_db))
+            for name, spec in specs.items()}
+
+
 def _producer() -> dict[str, str]:
     import onnxruntime
 
@@ -213,16 +234,20 @@ def export_model(checkpoint_dir: Path, out_dir: Path, profile: ExportProfile | N
             convert_fp16(path, profile.keep_io_types)
         declare_io_shapes(path, spec)
         check_graph(path, spec)
+    preprocessing = _preprocessing(specs["encoder"])
+    recipe_data = (config.get("recipe") or {}).get("data") or {}
+    if recipe_data.get("short_side"):  # video runs: the working resolution `vae-deploy run` defaults to
+        preprocessing["short_side"] = int(recipe_data["short_side"])
+    if profile.precision == "int8":
+        fp32 = Manifest(kind=config["kind"], model=to_dict(model.config), graphs=specs, precision="fp32",
+                        opset=profile.opset, preprocessing=preprocessing)
+        specs = _quantize(out_dir, fp32, profile, log)
     reference = out_dir / REFERENCE_DIR
     for name in (WEIGHTS_FILE, CONFIG_FILE):
         with atomic_path(reference / name) as tmp:
             shutil.copyfile(checkpoint_dir / name, tmp)
     files = [spec.file for spec in specs.values()]
     files += [f"{REFERENCE_DIR}/{WEIGHTS_FILE}", f"{REFERENCE_DIR}/{CONFIG_FILE}"]
-    preprocessing = _preprocessing(specs["encoder"])
-    recipe_data = (config.get("recipe") or {}).get("data") or {}
-    if recipe_data.get("short_side"):  # video runs: the working resolution `vae-deploy run` defaults to
-        preprocessing["short_side"] = int(recipe_data["short_side"])
     manifest = Manifest(
         kind=config["kind"], model=to_dict(model.config), graphs=specs, precision=profile.precision,
         opset=profile.opset, preprocessing=preprocessing, producer=_producer(),

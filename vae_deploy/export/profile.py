@@ -1,7 +1,7 @@
 """Export profiles (export/*.toml): how graphs are exported and, later, how TensorRT engines are built.
 
     name = "gpu-fp16"
-    precision = "fp16"           # "fp32" | "fp16"
+    precision = "fp16"           # "fp32" | "fp16" | "int8" (ONNX Runtime static quantization, video models)
     opset = 17
     keep_io_types = true         # fp16: graph inputs/outputs stay float32
     parity_batch_sizes = [1, 7, 128, 1000]
@@ -11,6 +11,8 @@
     max = 8192
     [tensorrt]
     workspace_mb = 4096
+    [quantization]               # int8 profiles: calibration clips and what is quantized (export/quantize.py)
+    calibration = ["bikes", "bigbuckbunny"]
 
 Ranges are per symbol (batch, frames, height, width), not per tensor: each graph spec turns them into
 min/opt/max shapes of its own inputs (GraphSpec.profile_shapes), so one profile serves every model kind.
@@ -44,6 +46,33 @@ class TensorRTSettings:
     fp16: bool = False  # allow fp16 kernels in the engine (independent of the ONNX precision)
 
 
+@dataclass
+class QuantizationSettings:
+    # int8 profiles only (export/quantize.py): ONNX Runtime static quantization, QDQ format.
+    # Calibration sources: sample clip names, video files or image folders. Use training clips, never the
+    # clips a model is judged on: the activation ranges are measured on them.
+    calibration: list[str] = field(default_factory=lambda: ["bikes", "bigbuckbunny"])
+    frames: int = 32  # frames read from each calibration source
+    chunk: int = 8  # frames per calibration call; the streaming state is carried between calls
+    short_side: int = 0  # working short side of the calibration frames; 0 = the model's own (manifest)
+    op_types: list[str] = field(default_factory=lambda: ["Conv"])  # ONNX op types quantized; others stay fp32
+    per_channel: bool = True  # one weight scale per output channel (the accurate choice for convs)
+    method: Literal["minmax", "percentile", "entropy"] = "minmax"  # activation range calibration
+    min_psnr_db: float = 35.0  # parity rule for int8 graphs: PSNR of every output on real inputs vs fp32
+
+    def __post_init__(self):
+        if not self.calibration:
+            raise ValueError("quantization.calibration must name at least one video")
+        for name in ("frames", "chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"quantization.{name} must be at least 1, got {getattr(self, name)}")
+        if self.short_side < 0:
+            raise ValueError(f"quantization.short_side must be 0 (the model's) or positive, got "
+                             f"{self.short_side}")
+        if not self.op_types:
+            raise ValueError("quantization.op_types must name at least one ONNX op type")
+
+
 def _default_dynamic() -> dict[str, DimRange]:
     return {"batch": DimRange(1, 128, 8192)}
 
@@ -51,12 +80,13 @@ def _default_dynamic() -> dict[str, DimRange]:
 @dataclass
 class ExportProfile:
     name: str = "cpu-fp32"  # recorded in the manifest; a file's stem when it does not set one
-    precision: Literal["fp32", "fp16"] = "fp32"  # weights and compute of the ONNX graphs
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"  # weights and compute of the ONNX graphs
     opset: int = 17  # ONNX opset of torch.onnx.export
     keep_io_types: bool = True  # fp16: inputs/outputs stay float32 so callers need not change
     parity_batch_sizes: tuple[int, ...] = (1, 7, 128, 1000)  # random-input batches of the parity check
     dynamic: dict[str, DimRange] = field(default_factory=_default_dynamic)  # symbol -> min/opt/max
     tensorrt: TensorRTSettings = field(default_factory=TensorRTSettings)
+    quantization: QuantizationSettings = field(default_factory=QuantizationSettings)  # int8 only
 
     def __post_init__(self):
         self.dynamic = {k: v if isinstance(v, DimRange) else from_dict(DimRange, v, where=f"dynamic.{k}")

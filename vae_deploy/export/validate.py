@@ -5,7 +5,10 @@ For each graph and output: max abs error, max relative error and PSNR between ba
 real inputs (when the caller supplies them), on random inputs at several batch sizes, and, for graphs with
 streaming state, on a clip fed in chunks to the backend against the reference's full-sequence result.
 Pass rule (the graph spec's tolerance): fp32 graphs need max abs <= tolerance.max_abs on every output;
-fp16 graphs need PSNR >= tolerance.min_psnr_db (the reference is always the fp32 PyTorch model).
+fp16 graphs need PSNR >= tolerance.min_psnr_db (the reference is always the fp32 PyTorch model). int8
+graphs need PSNR >= tolerance.min_psnr_db on the real inputs, which they must be given: their activation
+ranges were calibrated on real frames, and uniform noise lies outside them, so their random and stream
+cases are measured and reported but not judged (limit "reported").
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from vae_deploy.errors import ConfigError
 from vae_deploy.runtime.runner import Runner
 from vae_deploy.runtime.spec import GraphSpec, TensorSpec, dim_symbols, random_inputs
 from vae_deploy.video.metrics import psnr_from_mse
@@ -91,9 +95,11 @@ class _Checker:
         self.backend, self.reference, self.precision = backend, reference, precision
         self.report = ParityReport(backend.name, reference.name, precision)
 
-    def judge(self, spec: GraphSpec, max_abs: float, psnr: float) -> tuple[str, bool]:
+    def judge(self, spec: GraphSpec, case: str, max_abs: float, psnr: float) -> tuple[str, bool]:
         if self.precision == "fp32":
             return f"abs<={spec.tolerance.max_abs:g}", max_abs <= spec.tolerance.max_abs
+        if self.precision == "int8" and case != "real":
+            return "reported", True
         return f"psnr>={spec.tolerance.min_psnr_db:g}dB", psnr >= spec.tolerance.min_psnr_db
 
     def add(self, spec: GraphSpec, case: str, batch: int, chunk: int, got: dict, ref: dict) -> None:
@@ -101,7 +107,7 @@ class _Checker:
             if t.name not in got:
                 continue  # stream results carry no state outputs
             max_abs, max_rel, psnr = compare(t, got[t.name], ref[t.name])
-            limit, ok = self.judge(spec, max_abs, psnr)
+            limit, ok = self.judge(spec, case, max_abs, psnr)
             self.report.comparisons.append(Comparison(spec.name, t.name, case, batch, chunk, max_abs, max_rel,
                                                       psnr, limit, bool(ok)))
 
@@ -148,6 +154,8 @@ def check_parity(backend: Runner, reference: Runner, real_inputs: np.ndarray | N
     decoder's real case decodes the reference encoder's mu of the same batch.
     """
     precision = backend.manifest.precision
+    if precision == "int8" and real_inputs is None:
+        raise ConfigError("int8 graphs are judged on real inputs only, and none were given (drop --real 0)")
     checker = _Checker(backend, reference, precision)
     rng = np.random.default_rng(seed)
     encoder, decoder = backend.graph("encoder"), backend.graph("decoder")

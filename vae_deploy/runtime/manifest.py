@@ -8,7 +8,7 @@ Export writes it, the runtime reads it; no torch here. manifest.json (schema_ver
                               strings, dtype, layout, value_range, dynamic_axes), state (past/present names,
                               shape, initial "zeros"), tolerance, example_dims, stream_axis, stream_chunks
     preprocessing             layout, value range, image shape, dtype of the encoder's input
-    precision, opset          "fp32" | "fp16", ONNX opset
+    precision, opset          "fp32" | "fp16" | "int8", ONNX opset
     producer                  versions of torch, onnx, onnxruntime, vae_deploy at export time
     files                     relative path -> sha256, for every file of the folder the manifest vouches for
     export_profile            the profile the graphs were exported with
@@ -42,7 +42,7 @@ class Manifest:
     kind: str
     model: dict[str, Any]
     graphs: dict[str, GraphSpec]
-    precision: str = "fp32"  # "fp32" | "fp16" (weights and compute; I/O dtypes are in the tensor specs)
+    precision: str = "fp32"  # "fp32" | "fp16" | "int8" (weights and compute; I/O dtypes are in the tensor specs)
     opset: int = 17
     preprocessing: dict[str, Any] = field(default_factory=dict)
     producer: dict[str, str] = field(default_factory=dict)

@@ -28,11 +28,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
 
 from vae_deploy.errors import ConfigError, DataError
+from vae_deploy.runtime.spec import GraphSpec
 
 DEFAULT_SHORT_SIDE = 128  # working short side when neither the user nor the model's manifest gives one
 
@@ -144,3 +146,22 @@ def plan_fit(source_size: tuple[int, int], short_side: int, multiple: int, chann
     scale = short_side / min(w, h) if short_side else 1.0
     cw, ch, mw, mh = FIT_MODES[mode](w * scale, h * scale, multiple)
     return FitPolicy(mode, short_side, (w, h), (cw, ch), (mw, mh), channels)
+
+
+def fitted_clip(path: Path, encoder: GraphSpec, max_frames: int, short_side: int = DEFAULT_SHORT_SIDE,
+                ) -> np.ndarray:
+    """The first frames of a video as one encoder input: float32 (1, T, C, H, W), fitted like `run` fits
+    them ("snap") and cut to a multiple of the encoder's frame multiple. For the checks that need real frames
+    rather than noise: int8 calibration (export/quantize.py) and the parity check's real case."""
+    from vae_deploy.video.io import open_source
+
+    with open_source(path) as source:
+        frames = source.read(max_frames)  # RGB uint8 (T, H, W, 3)
+    step = encoder.dim_multiples.get("frames", 1)
+    frames = frames[:len(frames) - len(frames) % step]
+    if not len(frames):
+        raise DataError(f"{path} has fewer than the {step} frames the model takes at a time")
+    channels = int(encoder.inputs[0].shape[2])
+    policy = plan_fit((frames.shape[2], frames.shape[1]), short_side, encoder.dim_multiples.get("height", 1),
+                      channels)
+    return np.stack([policy.fit(f) for f in frames])[None]

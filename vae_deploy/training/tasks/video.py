@@ -44,6 +44,27 @@ def random_flip(clips: torch.Tensor, generator: torch.Generator) -> torch.Tensor
     return clips
 
 
+def random_dark_borders(clips: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:
+    """Give each clip (B, T, C, H, W), with `probability`, a dark band along one of its four edges: 1 to
+    H // 8 pixels wide, one near-black grey (0 to 0.1, i.e. up to the limited-range video black of 16/255
+    and a little above), the same in every frame. Real video often starts or ends in such a band
+    (pillar- and letterboxing, the dark edge columns of digitized analog video); random crops of clips that
+    have none never show the decoder a sharp dark edge at the frame border."""
+    picked = (torch.rand(clips.shape[0], generator=generator) < probability).nonzero().flatten().tolist()
+    if not picked:
+        return clips
+    clips = clips.clone()
+    height = clips.shape[-2]
+    for i in picked:
+        edge = int(torch.randint(0, 4, (1,), generator=generator))
+        width = int(torch.randint(1, max(1, height // 8) + 1, (1,), generator=generator))
+        grey = float(torch.rand((), generator=generator)) * 0.1
+        band = {0: (..., slice(0, width), slice(None)), 1: (..., slice(-width, None), slice(None)),
+                2: (..., slice(None), slice(0, width)), 3: (..., slice(None), slice(-width, None))}[edge]
+        clips[i][band] = grey
+    return clips
+
+
 class VideoTaskBase(Task):
     """Loss, model checks and evaluation shared by the video tasks. Subclasses provide the data and
     `eval_clips(model)`, and set `in_channels`, `train_shape` = (clip_len, height, width) and
@@ -126,6 +147,8 @@ class VideoTaskConfig(VideoDataConfig):
     # The clip data itself (train/valid videos, short_side, crop, clip_len, clips_per_epoch, max_frames) is
     # vae_deploy.data.video.VideoDataConfig; these add how the task uses it.
     flip: bool = True  # mirror training clips left-right at random (two training videos: more variety)
+    dark_borders: float = 0.0  # probability that a training clip gets a dark band along one edge
+    # (random_dark_borders); 0 = off
     burn_in: int = 0  # frames before every training and validation clip that only warm up the model's
     # streaming state (no loss on them, no gradients through them): clips then start mid-stream, as in a
     # long video, instead of from the zero state. 0 = clips start from the zero state.
@@ -140,6 +163,8 @@ class VideoTaskConfig(VideoDataConfig):
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.burn_in < 0:
             raise ValueError(f"burn_in must be 0 (none) or positive, got {self.burn_in}")
+        if not 0 <= self.dark_borders <= 1:
+            raise ValueError(f"dark_borders is a probability (0 to 1), got {self.dark_borders}")
         if self.eval_max_frames < 0:
             raise ValueError(f"eval_max_frames must be 0 (all) or positive, got {self.eval_max_frames}")
 
@@ -180,6 +205,8 @@ class VideoClipsTask(VideoTaskBase):
             clips = self.train_set.random_clips(n, c.burn_in + c.clip_len, c.crop, generator)
             if c.flip:
                 clips = random_flip(clips, generator)
+            if c.dark_borders:
+                clips = random_dark_borders(clips, c.dark_borders, generator)
             yield clips.to(self.device)
 
     def valid_batches(self) -> Iterator[torch.Tensor]:

@@ -1,0 +1,92 @@
+"""int8 export (export/cpu-int8.toml, export/quantize.py): the packaged default model's checkpoint, quantized
+by ONNX Runtime's static quantization and calibrated on real frames, keeps its graphs' contract, runs on
+ort-cpu and stays within the int8 parity rule on real frames of a clip it was not calibrated on."""
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from vae_deploy.cli.verify import real_inputs_for
+from vae_deploy.errors import ConfigError
+from vae_deploy.export import export_model, load_profile
+from vae_deploy.export.validate import check_parity
+from vae_deploy.runtime import read_manifest
+from vae_deploy.runtime.registry import get_backend
+from vae_deploy.video.default_model import DEFAULT_MODEL_DIR
+
+INT8 = Path(__file__).parents[2] / "export" / "cpu-int8.toml"
+
+pytestmark = pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "manifest.json").is_file(),
+                                reason="no default model packaged (scripts/make_default_model.py)")
+
+
+@pytest.fixture(scope="module")
+def int8_export(tmp_path_factory):
+    out = tmp_path_factory.mktemp("int8") / "model"
+    encoder = read_manifest(DEFAULT_MODEL_DIR).graph("encoder")
+    real = real_inputs_for("temporal", 16, "auto", None, encoder)  # 16 frames of carphone_pristine
+    manifest, report = export_model(DEFAULT_MODEL_DIR / "reference", out, load_profile(INT8), real_inputs=real)
+    return out, manifest, report, real
+
+
+def _conv_weight_types(path: Path) -> set[int]:
+    """Element types of the initializers behind every Conv weight (through its DequantizeLinear)."""
+    graph = onnx.load(str(path)).graph
+    initializers = {i.name: i.data_type for i in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    types = set()
+    for node in graph.node:
+        if node.op_type == "Conv":
+            weight = producers.get(node.input[1])
+            assert weight is not None and weight.op_type == "DequantizeLinear", node.name
+            types.add(initializers[weight.input[0]])
+    return types
+
+
+def test_int8_export_quantizes_every_conv_and_keeps_the_contract(int8_export):
+    out, manifest, report, _ = int8_export
+    assert manifest.precision == "int8" and read_manifest(out).precision == "int8"
+    fp32 = read_manifest(DEFAULT_MODEL_DIR)
+    for name in ("encoder", "decoder"):
+        assert _conv_weight_types(out / manifest.graph(name).file) == {onnx.TensorProto.INT8}
+        mine, theirs = manifest.graph(name), fp32.graph(name)
+        assert [t.name for t in mine.all_inputs] == [t.name for t in theirs.all_inputs]
+        assert [t.shape for t in mine.all_outputs] == [t.shape for t in theirs.all_outputs]
+        assert mine.tolerance.min_psnr_db == 35.0
+    assert (out / "encoder.onnx").stat().st_size < 0.5 * (DEFAULT_MODEL_DIR / "encoder.onnx").stat().st_size
+
+
+def test_int8_parity_is_judged_on_real_frames_and_reports_the_rest(int8_export):
+    _, _, report, _ = int8_export
+    assert report.passed, report.failures()
+    real = [c for c in report.comparisons if c.case == "real"]
+    assert {(c.graph, c.output) for c in real} >= {("encoder", "mu"), ("decoder", "video")}
+    assert all(c.limit == "psnr>=35dB" and c.psnr_db >= 35.0 for c in real)
+    others = [c for c in report.comparisons if c.case != "real"]
+    assert others and all(c.limit == "reported" for c in others)
+    # int8 is not fp32: the frames differ, by a few hundredths at most on average
+    video = next(c for c in real if c.output == "video")
+    assert 0 < video.max_abs and video.psnr_db < 60
+
+
+def test_int8_model_streams_like_its_own_whole_clip_call(int8_export):
+    """The streaming contract holds inside the int8 graphs too: chunks of 4 with the state carried give
+    what one call over the clip gives, to fp32 rounding (the state inputs feed no quantized op)."""
+    out, _, _, real = int8_export
+    with get_backend("ort-cpu")(out, threads=1) as runner:
+        mu = runner.encode(real)[0]
+        whole = runner.decode(mu)
+        stream = runner.open_stream()
+        parts = [stream.decode(mu[:, i:i + 4]) for i in range(0, mu.shape[1], 4)]
+    np.testing.assert_allclose(np.concatenate(parts, axis=1), whole, atol=1e-5, rtol=0)
+
+
+def test_int8_needs_real_inputs_and_a_video_model(int8_export, mlp_checkpoint, tmp_path):
+    out, manifest, _, _ = int8_export
+    with get_backend("ort-cpu")(out) as runner, get_backend("torch")(out) as reference:
+        with pytest.raises(ConfigError, match="int8 graphs are judged on real inputs only"):
+            check_parity(runner, reference, None)
+    with pytest.raises(ConfigError, match="int8 export calibrates on video frames; a 'mlp' model"):
+        export_model(mlp_checkpoint, tmp_path / "mlp-int8", load_profile(INT8))

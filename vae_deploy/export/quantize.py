@@ -1,0 +1,103 @@
+"""int8 graphs for ONNX Runtime CPU: static quantization of exported fp32 graphs (export profiles with
+precision = "int8", e.g. export/cpu-int8.toml).
+
+ONNX Runtime's own tool does the work (onnxruntime.quantization: quant_pre_process, then quantize_static in
+the QDQ format, int8 weights per output channel, uint8 activations): it is what Optimum's ORTQuantizer
+drives, and QDQ graphs also run on the CUDA and TensorRT providers. What it needs from us is calibration
+data: real frames at the model's working resolution, fitted exactly as `vae-deploy run` fits them
+(video/fit.py), and, for the decoder, what the encoder makes of them, rounded to fp16 like the latents the
+pipeline hands over, with the streaming state carried from chunk to chunk, so that the state inputs
+(`past_<i>`) are calibrated on the values a real stream feeds them.
+
+Only the profile's `op_types` are quantized (Conv by default): they hold almost all of a conv VAE's time,
+and the rest (the Transformer's attention, the final Sigmoid) stays fp32, where int8 would cost accuracy
+for little speed. The graphs keep their names, inputs and outputs; the manifest says precision "int8" and
+the parity check judges them by PSNR against the fp32 PyTorch reference (profile: quantization.min_psnr_db).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from vae_deploy.errors import ConfigError
+from vae_deploy.export.profile import QuantizationSettings
+from vae_deploy.runtime.manifest import Manifest
+from vae_deploy.runtime.runner import Runner
+from vae_deploy.runtime.spec import GraphSpec
+from vae_deploy.video.fit import DEFAULT_SHORT_SIDE, fitted_clip
+from vae_deploy.video.samples import is_sample_name, sample_video_path
+
+Feeds = dict[str, np.ndarray]
+
+
+def calibration_clips(settings: QuantizationSettings, manifest: Manifest) -> list[np.ndarray]:
+    """One clip per calibration source: float32 (1, T, C, H, W), fitted to the model like `run` fits."""
+    encoder = manifest.graph("encoder")
+    if not encoder.stream_axis:
+        raise ConfigError(f"int8 export calibrates on video frames; a {manifest.kind!r} model takes none "
+                          f"(use an fp32 or fp16 profile)")
+    short_side = settings.short_side or manifest.preprocessing.get("short_side") or DEFAULT_SHORT_SIDE
+    return [fitted_clip(sample_video_path(entry) if is_sample_name(entry) else Path(entry), encoder,
+                        settings.frames, short_side)
+            for entry in settings.calibration]
+
+
+def _stream_feeds(runner: Runner, spec: GraphSpec, chunks: list[np.ndarray]) -> tuple[list[Feeds], list]:
+    """Run `chunks` through one graph as a stream; returns every call's feeds (data and state inputs) and
+    its first output."""
+    feeds, firsts, past = [], [], None
+    for chunk in chunks:
+        state = spec.zero_state(spec.bind({spec.inputs[0].name: chunk})) if past is None else past
+        outputs = runner.run(spec.name, [chunk], past=state)
+        feeds.append({spec.inputs[0].name: chunk, **state})
+        firsts.append(outputs[spec.outputs[0].name])
+        past = {st.input: outputs[st.output] for st in spec.state}
+    return feeds, firsts
+
+
+def calibration_feeds(runner: Runner, clips: list[np.ndarray], chunk: int) -> dict[str, list[Feeds]]:
+    """Feeds of every encoder and decoder call of a stream over each clip, through the fp32 graphs."""
+    encoder, decoder = runner.graph("encoder"), runner.graph("decoder")
+    out: dict[str, list[Feeds]] = {"encoder": [], "decoder": []}
+    for clip in clips:
+        pieces = [clip[:, i:i + chunk] for i in range(0, clip.shape[1], chunk)]
+        feeds, mus = _stream_feeds(runner, encoder, pieces)
+        out["encoder"] += feeds
+        latents = [mu.astype(np.float16).astype(np.float32) for mu in mus]  # as the pipeline stores them
+        out["decoder"] += _stream_feeds(runner, decoder, latents)[0]
+    return out
+
+
+class _FeedReader:
+    """onnxruntime.quantization's CalibrationDataReader protocol over a list of feeds."""
+
+    def __init__(self, feeds: list[Feeds]):
+        self._feeds = iter(feeds)
+
+    def get_next(self) -> Feeds | None:
+        return next(self._feeds, None)
+
+    def rewind(self) -> None:  # part of the protocol; one pass is all quantize_static makes
+        pass
+
+
+def quantize_graph(path: Path, feeds: list[Feeds], settings: QuantizationSettings) -> None:
+    """Replace the fp32 graph at `path` by its statically quantized QDQ version."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+        # quant_pre_process: shape inference and graph cleanup, which ORT recommends before quantizing
+        prepared = Path(scratch) / "prepared.onnx"
+        quant_pre_process(str(path), str(prepared))
+        quantized = Path(scratch) / "quantized.onnx"
+        quantize_static(str(prepared), str(quantized), _FeedReader(feeds), quant_format=QuantFormat.QDQ,
+                        per_channel=settings.per_channel, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, op_types_to_quantize=list(settings.op_types),
+                        calibrate_method=methods[settings.method])
+        quantized.replace(path)
