@@ -12,7 +12,11 @@ run` fits it (working short side from the manifest). Sections:
 2. backends: one chunk (8 frames) through encode -> fp16 latents -> decode (video/codec.py, the pipeline's
    own code), ONNX Runtime CPU in several SessionOptions settings against PyTorch eager at 1 and 2 threads.
    Rounds alternate over every case; each round keeps the median of `calls` timed calls after a warm-up;
-   the figure is the median over rounds (floor: best ort-cpu >= 1.5x faster than best torch).
+   the figure is the median over rounds (floor: best ort-cpu >= 1.5x faster than best torch). The same
+   model exported with export/cpu-int8.toml (ONNX Runtime static quantization, calibrated on the training
+   clips) runs beside them: the fp32 graphs against eager fp32, and the int8 graphs against eager fp32,
+   are reported as two rows of that floor. The conv work per chunk (multiply-adds counted by hooks on the
+   PyTorch model) turns each time into GFLOP/s, which shows how close fp32 already is to this CPU's peak.
 3. pipeline: `run_video` (the code behind `vae-deploy run --out --metrics`: reading, fitting, encoding,
    decoding, writing the mp4, PSNR/SSIM/flicker) on the whole clip, against pure inference of the same
    pre-fitted chunks in a loop, both on ort-cpu with the pipeline's default options (runner_options);
@@ -20,7 +24,7 @@ run` fits it (working short side from the manifest). Sections:
    quality (floors: >= 25 frames/s, compression >= 24x), and one `vae-deploy run` process
    timed from the shell's point of view (model loading included).
 4. held-out quality: `run --metrics` on every sample clip no recipe trains on (HELD_OUT_CLIPS); the PSNR
-   floor (>= 26 dB) is checked on the worst.
+   floor (>= 26 dB) is checked on the worst (fp32 model); the int8 model's quality is reported beside it.
 5. memory: the clip looped to `long_frames` frames through `run_video` with an mp4 and a latent file
    written; resident set size (psutil) at frame 1,000 and at the last frame (floor: grows < 50 MB).
 
@@ -70,6 +74,12 @@ BACKEND_CASES = {
     "torch eager threads=1": ("torch", {"threads": 1}),
     "torch eager threads=2": ("torch", {"threads": 2}),
 }
+# The int8 export of the same checkpoint (export/cpu-int8.toml), timed in the same rounds.
+INT8_CASES = {
+    "ort-cpu int8 threads=1": ("ort-cpu", {"threads": 1}),
+    "ort-cpu int8 threads=2, no spinning": ("ort-cpu", {"threads": 2, "spinning": False}),
+}
+INT8_PROFILE = ROOT / "export" / "cpu-int8.toml"
 # For context, not a floor: the per-frame conv models run their eager convs channels-last (oneDNN's fast
 # path, models/frame.py); this case times the plain NCHW eager path that a TAESD-style comparison uses.
 NCHW_CASES = {f"torch eager threads={n}, plain NCHW (context)": n for n in (1, 2)}
@@ -122,7 +132,44 @@ def parity(model_dir: Path, clip: np.ndarray) -> dict:
     return {"frames": int(video.shape[1]), "chunks": rows, "max_abs": worst}
 
 
-def backends(model_dir: Path, clip: np.ndarray, rounds: int, calls: int) -> dict:
+def export_int8(model_dir: Path, out_dir: Path) -> Path:
+    """The model's reference checkpoint exported with export/cpu-int8.toml (parity judged on real frames)."""
+    from vae_deploy.cli.verify import real_inputs_for
+    from vae_deploy.export import export_model, load_profile
+    from vae_deploy.runtime import read_manifest
+
+    manifest = read_manifest(model_dir)
+    real = real_inputs_for(manifest.kind, 16, "auto", None, manifest.graph("encoder"))
+    _, report = export_model(model_dir / "reference", out_dir, load_profile(INT8_PROFILE), real_inputs=real)
+    if not report.passed:
+        raise SystemExit(f"the int8 export failed its parity check: {report.failures()}")
+    return out_dir
+
+
+def conv_gflop_per_chunk(model_dir: Path, chunk: np.ndarray) -> float:
+    """Multiply-adds of every Conv of one encode + decode of `chunk`, x2 (FLOPs), counted by forward hooks
+    on the reference PyTorch model."""
+    import torch
+
+    from vae_deploy.models.checkpoint import load_model
+
+    model, _ = load_model(model_dir / "reference")
+    macs = []
+
+    def count(module, inputs, output):
+        kernel = module.weight[0].numel()  # in_channels / groups x kernel size
+        macs.append(output.numel() * kernel)
+
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)]
+    hooks = [m.register_forward_hook(count) for m in convs]
+    with torch.no_grad():
+        model.decode(model.encode(torch.from_numpy(chunk[None]))[0])
+    for hook in hooks:
+        hook.remove()
+    return 2 * sum(macs) / 1e9
+
+
+def backends(model_dir: Path, clip: np.ndarray, rounds: int, calls: int, int8_dir: Path | None) -> dict:
     import torch
 
     import vae_deploy.models.frame as frame_module
@@ -133,6 +180,9 @@ def backends(model_dir: Path, clip: np.ndarray, rounds: int, calls: int) -> dict
     if kind in ("frame", "temporal"):
         cases.update({name: ("torch", {"threads": n}) for name, n in NCHW_CASES.items()})
     runners = {name: load_runner(model_dir, backend, **opts) for name, (backend, opts) in cases.items()}
+    if int8_dir is not None:
+        runners.update({name: load_runner(int8_dir, backend, **opts)
+                        for name, (backend, opts) in INT8_CASES.items()})
     channels_last = frame_module._channels_last
     per_round: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(rounds):
@@ -147,13 +197,19 @@ def backends(model_dir: Path, clip: np.ndarray, rounds: int, calls: int) -> dict
     for runner in runners.values():
         runner.close()
     ms = {name: float(np.median(v)) * 1e3 for name, v in per_round.items()}
-    ort = {k: v for k, v in ms.items() if k.startswith("ort")}
+    ort = {k: v for k, v in ms.items() if k.startswith("ort") and k not in INT8_CASES}
+    int8 = {k: v for k, v in ms.items() if k in INT8_CASES}
     eager = {k: v for k, v in ms.items() if k.startswith("torch") and k not in NCHW_CASES}
     nchw = {k: v for k, v in ms.items() if k in NCHW_CASES}
     best_ort, best_torch = min(ort, key=ort.get), min(eager, key=eager.get)
+    best_int8 = min(int8, key=int8.get) if int8 else None
+    gflop = conv_gflop_per_chunk(model_dir, chunk)
     return {"chunk_frames": CHUNK, "frame_size": [int(clip.shape[3]), int(clip.shape[2])],
             "ms_per_chunk": ms, "frames_per_s": {k: CHUNK / (v / 1e3) for k, v in ms.items()},
+            "conv_gflop_per_chunk": gflop, "conv_gflop_per_s": {k: gflop / (v / 1e3) for k, v in ms.items()},
             "best_ort": best_ort, "best_torch": best_torch, "speedup": eager[best_torch] / ort[best_ort],
+            "best_int8": best_int8,
+            "speedup_int8": eager[best_torch] / int8[best_int8] if int8 else None,
             # best against best, as for the floor's ratio (threads chosen per side)
             "speedup_vs_nchw_eager": min(nchw.values()) / ort[best_ort] if nchw else None,
             "speedup_default_ort": eager[best_torch] / ms["ort-cpu (default: threads=0, spinning)"]}
@@ -269,11 +325,17 @@ def markdown(r: dict) -> str:
         f"{len(r['held_out'])}) | {min(q['psnr'] for q in r['held_out'].values()):.2f} dB | {ok('psnr')} |",
         f"| latents >= 24x smaller than raw RGB | {rep['compression_ratio']:.1f}x | "
         f"{ok('compression_ratio')} |",
-        f"| ort-cpu >= 1.5x faster than PyTorch eager (same model, chunk of {b['chunk_frames']}) | "
-        f"{b['speedup']:.2f}x | {ok('ort_speedup')} |",
+        f"| ort-cpu >= 1.5x faster than PyTorch eager (same model, chunk of {b['chunk_frames']}): fp32 "
+        f"graphs vs eager fp32 | {b['speedup']:.2f}x | {ok('ort_speedup')} |",
         f"| pipeline (`run --out`) adds <= 20% over pure inference | {100 * p['overhead']:+.1f}% | "
         f"{ok('pipeline_overhead')} |",
     ]
+    if b["speedup_int8"] is not None:
+        worst_int8 = min(q["psnr"] for q in r["held_out_int8"].values())
+        lines.insert(lines.index(next(x for x in lines if "fp32 graphs vs eager fp32" in x)) + 1,
+                     f"| the same, int8 graphs (export/cpu-int8.toml, worst held-out PSNR "
+                     f"{worst_int8:.2f} dB) vs eager fp32 | {b['speedup_int8']:.2f}x | "
+                     f"{ok('ort_speedup_int8')} |")
     if m:
         lines.append(f"| RSS grows < 50 MB from frame 1,000 to frame {m['frames']:,} | "
                      f"{m['rss_growth_mb']:+.1f} MB | {ok('rss_growth_mb')} |")
@@ -282,17 +344,22 @@ def markdown(r: dict) -> str:
         f"## Backends: one chunk of {b['chunk_frames']} frames at {b['frame_size'][0]}x{b['frame_size'][1]}, "
         "encode -> fp16 -> decode",
         "",
-        "| backend | ms / chunk | frames/s |",
-        "|---|---:|---:|",
+        "| backend | ms / chunk | frames/s | conv GFLOP/s |",
+        "|---|---:|---:|---:|",
     ]
     for name, ms in b["ms_per_chunk"].items():
-        lines.append(f"| {name} | {ms:.1f} | {b['frames_per_s'][name]:.1f} |")
+        lines.append(f"| {name} | {ms:.1f} | {b['frames_per_s'][name]:.1f} | "
+                     f"{b['conv_gflop_per_s'][name]:.0f} |")
     lines += [
         "",
-        f"Best ort-cpu ({b['best_ort']}) vs best PyTorch eager ({b['best_torch']}): {b['speedup']:.2f}x; "
-        f"ort-cpu with the runtime's default settings: {b['speedup_default_ort']:.2f}x."
+        f"Best ort-cpu fp32 ({b['best_ort']}) vs best PyTorch eager ({b['best_torch']}): "
+        f"{b['speedup']:.2f}x; ort-cpu with the runtime's default settings: {b['speedup_default_ort']:.2f}x."
         + (f" Against the best plain-NCHW eager case (context): {b['speedup_vs_nchw_eager']:.2f}x."
-           if b["speedup_vs_nchw_eager"] else ""),
+           if b["speedup_vs_nchw_eager"] else "")
+        + (f" Best int8 ({b['best_int8']}) vs best eager fp32: {b['speedup_int8']:.2f}x."
+           if b["best_int8"] else ""),
+        f"Conv work: {b['conv_gflop_per_chunk']:.1f} GFLOP per chunk (encode + decode, counted on the "
+        f"PyTorch model), nearly all of the model's arithmetic; GFLOP/s is that over the time per chunk.",
         "",
         f"## Pipeline against pure inference (whole clip, ort-cpu with the pipeline's default "
         f"{r['pipeline_runner_options']}, median of {len(p['rounds_seconds']['pure'])} rounds)",
@@ -320,6 +387,8 @@ def markdown(r: dict) -> str:
         "|---|---:|---:|---:|---:|---:|",
         *(f"| {name} | {q['frames']} | {q['psnr']:.2f} | {q['ssim']:.4f} | {q['flicker']:.4f} | "
           f"{q['psnr_source']:.2f} |" for name, q in r["held_out"].items()),
+        *(f"| {name}, int8 graphs | {q['frames']} | {q['psnr']:.2f} | {q['ssim']:.4f} | "
+          f"{q['flicker']:.4f} | {q['psnr_source']:.2f} |" for name, q in r.get("held_out_int8", {}).items()),
         "",
         "## Parity (max abs error, fp32)",
         "",
@@ -344,6 +413,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=5, help="timed chunks per backend case and round")
     parser.add_argument("--long-frames", type=int, default=10_000, help="0 skips the memory section")
     parser.add_argument("--out", type=Path, default=RESULTS / "pipeline_speed")
+    parser.add_argument("--no-int8", action="store_true", help="skip the int8 export and its cases")
     args = parser.parse_args()
 
     import onnxruntime
@@ -359,15 +429,17 @@ def main() -> None:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         out_dir = Path(tmp)
+        int8_dir = None if args.no_int8 else export_int8(args.model, out_dir / "int8")
         result = {
             "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
             "model": str(args.model), "model_kind": manifest.kind, "model_sha256": manifest.fingerprint,
             "parity": parity(args.model, clip),
-            "backends": backends(args.model, clip, args.rounds, args.calls),
+            "backends": backends(args.model, clip, args.rounds, args.calls, int8_dir),
             "pipeline_runner_options": runner_options("ort-cpu"),
             "pipeline": pipeline(args.model, clip_path, clip, args.rounds, out_dir),
             "cli": cli_run(args.model, clip_path, out_dir),
             "held_out": held_out_quality(args.model),
+            "held_out_int8": held_out_quality(int8_dir) if int8_dir else {},
         }
         if args.long_frames:
             result["memory"] = memory(args.model, frames, fps, args.long_frames, out_dir)
@@ -377,6 +449,7 @@ def main() -> None:
     rep = result["pipeline"]["report"]
     met = {"parity_max_abs": result["parity"]["max_abs"] <= FLOORS["parity_max_abs"],
            "ort_speedup": result["backends"]["speedup"] >= FLOORS["ort_speedup"],
+           "ort_speedup_int8": (result["backends"]["speedup_int8"] or 0) >= FLOORS["ort_speedup"],
            "pipeline_overhead": result["pipeline"]["overhead"] <= FLOORS["pipeline_overhead"],
            "frames_per_s": result["pipeline"]["frames_per_s"]["out+metrics"] >= FLOORS["frames_per_s"],
            "psnr": min(q["psnr"] for q in result["held_out"].values()) >= FLOORS["psnr"],

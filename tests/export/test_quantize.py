@@ -27,7 +27,8 @@ def int8_export(tmp_path_factory):
     out = tmp_path_factory.mktemp("int8") / "model"
     encoder = read_manifest(DEFAULT_MODEL_DIR).graph("encoder")
     real = real_inputs_for("temporal", 16, "auto", None, encoder)  # 16 frames of carphone_pristine
-    manifest, report = export_model(DEFAULT_MODEL_DIR / "reference", out, load_profile(INT8), real_inputs=real)
+    manifest, report = export_model(DEFAULT_MODEL_DIR / "reference", out, load_profile(INT8),
+                                    real_inputs=real)
     return out, manifest, report, real
 
 

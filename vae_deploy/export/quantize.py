@@ -89,8 +89,6 @@ def quantize_graph(path: Path, feeds: list[Feeds], settings: QuantizationSetting
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-               "entropy": CalibrationMethod.Entropy}
     with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
         # quant_pre_process: shape inference and graph cleanup, which ORT recommends before quantizing
         prepared = Path(scratch) / "prepared.onnx"
@@ -99,5 +97,5 @@ def quantize_graph(path: Path, feeds: list[Feeds], settings: QuantizationSetting
         quantize_static(str(prepared), str(quantized), _FeedReader(feeds), quant_format=QuantFormat.QDQ,
                         per_channel=settings.per_channel, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, op_types_to_quantize=list(settings.op_types),
-                        calibrate_method=methods[settings.method])
+                        calibrate_method=CalibrationMethod.MinMax)
         quantized.replace(path)

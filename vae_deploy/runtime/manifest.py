@@ -42,7 +42,7 @@ class Manifest:
     kind: str
     model: dict[str, Any]
     graphs: dict[str, GraphSpec]
-    precision: str = "fp32"  # "fp32" | "fp16" | "int8" (weights and compute; I/O dtypes are in the tensor specs)
+    precision: str = "fp32"  # "fp32" | "fp16" | "int8" (weights and compute; I/O dtypes: the tensor specs)
     opset: int = 17
     preprocessing: dict[str, Any] = field(default_factory=dict)
     producer: dict[str, str] = field(default_factory=dict)
