@@ -31,7 +31,10 @@ FLOORS = {"frames_per_s": 25.0, "psnr": 26.0, "compression_ratio": 24.0}  # the 
 
 
 def build(run_dir: Path, profile_path: Path, target: Path = DEFAULT_MODEL_DIR) -> Path:
+    from vae_deploy.cli.verify import real_inputs_for
     from vae_deploy.export import export_model, load_profile
+    from vae_deploy.export.specs import graph_specs
+    from vae_deploy.models import build_model
     from vae_deploy.models.checkpoint import read_config
 
     config = read_config(run_dir)
@@ -41,7 +44,10 @@ def build(run_dir: Path, profile_path: Path, target: Path = DEFAULT_MODEL_DIR) -
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        manifest, report = export_model(run_dir, staging / "model", load_profile(profile_path), log=print)
+        encoder = graph_specs(config["kind"], build_model(config["kind"], config["model"]).config)["encoder"]
+        real = real_inputs_for(config["kind"], 16, "auto", None, encoder)  # frames of carphone_pristine
+        manifest, report = export_model(run_dir, staging / "model", load_profile(profile_path),
+                                        real_inputs=real, log=print)
         if not report.passed:
             raise SystemExit(f"parity failed at export: {len(report.failures())} comparisons over tolerance; "
                              f"the default model was not replaced")

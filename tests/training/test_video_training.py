@@ -103,6 +103,19 @@ def test_the_temporal_recipes_start_from_the_frame_recipe_and_differ_only_in_mod
         assert {k: shared[k] for k in frame_model} == frame_model
 
 
+def test_the_default_model_recipe_fine_tunes_the_transformer_run_with_dark_borders():
+    """train/default_model.toml (the packaged model) is train/video_transformer.toml's model and data, started
+    from that run's weights, plus the dark-border augmentation and a lower KL weight."""
+    mine = load_recipe(ROOT / "train" / "default_model.toml").to_dict()
+    base = load_recipe(ROOT / "train" / "video_transformer.toml").to_dict()
+    assert mine["model"] == base["model"] and mine["train"]["init_from"] == "runs/video_transformer"
+    assert mine["data"]["dark_borders"] == 0.25 and base["data"]["dark_borders"] == 0.0
+    assert {k: v for k, v in mine["data"].items() if k != "dark_borders"} == \
+           {k: v for k, v in base["data"].items() if k != "dark_borders"}
+    assert mine["train"]["kl_weight"] < base["train"]["kl_weight"]
+    assert mine["train"]["lr"] / mine["train"]["lr_final"] == pytest.approx(100)
+
+
 def test_moving_mnist_recipe_loads():
     recipe = load_recipe(ROOT / "train" / "moving_mnist.toml")
     assert (recipe.data_kind, recipe.data.canvas, recipe.data.num_digits, recipe.data.seq_len) == \
