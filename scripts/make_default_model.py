@@ -1,10 +1,10 @@
 """Build the default model packaged in vae_deploy/assets/default_model/ from a training run.
 
-    .venv/bin/python scripts/make_default_model.py runs/video_transformer [--profile export/cpu-fp32.toml]
+    .venv/bin/python scripts/make_default_model.py runs/default_model [--profile export/cpu-fp32.toml]
                                                    [--check]
 
 Exports RUN_DIR (model.safetensors + config.json of a video run; the packaged one is
-train/video_transformer.toml's) with the CPU fp32 profile into a temporary folder beside the target,
+train/default_model.toml's) with the CPU fp32 profile into a temporary folder beside the target,
 refuses it unless the export-time parity check passed, then swaps it into place with renames (the old
 folder is moved aside first and removed last), so an interrupted build leaves either the previous default
 model or the new one.

@@ -49,8 +49,8 @@ class TensorRTSettings:
 @dataclass
 class QuantizationSettings:
     # int8 profiles only (export/quantize.py): ONNX Runtime static quantization, QDQ format, activation
-    # ranges by MinMax calibration (its percentile and entropy methods fail on calibration clips of
-    # different frame sizes in onnxruntime 1.32).
+    # ranges by MinMax calibration (its histogram-based percentile method failed here on calibration clips
+    # of different frame sizes, onnxruntime 1.32).
     # Calibration sources: sample clip names, video files or image folders. Use training clips, never the
     # clips a model is judged on: the activation ranges are measured on them.
     calibration: list[str] = field(default_factory=lambda: ["bikes", "bigbuckbunny"])

@@ -2,8 +2,9 @@
 
 It lives in vae_deploy/assets/default_model/ (a model folder: manifest.json, encoder.onnx, decoder.onnx,
 reference/), built by scripts/make_default_model.py from the project's temporal-Transformer run
-(train/video_transformer.toml, started from train/video_frame.toml's FrameVAE) and packaged as package
-data (pyproject: [tool.setuptools.package-data]).
+(train/default_model.toml: train/video_transformer.toml's run, itself started from train/video_frame.toml's
+FrameVAE, fine-tuned for whole frames) and packaged as package data (pyproject:
+[tool.setuptools.package-data]).
 """
 
 from __future__ import annotations
