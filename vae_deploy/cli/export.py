@@ -66,7 +66,8 @@ def export(
     inputs = real_inputs_for(config["kind"], real, data_source, data_dir, encoder)
     manifest, report = export_model(run_dir, out, chosen, real_inputs=inputs, parity_backend=parity_backend,
                                     log=lambda msg: console.print(msg, highlight=False))
-    title = f"parity at export: {report.backend} vs {report.reference} ({report.precision}), worst case"
+    title = (f"parity at export: {report.backend} vs {report.reference} ({report.precision}), "
+             f"worst judged case")
     table = Table(title=title, title_justify="left")
     for column in ("output", "max abs", "max rel", "min PSNR dB"):
         table.add_column(column, justify="left" if column == "output" else "right")
