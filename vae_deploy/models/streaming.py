@@ -76,15 +76,19 @@ class VideoVAE(nn.Module):
     def warm_start_from(self, source: nn.Module) -> None:
         """Copy a trained model's weights into the parts this design shares with it (train.init_from).
 
-        Here: a model of the same kind and config (fine-tuning: every weight is copied). Designs that can
-        also start from another design override this and call it for their own kind; the rest refuse."""
+        A model of the same kind and config is fine-tuned: every weight is copied. Any other model goes to
+        `warm_start_from_other_design`."""
         kind = getattr(source, "kind", "?")
         if kind != self.kind:
-            raise ConfigError(f"a {self.kind!r} model cannot start from a {kind!r} model")
+            return self.warm_start_from_other_design(source)
         if source.config != self.config:
             raise ConfigError(f"the {kind!r} model to start from has another config: {source.config} "
                               f"(this recipe: {self.config})")
         self.load_state_dict(source.state_dict())
+
+    def warm_start_from_other_design(self, source: nn.Module) -> None:
+        """Designs that can start from another design (e.g. a FrameVAE) override this; the rest refuse."""
+        raise ConfigError(f"a {self.kind!r} model cannot start from a {getattr(source, 'kind', '?')!r} model")
 
     # ---- checks shared by every model (skipped while tracing: they are Python, not graph ops) ----
     def check_video(self, video: torch.Tensor, what: str = "video") -> None:

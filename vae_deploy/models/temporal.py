@@ -155,12 +155,9 @@ class TemporalVAE(VideoVAE):
         self.temporal = TemporalTransformer(c.frame.latent_channels, c)
         self.decoder = FrameDecoder(c.frame)
 
-    def warm_start_from(self, source: nn.Module) -> None:
+    def warm_start_from_other_design(self, source: nn.Module) -> None:
         """Start from a trained FrameVAE of the same config: its encoder and decoder are copied, and the
-        Transformer's zero out_proj makes this model then compute exactly what the FrameVAE computes.
-        A trained model of this kind is copied whole (fine-tuning)."""
-        if getattr(source, "kind", None) == self.kind:
-            return super().warm_start_from(source)
+        Transformer's zero out_proj makes this model then compute exactly what the FrameVAE computes."""
         frame = require_frame_vae(source, self.kind, **dataclasses.asdict(self.config.frame))
         self.encoder.load_state_dict(frame.encoder.state_dict())
         self.decoder.load_state_dict(frame.decoder.state_dict())
