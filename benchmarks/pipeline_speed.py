@@ -15,7 +15,9 @@ run` fits it (working short side from the manifest). Sections:
    the figure is the median over rounds (floor: best ort-cpu >= 1.5x faster than best torch). The same
    model exported with export/cpu-int8.toml (ONNX Runtime static quantization, calibrated on the training
    clips) runs beside them: the fp32 graphs against eager fp32, and the int8 graphs against eager fp32,
-   are reported as two rows of that floor. The conv work per chunk (multiply-adds counted by hooks on the
+   are reported as two rows of that floor; the int8 row counts as met only when the int8 model also
+   keeps the PSNR floor on every held-out clip (speed bought with quality below the floor is no speed-up
+   of the same model). The conv work per chunk (multiply-adds counted by hooks on the
    PyTorch model) turns each time into GFLOP/s, which shows how close fp32 already is to this CPU's peak.
 3. pipeline: `run_video` (the code behind `vae-deploy run --out --metrics`: reading, fitting, encoding,
    decoding, writing the mp4, PSNR/SSIM/flicker) on the whole clip, against pure inference of the same
@@ -327,8 +329,8 @@ def markdown(r: dict) -> str:
         f"{ok('compression_ratio')} |",
         f"| ort-cpu >= 1.5x faster than PyTorch eager (same model, chunk of {b['chunk_frames']}): fp32 "
         f"graphs vs eager fp32 | {b['speedup']:.2f}x | {ok('ort_speedup')} |",
-        *([f"| the same, int8 graphs (export/cpu-int8.toml, worst held-out PSNR "
-           f"{min(q['psnr'] for q in r['held_out_int8'].values()):.2f} dB) vs eager fp32 | "
+        *([f"| the same, int8 graphs (export/cpu-int8.toml; met only if their worst held-out PSNR, "
+           f"{min(q['psnr'] for q in r['held_out_int8'].values()):.2f} dB, is >= 26 too) vs eager fp32 | "
            f"{b['speedup_int8']:.2f}x | {ok('ort_speedup_int8')} |"]
           if b["speedup_int8"] is not None else []),
         f"| pipeline (`run --out`) adds <= 20% over pure inference | {100 * p['overhead']:+.1f}% | "
@@ -447,7 +449,9 @@ def main() -> None:
     rep = result["pipeline"]["report"]
     met = {"parity_max_abs": result["parity"]["max_abs"] <= FLOORS["parity_max_abs"],
            "ort_speedup": result["backends"]["speedup"] >= FLOORS["ort_speedup"],
-           "ort_speedup_int8": (result["backends"]["speedup_int8"] or 0) >= FLOORS["ort_speedup"],
+           "ort_speedup_int8": ((result["backends"]["speedup_int8"] or 0) >= FLOORS["ort_speedup"]
+                                and min(q["psnr"] for q in result["held_out_int8"].values())
+                                >= FLOORS["psnr"]),
            "pipeline_overhead": result["pipeline"]["overhead"] <= FLOORS["pipeline_overhead"],
            "frames_per_s": result["pipeline"]["frames_per_s"]["out+metrics"] >= FLOORS["frames_per_s"],
            "psnr": min(q["psnr"] for q in result["held_out"].values()) >= FLOORS["psnr"],

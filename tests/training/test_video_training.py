@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -103,17 +104,21 @@ def test_the_temporal_recipes_start_from_the_frame_recipe_and_differ_only_in_mod
         assert {k: shared[k] for k in frame_model} == frame_model
 
 
-def test_the_default_model_recipe_fine_tunes_the_transformer_run_with_dark_borders():
-    """train/default_model.toml (the packaged model) is train/video_transformer.toml's model and data, started
-    from that run's weights, plus the dark-border augmentation and a lower KL weight."""
-    mine = load_recipe(ROOT / "train" / "default_model.toml").to_dict()
-    base = load_recipe(ROOT / "train" / "video_transformer.toml").to_dict()
-    assert mine["model"] == base["model"] and mine["train"]["init_from"] == "runs/video_transformer"
-    assert mine["data"]["dark_borders"] == 0.25 and base["data"]["dark_borders"] == 0.0
-    assert {k: v for k, v in mine["data"].items() if k != "dark_borders"} == \
-           {k: v for k, v in base["data"].items() if k != "dark_borders"}
-    assert mine["train"]["kl_weight"] < base["train"]["kl_weight"]
-    assert mine["train"]["lr"] / mine["train"]["lr_final"] == pytest.approx(100)
+def test_the_default_model_recipes_are_the_transformer_design_on_a_gpu_trained_frame_vae():
+    """train/default_frame.toml + train/default_model.toml (the packaged model): the models of
+    train/video_frame.toml and train/video_transformer.toml, the same clips, with dark borders, larger crops,
+    on a GPU; the Transformer stage starts from the frame stage's run."""
+    frame = load_recipe(ROOT / "train" / "default_frame.toml").to_dict()
+    model = load_recipe(ROOT / "train" / "default_model.toml").to_dict()
+    assert frame["model"] == load_recipe(ROOT / "train" / "video_frame.toml").to_dict()["model"]
+    assert model["model"] == load_recipe(ROOT / "train" / "video_transformer.toml").to_dict()["model"]
+    assert model["train"]["init_from"] == "runs/default_frame"
+    for recipe in (frame, model):
+        data = recipe["data"]
+        assert data["train"] == ["bikes", "bigbuckbunny"] and data["valid"] == ["carphone_pristine"]
+        assert data["dark_borders"] == 0.25 and data["crop"] >= 112 and recipe["train"]["device"] == "cuda"
+        assert recipe["train"]["lr"] / recipe["train"]["lr_final"] == pytest.approx(100)
+    assert model["train"]["kl_weight"] < frame["train"]["kl_weight"]
 
 
 def test_moving_mnist_recipe_loads():
@@ -457,6 +462,30 @@ def test_dark_borders_give_some_clips_one_dark_band_and_leave_the_rest():
     assert 16 <= banded <= 48
     with pytest.raises(ConfigError, match="dark_borders is a probability"):
         tiny_video_recipe(data={"dark_borders": 1.5})
+
+
+def test_stills_take_their_share_of_the_training_clips_and_leave_runs_without_them_unchanged(tmp_path):
+    """With data.stills, about stills_share of each batch pans over a photo (here a flat photo of one
+    colour no video frame has); without, the task draws exactly the videos' clips (same generator)."""
+    photo = tmp_path / "flat.png"
+    cv2.imwrite(str(photo), np.full((64, 80, 3), (0, 255, 1), np.uint8))  # BGR: RGB (1, 255, 0)
+    data = {"short_side": 48, "clips_per_epoch": 64}
+    device = torch.device("cpu")
+
+    def still_count(clips):
+        flat = (clips[:, :, 1] == 1.0).flatten(1).all(1) & (clips[:, :, 2] == 0.0).flatten(1).all(1)
+        return int(flat.sum())
+
+    for share, low, high in ((1.0, 64, 64), (0.5, 16, 48)):
+        stills = {"stills": [str(photo)], "stills_share": share}
+        recipe = tiny_video_recipe(data={**data, **stills}, batch_size=64)
+        task = build_task(recipe.data_kind, recipe.data, recipe.train, device)
+        (batch,) = task.train_batches(torch.Generator().manual_seed(0))
+        assert batch.shape == (64, 4, 3, 32, 32) and low <= still_count(batch) <= high
+    plain = tiny_video_recipe(data=data, batch_size=64)
+    task = build_task(plain.data_kind, plain.data, plain.train, device)
+    assert torch.equal(task.random_clips(8, torch.Generator().manual_seed(3)),
+                       task.train_set.random_clips(8, 4, 32, torch.Generator().manual_seed(3)))
 
 
 def test_init_from_starts_a_temporal_run_from_a_trained_frame_run(trained_runs, tmp_path):

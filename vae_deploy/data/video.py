@@ -10,6 +10,8 @@ Training draws random clip windows of T frames and random square crops (`ClipSet
 randomness from a torch.Generator the caller owns, so a resumed run draws the same clips). Validation uses
 other videos, which training never sees (`VideoDataConfig`: train on bikes + bigbuckbunny, validate on
 carphone_pristine by default); overlapping train and validation lists are refused.
+Still photos can join the training clips as camera pans over them (vae_deploy.data.stills; the task
+mixes them in, `VideoDataConfig.stills`).
 
 Layout out: video NTCHW float32 in [0, 1].
 """
@@ -42,6 +44,11 @@ class VideoDataConfig:
     extra_short_sides: list[int] = field(default_factory=list)  # training videos are also decoded at these
     # short sides, each a further copy to crop from: the same clips at other scales give more varied
     # crops (validation stays at short_side); [] = off
+    stills: list[str] = field(default_factory=list)  # photos as extra training scenes
+    # (vae_deploy.data.stills: sample still names, image files or folders), at short_side and every extra
+    # short side; [] = none
+    stills_share: float = 0.0  # the share of training clips cut from the stills (each clip a pan over one)
+    still_pan: int = 4  # fastest pan over a still, pixels per frame along each axis
 
     def __post_init__(self):
         if not self.train or not self.valid:
@@ -57,6 +64,13 @@ class VideoDataConfig:
                 raise ValueError(f"{name} must be 0 (off) or positive, got {getattr(self, name)}")
         if any(side < 1 for side in self.extra_short_sides):
             raise ValueError(f"extra_short_sides must be positive, got {self.extra_short_sides}")
+        if not 0 <= self.stills_share <= 1:
+            raise ValueError(f"stills_share is a share of the training clips (0 to 1), got "
+                             f"{self.stills_share}")
+        if bool(self.stills) != bool(self.stills_share):
+            raise ValueError("stills and stills_share go together: name the stills and give them a share > 0")
+        if self.still_pan < 0:
+            raise ValueError(f"still_pan must be 0 (no motion) or positive, got {self.still_pan}")
 
 
 def _has_images(folder: Path) -> bool:

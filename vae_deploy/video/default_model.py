@@ -2,9 +2,8 @@
 
 It lives in vae_deploy/assets/default_model/ (a model folder: manifest.json, encoder.onnx, decoder.onnx,
 reference/), built by scripts/make_default_model.py from the project's temporal-Transformer run
-(train/default_model.toml: train/video_transformer.toml's run, itself started from train/video_frame.toml's
-FrameVAE, fine-tuned for whole frames) and packaged as package data (pyproject:
-[tool.setuptools.package-data]).
+(train/default_model.toml, started from train/default_frame.toml's FrameVAE, both trained on a GPU) and
+packaged as package data (pyproject: [tool.setuptools.package-data]).
 """
 
 from __future__ import annotations
@@ -14,7 +13,8 @@ from pathlib import Path
 from vae_deploy.errors import ModelFormatError
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "default_model"
-DEMO_CLIP = "carphone_pristine"  # held out from the default model's training (train/video_*.toml)
+# held out from the default model's training (train/video_*.toml, train/default_*.toml)
+DEMO_CLIP = "carphone_pristine"
 
 
 def default_model_dir() -> Path:

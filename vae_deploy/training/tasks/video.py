@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vae_deploy.data.stills import StillSet
 from vae_deploy.data.video import VideoDataConfig, load_clip_sets
 from vae_deploy.errors import ConfigError
 from vae_deploy.models.losses import bce_reconstruction, mse_reconstruction, vae_loss
@@ -189,6 +190,11 @@ class VideoClipsTask(VideoTaskBase):
         frames = config.burn_in + config.clip_len  # per batch clip
         self.train_set.check_fits(frames, config.crop)
         self.valid_set.check_fits(frames, config.valid_crop)
+        self.still_set = None
+        if config.stills:
+            sides = [config.short_side, *config.extra_short_sides]  # the scales the videos come at
+            self.still_set = StillSet.from_sources(config.stills, sides)
+            self.still_set.check_fits(frames, config.crop, config.still_pan)
         self.train_shape = (config.clip_len, config.crop, config.crop)
         self.eval_chunk = config.eval_chunk
         # Fixed validation clips, kept on the device: every epoch is measured on exactly the same frames.
@@ -202,12 +208,24 @@ class VideoClipsTask(VideoTaskBase):
         c, batch = self.config, self.train_config.batch_size
         for start in range(0, c.clips_per_epoch, batch):
             n = min(batch, c.clips_per_epoch - start)
-            clips = self.train_set.random_clips(n, c.burn_in + c.clip_len, c.crop, generator)
+            clips = self.random_clips(n, generator)
             if c.flip:
                 clips = random_flip(clips, generator)
             if c.dark_borders:
                 clips = random_dark_borders(clips, c.dark_borders, generator)
             yield clips.to(self.device)
+
+    def random_clips(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """n training clips: from the videos, and with stills a random share of them pans over a photo."""
+        c = self.config
+        frames = c.burn_in + c.clip_len
+        if self.still_set is None:  # no draws beyond the videos': runs without stills keep their clips
+            return self.train_set.random_clips(n, frames, c.crop, generator)
+        n_stills = int((torch.rand(n, generator=generator) < c.stills_share).sum())
+        parts = [self.train_set.random_clips(n - n_stills, frames, c.crop, generator)] if n_stills < n else []
+        if n_stills:
+            parts.append(self.still_set.random_clips(n_stills, frames, c.crop, c.still_pan, generator))
+        return torch.cat(parts)
 
     def valid_batches(self) -> Iterator[torch.Tensor]:
         return self.in_order(self.valid_clips)
