@@ -2,6 +2,7 @@
 by ONNX Runtime's static quantization and calibrated on real frames, keeps its graphs' contract, runs on
 ort-cpu and stays within the int8 parity rule on real frames of a clip it was not calibrated on."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -120,3 +121,29 @@ def test_int8_model_runs_the_pipeline_within_half_a_db_of_fp32(int8_export, tmp_
         assert result.returncode == 0, result.stderr
         psnr[name] = json.loads(metrics.read_text())["psnr"]
     assert psnr["fp32"] - 0.5 <= psnr["int8"] < psnr["fp32"]
+
+
+def _activation_scales(path: Path) -> dict[str, float]:
+    """Scale of every QuantizeLinear of an activation (weights are stored quantized, without one)."""
+    graph = onnx.load(str(path)).graph
+    initializers = {i.name: i for i in graph.initializer}
+    return {node.input[0]: float(onnx.numpy_helper.to_array(initializers[node.input[1]]))
+            for node in graph.node if node.op_type == "QuantizeLinear"}
+
+
+def test_averaged_ranges_are_never_wider_than_the_extremes(int8_export, tmp_path):
+    """quantization.average_ranges (the profile's choice) takes the mean of each calibration chunk's min and
+    max; with it off, the extremes over all chunks: the same activations, each range no wider, most
+    narrower."""
+    out, manifest, _, real = int8_export
+    profile = load_profile(INT8)
+    extremes = dataclasses.replace(profile, quantization=dataclasses.replace(profile.quantization,
+                                                                            average_ranges=False))
+    assert profile.quantization.average_ranges
+    export_model(DEFAULT_MODEL_DIR / "reference", tmp_path / "extremes", extremes, real_inputs=real)
+    for name in ("encoder", "decoder"):
+        averaged = _activation_scales(out / manifest.graph(name).file)
+        widest = _activation_scales(tmp_path / "extremes" / manifest.graph(name).file)
+        assert averaged.keys() == widest.keys() and len(averaged) > 10
+        assert all(averaged[k] <= widest[k] * (1 + 1e-6) for k in averaged)
+        assert sum(averaged[k] < 0.99 * widest[k] for k in averaged) > len(averaged) // 2

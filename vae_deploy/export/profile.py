@@ -59,6 +59,10 @@ class QuantizationSettings:
     short_side: int = 0  # working short side of the calibration frames; 0 = the model's own (manifest)
     op_types: list[str] = field(default_factory=lambda: ["Conv"])  # ONNX op types quantized; others stay fp32
     per_channel: bool = True  # one weight scale per output channel (the accurate choice for convs)
+    average_ranges: bool = True  # each activation's range = the mean over calibration calls of each call's
+    # min and max (ORT's CalibMovingAverage, which averages within one calibration pass), instead of the
+    # extremes over all calls: a rare extreme value saturates rather than coarsening every other value's
+    # step. On the default model: 26.10 dB on carphone_pristine against 26.02 with the extremes.
     min_psnr_db: float = 35.0  # parity rule for int8 graphs: PSNR of every output on real inputs vs fp32
 
     def __post_init__(self):

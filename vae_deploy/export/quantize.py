@@ -109,5 +109,6 @@ def quantize_graph(path: Path, feeds: list[Feeds], settings: QuantizationSetting
         quantize_static(str(prepared), str(quantized), _FeedReader(feeds), quant_format=QuantFormat.QDQ,
                         per_channel=settings.per_channel, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, op_types_to_quantize=list(settings.op_types),
-                        calibrate_method=CalibrationMethod.MinMax)
+                        calibrate_method=CalibrationMethod.MinMax,
+                        extra_options={"CalibMovingAverage": settings.average_ranges})
         quantized.replace(path)
