@@ -20,20 +20,19 @@ import cv2
 import numpy as np
 import torch
 
-from vae_deploy.data.video import resize_short_side
+from vae_deploy.data.video import resize_short_side, resolve_entries
 from vae_deploy.errors import ConfigError, DataError
 from vae_deploy.video.io import IMAGE_SUFFIXES
 
 # name -> (package, file inside it). Natural photos and textures that these packages install with
-# themselves (not the ones scikit-image fetches on demand). scikit-image: public domain / CC0 photos
-# (its data/README.txt); matplotlib: grace_hopper.jpg (public domain, US Navy).
+# themselves (not the ones scikit-image fetches on demand). scikit-image's: public domain or CC0, as the
+# docstrings of skimage.data's functions say; matplotlib's: the portrait its own examples use.
 SAMPLE_STILLS = {
     "astronaut": ("skimage", "data/astronaut.png"),
     "camera": ("skimage", "data/camera.png"),
     "chelsea": ("skimage", "data/chelsea.png"),
     "coffee": ("skimage", "data/coffee.png"),
     "rocket": ("skimage", "data/rocket.jpg"),
-    "motorcycle_left": ("skimage", "data/motorcycle_left.png"),
     "hubble_deep_field": ("skimage", "data/hubble_deep_field.jpg"),
     "brick": ("skimage", "data/brick.png"),
     "grass": ("skimage", "data/grass.png"),
@@ -55,25 +54,17 @@ def sample_still_path(name: str) -> Path:
     return path
 
 
+def _image_files(folder: Path) -> list[Path]:
+    found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+        raise DataError(f"{folder} holds no images ({', '.join(s[1:] for s in IMAGE_SUFFIXES)})")
+    return found
+
+
 def resolve_stills(entries: Iterable[str]) -> list[Path]:
-    """Sample still names, image files and folders of images -> image paths."""
-    paths: list[Path] = []
-    for entry in entries:
-        if entry in SAMPLE_STILLS:
-            paths.append(sample_still_path(entry))
-            continue
-        path = Path(entry).expanduser()
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise DataError(f"{path} holds no images ({', '.join(s[1:] for s in IMAGE_SUFFIXES)})")
-            paths.extend(found)
-        elif path.is_file():
-            paths.append(path)
-        else:
-            raise DataError(f"no such still image, folder or sample still: {entry} "
-                            f"(samples: {', '.join(SAMPLE_STILLS)})")
-    return paths
+    """Sample still names, image files and folders of images (each image one still) -> image paths."""
+    return resolve_entries(entries, SAMPLE_STILLS, sample_still_path, _image_files,
+                           "still image, folder or sample still")
 
 
 def load_still(path: Path, short_side: int) -> torch.Tensor:

@@ -18,7 +18,7 @@ Layout out: video NTCHW float32 in [0, 1].
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,22 +92,30 @@ def _folder_entries(folder: Path) -> list[Path]:
     return found
 
 
-def resolve_sources(entries: Iterable[str | Path]) -> list[Path]:
-    """Sample names, files and folders -> the list of videos (files or image folders) they stand for."""
+def resolve_entries(entries: Iterable[str | Path], samples: Collection[str],
+                    sample_path: Callable[[str], Path], folder_entries: Callable[[Path], list[Path]],
+                    what: str) -> list[Path]:
+    """Data list entries -> paths: a name in `samples` -> sample_path(name), a folder ->
+    folder_entries(folder), a file -> itself; anything else is refused as "no such <what>"."""
     paths: list[Path] = []
     for entry in entries:
-        if str(entry) in SAMPLE_VIDEOS:
-            paths.append(sample_video_path(str(entry)))
+        if str(entry) in samples:
+            paths.append(sample_path(str(entry)))
             continue
         path = Path(entry).expanduser()
         if path.is_dir():
-            paths.extend(_folder_entries(path))
+            paths.extend(folder_entries(path))
         elif path.is_file():
             paths.append(path)
         else:
-            raise DataError(f"no such video, folder or sample clip: {entry} "
-                            f"(samples: {', '.join(SAMPLE_VIDEOS)})")
+            raise DataError(f"no such {what}: {entry} (samples: {', '.join(samples)})")
     return paths
+
+
+def resolve_sources(entries: Iterable[str | Path]) -> list[Path]:
+    """Sample names, files and folders -> the list of videos (files or image folders) they stand for."""
+    return resolve_entries(entries, SAMPLE_VIDEOS, sample_video_path, _folder_entries,
+                           "video, folder or sample clip")
 
 
 def resize_short_side(frame: np.ndarray, short_side: int) -> np.ndarray:
