@@ -121,6 +121,23 @@ def test_the_default_model_recipes_are_the_transformer_design_on_a_gpu_trained_f
     assert model["train"]["kl_weight"] < frame["train"]["kl_weight"]
 
 
+def test_the_default_model_recipes_run_as_a_chain_on_the_cpu_when_asked(monkeypatch, capsys, tmp_path):
+    """The packaged model's recipes ask for CUDA: here that is one clear line; with --device cpu (the
+    README's advice) both stages take a step, the second starting from the first's weights."""
+    frame, model = ROOT / "train" / "default_frame.toml", ROOT / "train" / "default_model.toml"
+    if not torch.cuda.is_available():
+        result = invoke_main(monkeypatch, capsys, "train", str(frame), "--out", str(tmp_path / "gpu"),
+                             "--max-steps", "1")
+        assert_one_line_error(result, "device 'cuda' asked for, but torch sees no CUDA GPU here", code=2)
+    for recipe, out, extra in ((frame, "frame", ()), (model, "model", ("--init-from", tmp_path / "frame"))):
+        code, _, stderr = run_cli(monkeypatch, capsys, "train", recipe, "--out", tmp_path / out,
+                                  "--device", "cpu", "--max-steps", "1", *extra)
+        assert code == 0, stderr
+        assert (tmp_path / out / "model.safetensors").is_file()
+    stored = json.loads((tmp_path / "model" / "config.json").read_text())["recipe"]
+    assert stored["name"] == "default_model" and stored["train"]["init_from"] == str(tmp_path / "frame")
+
+
 def test_moving_mnist_recipe_loads():
     recipe = load_recipe(ROOT / "train" / "moving_mnist.toml")
     assert (recipe.data_kind, recipe.data.canvas, recipe.data.num_digits, recipe.data.seq_len) == \
