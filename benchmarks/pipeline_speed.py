@@ -64,8 +64,8 @@ RESULTS = Path(__file__).parent / "results"
 FLOORS = {"parity_max_abs": 1e-4, "ort_speedup": 1.5, "pipeline_overhead": 0.20, "frames_per_s": 25.0,
           "psnr": 26.0, "compression_ratio": 24.0, "rss_growth_mb": 50.0}
 CHUNK = 8
-# Sample clips no recipe trains on (train/video_*.toml train on bikes + bigbuckbunny); the PSNR floor is
-# checked on the worst of them.
+# Sample clips no recipe trains on (train/video_*.toml and train/default_*.toml train on bikes +
+# bigbuckbunny); the PSNR floor is checked on the worst of them.
 HELD_OUT_CLIPS = ("carphone_pristine", "carphone_distorted")
 # name -> (backend, runner options). ORT: threads 0 is ORT's choice (one per core), the runtime's default.
 BACKEND_CASES = {
