@@ -5,6 +5,7 @@ Importable from any test module (pytest puts tests/ on sys.path because tests/co
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 
@@ -20,11 +21,14 @@ def invoke_main(monkeypatch, capsys, *args) -> subprocess.CompletedProcess:
     from vae_deploy.cli.app import main
 
     monkeypatch.setattr(sys, "argv", ["vae-deploy", *map(str, args)])
+    sigterm = signal.getsignal(signal.SIGTERM)  # main() installs its own handler; pytest's comes back after
     try:
         main()
         code = 0
     except SystemExit as exc:
         code = exc.code or 0
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
     captured = capsys.readouterr()
     return subprocess.CompletedProcess(args, code, captured.out, captured.err)
 

@@ -6,10 +6,14 @@ Command modules import torch-side code inside their functions, never at module l
 
 from __future__ import annotations
 
+import importlib
+import os
 import sys
+from typing import NoReturn
 
 import typer
 
+from vae_deploy import interrupts
 from vae_deploy.cli import bench, decode, demo, encode, evaluate, export, run, sample, train, verify
 from vae_deploy.errors import VaeDeployError
 
@@ -33,32 +37,68 @@ app.command("decode")(decode.decode)
 app.command("demo")(demo.demo)
 
 
+DEBUG_VARIABLE = "VAE_DEPLOY_DEBUG"  # set to 1 to see the traceback of an unexpected error
+
+
+def _usage_error_types() -> tuple[type[BaseException], ...]:
+    """Click's exception base, wherever this Typer keeps it: recent Typer vendors Click as typer._click,
+    older releases depend on the click package. Usage errors (unknown option, bad value, missing argument)
+    derive from it and know how to show themselves."""
+    found = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            found.append(importlib.import_module(module).ClickException)
+        except ImportError:
+            continue
+    return tuple(found)
+
+
+def _stopped(what: str = "finished work was kept") -> NoReturn:
+    print(f"{interrupts.stop_word()}: {what}", file=sys.stderr)
+    sys.exit(interrupts.exit_code())
+
+
+def _os_error_line(exc: OSError) -> str:
+    where = f": {exc.filename}" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}"
+
+
 def main() -> None:
-    """Console entry point: a user error prints `error: ...` on stderr and exits non-zero, no traceback."""
+    """Console entry point. A user error prints `error: ...` on stderr and exits non-zero; a usage mistake
+    gets Typer's usage message and exit 2; Ctrl-C and SIGTERM keep finished work and exit 130 / 143; any
+    other failure is one line naming the error (the traceback with VAE_DEPLOY_DEBUG=1)."""
+    interrupts.install_sigterm_handler()
     try:
-        # Without standalone mode click returns the exit code instead of exiting (130 for a Ctrl-C it caught).
+        # Without standalone mode Typer returns the exit code instead of exiting (130 for a Ctrl-C it caught)
+        # and re-raises usage errors, so every ending passes through here.
         code = app(standalone_mode=False)
+    except SystemExit:
+        raise
     except VaeDeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        print("interrupted: finished work was kept", file=sys.stderr)
-        sys.exit(130)
+        _stopped()
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except typer.Abort:
+    except typer.Abort:  # e.g. end of input at a prompt
         print("aborted", file=sys.stderr)
         sys.exit(1)
-    except Exception as exc:  # click's usage errors carry their own exit code and message
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    except _usage_error_types() as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        if os.environ.get(DEBUG_VARIABLE, "") not in ("", "0"):
+            raise
+        if isinstance(exc, OSError):  # a full disk, a read-only folder, a vanished file
+            print(f"error: {_os_error_line(exc)}", file=sys.stderr)
+        else:
+            print(f"error: unexpected {type(exc).__name__}: {exc} (rerun with {DEBUG_VARIABLE}=1 for the "
+                  f"traceback)", file=sys.stderr)
+        sys.exit(1)
     if isinstance(code, int) and code != 0:
-        if code == 130:
-            print("interrupted: finished work was kept", file=sys.stderr)
+        if code == 130:  # Typer's value for a KeyboardInterrupt it caught (also SIGTERM's Terminated)
+            _stopped()
         sys.exit(code)
 
 

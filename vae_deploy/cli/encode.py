@@ -23,6 +23,7 @@ from vae_deploy.cli.run import (
     SizeOption,
     ThreadsOption,
     check_metrics_path,
+    check_outputs,
     finish,
     interrupted,
     stream_options,
@@ -51,6 +52,7 @@ def encode(
 
     try:
         options = stream_options(chunk, size, fit, max_frames, fps, measure=False)
+        check_outputs(source, model, out=out, metrics=metrics)
         check_metrics_path(metrics)
         with streaming_job(source, model, backend, threads, max_frames, "encode", quiet) as (runner, frames,
                                                                                              progress):

@@ -6,7 +6,8 @@ SOURCE is a video file, a folder of images, a camera index (0) or an RTSP/HTTP U
 Without --model the packaged default model runs. Frames are fitted to the model (video/fit.py: working
 short side, the model's multiple), encoded, rounded to fp16 latents (what `encode` stores, so `encode` then
 `decode` gives these exact frames), decoded and written at the source frame rate. A progress bar shows
-frames/s on stderr. Ctrl-C stops cleanly: the outputs keep the frames done, the exit code is 130.
+frames/s on stderr. Ctrl-C or SIGTERM stops cleanly: the outputs keep the frames done, the exit code is
+130 (Ctrl-C) or 143 (SIGTERM).
 
 Also home of what encode/decode/demo share (opening the model, the progress bar, the summary).
 No torch is imported: everything here runs on the edge install.
@@ -37,7 +38,7 @@ MaxFramesOption = Annotated[int | None, typer.Option(
 FpsOption = Annotated[float | None, typer.Option(
     "--fps", help="Frame rate of the output (default: the source's; 25 for an image folder).")]
 ThreadsOption = Annotated[int | None, typer.Option(
-    "--threads", help="Inference threads (default for ort-cpu: one fewer than the CPUs, at least 1).")]
+    "--threads", min=1, help="Inference threads (default for ort-cpu: one fewer than the CPUs, at least 1).")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
 
@@ -52,12 +53,13 @@ def open_runner(model: Path | None, backend: str, threads: int | None):
 def stream_options(chunk: int, size: int | None, fit: str, max_frames: int | None, fps: float | None,
                    measure: bool = True):
     from vae_deploy.errors import ConfigError
+    from vae_deploy.video.io import check_output_fps
     from vae_deploy.video.pipeline import StreamOptions
 
     if max_frames is not None and max_frames < 1:
         raise ConfigError(f"--max-frames must be at least 1, got {max_frames}")
-    if fps is not None and not fps > 0:
-        raise ConfigError(f"--fps must be positive, got {fps}")
+    if fps is not None:
+        check_output_fps(fps)
     return StreamOptions(chunk=chunk, short_side=size, fit=fit, max_frames=max_frames, fps=fps,
                          measure=measure)
 
@@ -155,8 +157,17 @@ def check_metrics_path(path: Path | None) -> None:
         check_output_path(path, "the metrics")
 
 
+def check_outputs(source: str | Path | None, model: Path | None, **outputs: Path | None) -> None:
+    """Refuse outputs that are the input, lie in the model folder, or share a file (named as options)."""
+    from vae_deploy.video.default_model import resolve_model
+    from vae_deploy.video.pipeline import check_distinct_outputs
+
+    options = {f"--{name.replace('_', '-')}": path for name, path in outputs.items()}
+    check_distinct_outputs(options, {"the input": source}, {"the model folder": resolve_model(model)})
+
+
 def finish(report, metrics: Path | None, verb: str) -> None:
-    """Summary, metrics file, and exit 130 after an interrupt (outputs were kept)."""
+    """Summary, metrics file, and exit 130 / 143 after Ctrl-C / SIGTERM (outputs were kept)."""
     print_summary(report, verb)
     write_metrics(metrics, report)
     if report.interrupted:
@@ -164,9 +175,12 @@ def finish(report, metrics: Path | None, verb: str) -> None:
 
 
 def interrupted(what: str = "no output was written") -> None:
+    """Report a Ctrl-C or SIGTERM and exit 130 / 143 (vae_deploy/interrupts.py)."""
+    from vae_deploy import interrupts
+
     # SystemExit, not KeyboardInterrupt: typer turns the latter into a return value that would exit 0.
-    print(f"interrupted: {what}", file=sys.stderr)
-    raise SystemExit(130)
+    print(f"{interrupts.stop_word()}: {what}", file=sys.stderr)
+    raise SystemExit(interrupts.exit_code())
 
 
 def run(
@@ -194,6 +208,7 @@ def run(
 
     try:
         options = stream_options(chunk, size, fit, max_frames, fps, measure=metrics is not None)
+        check_outputs(source, model, out=out, side_by_side=side_by_side, latents=latents, metrics=metrics)
         check_metrics_path(metrics)
         with streaming_job(source, model, backend, threads, max_frames, "run", quiet) as (runner, frames,
                                                                                           progress):

@@ -21,6 +21,9 @@ class MLPVAEConfig:
     image_shape: tuple[int, int, int] = (1, 28, 28)  # C, H, W of one image
 
     def __post_init__(self):
+        for name in ("input_dim", "inter_dim", "latent_dim"):
+            if getattr(self, name) < 1:  # a zero-width layer trains silently and learns nothing
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         self.image_shape = tuple(int(v) for v in self.image_shape)
         c, h, w = self.image_shape
         if c * h * w != self.input_dim:

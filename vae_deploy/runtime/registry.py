@@ -38,6 +38,9 @@ def _import(backend: Backend) -> type[Runner]:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise MissingBackendError(_missing(backend, str(exc))) from None
+    except Exception as exc:  # noqa: BLE001 - a broken install fails any way (OSError for a missing .so, ...)
+        raise MissingBackendError(_missing(backend, f"its import failed ({type(exc).__name__}: {exc})")
+                                  ) from None
     return getattr(module, class_name)
 
 
@@ -54,7 +57,10 @@ def get_backend(name: str) -> type[Runner]:
         raise MissingBackendError(f"unknown backend {name!r} (known: {', '.join(BACKENDS)}; available here: "
                                   f"{', '.join(available_backends()) or 'none'})")
     cls = _import(backend)
-    reason = cls.unavailable_reason()
+    try:
+        reason = cls.unavailable_reason()
+    except Exception as exc:  # noqa: BLE001 - probing a broken library (e.g. torch importing lazily here)
+        reason = f"probing it failed ({type(exc).__name__}: {exc})"
     if reason:
         raise MissingBackendError(_missing(backend, reason))
     return cls
@@ -67,9 +73,10 @@ def available_backends() -> list[str]:
         module_name, _, class_name = backend.target.partition(":")
         try:
             cls = getattr(importlib.import_module(module_name), class_name)
-        except ImportError:
+            usable = cls.unavailable_reason() is None
+        except Exception:  # noqa: BLE001 - missing or broken: not available either way
             continue
-        if cls.unavailable_reason() is None:
+        if usable:
             names.append(backend.name)
     return names
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vae_deploy.errors import ModelFormatError
+from vae_deploy.errors import MissingBackendError, ModelFormatError
 from vae_deploy.runtime.manifest import REFERENCE_DIR
 from vae_deploy.runtime.runner import Runner, module_available
 
@@ -27,9 +27,14 @@ class TorchRunner(Runner):
         return None
 
     def _load(self) -> None:
-        import torch
+        try:
+            import torch
 
-        from vae_deploy.models.checkpoint import load_model
+            from vae_deploy.models.checkpoint import load_model
+        except Exception as exc:  # noqa: BLE001 - installed but broken (a missing .so, a half upgrade)
+            raise MissingBackendError(f"backend 'torch' is installed but cannot be imported "
+                                      f"({type(exc).__name__}: {exc}); reinstall it: {self.install_hint}"
+                                      ) from None
 
         self._torch = torch
         if "threads" in self.options:

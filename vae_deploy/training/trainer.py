@@ -167,6 +167,9 @@ class Trainer:
         self.run = RunFolder(Path(out_dir))
         self.console = console or Console(stderr=True)
         has_state = self.run.state.is_file()
+        if resume and not self.run.root.is_dir():
+            raise ConfigError(f"--resume: there is no run folder {self.run.root} to continue; drop --resume "
+                              f"to start a new run there")
         if resume and not has_state and self.run.metrics.exists():
             raise ConfigError(f"--resume: {self.run.root} has {self.run.metrics.name} but no "
                               f"{self.run.state.name} to continue from")
@@ -174,6 +177,9 @@ class Trainer:
             raise ConfigError(f"{self.run.root} already holds a training run: pass --resume to continue it, "
                               f"or choose another --out")
         # --resume before any epoch finished (--max-steps inside epoch 0, Ctrl-C) starts again at epoch 0.
+        if resume and not has_state:
+            self.console.print(f"--resume: {self.run.root} has no finished epoch yet; starting at epoch 0",
+                               highlight=False)
         resume = resume and has_state
         self.run.ensure()  # an unwritable output folder fails here, before any data is read
         self.run.remove_partial_files()
@@ -382,5 +388,20 @@ class Trainer:
 def train(recipe: TrainRecipe, out_dir: Path, resume: bool = False, console: Console | None = None,
           on_step: Callable[[int], None] | None = None,
           on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
-    """Train `recipe` into the run folder `out_dir` (continue it with resume=True)."""
-    return Trainer(recipe, out_dir, resume=resume, console=console).fit(on_step=on_step, on_epoch=on_epoch)
+    """Train `recipe` into the run folder `out_dir` (continue it with resume=True).
+
+    A run that fails or is stopped before it wrote anything (a full disk at the first checkpoint, a bad
+    recipe found while loading data) leaves no empty run folder behind: the folders this call created are
+    removed again while they are empty."""
+    out_dir = Path(out_dir)
+    created = [p for p in (out_dir, *out_dir.parents) if not p.exists()]  # deepest first
+    try:
+        return Trainer(recipe, out_dir, resume=resume, console=console).fit(on_step=on_step,
+                                                                           on_epoch=on_epoch)
+    except BaseException:
+        for folder in created:
+            try:
+                folder.rmdir()  # only succeeds while empty
+            except OSError:
+                break
+        raise

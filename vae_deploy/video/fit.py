@@ -37,6 +37,9 @@ from vae_deploy.errors import ConfigError, DataError
 from vae_deploy.runtime.spec import GraphSpec
 
 DEFAULT_SHORT_SIDE = 128  # working short side when neither the user nor the model's manifest gives one
+# Largest side of the frame fed to the model. Above it a single chunk's tensors need tens of GB, and OpenCV
+# fails inside its resize ("out of memory") rather than saying so: refuse it up front, in one line.
+MAX_MODEL_SIDE = 8192
 
 
 def _fit_snap(w: float, h: float, multiple: int) -> tuple[int, int, int, int]:
@@ -145,6 +148,10 @@ def plan_fit(source_size: tuple[int, int], short_side: int, multiple: int, chann
         raise DataError(f"frames of {w}x{h} pixels hold no picture")
     scale = short_side / min(w, h) if short_side else 1.0
     cw, ch, mw, mh = FIT_MODES[mode](w * scale, h * scale, multiple)
+    if max(mw, mh) > MAX_MODEL_SIDE:
+        asked = f"short side {short_side}" if short_side else "the source's own size"
+        raise ConfigError(f"{asked} makes {w}x{h} frames {mw}x{mh} for the model, over the limit of "
+                          f"{MAX_MODEL_SIDE} pixels per side: give a smaller --size")
     return FitPolicy(mode, short_side, (w, h), (cw, ch), (mw, mh), channels)
 
 

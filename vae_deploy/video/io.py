@@ -5,8 +5,9 @@ and BGRA inputs are converted), so downstream code never guesses the channel ord
 
     open_source(spec) -> FrameSource     spec: a video file, a folder of images, a camera index (int or
                                           digits), an RTSP/HTTP URL or a GStreamer pipeline (contains " ! ")
-    VideoSink(path, fps)                  writes frames with cv2.VideoWriter (mp4v) to a temporary name
-                                          and renames it on close, also after an exception
+    VideoSink(path, fps)                  writes frames with cv2.VideoWriter (codec by suffix) to a
+                                          temporary name, checks the file holds every frame, and renames
+                                          it on close, also after an exception
 
 Problems a user can cause (a missing file, a file that is not a video, no frames, an unavailable camera or
 stream, images of different sizes) raise DataError with one line naming the input.
@@ -15,8 +16,10 @@ stream, images of different sizes) raise DataError with one line naming the inpu
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -39,12 +42,19 @@ STREAM_OPEN_TIMEOUT_MS = 10_000  # give up on an unreachable RTSP/HTTP source so
 @contextlib.contextmanager
 def _quiet_opencv() -> Iterator[None]:
     """Silence OpenCV's own warnings while probing inputs: we report failures ourselves, in one line."""
-    level = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    # OpenCV 5 binds the log level as cv2.utils.logging; 4.x (the edge install's floor, the last releases
+    # that run with numpy 1.x) only as cv2.getLogLevel/setLogLevel, where 0 is LOG_LEVEL_SILENT.
+    api = getattr(getattr(cv2, "utils", None), "logging", None)
+    if api is not None:
+        get_level, set_level, silent = api.getLogLevel, api.setLogLevel, api.LOG_LEVEL_SILENT
+    else:
+        get_level, set_level, silent = cv2.getLogLevel, cv2.setLogLevel, 0
+    level = get_level()
+    set_level(silent)
     try:
         yield
     finally:
-        cv2.utils.logging.setLogLevel(level)
+        set_level(level)
 
 
 def to_rgb(frame: np.ndarray) -> np.ndarray:
@@ -230,6 +240,9 @@ def _path(spec: str | Path, fps: float | None) -> FrameSource:
         if path.suffix.lower() in IMAGE_SUFFIXES:
             raise DataError(f"{path} is a single image; give the folder that holds the frames")
         return _video_file(path, fps)
+    if path.exists():  # a device (/dev/zero), a pipe or a socket: nothing OpenCV can seek through
+        raise DataError(f"{path} is not a regular file or folder; give a video file, an image folder, a "
+                        f"camera index or a URL")
     raise DataError(f"no such file or folder: {path}")
 
 
@@ -271,22 +284,60 @@ def to_uint8(frame: np.ndarray) -> np.ndarray:
     return (np.clip(frame, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
+# Output containers OpenCV's pip wheels can write, by suffix, and the codec each gets: .mkv is lossless
+# (FFV1: bit-exact frames, e.g. to compare runs), .avi Motion JPEG, the MPEG-4 family MPEG-4 part 2 (mp4v),
+# which every OpenCV build can write. mp4v stores even sizes only: an odd width or height loses its last
+# column or row. Other suffixes (.webm, .bin, none) have no encoder in those wheels.
+FOURCC_BY_SUFFIX = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "FFV1", ".avi": "MJPG"}
+# MPEG-4 part 2 stores the frame rate as a time base of at most 65535 ticks per second, and a frame rate
+# of inf makes OpenCV's writer loop forever; 1000 frames/s is far above any real video.
+MAX_OUTPUT_FPS = 1000.0
+# The encoders refuse frames of 1 pixel (mp4v, FFV1) and Motion JPEG crashed the process on a 4x4 video
+# (OpenCV 5.0); a video output must be at least this many pixels on each side.
+MIN_OUTPUT_SIDE = 16
+
+
+def fourcc_for(path: Path) -> str:
+    """The codec OpenCV writes `path` with, by its suffix; DataError for a suffix it cannot write."""
+    fourcc = FOURCC_BY_SUFFIX.get(Path(path).suffix.lower())
+    if fourcc is None:
+        raise DataError(f"cannot write video {path}: OpenCV writes {', '.join(FOURCC_BY_SUFFIX)} files, not "
+                        f"{Path(path).suffix or 'a file without a suffix'}")
+    return fourcc
+
+
+def check_output_fps(fps: float, what: str = "--fps") -> float:
+    if not (math.isfinite(fps) and 0 < fps <= MAX_OUTPUT_FPS):
+        raise DataError(f"{what} must be a frame rate above 0 and at most {MAX_OUTPUT_FPS:g}, got {fps:g}")
+    return float(fps)
+
+
+def check_output_size(path: Path, size: tuple[int, int]) -> None:
+    w, h = size
+    if min(w, h) < MIN_OUTPUT_SIDE:
+        raise DataError(f"cannot write video {path}: its frames would be {w}x{h}, and video outputs need at "
+                        f"least {MIN_OUTPUT_SIDE}x{MIN_OUTPUT_SIDE} pixels")
+
+
 class VideoSink:
     """Write RGB frames (H, W, 3) uint8, or float in [0, 1], to a video file with cv2.VideoWriter.
 
     The file is written under a temporary name beside the target and renamed when the sink closes, so
-    readers never see half a file. Closing after an exception (`with VideoSink(...)` around a failing
-    loop) still finalizes the container and keeps the frames written so far as a playable video;
-    closing with no frames written leaves no file (and, outside an exception, raises DataError).
+    readers never see half a file. Closing reads the container back and refuses to publish a video that
+    does not hold every frame written: OpenCV's writer only warns when a write fails (a full disk), so this
+    is where such a failure becomes an error. Closing after an exception (`with VideoSink(...)` around a
+    failing loop) still finalizes the container and keeps the frames written so far as a playable video;
+    `discard()` drops it instead; closing with no frames written leaves no file (and, outside an exception,
+    raises DataError). The codec follows the suffix (FOURCC_BY_SUFFIX) unless `fourcc` is given.
     """
 
     def __init__(self, path: str | Path, fps: float = 25.0, size: tuple[int, int] | None = None,
-                 fourcc: str = "mp4v"):
-        if not fps or fps <= 0:
-            raise DataError(f"cannot write {path}: fps must be positive, got {fps}")
+                 fourcc: str | None = None):
         self.path = Path(path)
-        self.fps = float(fps)
-        self.fourcc = fourcc
+        self.fps = check_output_fps(fps, f"the frame rate of {self.path}")
+        self.fourcc = fourcc or fourcc_for(self.path)
+        if size is not None:
+            check_output_size(self.path, size)
         self.size = size  # (width, height); taken from the first frame when None
         self.frames_written = 0
         self._atomic = atomic_path(self.path)
@@ -295,11 +346,13 @@ class VideoSink:
         self._closed = False
 
     def _open(self, width: int, height: int) -> cv2.VideoWriter:
+        check_output_size(self.path, (width, height))
         fourcc = cv2.VideoWriter_fourcc(*self.fourcc)
-        writer = cv2.VideoWriter(str(self._tmp), fourcc, self.fps, (width, height))
+        with _quiet_opencv():
+            writer = cv2.VideoWriter(str(self._tmp), fourcc, self.fps, (width, height))
         if not writer.isOpened():
-            raise VaeDeployError(f"cannot write {self.path}: OpenCV has no {self.fourcc} encoder for "
-                                 f"{self.path.suffix or 'this file type'}")
+            raise VaeDeployError(f"cannot write {self.path}: OpenCV's {self.fourcc} encoder refused "
+                                 f"{width}x{height} frames at {self.fps:g} frames/s")
         return writer
 
     def write(self, frame: np.ndarray) -> None:
@@ -325,8 +378,34 @@ class VideoSink:
         for frame in frames:
             self.write(frame)
 
+    def _frames_readable(self) -> int:
+        """How many frames the finished temporary file gives back: the container's count when it agrees,
+        else a decode of the whole file (the count is an estimate in some containers)."""
+        with _quiet_opencv():
+            cap = cv2.VideoCapture(str(self._tmp))
+            try:
+                if not cap.isOpened():
+                    return 0
+                if int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == self.frames_written:
+                    return self.frames_written
+                count = 0
+                while cap.grab():
+                    count += 1
+                return count
+            finally:
+                cap.release()
+
+    def _check_complete(self) -> None:
+        readable = self._frames_readable()
+        if readable != self.frames_written:
+            free = shutil.disk_usage(self._tmp.parent).free
+            cause = ("no space left on device" if free < 2**20 else
+                     f"the writer failed with {free // 2**20} MiB free on its disk")
+            raise DataError(f"cannot write {self.path}: the video holds {readable} of the "
+                            f"{self.frames_written} frames written ({cause}); no file was created")
+
     def close(self, failed: bool = False) -> None:
-        """Finalize the container and move it into place (see the class docstring)."""
+        """Finalize the container, check it and move it into place (see the class docstring)."""
         if self._closed:
             return
         self._closed = True
@@ -334,11 +413,28 @@ class VideoSink:
             self._writer.release()  # writes the container index: the file is playable from here on
             self._writer = None
         if self.frames_written:
+            try:
+                self._check_complete()
+            except BaseException as exc:
+                self._atomic.__exit__(type(exc), exc, None)  # removes the temporary file
+                if not failed:
+                    raise
+                return
             self._atomic.__exit__(None, None, None)  # rename onto the target
             return
         self._atomic.__exit__(DataError, DataError("no frames"), None)  # removes the temporary file
         if not failed:
             raise DataError(f"no frames were written to {self.path}; no file was created")
+
+    def discard(self) -> None:
+        """Close without publishing anything (the run that fed this sink failed)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+        self._atomic.__exit__(DataError, DataError("discarded"), None)  # removes the temporary file
 
     def __enter__(self) -> VideoSink:
         return self

@@ -1,0 +1,358 @@
+"""Every command against the failures users meet: bad input, a full disk, SIGTERM, two writers on one output.
+
+Each table row is one command line with what must come of it: the exit code, a fragment of the one message
+line, and the files that must not exist afterwards (nothing published under a final name, no temporary or
+empty folder left). A new command joins by adding rows here. Usage mistakes get Typer's usage message and
+exit 2; everything else ends in exactly one `error: ...` line. Real processes are used where the process
+itself matters (signals, concurrent writers, a broken install); the rest run through the same `main()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from cli_support import assert_one_line_error, invoke_main
+from cli_support import cli_process as cli
+
+from vae_deploy.video.io import open_source
+from vae_deploy.video.samples import sample_video_path
+
+RECIPE = """\
+[model]
+kind = "mlp"
+latent_dim = {latent_dim}
+
+[data]
+kind = "mnist"
+source = "mnist-5k"
+
+[train]
+epochs = 1
+"""
+
+
+@pytest.fixture
+def vd(capsys, monkeypatch):
+    """`vae-deploy` through main() in this process."""
+    return lambda *args: invoke_main(monkeypatch, capsys, *args)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def write_video(path: Path, frames: int, size: tuple[int, int] = (96, 64), fourcc: str = "MJPG") -> Path:
+    """A real video file of moving gradients (OpenCV's writer), `size` = (width, height)."""
+    w, h = size
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 25, size)
+    ramp = np.linspace(0, 255, w, dtype=np.float32)[None, :, None]
+    for i in range(frames):
+        frame = (ramp + 3 * i + np.arange(3, dtype=np.float32) * 40) % 256
+        writer.write(np.broadcast_to(frame, (h, w, 3)).astype(np.uint8))
+    writer.release()
+    return path
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temporary files and folders a writer left behind (every atomic writer names them .<name>.…)."""
+    return sorted(p.name for p in Path(folder).rglob(".*") if p.name != ".probe")
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, tiny_video_model) -> dict[str, Path]:
+    """Named inputs the table's command lines refer to as {name}."""
+    root = tmp_path_factory.mktemp("hostile_inputs")
+    clip = root / "clip.mp4"
+    shutil.copyfile(sample_video_path("carphone_pristine"), clip)
+    one = root / "one_by_one"
+    one.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(one / f"{i}.png"), np.full((1, 1, 3), 40 * i, np.uint8))
+    (root / "binary.toml").write_bytes(b"\x00\xff\xfe\x89PNG")
+    (root / "zero_latent.toml").write_text(RECIPE.format(latent_dim=0))
+    (root / "recipe.toml").write_text(RECIPE.format(latent_dim=2))
+    model = tiny_video_model("frame")
+    string_schema = root / "string_schema"
+    shutil.copytree(model, string_schema)
+    manifest = json.loads((string_schema / "manifest.json").read_text())
+    manifest["schema_version"] = "1"
+    (string_schema / "manifest.json").write_text(json.dumps(manifest))
+    latents = root / "clip.vaelat"
+    made = cli("encode", clip, "--model", model, "-o", latents, "-q")
+    assert made.returncode == 0, made.stderr
+    return {"root": root, "clip": clip, "one_by_one": one, "binary": root / "binary.toml",
+            "zero_latent": root / "zero_latent.toml", "recipe": root / "recipe.toml", "model": model,
+            "string_schema": string_schema, "latents": latents}
+
+
+# ---------------------------------------------------------------- usage mistakes: Typer's message, exit 2
+
+USAGE_CASES = [
+    ("unknown option", ["run", "x", "--bogus"], "No such option"),
+    ("no command", [], "Usage"),
+    ("unknown command", ["bogus"], "No such command"),
+    ("non-integer chunk", ["run", "x", "--chunk", "abc"], "--chunk"),
+    ("missing argument", ["run"], "Missing argument"),
+    ("zero epochs", ["train", "R.toml", "--epochs", "0"], "--epochs"),
+    ("zero threads", ["run", "x", "--threads", "0"], "--threads"),
+    ("negative threads", ["encode", "x", "-o", "y.vaelat", "--threads", "-1"], "--threads"),
+    ("decode without output", ["decode", "x.vaelat"], "Missing option"),
+]
+
+
+@pytest.mark.parametrize("args, fragment", [c[1:] for c in USAGE_CASES], ids=[c[0] for c in USAGE_CASES])
+def test_usage_mistakes_get_the_usage_message_and_exit_2(args, fragment):
+    result = cli(*args, timeout=60)  # a real process: the entry point as installed
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    assert fragment in result.stderr + result.stdout
+    assert "Usage" in result.stderr + result.stdout
+
+
+# ---------------------------------------------------------------- bad input: one line, nothing written
+
+
+@dataclass
+class Case:
+    name: str
+    args: list[str]  # {name} refers to the `inputs` fixture or {out}, the case's own output folder
+    fragment: str  # must appear in the one error line
+    code: int = 2
+    absent: list[str] = field(default_factory=list)  # relative to {out}: must not exist afterwards
+    unchanged: list[str] = field(default_factory=list)  # input names whose bytes must survive
+
+
+BAD_INPUT_CASES = [
+    Case("recipe is a folder", ["train", "{root}"], "is a folder"),
+    Case("recipe is binary", ["train", "{binary}", "--out", "{out}/run"], "not a TOML file", absent=["run"]),
+    Case("latent_dim 0", ["train", "{zero_latent}", "--out", "{out}/run"], "latent_dim must be at least 1",
+         absent=["run"]),
+    Case("resume a run that is not there", ["train", "{recipe}", "--out", "{out}/none", "--resume"],
+         "no run folder", absent=["none"]),
+    Case("size over the limit", ["run", "{clip}", "--model", "{model}", "--size", "100000", "--out",
+                                 "{out}/o.mp4"], "over the limit of 8192", absent=["o.mp4"]),
+    Case("a device as source", ["run", "/dev/zero", "--model", "{model}", "--out", "{out}/o.mp4"],
+         "not a regular file", absent=["o.mp4"]),
+    Case("infinite fps", ["run", "{clip}", "--model", "{model}", "--fps", "inf", "--out", "{out}/o.mp4"],
+         "--fps must be a frame rate", absent=["o.mp4"]),
+    Case("huge fps", ["run", "{clip}", "--model", "{model}", "--fps", "1e12", "--out", "{out}/o.mp4"],
+         "at most 1000", absent=["o.mp4"]),
+    Case("zero fps to decode", ["decode", "{latents}", "--model", "{model}", "--fps", "0", "-o",
+                                "{out}/o.mp4"], "--fps must be", absent=["o.mp4"]),
+    Case("no encoder for the suffix", ["run", "{clip}", "--model", "{model}", "--out", "{out}/o.bin"],
+         "OpenCV writes .mp4", absent=["o.bin"]),
+    Case("1x1 source to mp4", ["run", "{one_by_one}", "--model", "{model}", "--out", "{out}/o.mp4"],
+         "at least 16x16", absent=["o.mp4"]),
+    Case("output is the source", ["run", "{clip}", "--model", "{model}", "--out", "{clip}"],
+         "is the input", unchanged=["clip"]),
+    Case("decode onto its own latents", ["decode", "{latents}", "--model", "{model}", "-o", "{latents}"],
+         "is the input", unchanged=["latents"]),
+    Case("three outputs on one file", ["run", "{clip}", "--model", "{model}", "--out", "{out}/x.mp4",
+                                       "--side-by-side", "{out}/x.mp4", "--metrics", "{out}/x.mp4"],
+         "--out and --side-by-side are both", absent=["x.mp4"]),
+    Case("latents beside the model's own files", ["encode", "{clip}", "--model", "{model}", "-o",
+                                                  "{model}/x.vaelat"], "inside the model folder"),
+    Case("schema version as a string", ["run", "{clip}", "--model", "{string_schema}", "--out",
+                                        "{out}/o.mp4"], "is not an integer", absent=["o.mp4"]),
+]
+
+
+@pytest.mark.parametrize("case", BAD_INPUT_CASES, ids=[c.name for c in BAD_INPUT_CASES])
+def test_bad_input_gets_one_line_and_writes_nothing(vd, inputs, tmp_path, case):
+    names = {k: str(v) for k, v in inputs.items()} | {"out": str(tmp_path)}
+    before = {name: sha256(inputs[name]) for name in case.unchanged}
+    model_files = sorted(p.name for p in inputs["model"].iterdir())
+    result = vd(*(arg.format(**names) for arg in case.args))
+    assert_one_line_error(result, case.fragment, case.code)
+    for rel in case.absent:
+        assert not (tmp_path / rel).exists(), rel
+    assert leftovers(tmp_path) == []
+    assert {name: sha256(inputs[name]) for name in case.unchanged} == before
+    assert sorted(p.name for p in inputs["model"].iterdir()) == model_files
+
+
+def test_a_broken_torch_install_is_one_line(inputs, tmp_path):
+    """`--backend torch` where `import torch` itself fails (a half-finished upgrade, a missing library)."""
+    shim = tmp_path / "shim" / "torch"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise RuntimeError('libtorch_cpu.so: cannot open shared object')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "shim"), os.environ.get(
+        "PYTHONPATH", "")])}
+    result = cli("run", inputs["clip"], "--model", inputs["model"], "--backend", "torch", "--out",
+                 tmp_path / "o.mp4", env=env)
+    assert_one_line_error(result, "cannot be imported (RuntimeError: libtorch_cpu.so", 2)
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_an_unexpected_error_is_one_line_with_a_debug_hint(vd, inputs, tmp_path, monkeypatch):
+    """A bug (not a user error) still ends in one line; VAE_DEPLOY_DEBUG=1 shows the traceback."""
+    from vae_deploy.video import pipeline
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(pipeline, "run_video", broken)
+    result = vd("run", inputs["clip"], "--model", inputs["model"])
+    assert_one_line_error(result, "unexpected ZeroDivisionError: a bug (rerun with VAE_DEPLOY_DEBUG=1", 1)
+    monkeypatch.setenv("VAE_DEPLOY_DEBUG", "1")
+    with pytest.raises(ZeroDivisionError):
+        vd("run", inputs["clip"], "--model", inputs["model"])
+
+
+# ---------------------------------------------------------------- a full disk
+
+
+@contextlib.contextmanager
+def full_disk(folder: Path, free_kib: int = 8):
+    """A small tmpfs at `folder`, filled to `free_kib` KiB free: writes past that fail with ENOSPC."""
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill up (needs root): {mounted.stderr.strip()}")
+    try:
+        with open(folder / "filler", "wb") as fh:
+            fh.write(b"\0" * ((512 - free_kib) * 1024))
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+FULL_DISK_CASES = [
+    Case("run --out", ["run", "{clip}", "--model", "{model}", "--out", "{disk}/o.mp4"],
+         "no space left on device", 1, absent=["o.mp4"]),
+    Case("run --latents", ["run", "{clip}", "--model", "{model}", "--latents", "{disk}/o.vaelat", "--size",
+                           "128"], "no space left on device", 1, absent=["o.vaelat"]),
+    Case("encode", ["encode", "{clip}", "--model", "{model}", "-o", "{disk}/o.vaelat", "--size", "128"],
+         "no space left on device", 1, absent=["o.vaelat"]),
+    Case("decode", ["decode", "{latents}", "--model", "{model}", "-o", "{disk}/o.mp4", "--fps", "25"],
+         "no space left on device", 1, absent=["o.mp4"]),
+    Case("export", ["export", "{mlp_checkpoint}", "--out", "{disk}/model", "--real", "0"],
+         "no space left on device", 1, absent=["model"]),
+    Case("train", ["train", "{recipe}", "--out", "{disk}/runs/tiny", "--max-steps", "2"],
+         "no space left on device", 1, absent=["runs"]),
+]
+
+
+@pytest.mark.parametrize("case", FULL_DISK_CASES, ids=[c.name for c in FULL_DISK_CASES])
+def test_a_full_disk_fails_the_command_and_publishes_nothing(vd, inputs, mlp_checkpoint, tmp_path, case):
+    with full_disk(tmp_path / "disk") as disk:
+        names = {k: str(v) for k, v in inputs.items()} | {"disk": str(disk),
+                                                          "mlp_checkpoint": str(mlp_checkpoint)}
+        result = vd(*(arg.format(**names) for arg in case.args))
+        assert result.returncode != 0, (result.stdout, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert "Traceback" not in result.stderr
+        assert lines and lines[-1].startswith("error: "), result.stderr
+        assert case.fragment in lines[-1].lower(), lines[-1]
+        for rel in case.absent:
+            assert not (disk / rel).exists(), rel
+        assert sorted(p.name for p in disk.iterdir()) == ["filler"]  # no temporary, no empty folder
+
+
+# ---------------------------------------------------------------- SIGTERM
+
+
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory) -> Path:
+    """A video far too long to finish before the signal (at --size 512 the tiny model streams it at a few
+    dozen frames/s)."""
+    return write_video(tmp_path_factory.mktemp("long_clip") / "long.avi", 3000)
+
+
+@pytest.fixture(scope="module")
+def large_clip(tmp_path_factory) -> Path:
+    """Large frames, so that a decoded output grows on disk from its first frame on (OpenCV buffers small
+    ones), which tells the test that frames are being finished."""
+    return write_video(tmp_path_factory.mktemp("large_clip") / "large.avi", 200, (640, 480))
+
+
+def terminate_once_writing(args: list, folder: Path, min_bytes: int = 4096) -> subprocess.CompletedProcess:
+    """Start `vae-deploy ARGS`, wait until a temporary output in `folder` holds `min_bytes` (frames are being
+    finished), then send SIGTERM, as `docker stop` would."""
+    process = subprocess.Popen([sys.executable, "-m", "vae_deploy", *map(str, args)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if any(p.stat().st_size >= min_bytes for p in Path(folder).glob(".*") if p.is_file()):
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(args, process.returncode, out, err)
+
+
+def frames_kept(stderr: str) -> int:
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith("terminated (SIGTERM): ") and line.endswith(" frames done were kept"), stderr
+    return int(line.split(": ")[1].split()[0])
+
+
+def test_sigterm_during_run_keeps_the_finished_frames(inputs, long_clip, tmp_path):
+    result = terminate_once_writing(["run", long_clip, "--model", inputs["model"], "--out", tmp_path / "o.mkv",
+                                     "--latents", tmp_path / "o.vaelat", "--size", "512"], tmp_path)
+    assert result.returncode == 143, result.stderr
+    kept = frames_kept(result.stderr)
+    assert 0 < kept < 3000
+    assert open_source(tmp_path / "o.mkv").read().shape[0] == kept
+    decoded = cli("decode", tmp_path / "o.vaelat", "--model", inputs["model"], "-o", tmp_path / "d.mkv")
+    assert decoded.returncode == 0, decoded.stderr
+    assert open_source(tmp_path / "d.mkv").read().shape[0] == kept
+    assert leftovers(tmp_path) == []
+
+
+def test_sigterm_during_encode_and_decode(inputs, large_clip, tmp_path):
+    encoded = terminate_once_writing(["encode", large_clip, "--model", inputs["model"], "-o",
+                                      tmp_path / "a.vaelat", "--size", "512"], tmp_path, min_bytes=3 * 2**20)
+    assert encoded.returncode == 143, encoded.stderr
+    kept = frames_kept(encoded.stderr)
+    assert 0 < kept < 200
+    decoded = terminate_once_writing(["decode", tmp_path / "a.vaelat", "--model", inputs["model"], "-o",
+                                      tmp_path / "a.mkv"], tmp_path)
+    assert decoded.returncode == 143, decoded.stderr
+    done = frames_kept(decoded.stderr)
+    assert 0 < done < kept
+    assert open_source(tmp_path / "a.mkv").read().shape[0] == done
+    assert leftovers(tmp_path) == []
+
+
+def test_sigterm_before_the_first_frame_writes_nothing(inputs, long_clip, tmp_path):
+    """Stopped once the outputs are open but (very likely) before a frame is finished: exit 143 either way;
+    with no frame done nothing is published, else the frames done are."""
+    result = terminate_once_writing(["run", long_clip, "--model", inputs["model"], "--out", tmp_path / "o.mkv",
+                                     "--size", "512"], tmp_path, min_bytes=0)
+    assert result.returncode == 143, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    if last == "terminated (SIGTERM): no output was written":
+        assert not (tmp_path / "o.mkv").exists()
+    else:
+        assert open_source(tmp_path / "o.mkv").read().shape[0] == frames_kept(result.stderr)
+    assert leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------- two writers on one output
+
+
+def test_two_runs_writing_one_video_publish_one_complete_file(inputs, long_clip, tmp_path):
+    target = tmp_path / "same.mkv"
+    args = [sys.executable, "-m", "vae_deploy", "run", str(long_clip), "--model", str(inputs["model"]),
+            "--out", str(target), "--size", "64", "--max-frames", "200", "-q"]
+    runs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in runs]
+    assert [code for code, _ in results] == [0, 0], results
+    assert open_source(target).read().shape[0] == 200
+    assert leftovers(tmp_path) == []
