@@ -302,8 +302,9 @@ def frames_kept(stderr: str) -> int:
 
 
 def test_sigterm_during_run_keeps_the_finished_frames(inputs, long_clip, tmp_path):
-    result = terminate_once_writing(["run", long_clip, "--model", inputs["model"], "--out", tmp_path / "o.mkv",
-                                     "--latents", tmp_path / "o.vaelat", "--size", "512"], tmp_path)
+    result = terminate_once_writing(["run", long_clip, "--model", inputs["model"], "--out",
+                                     tmp_path / "o.mkv", "--latents", tmp_path / "o.vaelat", "--size", "512"],
+                                    tmp_path)
     assert result.returncode == 143, result.stderr
     kept = frames_kept(result.stderr)
     assert 0 < kept < 3000
@@ -332,8 +333,8 @@ def test_sigterm_during_encode_and_decode(inputs, large_clip, tmp_path):
 def test_sigterm_before_the_first_frame_writes_nothing(inputs, long_clip, tmp_path):
     """Stopped once the outputs are open but (very likely) before a frame is finished: exit 143 either way;
     with no frame done nothing is published, else the frames done are."""
-    result = terminate_once_writing(["run", long_clip, "--model", inputs["model"], "--out", tmp_path / "o.mkv",
-                                     "--size", "512"], tmp_path, min_bytes=0)
+    result = terminate_once_writing(["run", long_clip, "--model", inputs["model"], "--out",
+                                     tmp_path / "o.mkv", "--size", "512"], tmp_path, min_bytes=0)
     assert result.returncode == 143, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     if last == "terminated (SIGTERM): no output was written":
