@@ -307,8 +307,8 @@ def markdown(r: dict) -> str:
     lines = [
         "# Streaming pipeline: parity, speed, overhead, memory (benchmarks/pipeline_speed.py)",
         "",
-        f"Command: `{r['command']}`. Model: `{r['model']}` ({r['model_kind']}, sha256 "
-        f"{r['model_sha256'][:12]}...), "
+        f"Command: `{r['command']}`. Model: `{r['model']}` ({r['model_kind']}, fingerprint "
+        f"{r['model_fingerprint'][:12]}...), "
         f"clip {DEMO_CLIP} (never seen in training) at {rep['working_size'][0]}x{rep['working_size'][1]}.",
         f"Machine: {r['machine']['cpus']} CPUs, {r['machine']['platform']}, load average "
         f"{r['machine']['load_before'][0]:.1f} before / {r['machine']['load_after'][0]:.1f} after "
@@ -432,7 +432,7 @@ def main() -> None:
         int8_dir = None if args.no_int8 else export_int8(args.model, out_dir / "int8")
         result = {
             "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-            "model": str(args.model), "model_kind": manifest.kind, "model_sha256": manifest.fingerprint,
+            "model": str(args.model), "model_kind": manifest.kind, "model_fingerprint": manifest.fingerprint,
             "parity": parity(args.model, clip),
             "backends": backends(args.model, clip, args.rounds, args.calls, int8_dir),
             "pipeline_runner_options": runner_options("ort-cpu"),

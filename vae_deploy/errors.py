@@ -26,6 +26,13 @@ class MissingBackendError(VaeDeployError):
     """A backend whose library is not installed or whose device is absent."""
 
 
+class OutputError(VaeDeployError):
+    """An output that could not be written: a full disk, a quota, a read-only folder. Nothing was published
+    under its name."""
+
+    exit_code = 1
+
+
 class InputShapeError(VaeDeployError, ValueError):
     """An array of the wrong shape, dtype or content handed to a model."""
 

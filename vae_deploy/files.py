@@ -1,21 +1,48 @@
 """Atomic file output: every file is written to a temporary name beside its target and renamed when
-complete, so an interrupted run leaves either the previous file or a complete new one (DESIGN.md).
-No third-party imports: usable from every layer."""
+complete, so an interrupted run leaves either the previous file or a complete new one.
+
+Temporary names are unique per call (`.<stem>.<random>.part<suffix>`, created with O_EXCL like mkstemp),
+so two processes writing the same target never share a temporary file: each publishes a complete file of
+its own and the last rename wins. Outputs get the usual permissions (0666 less the umask), like any file
+the user creates. No third-party imports: usable from every layer."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import secrets
+import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from vae_deploy.errors import VaeDeployError
+from vae_deploy.errors import OutputError, VaeDeployError
 
-_UMASK = os.umask(0)  # read once (the only way to read it is to set it) and put back at once
-os.umask(_UMASK)
+_NAME_TRIES = 100
+# errno values that say "this output cannot be written" (as opposed to a problem with an input)
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+
+
+@contextlib.contextmanager
+def writing(target: Path) -> Iterator[None]:
+    """Turn a failed write inside the block (full disk, quota, read-only) into one OutputError naming
+    `target`, the file the user asked for, rather than the temporary file the write went to."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _WRITE_ERRNOS:
+            raise OutputError(f"cannot write {target}: {exc.strerror.lower()}") from None
+        raise
+
+
+def unwritten_cause(folder: Path) -> str:
+    """Why a writer that reports no errno (OpenCV) may have failed: a full disk, or something else."""
+    free = shutil.disk_usage(folder).free
+    return "no space left on device" if free < 2**20 else f"the writer failed with {free // 2**20} MiB free"
 
 
 def ensure_writable_dir(path: Path) -> Path:
@@ -30,25 +57,66 @@ def ensure_writable_dir(path: Path) -> Path:
     return path
 
 
+class AtomicFile:
+    """A fresh temporary file beside `target`: `publish()` renames it onto the target, `discard()` removes
+    it. For writers that cannot run inside one `with atomic_path(...)` block (streams closed later)."""
+
+    def __init__(self, target: Path):
+        self.target = Path(target)
+        folder = ensure_writable_dir(self.target.parent)
+        self.tmp, self._mode = _create_unique(folder, f".{self.target.stem}.", f".part{self.target.suffix}")
+        self._done = False
+
+    def publish(self) -> None:
+        if self._done:
+            return
+        # Some writers replace the file they are given (safetensors writes its own temporary file and
+        # renames it over ours, with mode 0600): put back the mode the kernel gave our file.
+        if stat.S_IMODE(os.stat(self.tmp).st_mode) != self._mode:
+            os.chmod(self.tmp, self._mode)
+        os.replace(self.tmp, self.target)
+        self._done = True
+
+    def discard(self) -> None:
+        if not self._done:
+            self._done = True
+            self.tmp.unlink(missing_ok=True)
+
+
+def _create_unique(folder: Path, prefix: str, suffix: str) -> tuple[Path, int]:
+    """Create an empty file of a name no other caller gets; (its path, the mode the kernel gave it).
+
+    Created with mode 0666 so the kernel applies the umask: the process umask is never read (reading it
+    means setting it, which races with other threads creating files)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(_NAME_TRIES):
+        path = folder / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            fd = os.open(path, flags, 0o666)
+        except FileExistsError:
+            continue
+        try:
+            mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
+        return path, mode
+    raise VaeDeployError(f"cannot create a temporary file in {folder}: every name tried exists")
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it onto `target` only if the block succeeds.
 
-    For writers that insist on a file name (OpenCV, torch.onnx, matplotlib). The temporary name keeps
-    the target's suffix because some writers pick the format from it.
+    For writers that insist on a file name (OpenCV, torch.onnx, matplotlib, safetensors). The temporary
+    name keeps the target's suffix because some writers pick the format from it.
     """
-    target = Path(target)
-    folder = ensure_writable_dir(target.parent)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.stem}.", suffix=f".part{target.suffix}")
-    os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual permissions
+    out = AtomicFile(target)
     try:
-        yield tmp_path
-        os.replace(tmp_path, target)
+        with writing(target):
+            yield out.tmp
+            out.publish()
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        out.discard()
 
 
 def write_bytes_atomic(target: Path, data: bytes) -> None:

@@ -357,3 +357,24 @@ def test_two_runs_writing_one_video_publish_one_complete_file(inputs, long_clip,
     assert [code for code, _ in results] == [0, 0], results
     assert open_source(target).read().shape[0] == 200
     assert leftovers(tmp_path) == []
+
+
+def test_sigterm_during_training_keeps_the_finished_epochs(inputs, tmp_path):
+    recipe = tmp_path / "long.toml"
+    recipe.write_text(RECIPE.format(latent_dim=2).replace("epochs = 1", "epochs = 200"))
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "vae_deploy", "train", str(recipe), "--out", str(out),
+                                "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None and not (out / "metrics.jsonl").exists():
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "terminated (SIGTERM): finished work was kept"
+    finished = len((out / "metrics.jsonl").read_text().splitlines())
+    assert finished >= 1 and (out / "train_state.safetensors").is_file()
+    assert leftovers(out) == []
+    resumed = cli("train", recipe, "--out", out, "--resume", "--epochs", finished + 1, "--threads", "1")
+    assert resumed.returncode == 0, resumed.stderr
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == finished + 1

@@ -58,7 +58,7 @@ def test_run_then_encode_decode_give_the_same_video(vd, frame_model, carphone, t
     assert "ran 20 frames" in ran.stdout and "compression 24.0x" in ran.stdout
     metrics = json.loads((tmp_path / "m.json").read_text())
     expected_keys = {"frames", "seconds", "frames_per_s", "chunk_latency_ms", "psnr", "ssim", "flicker",
-                     "compression_ratio", "psnr_source", "backend", "model_sha256"}
+                     "compression_ratio", "psnr_source", "backend", "model_fingerprint"}
     assert expected_keys <= set(metrics)
     assert metrics["frames"] == 20 and metrics["backend"] == "ort-cpu" and metrics["chunk"] == 4
     assert set(metrics["chunk_latency_ms"]) == {"p50", "p95", "chunks"}
@@ -75,7 +75,7 @@ def test_run_then_encode_decode_give_the_same_video(vd, frame_model, carphone, t
     np.testing.assert_array_equal(run_frames, dec_frames)
     header = LatentReader(tmp_path / "clip.vaelat").header
     assert header.fps == pytest.approx(30000 / 1001) and header.source_size == [176, 144]
-    assert header.model_sha256 == metrics["model_sha256"]
+    assert header.model_fingerprint == metrics["model_fingerprint"]
     cap = cv2.VideoCapture(str(tmp_path / "dec.mkv"))
     assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(30000 / 1001, rel=1e-3)  # written at the source rate
     cap.release()
@@ -235,7 +235,7 @@ def test_the_packaged_default_model_is_a_small_verified_video_model(packaged_dem
     assert size < 10e6
     assert packaged_demo["frames"] == 120 and packaged_demo["working_size"] == [160, 128]
     assert packaged_demo["compression_ratio"] >= 24.0
-    assert packaged_demo["model_sha256"] == manifest.fingerprint
+    assert packaged_demo["model_fingerprint"] == manifest.fingerprint
 
 
 @NO_DEFAULT_MODEL

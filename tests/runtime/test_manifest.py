@@ -129,3 +129,16 @@ def test_dynamic_axes_must_agree_with_the_shape(model_copy):
                    lambda d: d["graphs"]["encoder"]["inputs"][0].update(dynamic_axes={"1": "batch"}))
     with pytest.raises(ModelFormatError, match="dynamic_axes"):
         manifest_from_json(json.loads((model_copy / "manifest.json").read_text()))
+
+
+def test_the_fingerprint_is_the_documented_hash_of_the_files_hashes(mlp_model_dir):
+    """model_fingerprint as Manifest.fingerprint documents it, recomputed from the files themselves:
+    sha256 of the sorted "path:sha256" lines joined by newlines; not the sha256 of any one file."""
+    import hashlib
+
+    m = read_manifest(mlp_model_dir)
+    lines = [f"{name}:{hashlib.sha256((mlp_model_dir / name).read_bytes()).hexdigest()}"
+             for name in sorted(m.files)]
+    assert m.fingerprint == hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
+    every_file = {hashlib.sha256(p.read_bytes()).hexdigest() for p in mlp_model_dir.rglob("*") if p.is_file()}
+    assert m.fingerprint not in every_file

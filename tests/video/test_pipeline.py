@@ -104,7 +104,7 @@ def test_run_writes_every_output_and_measures_what_it_wrote(tiny_video_model, ca
     assert report.compression_ratio == pytest.approx(24.0)  # 8x8 pixels x 3 bytes over 4 fp16 values
     assert report.chunk_latency_ms["chunks"] == 5 and report.chunk_latency_ms["p95"] >= \
         report.chunk_latency_ms["p50"] > 0
-    assert report.backend == "ort-cpu" and len(report.model_sha256) == 64 and not report.truncated
+    assert report.backend == "ort-cpu" and len(report.model_fingerprint) == 64 and not report.truncated
     source_frames = open_source(carphone).read(max_frames=18)
     recon = read_video(outputs.video)  # FFV1: lossless, so these are exactly the frames the pipeline made
     assert recon.shape == source_frames.shape
@@ -115,7 +115,7 @@ def test_run_writes_every_output_and_measures_what_it_wrote(tiny_video_model, ca
     # Working-resolution metrics, recomputed from the latent file through the model directly.
     reader = LatentReader(outputs.latents)
     assert reader.header.frame_count == 18 and reader.header.latent_frames == 18
-    assert reader.header.chunk == 4 and reader.header.model_sha256 == report.model_sha256
+    assert reader.header.chunk == 4 and reader.header.model_fingerprint == report.model_fingerprint
     with load_runner(tiny_video_model("frame"), "ort-cpu") as runner:
         decoded = runner.decode(np.asarray(reader.latents, np.float32)[None])[0]
     policy = plan_fit((176, 144), 32, 8, 3)
@@ -181,7 +181,7 @@ def test_a_latent_file_of_another_model_is_refused(tiny_video_model, carphone, t
     with load_runner(tiny_video_model("frame"), "ort-cpu") as runner:
         encode_video(runner, open_source(carphone), tmp_path / "a.vaelat", StreamOptions(max_frames=4))
     with load_runner(tiny_video_model("causal3d-t1"), "ort-cpu") as other:
-        with pytest.raises(DataError, match=r"a.vaelat was encoded by another model \(frame, sha256"):
+        with pytest.raises(DataError, match=r"a.vaelat was encoded by another model \(frame, fingerprint"):
             decode_latents(other, tmp_path / "a.vaelat", VideoOutputs(video=tmp_path / "out.mkv"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.vaelat"]
 

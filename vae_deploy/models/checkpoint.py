@@ -1,4 +1,4 @@
-"""Checkpoints: safetensors weights + a JSON config. Loading never unpickles (DESIGN.md).
+"""Checkpoints: safetensors weights + a JSON config. Loading never unpickles.
 
 A checkpoint folder holds `model.safetensors` and `config.json`:
     {"format": "vae-deploy-checkpoint", "version": 1, "kind": "mlp", "model": {...config...}, ...extra}
@@ -30,7 +30,10 @@ CONFIG_FILE = "config.json"
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor],
                  metadata: dict[str, str] | None = None) -> None:
-    """Write a safetensors file atomically (contiguous CPU copies, as safetensors requires)."""
+    """Write a safetensors file atomically (contiguous CPU copies, as safetensors requires).
+
+    safetensors replaces the file it is given by one of its own, made 0600; atomic_path gives the
+    published file the usual mode back (0666 less the umask), like every other output."""
     plain = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     with atomic_path(Path(path)) as tmp:
         save_file(plain, str(tmp), metadata=metadata)

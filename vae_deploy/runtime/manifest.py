@@ -61,8 +61,17 @@ class Manifest:
 
     @property
     def fingerprint(self) -> str:
-        """sha256 over the folder's file hashes: identifies the model (e.g. in latent files) independently
-        of the parity report or formatting of manifest.json."""
+        """The model's identity, as latent files and run metrics record it (`model_fingerprint`).
+
+        A hash of hashes, not the sha256 of any one file: sha256 of the UTF-8 text made of one
+        "relative/posix/path:sha256-hex" line per entry of `files` (the folder's files the manifest vouches
+        for), sorted by path and joined by newlines, no trailing newline. It ignores the
+        parity report and the formatting of manifest.json, so re-measuring parity keeps it. In a model
+        folder, with the actual file hashes (so a changed file shows):
+
+            jq -r '.files | keys[]' manifest.json | LC_ALL=C sort |
+                while read -r f; do echo "$f:$(sha256sum "$f" | cut -c1-64)"; done | head -c -1 | sha256sum
+        """
         text = "\n".join(f"{name}:{digest}" for name, digest in sorted(self.files.items()))
         return hashlib.sha256(text.encode()).hexdigest()
 
@@ -120,6 +129,8 @@ def manifest_from_json(data: Any, where: str = MANIFEST_FILE) -> Manifest:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ModelFormatError(f"{where} is not a vae-deploy model manifest")
     version = data.get("schema_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ModelFormatError(f"{where} has schema_version {version!r}, which is not an integer")
     if version != SCHEMA_VERSION:
         raise ModelFormatError(f"{where} has schema version {version}, this vae-deploy reads version "
                                f"{SCHEMA_VERSION}: re-export the model with this version")

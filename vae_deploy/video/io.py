@@ -19,15 +19,14 @@ import contextlib
 import math
 import os
 import re
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from vae_deploy.errors import DataError, InputShapeError, VaeDeployError
-from vae_deploy.files import atomic_path
+from vae_deploy.errors import DataError, InputShapeError, OutputError, VaeDeployError
+from vae_deploy.files import AtomicFile, unwritten_cause, writing
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm")
 # Suffixes taken as videos when scanning a folder of clips (a single file is tried whatever its name).
@@ -340,8 +339,8 @@ class VideoSink:
             check_output_size(self.path, size)
         self.size = size  # (width, height); taken from the first frame when None
         self.frames_written = 0
-        self._atomic = atomic_path(self.path)
-        self._tmp = self._atomic.__enter__()
+        self._out = AtomicFile(self.path)
+        self._tmp = self._out.tmp
         self._writer: cv2.VideoWriter | None = None
         self._closed = False
 
@@ -398,11 +397,9 @@ class VideoSink:
     def _check_complete(self) -> None:
         readable = self._frames_readable()
         if readable != self.frames_written:
-            free = shutil.disk_usage(self._tmp.parent).free
-            cause = ("no space left on device" if free < 2**20 else
-                     f"the writer failed with {free // 2**20} MiB free on its disk")
-            raise DataError(f"cannot write {self.path}: the video holds {readable} of the "
-                            f"{self.frames_written} frames written ({cause}); no file was created")
+            raise OutputError(f"cannot write {self.path}: the video holds {readable} of the "
+                              f"{self.frames_written} frames written ({unwritten_cause(self._tmp.parent)}); "
+                              f"no file was created")
 
     def close(self, failed: bool = False) -> None:
         """Finalize the container, check it and move it into place (see the class docstring)."""
@@ -415,14 +412,14 @@ class VideoSink:
         if self.frames_written:
             try:
                 self._check_complete()
-            except BaseException as exc:
-                self._atomic.__exit__(type(exc), exc, None)  # removes the temporary file
+                with writing(self.path):
+                    self._out.publish()
+            except BaseException:
+                self._out.discard()
                 if not failed:
                     raise
-                return
-            self._atomic.__exit__(None, None, None)  # rename onto the target
             return
-        self._atomic.__exit__(DataError, DataError("no frames"), None)  # removes the temporary file
+        self._out.discard()
         if not failed:
             raise DataError(f"no frames were written to {self.path}; no file was created")
 
@@ -434,7 +431,7 @@ class VideoSink:
         if self._writer is not None:
             self._writer.release()
             self._writer = None
-        self._atomic.__exit__(DataError, DataError("discarded"), None)  # removes the temporary file
+        self._out.discard()
 
     def __enter__(self) -> VideoSink:
         return self

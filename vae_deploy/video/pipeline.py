@@ -37,21 +37,17 @@ from pathlib import Path
 import numpy as np
 
 from vae_deploy.errors import DataError, VaeDeployError
-from vae_deploy.files import atomic_path, ensure_writable_dir
+from vae_deploy.files import ensure_writable_dir
 from vae_deploy.runtime.latents import LatentHeader, LatentReader, LatentWriter
 from vae_deploy.runtime.runner import Runner
 from vae_deploy.video.codec import VideoCodec, VideoModelInfo
 from vae_deploy.video.fit import FitPolicy, plan_fit
-from vae_deploy.video.io import FrameSource, VideoSink
+from vae_deploy.video.io import FrameSource, VideoSink, fourcc_for
 from vae_deploy.video.metrics import VideoMetrics, compression_ratio, psnr_from_mse
 
 DEFAULT_CHUNK = 8  # frames per model call: long enough to amortize a call, short enough for low latency
 DEFAULT_FPS = 25.0  # output frame rate when the source does not say (an image folder)
 Progress = Callable[[int], None]  # called with the number of frames finished so far
-# Output codec by file suffix: .mkv is lossless (FFV1: bit-exact frames, e.g. to compare runs), .avi Motion
-# JPEG, anything else MPEG-4 part 2 (mp4v), which every OpenCV build can write. mp4v stores even sizes only:
-# an odd width or height loses its last column or row.
-FOURCC_BY_SUFFIX = {".mkv": "FFV1", ".avi": "MJPG"}
 
 
 def runner_options(backend: str, threads: int | None = None) -> dict:
@@ -107,7 +103,7 @@ class StreamReport:
     latent_bytes: int = 0
     backend: str = ""
     model_kind: str = ""
-    model_sha256: str = ""
+    model_fingerprint: str = ""  # Manifest.fingerprint: sha256 over the model files' "path:sha256" lines
     fps: float = DEFAULT_FPS
     source_size: list[int] = field(default_factory=list)  # (width, height)
     working_size: list[int] = field(default_factory=list)  # (width, height) of the working frame
@@ -251,11 +247,49 @@ class _FrameWriter:
 # ---------------------------------------------------------------- outputs: atomic, kept on interrupt
 
 
-def check_output_path(path: Path, what: str) -> Path:
+def _same_file(a: Path, b: Path) -> bool:
+    """True when two paths name one file: the same real path, or (existing files) the same inode, which
+    also catches hard links."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet
+        return False
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return Path(os.path.realpath(folder)) in Path(os.path.realpath(path)).parents
+
+
+def check_distinct_outputs(outputs: dict[str, Path | None], inputs: dict[str, Path | str | None],
+                           folders: dict[str, Path | None] | None = None) -> None:
+    """Refuse, before any work, an output that would destroy an input or another output: an output that is
+    an input file, lies inside an input folder (`folders`, e.g. the model folder), or that two outputs
+    share (the later writer would replace the earlier one's file). Names map to paths; None is absent;
+    inputs that are not files (a camera index, a URL) are ignored."""
+    named = [(name, Path(path)) for name, path in outputs.items() if path is not None]
+    for i, (name, path) in enumerate(named):
+        for other, other_path in named[:i]:
+            if _same_file(path, other_path):
+                raise DataError(f"{other} and {name} are both {path}: give each output its own file")
+        for what, source in inputs.items():
+            if source is not None and Path(source).is_file() and _same_file(path, Path(source)):
+                raise DataError(f"{name} {path} is {what}: writing it would destroy the input; give "
+                                f"another file name")
+        for what, folder in (folders or {}).items():
+            if folder is not None and _inside(path, Path(folder)):
+                raise DataError(f"{name} {path} lies inside {what} {folder}: writing there could replace "
+                                f"the model's own files; give a path outside it")
+
+
+def check_output_path(path: Path, what: str, video: bool = False) -> Path:
     """Refuse, before any work, an output that cannot be written (one line, no partial file later)."""
     path = Path(path)
     if path.is_dir():
         raise VaeDeployError(f"cannot write {what} to {path}: it is a folder; give a file name")
+    if video:
+        fourcc_for(path)
     ensure_writable_dir(path.parent)
     return path
 
@@ -264,12 +298,16 @@ def check_output_path(path: Path, what: str) -> Path:
 def _video_output(path: Path, fps: float, size: tuple[int, int]) -> Iterator[VideoSink]:
     """A VideoSink published to `path` only if the block ends without an error.
 
-    VideoSink already writes atomically but keeps a playable partial video after any exception; here an
-    error discards it (the run failed) while an interrupt, handled by the caller, leaves the block normally.
+    VideoSink keeps a playable partial video after any exception; here an error discards it (the run
+    failed) while an interrupt, handled by the caller, leaves the block normally and keeps the frames done.
     """
-    fourcc = FOURCC_BY_SUFFIX.get(Path(path).suffix.lower(), "mp4v")
-    with atomic_path(path) as tmp, VideoSink(tmp, fps, size, fourcc) as sink:
+    sink = VideoSink(path, fps, size)
+    try:
         yield sink
+    except BaseException:
+        sink.discard()
+        raise
+    sink.close()
 
 
 @contextlib.contextmanager
@@ -317,7 +355,7 @@ def _plan(info: VideoModelInfo, source: FrameSource, options: StreamOptions) -> 
 
 def _fill_common(report: StreamReport, runner: Runner, info: VideoModelInfo, policy: FitPolicy,
                  chunk: int, fps: float) -> None:
-    report.backend, report.model_kind, report.model_sha256 = runner.name, info.kind, info.fingerprint
+    report.backend, report.model_kind, report.model_fingerprint = runner.name, info.kind, info.fingerprint
     report.chunk, report.fps, report.fit = chunk, fps, policy.mode
     report.source_size, report.working_size = list(policy.source_size), list(policy.content_size)
     report.model_size = list(policy.model_size)
@@ -335,7 +373,7 @@ def _finish_source(report: StreamReport, source: FrameSource, count: int, option
 
 
 def _header(info: VideoModelInfo, policy: FitPolicy, fps: float, chunk: int) -> LatentHeader:
-    return LatentHeader(model_sha256=info.fingerprint, model_kind=info.kind,
+    return LatentHeader(model_fingerprint=info.fingerprint, model_kind=info.kind,
                         latent_shape=list(info.latent_shape(policy.model_size)), fps=fps, frame_count=0,
                         source_size=list(policy.source_size), working_size=list(policy.content_size),
                         fit=policy.to_dict(), chunk=chunk)
@@ -349,7 +387,7 @@ def run_video(runner: Runner, source: FrameSource, options: StreamOptions | None
     for path, what in ((outputs.video, "the video"), (outputs.side_by_side, "the side-by-side video"),
                        (outputs.latents, "the latents")):
         if path is not None:
-            check_output_path(path, what)
+            check_output_path(path, what, video=path is not outputs.latents)
     policy = _plan(info, source, options)
     fps = options.fps or source.fps or DEFAULT_FPS
     codec = VideoCodec(runner, info)
@@ -419,13 +457,30 @@ def encode_video(runner: Runner, source: FrameSource, path: Path, options: Strea
 
 
 def open_latents(path: Path, info: VideoModelInfo) -> LatentReader:
-    """Open a .vaelat file made by this model (else one line saying which model made it)."""
+    """Open a .vaelat file made by this model (else one line saying which model made it), checked against
+    what this model needs: a fit it knows, its channels, whole encoder chunks, one latent frame per
+    temporal_factor source frames."""
     reader = LatentReader(Path(path))
     header = reader.header
-    if header.model_sha256 != info.fingerprint:
-        raise DataError(f"{path} was encoded by another model ({header.model_kind}, sha256 "
-                        f"{header.model_sha256[:12]}...); this {info.kind} model is "
+    if header.model_fingerprint != info.fingerprint:
+        raise DataError(f"{path} was encoded by another model ({header.model_kind}, fingerprint "
+                        f"{header.model_fingerprint[:12]}...); this {info.kind} model is "
                         f"{info.fingerprint[:12]}...: decode with the model that encoded it (--model)")
+    try:
+        policy = FitPolicy.from_dict(header.fit)
+    except DataError as exc:
+        raise DataError(f"{path} has a bad header: fit: {exc}") from None
+    if policy.channels != info.channels:
+        raise DataError(f"{path} has a bad header: fit.channels is {policy.channels}, this model takes "
+                        f"{info.channels}")
+    f = info.temporal_factor
+    if header.chunk % f:
+        raise DataError(f"{path} has a bad header: chunk {header.chunk} is not a multiple of the model's "
+                        f"temporal factor {f}")
+    if header.latent_frames != -(-header.frame_count // f):
+        raise DataError(f"{path} has a bad header: frame_count {header.frame_count} needs "
+                        f"{-(-header.frame_count // f)} latent frames at temporal factor {f}, the file holds "
+                        f"{header.latent_frames}")
     return reader
 
 
@@ -435,7 +490,7 @@ def decode_latents(runner: Runner, path: Path, outputs: VideoOutputs, options: S
     options = options or StreamOptions()
     info = VideoModelInfo.from_manifest(runner.manifest)
     if outputs.video is not None:
-        check_output_path(outputs.video, "the video")
+        check_output_path(outputs.video, "the video", video=True)
     reader = open_latents(path, info)
     header = reader.header
     policy = FitPolicy.from_dict(header.fit)
