@@ -1,17 +1,22 @@
 """Plain dataclass configs from dicts (TOML tables, JSON): unknown keys and ill-typed values are refused
-with a message that names the key. No third-party imports: usable from every layer."""
+with a message that names the key. No third-party imports (bar tomli, tomllib's backport, before Python
+3.11): usable from every layer."""
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-import tomllib
-
 from vae_deploy.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # tomllib is new in 3.11; tomli is the same parser (a declared dependency on older Pythons)
+    import tomli as tomllib
 
 T = TypeVar("T")
 
@@ -116,5 +121,11 @@ def read_toml(path: Path) -> dict:
             return tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a folder, not a TOML file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a TOML file (not UTF-8 text)") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None

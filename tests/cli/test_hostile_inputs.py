@@ -110,6 +110,9 @@ USAGE_CASES = [
     ("zero threads", ["run", "x", "--threads", "0"], "--threads"),
     ("negative threads", ["encode", "x", "-o", "y.vaelat", "--threads", "-1"], "--threads"),
     ("decode without output", ["decode", "x.vaelat"], "Missing option"),
+    ("zero samples", ["sample", "m", "-n", "0"], "'-n'"),
+    ("too many samples", ["sample", "m", "-n", "100000000"], "'-n'"),
+    ("zero grid columns", ["sample", "m", "--columns", "0"], "--columns"),
 ]
 
 

