@@ -417,7 +417,6 @@ def timing(log: Log, assets: Path) -> None:
     import cv2
 
     from vae_deploy.runtime import load_runner
-    from vae_deploy.runtime.ort_runner import _GraphExec
 
     frames = np.load(assets / "carphone_24.npy")[:FRAME_COUNT]
     frames = np.stack([cv2.resize(f, (FRAME_SIZE, FRAME_SIZE), interpolation=cv2.INTER_LINEAR)
@@ -450,7 +449,7 @@ def timing(log: Log, assets: Path) -> None:
                     for graph in ("encoder", "decoder"):
                         x, want = cases[model][graph]
                         if backend == "ort-cuda" and options.get("cuda_graph") and \
-                                not isinstance(runner._execs[graph], _GraphExec):
+                                not runner.uses_cuda_graph(graph):
                             raise RuntimeError(f"cuda_graph unavailable for the {graph}")
                         fn = runner.device_call(graph, [x], **call_options)
                         t = _timed(fn)

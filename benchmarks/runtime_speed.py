@@ -37,7 +37,8 @@ from vae_deploy.files import write_json_atomic, write_text_atomic
 from vae_deploy.models import MLPVAE, MLPVAEConfig
 from vae_deploy.models.checkpoint import save_model
 from vae_deploy.runtime.benchmark import time_calls
-from vae_deploy.runtime.ort_runner import DEFAULT_CPU_THREADS, DEFAULT_SPINNING, OrtCpuRunner
+from vae_deploy.runtime.ort_runner import OrtCpuRunner
+from vae_deploy.runtime.ort_session import DEFAULT_CPU_THREADS, DEFAULT_SPINNING
 from vae_deploy.runtime.spec import random_inputs
 from vae_deploy.runtime.torch_runner import TorchRunner
 
@@ -70,7 +71,7 @@ def main() -> None:
     default_threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model or make_model(Path(tmp))
-        ours = OrtCpuRunner(model_dir)  # the runner's defaults (ort_runner.py), what users get
+        ours = OrtCpuRunner(model_dir)  # the runner's defaults (ort_session.py), what users get
         one_thread = OrtCpuRunner(model_dir, threads=1, spinning=False)
         no_spin = OrtCpuRunner(model_dir, spinning=False)
         reference = TorchRunner(model_dir)
@@ -202,7 +203,7 @@ def render(result: dict) -> str:
         f"ORT (ours) not slower than the best PyTorch at batch 1 and 128: **{'yes' if holds else 'NO'}** "
         f"(worst ratio {min(c['speedup_vs_torch_best'] for c in small):.2f}x).",
         "",
-        "ORT session settings (vae_deploy/runtime/ort_runner.py): graph optimization ORT_ENABLE_ALL,",
+        "ORT session settings (vae_deploy/runtime/ort_session.py): graph optimization ORT_ENABLE_ALL,",
         "sequential execution, one inter-op thread; intra-op threads and spinning as in the first column.",
         "The other ORT columns are the alternatives measured in the same run.",
     ]

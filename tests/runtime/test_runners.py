@@ -1,14 +1,27 @@
 """The Runner contract on real backends: ort-cpu against the torch reference, validation, errors, no torch."""
 
+import ast
 import subprocess
 import sys
 import textwrap
+import warnings
+from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import pytest
+from cpu_device_runners import OrtBoundCpuRunner, TorchCpuDeviceRunner
 
-from vae_deploy.errors import InputShapeError, MissingBackendError, VaeDeployError
-from vae_deploy.runtime import available_backends, get_backend, load_runner
+import vae_deploy
+from vae_deploy.errors import (
+    ConfigError,
+    InputShapeError,
+    MissingBackendError,
+    ModelFormatError,
+    VaeDeployError,
+)
+from vae_deploy.runtime import available_backends, get_backend, load_runner, read_manifest
+from vae_deploy.runtime.ort_session import CPU, CUDA, build_session
 from vae_deploy.runtime.sampling import image_grid, reparameterize, sample_prior
 
 
@@ -96,6 +109,98 @@ def test_sampling_is_seeded_and_gridded(ort):
     mu, logvar = np.zeros((2, 5), np.float32), np.full((2, 5), np.log(4.0), np.float32)
     z = reparameterize(mu, logvar, seed=0)
     np.testing.assert_allclose(z, 2.0 * np.random.default_rng(0).standard_normal((2, 5)), rtol=1e-6)
+
+
+
+@pytest.mark.parametrize("runner_class", [OrtBoundCpuRunner, TorchCpuDeviceRunner], ids=["ort", "torch"])
+def test_device_calls_check_their_inputs_like_run(mlp_model_dir, runner_class):
+    """device_call (the GPU backends' timing entry) takes inputs as Runner.run does, with the same checks:
+    one InputShapeError for a wrong count or an unknown name (a wrong count was a bare ValueError)."""
+    z = np.zeros((3, 2), np.float32)
+    with runner_class(mlp_model_dir) as runner:
+        runner.device_call("decoder", [z])()
+        runner.device_call("decoder", {"z": z})()
+        with pytest.raises(InputShapeError, match=r"decoder takes 1 input\(s\) \(z\), got 2"):
+            runner.device_call("decoder", [z, z])
+        with pytest.raises(InputShapeError, match="decoder has no input zz"):
+            runner.device_call("decoder", {"z": z, "zz": z})
+        with pytest.raises(InputShapeError, match=r"decoder takes 1 input\(s\) \(z\), got 2"):
+            runner.open_stream().decode([z, z])
+
+
+def test_ort_session_options_are_checked_and_applied(mlp_model_dir, mnist_test_images, ort):
+    """A bad session option is the user's ConfigError (it was reported as a model file that cannot load), on
+    the IO-binding runner too, where it is not mistaken for a graph that cannot be captured."""
+    images = mnist_test_images[:16]
+    with pytest.raises(ConfigError, match="unknown optimization level 'fastest'.*known: disable, basic"):
+        load_runner(mlp_model_dir, "ort-cpu", optimization="fastest")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no CudaGraphWarning
+        with pytest.raises(ConfigError, match="unknown optimization level 'fastest'"):
+            OrtBoundCpuRunner(mlp_model_dir, cuda_graph=True, optimization="fastest")
+    with load_runner(mlp_model_dir, "ort-cpu", threads=1, spinning=False, optimization="disable") as plain:
+        np.testing.assert_allclose(plain.encode(images)[0], ort.encode(images)[0], rtol=0, atol=1e-5)
+
+
+def test_session_builder_refuses_a_graph_file_with_other_names(mlp_model_dir):
+    """A graph file that is not the manifest's (here the decoder loaded as the encoder) fails by its names."""
+    manifest = read_manifest(mlp_model_dir)
+    decoder = mlp_model_dir / manifest.graph("decoder").file
+    with pytest.raises(ModelFormatError, match=r"has inputs \['z'\] and outputs \['images'\], the manifest "
+                                               r"says \['images'\] and \['mu', 'logvar'\]"):
+        build_session(str(decoder), manifest.graph("encoder"), decoder, backend="ort-cpu", provider=CPU,
+                      options={})
+    with pytest.raises(ModelFormatError, match=r"onnxruntime \(ort-cpu\) cannot load .*encoder.onnx"):
+        build_session(b"not an onnx model", manifest.graph("encoder"), mlp_model_dir / "encoder.onnx",
+                      backend="ort-cpu", provider=CPU, options={})
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in onnxruntime.get_available_providers(),
+                    reason="this onnxruntime has a CUDA EP: the CPU fallback cannot be provoked here")
+def test_a_cuda_session_never_falls_back_to_the_cpu_silently(mlp_model_dir):
+    """Where onnxruntime cannot start the CUDA EP it runs the session on the CPU EP with a warning; a session
+    asked for on the CUDA EP refuses that with MissingBackendError (ort-cpu is the CPU backend)."""
+    manifest = read_manifest(mlp_model_dir)
+    encoder = mlp_model_dir / manifest.graph("encoder").file
+    with pytest.warns(UserWarning, match="Specified provider 'CUDAExecutionProvider' is not in available"), \
+            pytest.raises(MissingBackendError, match="backend 'ort-cuda' could not start the CUDA execution "
+                                                     "provider.*use --backend ort-cpu"):
+        build_session(str(encoder), manifest.graph("encoder"), encoder, backend="ort-cuda", provider=CUDA,
+                      options={})
+
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_the_bound_runner_says_whether_a_graph_runs_in_cuda_graph_mode(mlp_model_dir, cuda_graph):
+    with OrtBoundCpuRunner(mlp_model_dir, cuda_graph=cuda_graph) as runner:
+        assert runner.uses_cuda_graph("encoder") is cuda_graph
+        assert runner.uses_cuda_graph("decoder") is cuda_graph
+
+
+def _private_reaches(path: Path, package: Path) -> list[str]:
+    """Where `path` uses another module's private name: `from vae_deploy.x import _y`, or `m._y` on a
+    vae_deploy module `m` it imported."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    modules, found = set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("vae_deploy"):
+            folder = package.parent.joinpath(*node.module.split("."))
+            for alias in node.names:
+                if alias.name.startswith("_"):
+                    found.append(f"{path.name}:{node.lineno} imports {node.module}.{alias.name}")
+                elif (folder / f"{alias.name}.py").is_file() or (folder / alias.name).is_dir():
+                    modules.add(alias.asname or alias.name)
+        elif isinstance(node, ast.Import):
+            modules.update(a.asname for a in node.names if a.name.startswith("vae_deploy.") and a.asname)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules \
+                and node.attr.startswith("_") and not node.attr.startswith("__"):
+            found.append(f"{path.name}:{node.lineno} uses {node.value.id}.{node.attr}")
+    return found
+
+
+def test_no_module_reaches_into_another_modules_private_names():
+    package = Path(vae_deploy.__file__).parent
+    found = [hit for path in sorted(package.rglob("*.py")) for hit in _private_reaches(path, package)]
+    assert not found, found
 
 
 TORCH_FREE = textwrap.dedent("""

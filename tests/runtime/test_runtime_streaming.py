@@ -1,11 +1,14 @@
 """The generic streaming session: a causal test model exported through the normal export path; feeding
 chunks through ONNX Runtime with state carried present -> past reproduces the full-sequence PyTorch output."""
 
+import re
+
 import numpy as np
 import onnx
 import pytest
 import torch
 from causal_model import KIND, TinyCausalConfig, TinyCausalVAE
+from cpu_device_runners import OrtBoundCpuRunner
 
 from vae_deploy.errors import InputShapeError
 from vae_deploy.export import ExportProfile, export_model
@@ -13,6 +16,7 @@ from vae_deploy.export.specs import SPEC_BUILDERS, register_spec, streaming_vide
 from vae_deploy.models.checkpoint import save_model
 from vae_deploy.models.registry import MODEL_KINDS, register
 from vae_deploy.runtime import load_runner, read_manifest
+from vae_deploy.runtime.device_runner import DeviceStream
 
 
 @pytest.fixture(scope="module")
@@ -80,13 +84,22 @@ def test_state_specs_reach_the_manifest_and_the_graph(causal):
     assert all(c["passed"] and c["max_abs"] <= 1e-5 for c in stream_rows)
 
 
-def test_stream_refuses_a_changed_frame_size_until_reset(causal):
+def open_runner(model_dir, kind: str):
+    """ort-cpu (state held as numpy by Stream) or ort-cuda's IO-binding runner on the CPU (state held in
+    device buffers by DeviceStream): both streams check the held state the same way."""
+    return load_runner(model_dir, "ort-cpu") if kind == "numpy-state" else OrtBoundCpuRunner(model_dir)
+
+
+@pytest.mark.parametrize("kind", ["numpy-state", "device-state"])
+def test_stream_refuses_a_changed_frame_size_until_reset(causal, kind):
     _, model_dir = causal
-    with load_runner(model_dir, "ort-cpu") as runner:
+    with open_runner(model_dir, kind) as runner:
         stream = runner.open_stream()
+        assert isinstance(stream, DeviceStream) is (kind == "device-state")
         stream.encode(np.zeros((1, 2, 1, 16, 16), np.float32))
-        with pytest.raises(InputShapeError,
-                           match=r"state past_0 of shape \(1, 2, 4, 4, 4\).*open a new stream"):
+        with pytest.raises(InputShapeError, match=re.escape(
+                "encoder stream: this chunk needs state past_0 of shape (1, 2, 4, 4, 4) but the stream holds "
+                "(1, 2, 4, 8, 8) (batch or frame size changed mid-stream; open a new stream)")):
             stream.encode(np.zeros((1, 2, 1, 8, 8), np.float32))
         stream.reset()
         mu, _ = stream.encode(np.zeros((1, 3, 1, 8, 8), np.float32))

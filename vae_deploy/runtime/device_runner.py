@@ -21,8 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from vae_deploy.errors import InputShapeError
-from vae_deploy.runtime.runner import Runner, Stream, _check_outputs
+from vae_deploy.runtime.runner import Runner, Stream, check_held_state, check_outputs
 from vae_deploy.runtime.spec import GraphSpec
 
 
@@ -68,7 +67,7 @@ class DeviceRunner(Runner):
         outputs, present = self._device_step(spec, arrays, env, past)
         if spec.state:
             outputs.update(self._state_to_host(spec, present))
-        _check_outputs(self.name, spec, env, outputs)
+        check_outputs(self.name, spec, env, outputs)
         return outputs
 
     def open_stream(self) -> DeviceStream:
@@ -81,7 +80,7 @@ class DeviceRunner(Runner):
         if spec.state:
             for st, shape in zip(spec.state, present.shapes, strict=True):
                 shown[st.output] = _Shape(shape)
-        _check_outputs(self.name, spec, env, shown)
+        check_outputs(self.name, spec, env, shown)
         return outputs, present
 
 
@@ -100,11 +99,7 @@ class DeviceStream(Stream):
         spec, arrays, env = runner._prepare(graph, chunk)
         past = self._device.get(graph)
         if past is not None:
-            for st, shape, held in zip(spec.state, spec.state_shapes(env), past.shapes, strict=True):
-                if held != shape:
-                    raise InputShapeError(
-                        f"{graph} stream: this chunk needs state {st.input} of shape {shape} but the stream "
-                        f"holds {held} (batch or frame size changed mid-stream; open a new stream)")
+            check_held_state(spec, env, past.shapes)
         outputs, present = runner._checked_step(spec, arrays, env, past)
         if spec.state:
             self._device[graph] = present
@@ -117,12 +112,3 @@ class DeviceStream(Stream):
             return None
         return self.runner._state_to_host(self.runner.graph(graph), held)
 
-
-def named_inputs(spec: GraphSpec, inputs: Sequence[np.ndarray] | Mapping[str, np.ndarray] | np.ndarray
-                 ) -> dict[str, np.ndarray]:
-    """Data inputs by name, whether given by name or in spec order (as Runner.run takes them)."""
-    if isinstance(inputs, Mapping):
-        return dict(inputs)
-    if isinstance(inputs, np.ndarray):
-        inputs = [inputs]
-    return {t.name: a for t, a in zip(spec.inputs, inputs, strict=True)}

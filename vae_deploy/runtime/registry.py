@@ -88,7 +88,7 @@ def load_runner(model_dir: Path | str, backend: str = DEFAULT_BACKEND, **options
 
 register_backend("ort-cpu", "vae_deploy.runtime.ort_runner:OrtCpuRunner",
                  "onnxruntime (pip install onnxruntime)", "ONNX Runtime, CPU execution provider")
-register_backend("ort-cuda", "vae_deploy.runtime.ort_runner:OrtCudaRunner",
+register_backend("ort-cuda", "vae_deploy.runtime.ort_cuda:OrtCudaRunner",
                  "onnxruntime-gpu with a CUDA device (pip install onnxruntime-gpu)",
                  "ONNX Runtime, CUDA execution provider")
 register_backend("torch", "vae_deploy.runtime.torch_runner:TorchRunner",

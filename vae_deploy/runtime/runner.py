@@ -2,7 +2,10 @@
 
 Public methods validate against the manifest's graph specs (names, dtype, shape, NaN) and manage the
 streaming state; a backend implements only `_load()` (build sessions/engines), `_run(graph, feeds)` and
-`_close()`. Arrays are numpy at this boundary; GPU backends keep device buffers inside.
+`_close()`. Arrays are numpy at this boundary; GPU backends keep device buffers inside
+(runtime/device_runner.py). The checks that backends with their own plumbing reuse are public functions
+here: named_inputs, check_outputs, check_held_state (a stream's state against the next chunk) and
+check_options (unknown runner options).
 
 Layout: whatever the graph spec says (images NCHW float32 in [0, 1] for the MLP, video NTCHW); latents as
 the encoder's first output.
@@ -17,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from vae_deploy.errors import InputShapeError, ModelFormatError, VaeDeployError
+from vae_deploy.errors import ConfigError, InputShapeError, ModelFormatError, VaeDeployError
 from vae_deploy.runtime.manifest import Manifest, read_manifest
 from vae_deploy.runtime.spec import GraphSpec, format_shape
 
@@ -81,7 +84,7 @@ class Runner:
         if self._closed:
             raise VaeDeployError(f"{self.name} runner for {self.model_dir} is closed")
         spec = self.graph(graph)
-        arrays = _named(spec, inputs)
+        arrays = named_inputs(spec, inputs)
         return spec, arrays, spec.bind(arrays)
 
     def _execute(self, spec: GraphSpec, arrays: dict[str, np.ndarray], env: dict[str, int],
@@ -89,7 +92,7 @@ class Runner:
         feeds = {t.name: arrays[t.name] for t in spec.inputs}
         feeds.update(state)
         outputs = self._run(spec.name, feeds)
-        _check_outputs(self.name, spec, env, outputs)
+        check_outputs(self.name, spec, env, outputs)
         return outputs
 
     def encode(self, images: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -124,7 +127,7 @@ class Runner:
 
 
 class Stream:
-    """Streaming session over a runner (DESIGN.md streaming contract).
+    """Streaming session over a runner (the streaming contract: docs/architecture.md).
 
     Each graph keeps its own state: zeros before the first chunk, then each call's `present_i` becomes the
     next call's `past_i`. Chunks may differ in length along the stream axis, but not in the dimensions the
@@ -145,12 +148,7 @@ class Stream:
         if past is None:
             past = spec.zero_state(env)
         else:
-            for st, shape in zip(spec.state, spec.state_shapes(env), strict=True):
-                if past[st.input].shape != shape:
-                    raise InputShapeError(
-                        f"{graph} stream: this chunk needs state {st.input} of shape {shape} but the stream "
-                        f"holds {past[st.input].shape} (batch or frame size changed mid-stream; open a new "
-                        f"stream)")
+            check_held_state(spec, env, [past[st.input].shape for st in spec.state])
         outputs = self.runner._execute(spec, arrays, env, past)
         self._state[graph] = {st.input: outputs[st.output] for st in spec.state}
         return {t.name: outputs[t.name] for t in spec.outputs}
@@ -164,7 +162,26 @@ class Stream:
         return next(iter(self.step("decoder", chunk).values()))
 
 
-def _named(spec: GraphSpec, inputs: Any) -> dict[str, np.ndarray]:
+def check_options(backend: str, options: Mapping[str, Any], known: Sequence[str]) -> None:
+    """Refuse runner options a backend does not know (a typo would otherwise be ignored silently)."""
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(f"{backend}: unknown option(s) {', '.join(unknown)} (known: {', '.join(known)})")
+
+
+def check_held_state(spec: GraphSpec, env: dict[str, int], held: Sequence[tuple[int, ...]]) -> None:
+    """The state a stream holds from its last chunk (`held`: one shape per state tensor) must have the shapes
+    this chunk needs (`env`); the batch or frame size cannot change mid-stream."""
+    for st, shape, have in zip(spec.state, spec.state_shapes(env), held, strict=True):
+        if have != shape:
+            raise InputShapeError(
+                f"{spec.name} stream: this chunk needs state {st.input} of shape {shape} but the stream "
+                f"holds {have} (batch or frame size changed mid-stream; open a new stream)")
+
+
+def named_inputs(spec: GraphSpec, inputs: Any) -> dict[str, np.ndarray]:
+    """Data inputs by name, given by name (unknown names refused) or in spec order (count checked), or one
+    array for a one-input graph."""
     if isinstance(inputs, Mapping):
         unknown = sorted(set(inputs) - {t.name for t in spec.inputs})
         if unknown:
@@ -195,8 +212,8 @@ def _checked_state(spec: GraphSpec, env: dict[str, int],
     return state
 
 
-def _check_outputs(backend: str, spec: GraphSpec, env: dict[str, int],
-                   outputs: dict[str, np.ndarray]) -> None:
+def check_outputs(backend: str, spec: GraphSpec, env: dict[str, int],
+                  outputs: dict[str, np.ndarray]) -> None:
     """A backend must return exactly the spec's outputs with the spec's shapes: names first, then shapes."""
     if sorted(outputs) != sorted(spec.output_names):
         raise ModelFormatError(f"{backend} {spec.name} returned outputs {sorted(outputs)}, the manifest "

@@ -34,10 +34,10 @@ import numpy as np
 
 from vae_deploy.errors import ConfigError, MissingBackendError, ModelFormatError
 from vae_deploy.runtime import cuda_device
-from vae_deploy.runtime.device_runner import DeviceRunner, DeviceState, named_inputs
+from vae_deploy.runtime.device_runner import DeviceRunner, DeviceState
 from vae_deploy.runtime.fp16_guard import Fp16Guard, bad_values
 from vae_deploy.runtime.manifest import REFERENCE_DIR
-from vae_deploy.runtime.runner import module_available
+from vae_deploy.runtime.runner import check_options, module_available
 from vae_deploy.runtime.spec import GraphSpec
 
 OPTIONS = ("precision", "channels_last", "compile", "cuda_graph", "graph_cache", "tf32", "cudnn_benchmark",
@@ -86,10 +86,7 @@ class TorchCudaRunner(DeviceRunner):
     def _load(self) -> None:
         import torch
 
-        unknown = sorted(set(self.options) - set(OPTIONS))
-        if unknown:
-            raise ConfigError(f"{self.name}: unknown option(s) {', '.join(unknown)} (known: "
-                              f"{', '.join(OPTIONS)})")
+        check_options(self.name, self.options, OPTIONS)
         if self.device_type == "cuda" and not torch.cuda.is_available():
             raise MissingBackendError(f"backend 'torch-cuda' needs a CUDA build of torch and a GPU; this "
                                       f"torch ({torch.__version__}) sees no CUDA device; use --backend torch")
@@ -252,7 +249,7 @@ class TorchCudaRunner(DeviceRunner):
     def device_call(self, graph, inputs, cuda_graph: bool | None = None):
         """See DeviceRunner.device_call; cuda_graph overrides the runner's option for this call (timing
         a compiled model with and without a captured graph without compiling it twice)."""
-        spec, arrays, env = self._prepare(graph, named_inputs(self.graph(graph), inputs))
+        spec, arrays, env = self._prepare(graph, inputs)
         fn = self._fns[graph]
         with self._mode():
             xs = [self._upload(arrays[t.name]) for t in spec.inputs]
