@@ -6,8 +6,11 @@ Three groups:
 - Everywhere: the IO-binding runner of ort-cuda, run on the CPU execution provider (its binding and state
   logic does not depend on the device): parity, device-held streaming state, the static-buffer mode that
   CUDA graphs use (ping-pong state slots, eviction when streams interleave), option checking.
-- With a GPU (marker gpu; skipped elsewhere): the same checks on CUDA with the floors of the GPU issue,
-  fp32 max abs <= 1e-4 and fp16 decoder PSNR >= 45 dB against the PyTorch CPU reference.
+- With a GPU (marker gpu; skipped elsewhere): the same checks on CUDA against the PyTorch CPU reference,
+  judged by the graph specs' own floors, the ones ort-cpu meets (MLP: fp32 max abs <= 1e-5, fp16 decoder
+  PSNR >= 50 dB; video graphs: fp32 max abs <= 1e-4), with the parity report's verdict asserted. The H200
+  run (benchmarks/results/gpu_check_h200.md) measured the MLP at 3.34e-6 (fp32) and 82.7-83.1 dB (fp16)
+  on both CUDA backends, well inside them.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from vae_deploy.export import ExportProfile, check_parity, export_model, load_pr
 from vae_deploy.runtime import available_backends, cuda_device, load_runner
 from vae_deploy.runtime.device_runner import DeviceStream
 from vae_deploy.runtime.fp16_guard import Fp16FallbackWarning, bad_values, inspect_arrays, upcast_to_fp32
-from vae_deploy.runtime.ort_runner import OrtDeviceRunner, OrtState, cuda_provider_options
+from vae_deploy.runtime.ort_cuda import OrtDeviceRunner, OrtState
+from vae_deploy.runtime.ort_session import cuda_provider_options
 from vae_deploy.runtime.spec import TensorSpec
 from vae_deploy.runtime.torch_cuda_runner import TorchCudaRunner, TorchState
 from vae_deploy.video.metrics import psnr_from_mse
@@ -318,15 +322,16 @@ def test_ort_cuda_parity_floors(options, mlp_model_dir, mlp_model_fp16_dir, caus
     with load_runner(mlp_model_dir, "ort-cuda", **options) as runner, \
             load_runner(mlp_model_dir, "torch") as ref:
         report = check_parity(runner, ref, mnist_test_images, (1, 7, 128, 1000))
-    assert max(c.max_abs for c in report.comparisons) <= 1e-4
+    assert report.passed and max(c.max_abs for c in report.comparisons) <= 1e-5, report.failures()
     with load_runner(causal_dir, "ort-cuda", **options) as runner, load_runner(causal_dir, "torch") as ref:
         report = check_parity(runner, ref, None, (1, 2))
-    assert max(c.max_abs for c in report.comparisons) <= 1e-4
+    assert report.passed and max(c.max_abs for c in report.comparisons) <= 1e-4, report.failures()
     assert any(c.case == "stream" for c in report.comparisons)
     with load_runner(mlp_model_fp16_dir, "ort-cuda", **options) as runner, \
             load_runner(mlp_model_fp16_dir, "torch") as ref:
         report = check_parity(runner, ref, mnist_test_images, (1, 7, 128, 1000))
-    assert min(c.psnr_db for c in report.comparisons if c.graph == "decoder") >= 45.0
+    assert report.passed, report.failures()
+    assert min(c.psnr_db for c in report.comparisons if c.graph == "decoder") >= 50.0
 
 
 @gpu
@@ -336,10 +341,19 @@ def test_torch_cuda_parity_floors(options, mlp_model_dir, causal_dir, mnist_test
     with load_runner(mlp_model_dir, "torch-cuda", **options) as runner, \
             load_runner(mlp_model_dir, "torch") as ref:
         report = check_parity(runner, ref, mnist_test_images, (1, 7, 128, 1000))
-    assert max(c.max_abs for c in report.comparisons) <= 1e-4
+    assert report.passed and max(c.max_abs for c in report.comparisons) <= 1e-5, report.failures()
     with load_runner(causal_dir, "torch-cuda", **options) as runner, load_runner(causal_dir, "torch") as ref:
         report = check_parity(runner, ref, None, (1, 2))
-    assert max(c.max_abs for c in report.comparisons) <= 1e-4
+    assert report.passed and max(c.max_abs for c in report.comparisons) <= 1e-4, report.failures()
+
+
+@gpu
+@_needs("ort-cuda")
+def test_ort_cuda_matches_ort_cpu_on_a_stream(mlp_model_dir, mnist_test_images):
+    with load_runner(mlp_model_dir, "ort-cuda") as cuda, load_runner(mlp_model_dir, "ort-cpu") as cpu:
+        stream = cuda.open_stream()
+        mu = np.concatenate([stream.encode(mnist_test_images[i:i + 100])[0] for i in range(0, 1000, 100)])
+        np.testing.assert_allclose(mu, cpu.encode(mnist_test_images)[0], rtol=0, atol=1e-5)
 
 
 @gpu

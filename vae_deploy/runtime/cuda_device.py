@@ -129,6 +129,12 @@ def device_identity(ordinal: int = 0) -> tuple[str, str]:
     return name.value.decode(errors="replace"), f"{major.value}.{minor.value}"
 
 
+def make_current(ordinal: int = 0) -> None:
+    """Make device `ordinal`'s primary context current on this thread: the CUDA runtime inside TensorRT,
+    ONNX Runtime or PyTorch then works on that device where a call names none (the TensorRT builder)."""
+    _driver().make_current(ordinal)
+
+
 class CudaStream:
     """A CUDA stream in the device's primary context; `handle` is what TensorRT's execute_async_v3 takes."""
 

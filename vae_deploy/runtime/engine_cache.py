@@ -1,8 +1,9 @@
 """TensorRT engine cache: keys, optimization-profile shapes, and the staleness check (no tensorrt import).
 
 A serialized engine is only valid for the exact ONNX graph, TensorRT version, GPU model and compute
-capability, precision and optimization profile it was built with; loading one built for anything else
-fails at best and gives wrong results at worst. So each engine is stored under a key over all of these:
+capability, precision, optimization profile and builder settings (workspace, optimization level, whether
+TF32 was allowed) it was built with; loading one built for anything else fails at best and gives wrong
+results at worst. So each engine is stored under a key over all of these:
 
     engines/<graph>-<precision>-<digest16>.engine    the serialized engine
     engines/<graph>-<precision>-<digest16>.json      its key (every field, readable) + the engine's sha256
@@ -33,9 +34,11 @@ from vae_deploy.runtime.spec import GraphSpec
 ENGINE_DIR = "engines"
 PRECISIONS = ("fp32", "fp16", "int8")
 # A profile's batch range is sized for images (the MLP up to 8192 per call); a video batch is whole clips,
-# and an engine reserves activation memory for its largest shape, so video graphs take 1..4 clips, tuned
-# for 1 (the streaming case).
-VIDEO_BATCH = (1, 1, 4)
+# and an engine reserves activation memory for its largest shape, so video graphs take 1..2 clips, tuned
+# for 1 (the streaming case). 2 is what the parity check feeds video graphs (GraphSpec.max_parity_batch);
+# each extra clip multiplies the largest activation (at 2 x 16 frames x 1088 x 1920 the default model's
+# decoder already holds a 1.6e9-element tensor; many TensorRT layers before 10.10 stop at 2^31 elements).
+VIDEO_BATCH = (1, 1, 2)
 
 
 class StaleEngineError(ModelFormatError):
@@ -60,7 +63,7 @@ class EngineKey:
     gpu_name: str
     compute_capability: str
     profile: dict[str, list[list[int]]]  # input name -> [min, opt, max] shape
-    builder: dict[str, Any] = field(default_factory=dict)  # workspace_mb, optimization level, ...
+    builder: dict[str, Any] = field(default_factory=dict)  # workspace_mb, optimization level, tf32
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -191,13 +194,30 @@ def find_engine(model_dir: Path, key: EngineKey) -> Path:
     raise StaleEngineError(f"no TensorRT {key.precision} engine for the {key.graph} in {where}; {rebuild}")
 
 
-def builder_settings(export_profile: dict[str, Any]) -> dict[str, Any]:
-    """The builder settings that change an engine, from an export profile as the manifest records it."""
+def tf32_allowed(precision: str) -> bool:
+    """Whether an engine of `precision` may use TF32 for its float32 layers.
+
+    TensorRT allows TF32 unless told otherwise (BuilderFlag.TF32 is on by default): inner products with
+    10-bit mantissas, errors near 1e-3, so an "fp32" engine built with it would miss the fp32 floor (max abs
+    1e-5) by far. fp32 engines clear it; fp16 and int8 engines keep TensorRT's default, whose fp32 layers
+    (casts at the float32 inputs and outputs, unquantized ops) are judged by the PSNR floor anyway.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"engine precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision != "fp32"
+
+
+def builder_settings(export_profile: dict[str, Any], precision: str) -> dict[str, Any]:
+    """The builder settings that change an engine, from an export profile as the manifest records it, and
+    the engine's precision (TF32, see tf32_allowed)."""
     trt = export_profile.get("tensorrt") or {}
     return {"workspace_mb": int(trt.get("workspace_mb", 1024)),
-            "builder_optimization_level": int(trt.get("builder_optimization_level", 3))}
+            "builder_optimization_level": int(trt.get("builder_optimization_level", 3)),
+            "tf32": tf32_allowed(precision)}
 
 
 def default_precision(export_profile: dict[str, Any]) -> str:
-    """fp16 engines where the profile allows fp16 kernels (tensorrt.fp16), else fp32."""
+    """The engine precision a model folder gets when none is asked for: fp16 where its export profile sets
+    tensorrt.fp16 (the gpu and jetson profiles, whose graphs are fp16), else fp32. Engines compute in their
+    graph's own types (strongly typed, export/tensorrt_build.py): the flag picks the engine, not kernels."""
     return "fp16" if (export_profile.get("tensorrt") or {}).get("fp16") else "fp32"

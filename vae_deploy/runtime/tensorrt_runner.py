@@ -1,23 +1,29 @@
 """The `tensorrt` backend: serialized TensorRT engines from the model folder's engines/ cache.
 
 UNVERIFIED in this project: TensorRT cannot be installed on any machine here (its PyPI packages download
-from a vendor index no machine reaches), so this runner is written against the TensorRT 10 Python API
-documentation (ICudaEngine, IExecutionContext.set_input_shape / set_tensor_address / execute_async_v3) and
-its tests skip where `import tensorrt` fails. What it builds on is verified: the engine cache key and
-staleness logic (runtime/engine_cache.py, CPU tests) and the device memory and stream helpers
+from a vendor index no machine reaches), so this runner is written against the TensorRT 10.x and 11.x Python
+bindings (ICudaEngine, IExecutionContext.set_input_shape / set_tensor_address / execute_async_v3, all
+present in both) and its tests skip where TensorRT is missing or its major version is not 10 or 11. What it
+builds on is verified: the engine cache key and staleness logic (runtime/engine_cache.py, CPU tests), the
+version gate (`version_problem`, CPU tests) and the device memory and stream helpers
 (runtime/cuda_device.py, checked on the GPU machine by benchmarks/gpu_check.py).
+
+Supported: TensorRT 10.x and 11.x (SUPPORTED_MAJORS). The builder makes strongly typed networks, the one
+kind both build (export/tensorrt_build.py says why); another major is refused with one error naming what
+to install, so a TensorRT 12 that removes more is never half-used.
 
 Engines come from `vae-deploy export CKPT_DIR --out MODEL_DIR --engine` (export/tensorrt_build.py). The
 runner computes the key of the current setup (the graph's sha256 from the manifest, TensorRT version, GPU
 name and compute capability, precision, the profile shapes from the manifest's export profile and builder
-settings) and loads only the engine stored under that key; anything else is a StaleEngineError that says
-what differs and how to rebuild. Options:
+settings, TF32 included) and loads only the engine stored under that key; anything else is a
+StaleEngineError that says what differs and how to rebuild. Options:
 
     precision    "fp32" | "fp16" | "int8"; default fp16 where the export profile's tensorrt.fp16 is set
     ranges       {symbol: (min, opt, max)} the engines were built with, when not the manifest's profile
-    fp16_guard   fp16/int8 engines: NaN/inf/out-of-range outputs make that stage switch to its fp32
-                 engine (built alongside by the builder) with one warning; default True
-    device_id    CUDA device; default 0
+    fp16_guard   fp16 engines: NaN/inf/out-of-range outputs make that stage switch to its fp32 engine
+                 (built alongside by the builder) with one warning; default True
+    device_id    CUDA device; default 0. Its primary context is made current before any engine is
+                 deserialized, so the engines, their execution contexts and the buffers share that GPU.
 
 Device memory: cuda_device.DeviceBuffer (CUDA driver API via ctypes, so neither torch nor cuda-python is
 needed). Inputs are uploaded per call, outputs downloaded; the streaming state stays in device buffers
@@ -32,7 +38,7 @@ import numpy as np
 
 from vae_deploy.errors import ConfigError, InputShapeError, MissingBackendError, ModelFormatError
 from vae_deploy.runtime import cuda_device
-from vae_deploy.runtime.device_runner import DeviceRunner, DeviceState, named_inputs
+from vae_deploy.runtime.device_runner import DeviceRunner, DeviceState
 from vae_deploy.runtime.engine_cache import (
     EngineEnv,
     EngineKey,
@@ -43,18 +49,51 @@ from vae_deploy.runtime.engine_cache import (
     profile_ranges,
 )
 from vae_deploy.runtime.fp16_guard import Fp16Guard, inspect_arrays
-from vae_deploy.runtime.runner import module_available
+from vae_deploy.runtime.runner import module_available, named_inputs
 from vae_deploy.runtime.spec import GraphSpec
 
 OPTIONS = ("precision", "ranges", "fp16_guard", "device_id")
-INSTALL = "TensorRT 10 or later for your CUDA version (pip install tensorrt)"
+SUPPORTED_MAJORS = (10, 11)
+INSTALL = "TensorRT 10 or 11 for your CUDA version (pip install 'tensorrt>=10,<12')"
 
 
 def tensorrt_unavailable_reason() -> str | None:
-    """Why TensorRT cannot run here, or None (cheap: does not import tensorrt)."""
+    """Why TensorRT cannot run here, or None (cheap: does not import tensorrt, so it cannot see the
+    version; `tensorrt_problem` does)."""
     if not module_available("tensorrt"):
         return "tensorrt is not installed"
     return cuda_device.unavailable_reason()
+
+
+def version_problem(version: str) -> str | None:
+    """Why this project cannot use TensorRT `version` ("10.8.0.43"), or None for a supported major."""
+    head = str(version).split(".")[0]
+    if not head.isdigit():
+        return f"cannot read the TensorRT version {version!r}; install {INSTALL}"
+    if int(head) not in SUPPORTED_MAJORS:
+        return (f"TensorRT {version} is not supported (this project builds and runs engines with TensorRT "
+                f"{' and '.join(f'{m}.x' for m in SUPPORTED_MAJORS)}); install {INSTALL}")
+    return None
+
+
+def tensorrt_problem() -> str | None:
+    """Why TensorRT cannot run here, the version included, or None (imports tensorrt where installed)."""
+    reason = tensorrt_unavailable_reason()
+    if reason:
+        return reason
+    import tensorrt as trt
+
+    return version_problem(trt.__version__)
+
+
+def import_tensorrt(purpose: str):
+    """The tensorrt module of a supported major, or MissingBackendError "<purpose>: <why not>"."""
+    import tensorrt as trt
+
+    problem = version_problem(trt.__version__)
+    if problem:
+        raise MissingBackendError(f"{purpose}: {problem}")
+    return trt
 
 
 def current_env(trt, device_id: int = 0) -> EngineEnv:
@@ -68,7 +107,7 @@ def engine_key(manifest, graph: str, precision: str, env: EngineEnv,
     spec = manifest.graph(graph)
     ranges = ranges if ranges is not None else profile_ranges(manifest.export_profile)
     return EngineKey.for_graph(graph, manifest.files[spec.file], precision, env, engine_profile(spec, ranges),
-                               builder_settings(manifest.export_profile))
+                               builder_settings(manifest.export_profile, precision))
 
 
 class TrtState(DeviceState):
@@ -130,25 +169,25 @@ class TensorRTRunner(DeviceRunner):
         return tensorrt_unavailable_reason()
 
     def _load(self) -> None:
-        import tensorrt as trt
-
         unknown = sorted(set(self.options) - set(OPTIONS))
         if unknown:
             raise ConfigError(f"{self.name}: unknown option(s) {', '.join(unknown)} (known: "
                               f"{', '.join(OPTIONS)})")
-        major = int(str(trt.__version__).split(".")[0])
-        if major < 10:
-            raise MissingBackendError(f"backend 'tensorrt' needs TensorRT 10 or later, found "
-                                      f"{trt.__version__}")
+        trt = import_tensorrt(f"backend {self.name!r}")
         self._trt = trt
         self.device_id = int(self.options.get("device_id", 0))
         self.precision = str(self.options.get("precision", default_precision(self.manifest.export_profile)))
         self._ranges = self.options.get("ranges")
         self._env = current_env(trt, self.device_id)
+        # TensorRT deserializes engines and allocates context memory on the current device: make it the one
+        # the key names (and the buffers use) before anything is loaded.
+        cuda_device.make_current(self.device_id)
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         self._stream = cuda_device.CudaStream(self.device_id)
-        guard = self.precision != "fp32" and bool(self.options.get("fp16_guard", True))
+        # fp16 engines only: int8 engines come from Q/DQ graphs whose unquantized layers stay fp32
+        # (strong typing), so there is no fp16 overflow to guard against and no fp32 engine is built.
+        guard = self.precision == "fp16" and bool(self.options.get("fp16_guard", True))
         self._guard = Fp16Guard(self.name, guard)
         self._engines = {name: self._engine(name, self.precision) for name in self.manifest.graphs}
 
