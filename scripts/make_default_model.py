@@ -1,13 +1,13 @@
 """Build the default model packaged in vae_deploy/assets/default_model/ from a training run.
 
-    .venv/bin/python scripts/make_default_model.py runs/default_model [--profile export/cpu-fp32.toml]
+    .venv/bin/python scripts/make_default_model.py runs/default_model [--profile cpu-fp32]
                                                    [--check]
 
 Exports RUN_DIR (model.safetensors + config.json of a video run; the packaged one is
 train/default_model.toml's) with the CPU fp32 profile into a temporary folder beside the target,
 refuses it unless the export-time parity check passed, then swaps it into place with renames (the old
-folder is moved aside first and removed last), so an interrupted build leaves either the previous default
-model or the new one.
+folder is moved aside first and removed last: export/publish.py's staged_folder), so an interrupted build
+leaves either the previous default model or the new one.
 
 --check then runs the new default model through the pipeline (`vae-deploy run`'s code) on the held-out
 carphone_pristine clip and prints frames/s, PSNR and compression against the issue's floors.
@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,9 +28,10 @@ from vae_deploy.video.default_model import DEFAULT_MODEL_DIR, DEMO_CLIP  # noqa:
 FLOORS = {"frames_per_s": 25.0, "psnr": 26.0, "compression_ratio": 24.0}  # the issue's, on this CPU
 
 
-def build(run_dir: Path, profile_path: Path, target: Path = DEFAULT_MODEL_DIR) -> Path:
+def build(run_dir: Path, profile_path: str | Path, target: Path = DEFAULT_MODEL_DIR) -> Path:
     from vae_deploy.cli.verify import real_inputs_for
     from vae_deploy.export import export_model, load_profile
+    from vae_deploy.export.publish import staged_folder
     from vae_deploy.export.specs import graph_specs
     from vae_deploy.models import build_model
     from vae_deploy.models.checkpoint import read_config
@@ -41,29 +40,20 @@ def build(run_dir: Path, profile_path: Path, target: Path = DEFAULT_MODEL_DIR) -
     if config.get("kind") not in ("frame", "temporal", "causal3d"):
         raise SystemExit(f"{run_dir} holds a {config.get('kind')!r} model; the default model must be a video "
                          f"model")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    # The folder is built under a temporary name and swapped in only when parity passed (export/publish.py):
+    # an interrupted or refused build leaves the previous default model.
+    with staged_folder(target) as staging:
         encoder = graph_specs(config["kind"], build_model(config["kind"], config["model"]).config)["encoder"]
         real = real_inputs_for(config["kind"], 16, "auto", None, encoder)  # frames of carphone_pristine
-        manifest, report = export_model(run_dir, staging / "model", load_profile(profile_path),
-                                        real_inputs=real, log=print)
+        manifest, report = export_model(run_dir, staging, load_profile(profile_path), real_inputs=real,
+                                        log=print)
         if not report.passed:
             raise SystemExit(f"parity failed at export: {len(report.failures())} comparisons over tolerance; "
                              f"the default model was not replaced")
-        # Package data must be readable by every user; the atomic temporary files are created 0600.
-        for path in (staging / "model").rglob("*"):
+        # Package data must be readable by every user, whatever the umask of whoever builds it.
+        for path in staging.rglob("*"):
             path.chmod(0o755 if path.is_dir() else 0o644)
-        (staging / "model").chmod(0o755)
-        old = target.with_name(f".{target.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        if target.exists():
-            target.rename(old)
-        (staging / "model").rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        staging.chmod(0o755)
     size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
     print(f"default model: {target} ({manifest.kind}, {size / 1e6:.1f} MB, fingerprint "
           f"{manifest.fingerprint[:12]}..., working short side {manifest.preprocessing.get('short_side')})")
@@ -88,7 +78,7 @@ def check(model_dir: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="training run folder (model.safetensors + config.json)")
-    parser.add_argument("--profile", type=Path, default=ROOT / "export" / "cpu-fp32.toml")
+    parser.add_argument("--profile", default="cpu-fp32", help="export profile: a TOML file or a profile name")
     parser.add_argument("--check", action="store_true", help="measure the new model on the held-out clip")
     parser.add_argument("--target", type=Path, default=DEFAULT_MODEL_DIR, help="model folder to (re)place")
     args = parser.parse_args()

@@ -26,9 +26,13 @@ def evaluate(
 ) -> None:
     """Test loss, recon and KL per sample; writes loss curves, reconstructions and (2-D latent) the latent
     scatter and the decoded manifold."""
-    from vae_deploy.training.evaluation import evaluate_run
+    from vae_deploy.cli.extras import train_extra
 
-    report = evaluate_run(run_dir, data_dir=data_dir, out_dir=out, seed=seed, device=device, threads=threads)
+    with train_extra("evaluate"):
+        from vae_deploy.training.evaluation import evaluate_run
+
+        report = evaluate_run(run_dir, data_dir=data_dir, out_dir=out, seed=seed, device=device,
+                              threads=threads)
     if json_out:
         print(json.dumps(report, indent=2))
         return

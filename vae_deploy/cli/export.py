@@ -1,9 +1,13 @@
-"""`vae-deploy export RUN_DIR --out MODEL_DIR [--profile NAME] [--engine]`: checkpoint -> model folder.
+"""`vae-deploy export RUN_DIR --out MODEL_DIR [--profile NAME] [--force] [--engine]`: checkpoint -> model
+folder.
 
-Writes encoder.onnx, decoder.onnx, reference/ and manifest.json (with the parity report measured here),
-prints the worst error per output, and exits 1 when parity fails (the folder is still written, so
-`vae-deploy verify` can show the details). --engine also builds TensorRT engines (export/tensorrt_build.py);
-where TensorRT is missing it stops before exporting, saying what to install and which backends run here.
+Writes encoder.onnx, decoder.onnx, reference/, golden.npz and manifest.json (with the parity report measured
+here), prints the worst error per output, and exits 1 when parity fails (the folder is still written, so
+`vae-deploy verify` can show the details). The folder is built under a temporary name beside MODEL_DIR and
+swapped in when complete: a failed or interrupted export leaves the previous folder (or nothing). An
+existing non-empty MODEL_DIR is refused unless --force. --engine also builds TensorRT engines
+(export/tensorrt_build.py); where TensorRT is missing it stops before exporting, saying what to install and
+which backends run here.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ def export(
         help="Export profile: a TOML file, or a name in export/ (cpu-fp32, cpu-int8, gpu-fp16, "
              "jetson-orin-fp16)."
     )] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace an existing model folder at --out (its engines/ cache is kept).")] = False,
     real: Annotated[int, typer.Option(
         "--real", help="Real test inputs for the parity check: MNIST images, or frames of a sample clip "
                        "for video models (at most 16); 0: random only.")] = 1000,
@@ -42,6 +48,18 @@ def export(
                               "(the MLP calibrates on its real MNIST test inputs).")] = None,
 ) -> None:
     """Export encoder and decoder to ONNX with a manifest and an export-time parity report."""
+    from vae_deploy.cli.extras import train_extra
+    from vae_deploy.export.publish import check_target
+
+    check_target(out, overwrite=force)  # before any work: refusing later would waste the export
+    with train_extra("export"):
+        _export(run_dir, out, profile, force, real, data_source, data_dir, parity_backend, engine,
+                engine_precision, calibration)
+
+
+def _export(run_dir: Path, out: Path, profile: str | None, force: bool, real: int, data_source: str,
+            data_dir: Path | None, parity_backend: str, engine: bool, engine_precision: str | None,
+            calibration: Path | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -58,6 +76,9 @@ def export(
 
         if engine_precision not in (None, "fp32", "fp16", "int8"):
             raise ConfigError(f"--engine-precision must be fp32, fp16 or int8, got {engine_precision!r}")
+        if calibration is not None:
+            raise ConfigError("--calibration is no longer used: TensorRT int8 engines are built from an int8 "
+                              "model folder's Q/DQ graphs, quantized at export")
         require_tensorrt()
     chosen = load_profile(profile)
     config = read_config(run_dir)
@@ -65,7 +86,7 @@ def export(
     encoder = graph_specs(config["kind"], model_config)["encoder"]
     inputs = real_inputs_for(config["kind"], real, data_source, data_dir, encoder)
     manifest, report = export_model(run_dir, out, chosen, real_inputs=inputs, parity_backend=parity_backend,
-                                    log=lambda msg: console.print(msg, highlight=False))
+                                    log=lambda msg: console.print(msg, highlight=False), overwrite=force)
     title = (f"parity at export: {report.backend} vs {report.reference} ({report.precision}), "
              f"worst judged case")
     table = Table(title=title, title_justify="left")
@@ -86,20 +107,10 @@ def export(
 def _build_engines(console, out: Path, manifest, precision: str | None, real_inputs, calibration) -> None:
     from rich.table import Table
 
-    from vae_deploy.errors import ConfigError
-    from vae_deploy.export.tensorrt_build import build_engines, calibration_from_video, describe
+    from vae_deploy.export.tensorrt_build import build_engines, describe
 
-    calibration_inputs = None
-    if precision == "int8":
-        if calibration is not None:
-            calibration_inputs = calibration_from_video(calibration, manifest)
-        elif real_inputs is not None and not manifest.graph("encoder").stream_axis:
-            calibration_inputs = real_inputs
-        else:
-            raise ConfigError("int8 engines need real calibration inputs: pass --calibration VIDEO "
-                              "(or --real N for the MLP)")
-    results = build_engines(out, precision, calibration_inputs=calibration_inputs,
-                            log=lambda msg: console.print(msg, highlight=False))
+    # int8 engines come from the folder's Q/DQ graphs (export/tensorrt_build.py): nothing to calibrate.
+    results = build_engines(out, precision, log=lambda msg: console.print(msg, highlight=False))
     table = Table(title=f"TensorRT engines in {out}/engines", title_justify="left")
     for column in ("graph", "precision", "file", "cached", "seconds"):
         table.add_column(column)

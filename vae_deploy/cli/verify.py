@@ -1,8 +1,11 @@
-"""`vae-deploy verify MODEL_DIR [--backend NAME] [--json]`: parity of a backend against the PyTorch reference.
+"""`vae-deploy verify MODEL_DIR [--backend NAME] [--reference auto|torch|golden] [--json]`: parity of a
+backend against the PyTorch reference.
 
 Runs the backend and the reference (the folder's reference/ checkpoint) on real test inputs and on random
 inputs at several batch sizes, prints one table per output (max abs error, max rel error, PSNR) and exits 1
-when any comparison is over tolerance. Writes nothing; --json prints the report to stdout instead.
+when any comparison is over tolerance. Where PyTorch is not installed (the edge install), the reference is
+the golden outputs stored in the folder at export (golden.npz, export/golden.py), judged by the same rules;
+the first line says which reference was used. Writes nothing; --json prints the report to stdout instead.
 """
 
 from __future__ import annotations
@@ -113,12 +116,43 @@ def parity_error(report) -> ParityError:
         f"max abs {worst.max_abs:.2e}, PSNR {_fmt(worst.psnr_db, 'db')} dB, needs {worst.limit})")
 
 
+REFERENCES = ("auto", "torch", "golden")
+
+
+def choose_reference(choice: str, model_dir: Path, manifest) -> tuple[str, str]:
+    """("torch" | "golden", the line saying so) for --reference `choice`."""
+    from vae_deploy.errors import MissingBackendError, ModelFormatError
+    from vae_deploy.export.golden import GOLDEN_FILE, has_golden
+    from vae_deploy.runtime.torch_runner import TorchRunner
+
+    if choice not in REFERENCES:
+        raise ConfigError(f"--reference must be one of {', '.join(REFERENCES)}, got {choice!r}")
+    torch_missing = TorchRunner.unavailable_reason()
+    if choice == "torch" or (choice == "auto" and torch_missing is None):
+        return "torch", "reference: PyTorch (the folder's reference/ checkpoint)"
+    if not has_golden(manifest):
+        if choice == "golden":
+            raise ModelFormatError(f"{model_dir} has no golden outputs ({GOLDEN_FILE}): re-export it with "
+                                   f"this vae-deploy version, or verify against PyTorch (--reference torch)")
+        raise MissingBackendError(
+            f"cannot verify {model_dir} here: the PyTorch reference needs torch ({torch_missing}) and the "
+            f"folder has no golden outputs ({GOLDEN_FILE}); install the train extra (pip install "
+            f"'vae-deploy[train]') or re-export the model with this vae-deploy version")
+    why = "torch not installed" if choice == "auto" else "--reference golden"
+    return "golden", f"reference: golden outputs stored at export ({why})"
+
+
 def verify(
     model_dir: Annotated[Path, typer.Argument(help="Model folder (manifest.json, encoder/decoder.onnx).")],
     backend: Annotated[str, typer.Option(
         "--backend", "-b", help="Backend to check: ort-cpu, ort-cuda, ...")] = "ort-cpu",
     json_out: Annotated[bool, typer.Option(
         "--json", help="Print the report as JSON instead of tables.")] = False,
+    reference: Annotated[str, typer.Option(
+        "--reference", help="What the backend is compared with: torch (the PyTorch model in reference/), "
+                            "golden (outputs stored at export; the inputs are the stored ones, so --real, "
+                            "--batch-sizes and --seed do not apply), or auto: torch where it is installed, "
+                            "else golden.")] = "auto",
     batch_sizes: Annotated[str | None, typer.Option(
         "--batch-sizes",
         help="Random-input batch sizes, e.g. 1,7,128,1000 (default: the export profile's).")] = None,
@@ -127,21 +161,33 @@ def verify(
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="MNIST folder for real inputs.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random inputs.")] = 0,
 ) -> None:
-    """Compare a backend with the PyTorch reference; exit 1 when parity fails."""
-    from vae_deploy.export.validate import check_parity
+    """Compare a backend with the PyTorch reference (or, without torch, with the outputs stored at export);
+    exit 1 when parity fails."""
     from vae_deploy.runtime.manifest import json_safe, read_manifest
     from vae_deploy.runtime.registry import get_backend
 
     manifest = read_manifest(model_dir)
     sizes = parse_sizes(batch_sizes, "--batch-sizes") or tuple(
         manifest.export_profile.get("parity_batch_sizes", (1, 7, 128, 1000)))
-    inputs = real_inputs_for(manifest.kind, real, data_source, data_dir, manifest.graph("encoder"))
-    with get_backend(backend)(model_dir, manifest=manifest) as runner, \
-            get_backend("torch")(model_dir, manifest=manifest) as reference:
-        report = check_parity(runner, reference, inputs, sizes, seed=seed)
+    source, note = choose_reference(reference, model_dir, manifest)
+    if source == "golden":
+        from vae_deploy.export.golden import read_golden
+        from vae_deploy.export.validate import check_golden
+
+        cases = read_golden(model_dir, manifest)
+        with get_backend(backend)(model_dir, manifest=manifest) as runner:
+            report = check_golden(runner, cases)
+    else:
+        from vae_deploy.export.validate import check_parity
+
+        inputs = real_inputs_for(manifest.kind, real, data_source, data_dir, manifest.graph("encoder"))
+        with get_backend(backend)(model_dir, manifest=manifest) as runner, \
+                get_backend("torch")(model_dir, manifest=manifest) as torch_reference:
+            report = check_parity(runner, torch_reference, inputs, sizes, seed=seed)
     if json_out:
         typer.echo(json.dumps(json_safe(report.to_dict()), indent=2))
     else:
+        typer.echo(note)
         print_report(report)
     if not report.passed:
         raise parity_error(report)

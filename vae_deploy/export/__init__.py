@@ -2,12 +2,37 @@
 
     from vae_deploy.export import export_model, load_profile
     manifest, report = export_model("runs/mnist", "models/mnist", load_profile("export/cpu-fp32.toml"))
+
+The names below are imported on first use (PEP 562), so that importing a torch-free submodule
+(validate, golden, publish, profile, specs) on an edge install never imports onnx_export and with it torch.
 """
 
-from vae_deploy.export.onnx_export import export_model
-from vae_deploy.export.profile import ExportProfile, load_profile
-from vae_deploy.export.specs import graph_specs, register_spec
-from vae_deploy.export.validate import ParityReport, check_parity
+from __future__ import annotations
 
-__all__ = ["ExportProfile", "ParityReport", "check_parity", "export_model", "graph_specs", "load_profile",
-           "register_spec"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "export_model": "vae_deploy.export.onnx_export",
+    "ExportProfile": "vae_deploy.export.profile",
+    "load_profile": "vae_deploy.export.profile",
+    "graph_specs": "vae_deploy.export.specs",
+    "register_spec": "vae_deploy.export.specs",
+    "ParityReport": "vae_deploy.export.validate",
+    "check_parity": "vae_deploy.export.validate",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

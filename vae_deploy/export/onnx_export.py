@@ -11,8 +11,13 @@ Steps, each driven by the kind's graph specs (export/specs.py):
 3. onnx.checker (full check) and strict shape inference, then the spec check: names, then dynamic axes and
    fixed dims, then dtypes, so a graph that does not match its manifest is never written out as valid.
 4. reference/: the checkpoint's model.safetensors + config.json, for the torch reference runner.
-5. Parity of the exported graphs against the reference (export/validate.py, the code behind `verify`);
+5. golden.npz: the reference's outputs on a few real and seeded random inputs (export/golden.py), what
+   `verify` compares a backend with where torch is not installed.
+6. Parity of the exported graphs against the reference (export/validate.py, the code behind `verify`);
    the report goes into the manifest, which is written last, after every file it vouches for.
+
+The folder is built under a temporary name beside the target and swapped in at the end
+(export/publish.py), so an interrupted or failed export leaves the previous folder, or nothing.
 """
 
 from __future__ import annotations
@@ -31,12 +36,15 @@ from torch import nn
 import vae_deploy
 from vae_deploy.config_io import to_dict
 from vae_deploy.errors import ModelFormatError
+from vae_deploy.export.golden import GOLDEN_FILE, write_golden
 from vae_deploy.export.profile import ExportProfile
+from vae_deploy.export.publish import staged_folder
 from vae_deploy.export.quantize import calibration_clips, calibration_feeds, check_quantizable, quantize_graph
 from vae_deploy.export.specs import graph_specs
 from vae_deploy.export.validate import ParityReport, check_parity
-from vae_deploy.files import atomic_path, ensure_writable_dir
+from vae_deploy.files import atomic_path
 from vae_deploy.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_model
+from vae_deploy.runtime.engine_cache import ENGINE_DIR
 from vae_deploy.runtime.manifest import REFERENCE_DIR, Manifest, hash_files, write_manifest
 from vae_deploy.runtime.registry import get_backend
 from vae_deploy.runtime.spec import GraphSpec, TensorSpec, random_inputs
@@ -211,11 +219,15 @@ def _preprocessing(encoder: GraphSpec) -> dict:
 
 def export_model(checkpoint_dir: Path, out_dir: Path, profile: ExportProfile | None = None,
                  real_inputs: np.ndarray | None = None, parity_backend: str = "ort-cpu",
-                 log: Callable[[str], None] = lambda msg: None) -> tuple[Manifest, ParityReport]:
+                 log: Callable[[str], None] = lambda msg: None,
+                 overwrite: bool = True) -> tuple[Manifest, ParityReport]:
     """Export a checkpoint folder to a model folder and measure parity; returns (manifest, report).
 
-    The manifest is written even when parity fails (its report says so, and callers decide, e.g. the CLI
-    exits 1), so the failing folder can be inspected with `vae-deploy verify`.
+    The folder is written as a unit (export/publish.py): built beside `out_dir` and swapped in when
+    complete; an existing model folder there is replaced (its engines/ cache is kept: engines are keyed by
+    the graphs' content, so stale ones are never loaded) unless `overwrite` is False, which refuses a
+    non-empty `out_dir`. The manifest is written even when parity fails (its report says so, and callers
+    decide, e.g. the CLI exits 1), so the failing folder can be inspected with `vae-deploy verify`.
     """
     profile = profile or ExportProfile()
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
@@ -226,10 +238,20 @@ def export_model(checkpoint_dir: Path, out_dir: Path, profile: ExportProfile | N
         specs = {name: _with_io_dtype(spec, profile.io_dtype) for name, spec in specs.items()}
     if profile.precision == "int8":
         check_quantizable(config["kind"], specs["encoder"], real_inputs)
-    ensure_writable_dir(out_dir)
+    with staged_folder(out_dir, overwrite=overwrite, carry=(ENGINE_DIR,)) as work:
+        manifest, report = _write_folder(model, config, specs, checkpoint_dir, work, profile, real_inputs,
+                                         parity_backend, out_dir, log)
+    return manifest, report
+
+
+def _write_folder(model: nn.Module, config: dict, specs: dict[str, GraphSpec], checkpoint_dir: Path,
+                  work: Path, profile: ExportProfile, real_inputs: np.ndarray | None, parity_backend: str,
+                  out_dir: Path, log: Callable[[str], None]) -> tuple[Manifest, ParityReport]:
+    """Every file of the model folder, written into the empty folder `work` (logged under `out_dir`, the
+    name it will have)."""
     for spec in specs.values():
-        path = out_dir / spec.file
-        log(f"exporting {spec.name} ({spec.method}) -> {path}")
+        path = work / spec.file
+        log(f"exporting {spec.name} ({spec.method}) -> {out_dir / spec.file}")
         export_graph(model, spec, path, profile.opset)
         if profile.precision == "fp16":
             convert_fp16(path, profile.keep_io_types)
@@ -242,8 +264,8 @@ def export_model(checkpoint_dir: Path, out_dir: Path, profile: ExportProfile | N
     if profile.precision == "int8":
         fp32 = Manifest(kind=config["kind"], model=to_dict(model.config), graphs=specs, precision="fp32",
                         opset=profile.opset, preprocessing=preprocessing)
-        specs = _quantize(out_dir, fp32, profile, log)
-    reference = out_dir / REFERENCE_DIR
+        specs = _quantize(work, fp32, profile, log)
+    reference = work / REFERENCE_DIR
     for name in (WEIGHTS_FILE, CONFIG_FILE):
         with atomic_path(reference / name) as tmp:
             shutil.copyfile(checkpoint_dir / name, tmp)
@@ -252,12 +274,15 @@ def export_model(checkpoint_dir: Path, out_dir: Path, profile: ExportProfile | N
     manifest = Manifest(
         kind=config["kind"], model=to_dict(model.config), graphs=specs, precision=profile.precision,
         opset=profile.opset, preprocessing=preprocessing, producer=_producer(),
-        files=hash_files(out_dir, files), export_profile=profile.to_dict(),
+        files=hash_files(work, files), export_profile=profile.to_dict(),
     )
-    log(f"checking parity: {parity_backend} vs torch")
-    with get_backend(parity_backend)(out_dir, manifest=manifest) as backend, \
-            get_backend("torch")(out_dir, manifest=manifest) as ref:
-        report = check_parity(backend, ref, real_inputs, tuple(profile.parity_batch_sizes))
+    with get_backend("torch")(work, manifest=manifest) as ref:
+        log(f"storing the reference's outputs for torch-free checks -> {out_dir / GOLDEN_FILE}")
+        files.append(write_golden(work, ref, real_inputs))
+        log(f"checking parity: {parity_backend} vs torch")
+        with get_backend(parity_backend)(work, manifest=manifest) as backend:
+            report = check_parity(backend, ref, real_inputs, tuple(profile.parity_batch_sizes))
+    manifest.files = hash_files(work, files)
     manifest.parity = report.to_dict()
-    write_manifest(out_dir, manifest)
+    write_manifest(work, manifest)
     return manifest, report

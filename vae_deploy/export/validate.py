@@ -9,11 +9,16 @@ fp16 graphs need PSNR >= tolerance.min_psnr_db (the reference is always the fp32
 graphs need PSNR >= tolerance.min_psnr_db on the real inputs, which they must be given: their activation
 ranges were calibrated on real frames, and uniform noise lies outside them, so their random and stream
 cases are measured and reported but not judged (limit "reported").
+
+The reference's results are cases (`reference_cases`: inputs and the reference's outputs); `compare_cases`
+judges a backend against them. Where PyTorch is not installed (an edge device), the cases stored in the
+model folder at export (export/golden.py) stand in for the live reference, judged by the same rules.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -95,10 +100,22 @@ def compare(spec: TensorSpec, got: np.ndarray, ref: np.ndarray) -> tuple[float, 
     return max_abs, max_rel, psnr_from_mse(float(np.mean(diff**2)) if diff.size else 0.0, peak or 1.0)
 
 
+@dataclass
+class Case:
+    """One reference result to compare a backend with: the graph, the case label ("real", "random" or
+    "stream"), the inputs, and the reference's outputs for them (for "stream": its one-call, full-sequence
+    result, which the backend must reproduce chunk by chunk)."""
+
+    graph: str
+    case: str
+    inputs: list[np.ndarray]
+    outputs: dict[str, np.ndarray]
+
+
 class _Checker:
-    def __init__(self, backend: Runner, reference: Runner, precision: str):
-        self.backend, self.reference, self.precision = backend, reference, precision
-        self.report = ParityReport(backend.name, reference.name, precision)
+    def __init__(self, backend: Runner, reference: str, precision: str):
+        self.backend, self.precision = backend, precision
+        self.report = ParityReport(backend.name, reference, precision)
 
     def judge(self, spec: GraphSpec, case: str, max_abs: float, psnr: float) -> tuple[str, bool]:
         if self.precision == "fp32":
@@ -116,18 +133,21 @@ class _Checker:
             self.report.comparisons.append(Comparison(spec.name, t.name, case, batch, chunk, max_abs, max_rel,
                                                       psnr, limit, bool(ok)))
 
-    def whole(self, graph: str, case: str, inputs: list[np.ndarray]) -> dict:
+    def check(self, case: Case) -> None:
+        if case.case == "stream":
+            self.stream(case.graph, case.inputs, case.outputs)
+        else:
+            self.whole(case.graph, case.case, case.inputs, case.outputs)
+
+    def whole(self, graph: str, case: str, inputs: list[np.ndarray], ref: dict) -> None:
         spec = self.backend.graph(graph)
         got = self.backend.run(graph, inputs)
-        ref = self.reference.run(graph, inputs)
         self.add(spec, case, inputs[0].shape[0], 0, got, ref)
-        return ref
 
-    def stream(self, graph: str, inputs: list[np.ndarray]) -> None:
+    def stream(self, graph: str, inputs: list[np.ndarray], ref: dict) -> None:
         """Chunked backend stream vs the reference's one-call (full-sequence) result."""
         spec = self.backend.graph(graph)
         axis = _stream_axis(spec)
-        ref = self.reference.run(graph, inputs)
         for chunk in spec.stream_chunks:
             session = self.backend.open_stream()
             total = inputs[0].shape[axis]
@@ -151,6 +171,46 @@ def _output_axis(t: TensorSpec, symbol: str) -> int:
     raise ValueError(f"output {t.name} has no {symbol} axis to concatenate stream chunks along")
 
 
+def reference_cases(reference: Runner, real_inputs: np.ndarray | None = None,
+                    batch_sizes: tuple[int, ...] = (1, 7, 128, 1000), seed: int = 0) -> Iterator[Case]:
+    """The reference's results on every case `check_parity` judges, one at a time (lazily, so a large
+    batch is held only while it is compared); export/golden.py stores a small set of them.
+
+    Cases: the real inputs (when given) through the encoder, and the reference encoder's mu of them through
+    the decoder; then per graph seeded random inputs at each batch size (capped at the graph's
+    max_parity_batch), and, for graphs with streaming state, one random clip of several chunks.
+    """
+    rng = np.random.default_rng(seed)
+    encoder, decoder = reference.graph("encoder"), reference.graph("decoder")
+
+    def case(graph: str, label: str, inputs: list[np.ndarray]) -> Case:
+        return Case(graph, label, inputs, reference.run(graph, inputs))
+
+    if real_inputs is not None:
+        real = case("encoder", "real", [real_inputs.astype(encoder.inputs[0].dtype)])
+        yield real
+        yield case("decoder", "real", [real.outputs[encoder.outputs[0].name].astype(decoder.inputs[0].dtype)])
+    for graph in (encoder, decoder):
+        cap = graph.max_parity_batch or max(batch_sizes)
+        for batch in sorted({min(b, cap) for b in batch_sizes}):
+            yield case(graph.name, "random", random_inputs(graph, batch, rng))
+        if graph.state and graph.stream_axis and graph.stream_chunks:
+            # Several chunks of each size plus a shorter last one; chunk sizes are multiples of any stride.
+            frames = 4 * max(graph.stream_chunks) + min(graph.stream_chunks)
+            dims = {graph.stream_axis: frames}
+            yield case(graph.name, "stream", random_inputs(graph, graph.example_env()["batch"], rng, **dims))
+
+
+def compare_cases(backend: Runner, cases: Iterable[Case], reference: str) -> ParityReport:
+    """Run `backend` on each case's inputs and judge it against the case's reference outputs (the module
+    docstring's rules); `reference` names where those outputs came from ("torch", "golden")."""
+    precision = backend.manifest.precision
+    checker = _Checker(backend, reference, precision)
+    for case in cases:
+        checker.check(case)
+    return checker.report
+
+
 def check_parity(backend: Runner, reference: Runner, real_inputs: np.ndarray | None = None,
                  batch_sizes: tuple[int, ...] = (1, 7, 128, 1000), seed: int = 0) -> ParityReport:
     """Compare `backend` with `reference` (the torch runner) on every graph; see the module docstring.
@@ -158,24 +218,14 @@ def check_parity(backend: Runner, reference: Runner, real_inputs: np.ndarray | N
     real_inputs: a batch of real encoder inputs (e.g. MNIST test images, float32 NCHW in [0, 1]); the
     decoder's real case decodes the reference encoder's mu of the same batch.
     """
-    precision = backend.manifest.precision
-    if precision == "int8" and real_inputs is None:
+    if backend.manifest.precision == "int8" and real_inputs is None:
         raise ConfigError(INT8_NEEDS_REAL_INPUTS)
-    checker = _Checker(backend, reference, precision)
-    rng = np.random.default_rng(seed)
-    encoder, decoder = backend.graph("encoder"), backend.graph("decoder")
-    if real_inputs is not None:
-        real = real_inputs.astype(encoder.inputs[0].dtype)
-        ref = checker.whole("encoder", "real", [real])
-        mu = ref[encoder.outputs[0].name].astype(decoder.inputs[0].dtype)
-        checker.whole("decoder", "real", [mu])
-    for graph in (encoder, decoder):
-        cap = graph.max_parity_batch or max(batch_sizes)
-        for batch in sorted({min(b, cap) for b in batch_sizes}):
-            checker.whole(graph.name, "random", random_inputs(graph, batch, rng))
-        if graph.state and graph.stream_axis and graph.stream_chunks:
-            # Several chunks of each size plus a shorter last one; chunk sizes are multiples of any stride.
-            frames = 4 * max(graph.stream_chunks) + min(graph.stream_chunks)
-            dims = {graph.stream_axis: frames}
-            checker.stream(graph.name, random_inputs(graph, graph.example_env()["batch"], rng, **dims))
-    return checker.report
+    return compare_cases(backend, reference_cases(reference, real_inputs, batch_sizes, seed), reference.name)
+
+
+def check_golden(backend: Runner, cases: list[Case]) -> ParityReport:
+    """Compare `backend` with reference outputs stored at export (export/golden.py), by the same rules as
+    check_parity; the report's reference is "golden"."""
+    if backend.manifest.precision == "int8" and not any(c.case == "real" for c in cases):
+        raise ConfigError(INT8_NEEDS_REAL_INPUTS)
+    return compare_cases(backend, cases, "golden")
