@@ -39,6 +39,23 @@ def writing(target: Path) -> Iterator[None]:
         raise
 
 
+@contextlib.contextmanager
+def removing_new_folders(path: Path) -> Iterator[Path]:
+    """For a job that creates `path` (and missing parents): when the block fails or is interrupted, the
+    folders it created are removed again while they are empty, so a failed job leaves no empty folder."""
+    path = Path(path)
+    created = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
+    try:
+        yield path
+    except BaseException:
+        for folder in created:
+            try:
+                folder.rmdir()  # only succeeds while empty: what the job finished stays
+            except OSError:
+                break
+        raise
+
+
 def unwritten_cause(folder: Path) -> str:
     """Why a writer that reports no errno (OpenCV) may have failed: a full disk, or something else."""
     free = shutil.disk_usage(folder).free

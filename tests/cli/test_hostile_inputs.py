@@ -202,12 +202,12 @@ def test_a_broken_torch_install_is_one_line(inputs, tmp_path):
 
 def test_an_unexpected_error_is_one_line_with_a_debug_hint(vd, inputs, tmp_path, monkeypatch):
     """A bug (not a user error) still ends in one line; VAE_DEPLOY_DEBUG=1 shows the traceback."""
-    from vae_deploy.video import pipeline
+    from vae_deploy.video import jobs
 
     def broken(*args, **kwargs):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(pipeline, "run_video", broken)
+    monkeypatch.setattr(jobs, "run_video", broken)
     result = vd("run", inputs["clip"], "--model", inputs["model"])
     assert_one_line_error(result, "unexpected ZeroDivisionError: a bug (rerun with VAE_DEPLOY_DEBUG=1", 1)
     monkeypatch.setenv("VAE_DEPLOY_DEBUG", "1")

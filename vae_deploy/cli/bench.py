@@ -20,7 +20,7 @@ def bench(
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes.")] = "1,128",
     repeats: Annotated[int, typer.Option("--repeats", help="Timed calls per case.", min=1)] = 50,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed calls before timing.", min=0)] = 5,
-    threads: Annotated[int | None, typer.Option("--threads", help="Backend intra-op threads.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="Backend intra-op threads.")] = None,
 ) -> None:
     """Time encode and decode: median and p95 milliseconds per call, warm-up excluded."""
     from vae_deploy.cli.verify import parse_sizes

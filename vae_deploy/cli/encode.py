@@ -1,8 +1,9 @@
 """`vae-deploy encode SOURCE -o clip.vaelat`: a video's latents as fp16 in the .vaelat container.
 
-The container (vae_deploy/runtime/latents.py) records the model's sha256, fps, frame count, source size,
-fit policy and chunk, so `vae-deploy decode` can refuse another model and reproduce `vae-deploy run`'s
-frames exactly. Without --model the packaged default model encodes. No torch is imported.
+The container (vae_deploy/runtime/latents.py) records the model's fingerprint, fps, frame count, source
+size, fit policy, chunk and a checksum of the latents, so `vae-deploy decode` can refuse another model or a
+damaged file and reproduce `vae-deploy run`'s frames exactly. Without --model the packaged default model
+encodes (video/jobs.py encode_job). No torch is imported.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from vae_deploy.cli.run import (
+from vae_deploy.cli.options import (
     BackendOption,
     ChunkOption,
     FitOption,
@@ -21,22 +22,20 @@ from vae_deploy.cli.run import (
     ModelOption,
     QuietOption,
     SizeOption,
+    SourceArgument,
     ThreadsOption,
-    check_metrics_path,
-    check_outputs,
-    finish,
     interrupted,
-    stream_options,
-    streaming_job,
+    print_report,
+    progress_bar,
 )
+from vae_deploy.runtime.registry import DEFAULT_BACKEND
 
 
 def encode(
-    source: Annotated[str, typer.Argument(
-        help="Video file, image folder, camera index, or RTSP/HTTP URL / GStreamer pipeline.")],
+    source: SourceArgument,
     out: Annotated[Path, typer.Option("--out", "-o", help="The .vaelat file to write.")],
     model: ModelOption = None,
-    backend: BackendOption = "ort-cpu",
+    backend: BackendOption = DEFAULT_BACKEND,
     metrics: Annotated[Path | None, typer.Option(
         "--metrics", help="JSON: frames, frames/s, chunk latency, compression.")] = None,
     chunk: ChunkOption = 8,
@@ -48,15 +47,14 @@ def encode(
     quiet: QuietOption = False,
 ) -> None:
     """Encode a video into a latent file (fp16 latents plus what decoding needs)."""
-    from vae_deploy.video.pipeline import encode_video
+    from vae_deploy.video.jobs import encode_job
+    from vae_deploy.video.pipeline import StreamOptions
 
     try:
-        options = stream_options(chunk, size, fit, max_frames, fps, measure=False)
-        check_outputs(source, model, out=out, metrics=metrics)
-        check_metrics_path(metrics)
-        with streaming_job(source, model, backend, threads, max_frames, "encode", quiet) as (runner, frames,
-                                                                                             progress):
-            report = encode_video(runner, frames, out, options, progress)
+        options = StreamOptions(chunk=chunk, short_side=size, fit=fit, max_frames=max_frames, fps=fps,
+                                measure=False)
+        with progress_bar("encode", quiet) as progress:
+            report = encode_job(source, out, options, model, backend, threads, metrics, progress)
     except KeyboardInterrupt:
         interrupted()
-    finish(report, metrics, "encoded")
+    print_report(report, "encoded")

@@ -37,6 +37,7 @@ from rich.progress import (
 from torch import nn
 
 from vae_deploy.errors import ConfigError, ModelFormatError
+from vae_deploy.files import removing_new_folders
 from vae_deploy.models.checkpoint import load_model, load_state, read_config, save_model, save_state
 from vae_deploy.models.registry import build_model
 from vae_deploy.training.config import TrainConfig, TrainRecipe, recipe_differences
@@ -393,15 +394,6 @@ def train(recipe: TrainRecipe, out_dir: Path, resume: bool = False, console: Con
     A run that fails or is stopped before it wrote anything (a full disk at the first checkpoint, a bad
     recipe found while loading data) leaves no empty run folder behind: the folders this call created are
     removed again while they are empty."""
-    out_dir = Path(out_dir)
-    created = [p for p in (out_dir, *out_dir.parents) if not p.exists()]  # deepest first
-    try:
+    with removing_new_folders(Path(out_dir)):
         return Trainer(recipe, out_dir, resume=resume, console=console).fit(on_step=on_step,
                                                                            on_epoch=on_epoch)
-    except BaseException:
-        for folder in created:
-            try:
-                folder.rmdir()  # only succeeds while empty
-            except OSError:
-                break
-        raise

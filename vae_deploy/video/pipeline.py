@@ -36,13 +36,13 @@ from pathlib import Path
 
 import numpy as np
 
-from vae_deploy.errors import DataError, VaeDeployError
+from vae_deploy.errors import ConfigError, DataError, VaeDeployError
 from vae_deploy.files import ensure_writable_dir
 from vae_deploy.runtime.latents import LatentHeader, LatentReader, LatentWriter
 from vae_deploy.runtime.runner import Runner
 from vae_deploy.video.codec import VideoCodec, VideoModelInfo
 from vae_deploy.video.fit import FitPolicy, plan_fit
-from vae_deploy.video.io import FrameSource, VideoSink, fourcc_for
+from vae_deploy.video.io import FrameSource, VideoSink, check_output_fps, fourcc_for
 from vae_deploy.video.metrics import VideoMetrics, compression_ratio, psnr_from_mse
 
 DEFAULT_CHUNK = 8  # frames per model call: long enough to amortize a call, short enough for low latency
@@ -73,6 +73,12 @@ class StreamOptions:
     fps: float | None = None  # output frame rate; None: the source's (DEFAULT_FPS when unknown)
     queue_chunks: int = 2  # chunks waiting between two stages: bounds memory, enough to keep all busy
     measure: bool = True  # quality metrics (PSNR, SSIM, flicker): about 2.5 ms per 160x128 frame here
+
+    def __post_init__(self):
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ConfigError(f"--max-frames must be at least 1, got {self.max_frames}")
+        if self.fps is not None:
+            check_output_fps(self.fps)
 
 
 @dataclass

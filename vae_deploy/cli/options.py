@@ -1,0 +1,113 @@
+"""What the CLI's commands share: option types, the progress bar, the printed report, the interrupt exit.
+
+Presentation only: the work itself is in the layers below (video/jobs.py for the streaming commands).
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vae_deploy.runtime.registry import BACKENDS, DEFAULT_BACKEND
+
+BACKEND_HELP = f"Backend: {', '.join(BACKENDS)} (default {DEFAULT_BACKEND}; see the README's backends table)."
+BackendOption = Annotated[str, typer.Option("--backend", "-b", help=BACKEND_HELP)]
+ModelOption = Annotated[Path | None, typer.Option(
+    "--model", "-m", help="Model folder (default: the model packaged with vae-deploy).")]
+ChunkOption = Annotated[int, typer.Option(
+    "--chunk", help="Frames per model call; a multiple of the model's temporal factor.")]
+SizeOption = Annotated[int | None, typer.Option(
+    "--size", help="Working short side in pixels (default: the model's; 0: the source's own size).")]
+FitOption = Annotated[str, typer.Option(
+    "--fit", help="How frames reach the model's size multiple: snap (resize) or pad (keep aspect).")]
+MaxFramesOption = Annotated[int | None, typer.Option(
+    "--max-frames", help="Stop after this many frames (a camera runs until Ctrl-C otherwise).")]
+FpsOption = Annotated[float | None, typer.Option(
+    "--fps", help="Frame rate of the output (default: the source's; 25 for an image folder).")]
+ThreadsOption = Annotated[int | None, typer.Option(
+    "--threads", min=1, help="Inference threads (default for ort-cpu: one fewer than the CPUs, at least 1).")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+SourceArgument = Annotated[str, typer.Argument(
+    help="Video file, image folder, camera index, or RTSP/HTTP URL / GStreamer pipeline.")]
+
+
+@contextlib.contextmanager
+def progress_bar(what: str, quiet: bool) -> Iterator:
+    """A frames/s progress bar on stderr; yields the callback a job calls with (frames done, total or None).
+
+    The bar appears with the first finished chunk, so an error found while setting up prints alone.
+    """
+    if quiet:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    class Rate(TextColumn):
+        def render(self, task):
+            speed = task.finished_speed or task.speed
+            return super().render(task) if speed is None else f"{speed:6.1f} frames/s"
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(""),
+                        TimeElapsedColumn(), console=Console(stderr=True))
+    task = progress.add_task(what, total=None, start=False)
+
+    def update(done: int, total: int | None) -> None:
+        if not progress.live.is_started:
+            progress.start()
+            progress.start_task(task)
+        progress.update(task, completed=done, total=total)
+
+    try:
+        yield update
+    finally:
+        if progress.live.is_started:
+            progress.stop()
+
+
+def _num(value: float | None, fmt: str) -> str:
+    if value is None:
+        return "-"
+    return "inf" if isinstance(value, float) and math.isinf(value) else format(value, fmt)
+
+
+def print_report(report, verb: str) -> None:
+    """Results in a line or two, warnings on stderr, one line per output written; then exit 130 / 143 when
+    Ctrl-C / SIGTERM stopped the job (the outputs hold the frames done)."""
+    w, h = report.working_size
+    line = (f"{verb} {report.frames} frames in {report.seconds:.1f} s ({report.frames_per_s:.1f} frames/s) "
+            f"at {w}x{h}, compression {_num(report.compression_ratio, '.1f')}x, backend {report.backend}")
+    if report.chunk_latency_ms:
+        line += (f", chunk of {report.chunk}: p50 {report.chunk_latency_ms['p50']:.0f} ms, p95 "
+                 f"{report.chunk_latency_ms['p95']:.0f} ms")
+    typer.echo(line)
+    if report.psnr is not None:
+        sw, sh = report.source_size
+        quality = (f"PSNR {_num(report.psnr, '.2f')} dB, SSIM {_num(report.ssim, '.4f')}, "
+                   f"flicker {_num(report.flicker, '.4f')}")
+        typer.echo(f"quality at {w}x{h}: {quality}; PSNR at the source size {sw}x{sh}: "
+                   f"{_num(report.psnr_source, '.2f')} dB")
+    if report.truncated:
+        n = report.frames
+        typer.echo(f"warning: the source ended after {n} of the {report.expected_frames} frames it announced "
+                   f"(truncated or damaged); the {n} frames that decode were processed", err=True)
+    for name, path in report.outputs.items():
+        typer.echo(f"wrote {name.replace('_', '-')}: {path}")
+    if report.interrupted:
+        interrupted(f"{report.frames} frames done were kept")
+
+
+def interrupted(what: str = "no output was written") -> None:
+    """Report a Ctrl-C or SIGTERM and exit 130 / 143 (vae_deploy/interrupts.py)."""
+    from vae_deploy import interrupts
+
+    # SystemExit, not KeyboardInterrupt: typer turns the latter into a return value that would exit 0.
+    print(f"{interrupts.stop_word()}: {what}", file=sys.stderr)
+    raise SystemExit(interrupts.exit_code())

@@ -1,0 +1,129 @@
+"""The streaming commands as functions, from paths to a report: `run`, `encode`, `decode` and `demo`.
+
+Each job checks what it is asked to write before any work (an output that is an input, lies in the model
+folder or is shared by two outputs is refused), opens the model with a backend and the source, streams it
+through the pipeline (video/pipeline.py) and writes the metrics JSON when asked. The CLI only parses
+options, calls one of these and prints the report; a program embedding vae-deploy can call them the same way.
+
+Progress: `progress(done, total)` is called with the frames finished so far and the total when the source
+knows it (None for a camera or a stream). An interrupt (Ctrl-C, SIGTERM) before the first frame is finished
+propagates as KeyboardInterrupt and nothing is written; after it, the job returns a report with
+`interrupted` set and every output holds the frames done. No torch: this runs on the edge install.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from vae_deploy.files import removing_new_folders, write_json_atomic
+from vae_deploy.runtime.latents import LatentReader
+from vae_deploy.runtime.registry import DEFAULT_BACKEND, load_runner
+from vae_deploy.runtime.runner import Runner
+from vae_deploy.video.default_model import DEMO_CLIP, default_model_dir, resolve_model
+from vae_deploy.video.io import FrameSource, open_source
+from vae_deploy.video.pipeline import (
+    StreamOptions,
+    StreamReport,
+    VideoOutputs,
+    check_distinct_outputs,
+    check_output_path,
+    decode_latents,
+    encode_video,
+    run_video,
+    runner_options,
+)
+from vae_deploy.video.samples import sample_video_path
+
+JobProgress = Callable[[int, int | None], None]  # (frames finished, total frames or None)
+
+DEMO_OUTPUTS = VideoOutputs(video=Path("reconstruction.mp4"), side_by_side=Path("side_by_side.mp4"),
+                            latents=Path("carphone.vaelat"))
+DEMO_METRICS = Path("metrics.json")
+
+
+def open_model(model: Path | None, backend: str = DEFAULT_BACKEND, threads: int | None = None) -> Runner:
+    """The model folder (None: the packaged default model) with `backend`, set up for streaming."""
+    return load_runner(resolve_model(model), backend, **runner_options(backend, threads))
+
+
+def check_outputs(inputs: dict[str, Path | str | None], model: Path | None,
+                  outputs: dict[str, Path | None]) -> None:
+    """Refuse, before any work, outputs that destroy an input, the model or each other (named for the user,
+    e.g. "--out"); and a metrics path that cannot be written."""
+    check_distinct_outputs(outputs, inputs, {"the model folder": resolve_model(model)})
+
+
+def _bound(progress: JobProgress | None, total: int | None) -> Callable[[int], None] | None:
+    return None if progress is None else (lambda done: progress(done, total))
+
+
+def _source_total(source: FrameSource, options: StreamOptions) -> int | None:
+    total = source.frame_count
+    if options.max_frames is not None:
+        total = min(total or options.max_frames, options.max_frames)
+    return total
+
+
+def _finish(report: StreamReport, metrics: Path | None) -> StreamReport:
+    if metrics is not None:
+        write_json_atomic(metrics, report.to_dict())
+        report.outputs["metrics"] = str(metrics)
+    return report
+
+
+def run_job(source: str | Path, outputs: VideoOutputs, options: StreamOptions | None = None,
+            model: Path | None = None, backend: str = DEFAULT_BACKEND, threads: int | None = None,
+            metrics: Path | None = None, progress: JobProgress | None = None) -> StreamReport:
+    """`vae-deploy run`: encode and decode SOURCE, writing the outputs asked for and the metrics."""
+    options = options or StreamOptions()
+    check_outputs({"the input": source}, model, {"--out": outputs.video, "--side-by-side":
+                                                 outputs.side_by_side, "--latents": outputs.latents,
+                                                 "--metrics": metrics})
+    if metrics is not None:
+        check_output_path(metrics, "the metrics")
+    with open_model(model, backend, threads) as runner, open_source(source) as frames:
+        report = run_video(runner, frames, options, outputs, _bound(progress, _source_total(frames, options)))
+    return _finish(report, metrics)
+
+
+def encode_job(source: str | Path, out: Path, options: StreamOptions | None = None, model: Path | None = None,
+               backend: str = DEFAULT_BACKEND, threads: int | None = None, metrics: Path | None = None,
+               progress: JobProgress | None = None) -> StreamReport:
+    """`vae-deploy encode`: SOURCE's latents into the .vaelat file `out`."""
+    options = options or StreamOptions(measure=False)
+    check_outputs({"the input": source}, model, {"--out": out, "--metrics": metrics})
+    if metrics is not None:
+        check_output_path(metrics, "the metrics")
+    with open_model(model, backend, threads) as runner, open_source(source) as frames:
+        report = encode_video(runner, frames, out, options, _bound(progress, _source_total(frames, options)))
+    return _finish(report, metrics)
+
+
+def decode_job(latents: Path, out: Path, model: Path | None = None, backend: str = DEFAULT_BACKEND,
+               fps: float | None = None, threads: int | None = None, metrics: Path | None = None,
+               progress: JobProgress | None = None) -> StreamReport:
+    """`vae-deploy decode`: a .vaelat file back to video at the source's size and frame rate."""
+    options = StreamOptions(fps=fps)
+    check_outputs({"the input": latents}, model, {"--out": out, "--metrics": metrics})
+    if metrics is not None:
+        check_output_path(metrics, "the metrics")
+    total = LatentReader(latents).header.frame_count  # refuses a damaged or foreign file before loading
+    with open_model(model, backend, threads) as runner:
+        report = decode_latents(runner, latents, VideoOutputs(video=out), options, _bound(progress, total))
+    return _finish(report, metrics)
+
+
+def demo_job(out_dir: Path, backend: str = DEFAULT_BACKEND, threads: int | None = None,
+             progress: JobProgress | None = None,
+             log: Callable[[str], None] = lambda line: None) -> StreamReport:
+    """`vae-deploy demo`: the packaged model on the packaged clip, every output in `out_dir`."""
+    clip, model = sample_video_path(DEMO_CLIP), default_model_dir()
+    out_dir = Path(out_dir)
+    outputs = VideoOutputs(*(out_dir / p for p in (DEMO_OUTPUTS.video, DEMO_OUTPUTS.side_by_side,
+                                                   DEMO_OUTPUTS.latents)))
+    log(f"demo: the packaged model ({model}) on {clip.name}, its validation clip (it chose the model's "
+        f"epochs and recipe; never trained on)")
+    with removing_new_folders(out_dir):  # a demo that fails writing its first file leaves no empty folder
+        return run_job(clip, outputs, StreamOptions(), backend=backend, threads=threads,
+                       metrics=out_dir / DEMO_METRICS, progress=progress)
