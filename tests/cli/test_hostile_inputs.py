@@ -170,21 +170,39 @@ BAD_INPUT_CASES = [
                                                   "{model}/x.vaelat"], "inside the model folder"),
     Case("schema version as a string", ["run", "{clip}", "--model", "{string_schema}", "--out",
                                         "{out}/o.mp4"], "is not an integer", absent=["o.mp4"]),
+    Case("export over a model without --force", ["export", "{mlp_checkpoint}", "--out", "{mlp_model_dir}",
+                                                 "--real", "0"], "--force"),
+    Case("export of a folder that is no checkpoint", ["export", "{root}", "--out", "{out}/m"],
+         "not a checkpoint folder", absent=["m"]),
+    Case("verify a folder that is no model", ["verify", "{root}"], "is not a model folder"),
+    Case("verify with an unknown backend", ["verify", "{mlp_model_dir}", "--backend", "nope"],
+         "unknown backend 'nope'"),
+    Case("evaluate a folder that is no run", ["evaluate", "{root}"], "not a checkpoint folder"),
+    Case("sample to a non-image file", ["sample", "{mlp_model_dir}", "--out", "{out}/g.gif"],
+         "must be an image file", absent=["g.gif"]),
+    Case("sample from a video model", ["sample", "{model}", "--out", "{out}/g.png"],
+         "use `vae-deploy decode`", absent=["g.png"]),
+    Case("bench with words for batch sizes", ["bench", "{mlp_model_dir}", "--batch-sizes", "one"],
+         "comma-separated integers"),
 ]
 
 
 @pytest.mark.parametrize("case", BAD_INPUT_CASES, ids=[c.name for c in BAD_INPUT_CASES])
-def test_bad_input_gets_one_line_and_writes_nothing(vd, inputs, tmp_path, case):
-    names = {k: str(v) for k, v in inputs.items()} | {"out": str(tmp_path)}
+def test_bad_input_gets_one_line_and_writes_nothing(vd, inputs, mlp_checkpoint, mlp_model_dir, tmp_path,
+                                                    case):
+    names = {k: str(v) for k, v in inputs.items()} | {"out": str(tmp_path), "mlp_checkpoint": str(
+        mlp_checkpoint), "mlp_model_dir": str(mlp_model_dir)}
     before = {name: sha256(inputs[name]) for name in case.unchanged}
-    model_files = sorted(p.name for p in inputs["model"].iterdir())
+    model_files = {folder: sorted((p.name, sha256(p)) for p in folder.iterdir() if p.is_file())
+                   for folder in (inputs["model"], mlp_model_dir)}
     result = vd(*(arg.format(**names) for arg in case.args))
     assert_one_line_error(result, case.fragment, case.code)
     for rel in case.absent:
         assert not (tmp_path / rel).exists(), rel
     assert leftovers(tmp_path) == []
     assert {name: sha256(inputs[name]) for name in case.unchanged} == before
-    assert sorted(p.name for p in inputs["model"].iterdir()) == model_files
+    assert {folder: sorted((p.name, sha256(p)) for p in folder.iterdir() if p.is_file())
+            for folder in model_files} == model_files  # the models read are untouched
 
 
 def test_a_broken_torch_install_is_one_line(inputs, tmp_path):
@@ -247,14 +265,18 @@ FULL_DISK_CASES = [
          "no space left on device", 1, absent=["model"]),
     Case("train", ["train", "{recipe}", "--out", "{disk}/runs/tiny", "--max-steps", "2"],
          "no space left on device", 1, absent=["runs"]),
+    Case("sample", ["sample", "{mlp_model_dir}", "-n", "1000", "--out", "{disk}/grid.png"],
+         "no space left on device", 1, absent=["grid.png"]),
+    Case("demo", ["demo", "--out-dir", "{disk}/demo", "-q"], "no space left on device", 1, absent=["demo"]),
 ]
 
 
 @pytest.mark.parametrize("case", FULL_DISK_CASES, ids=[c.name for c in FULL_DISK_CASES])
-def test_a_full_disk_fails_the_command_and_publishes_nothing(vd, inputs, mlp_checkpoint, tmp_path, case):
+def test_a_full_disk_fails_the_command_and_publishes_nothing(vd, inputs, mlp_checkpoint, mlp_model_dir,
+                                                            tmp_path, case):
     with full_disk(tmp_path / "disk") as disk:
-        names = {k: str(v) for k, v in inputs.items()} | {"disk": str(disk),
-                                                          "mlp_checkpoint": str(mlp_checkpoint)}
+        names = {k: str(v) for k, v in inputs.items()} | {"disk": str(disk), "mlp_model_dir": str(
+            mlp_model_dir), "mlp_checkpoint": str(mlp_checkpoint)}
         result = vd(*(arg.format(**names) for arg in case.args))
         assert result.returncode != 0, (result.stdout, result.stderr)
         lines = result.stderr.strip().splitlines()
