@@ -1,0 +1,95 @@
+"""A video model for the caller's own capture loop: push frames in, get latents and reconstructed frames out.
+
+For pipelines that already own their frames (an OpenCV or GStreamer appsink loop, a camera SDK, frames off a
+queue) and only want the model in the middle:
+
+    from vae_deploy.video.frames import FrameStream
+
+    with FrameStream.open("models/my_vae", frame_size=(640, 480)) as stream:
+        for frame in my_frames():                        # RGB uint8 (H, W, 3), every frame the same size
+            for chunk in stream.push(frame):             # a result whenever a chunk of frames is complete
+                use(chunk.latents, chunk.frames)
+        for chunk in stream.flush():                     # the last, partial chunk
+            use(chunk.latents, chunk.frames)
+
+Each result holds the chunk's fp16 latents (t, C, h, w) and its reconstruction as RGB uint8 (T, H, W, 3) at
+the frame size pushed. Frames are fitted exactly as `vae-deploy run` fits them and go through the same
+codec in the same chunks, so the latents equal what `vae-deploy encode` stores for the same frames and
+chunk. The streaming state is carried from chunk to chunk inside the model's runner: memory stays constant
+however long the loop runs. No torch: this runs on the edge install.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vae_deploy.runtime.registry import DEFAULT_BACKEND
+from vae_deploy.runtime.runner import Runner
+from vae_deploy.video.codec import VideoCodec, VideoModelInfo
+from vae_deploy.video.fit import FitPolicy, plan_fit
+from vae_deploy.video.pipeline import DEFAULT_CHUNK
+
+
+@dataclass
+class CodedChunk:
+    latents: np.ndarray  # float16 (t, C, h, w): what a .vaelat file stores for these frames
+    frames: np.ndarray  # uint8 (T, H, W, 3) RGB: the reconstruction at the size of the frames pushed
+
+
+class FrameStream:
+    """One video through a model, fed frame by frame (see the module docstring)."""
+
+    def __init__(self, runner: Runner, frame_size: tuple[int, int], chunk: int = DEFAULT_CHUNK,
+                 short_side: int | None = None, fit: str = "snap", owns_runner: bool = False):
+        self.runner = runner
+        self.info = VideoModelInfo.from_manifest(runner.manifest)
+        self.info.check_chunk(chunk)
+        short = self.info.short_side if short_side is None else short_side
+        self.policy: FitPolicy = plan_fit(tuple(frame_size), short, self.info.spatial_factor,
+                                          self.info.channels, fit)
+        self.chunk = chunk
+        self._codec = VideoCodec(runner, self.info)
+        self._pending: list[np.ndarray] = []
+        self._owns_runner = owns_runner
+
+    @classmethod
+    def open(cls, model_dir: Path | str | None, frame_size: tuple[int, int], backend: str = DEFAULT_BACKEND,
+             threads: int | None = None, **options) -> FrameStream:
+        """A stream on a model folder (None: the packaged default model); closing it closes the runner."""
+        from vae_deploy.video.jobs import open_model
+
+        runner = open_model(None if model_dir is None else Path(model_dir), backend, threads)
+        try:
+            return cls(runner, frame_size, owns_runner=True, **options)
+        except BaseException:
+            runner.close()
+            raise
+
+    def push(self, frame: np.ndarray) -> list[CodedChunk]:
+        """Add one RGB uint8 frame (H, W, 3); returns the chunk it completed, if any."""
+        self._pending.append(self.policy.fit(np.asarray(frame)))
+        return self._code() if len(self._pending) == self.chunk else []
+
+    def flush(self) -> list[CodedChunk]:
+        """Code the frames pushed since the last full chunk (the stream's end)."""
+        return self._code() if self._pending else []
+
+    def _code(self) -> list[CodedChunk]:
+        fitted = np.stack(self._pending)
+        self._pending = []
+        latents = self._codec.encode(fitted)
+        recon = self._codec.decode(latents)[:fitted.shape[0]]  # frames decoded from end padding are dropped
+        return [CodedChunk(latents, np.stack([self.policy.unfit(r) for r in recon]))]
+
+    def close(self) -> None:
+        if self._owns_runner:
+            self.runner.close()
+
+    def __enter__(self) -> FrameStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
