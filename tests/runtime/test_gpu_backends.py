@@ -22,34 +22,21 @@ import warnings
 
 import numpy as np
 import pytest
+from cpu_device_runners import OrtBoundCpuRunner, TorchCpuDeviceRunner
 
 from vae_deploy.errors import ConfigError, MissingBackendError
 from vae_deploy.export import ExportProfile, check_parity, export_model, load_profile
 from vae_deploy.runtime import available_backends, cuda_device, load_runner
 from vae_deploy.runtime.device_runner import DeviceStream
 from vae_deploy.runtime.fp16_guard import Fp16FallbackWarning, bad_values, inspect_arrays, upcast_to_fp32
-from vae_deploy.runtime.ort_cuda import OrtDeviceRunner, OrtState
+from vae_deploy.runtime.ort_cuda import OrtState
 from vae_deploy.runtime.ort_session import cuda_provider_options
 from vae_deploy.runtime.spec import TensorSpec
-from vae_deploy.runtime.torch_cuda_runner import TorchCudaRunner, TorchState
+from vae_deploy.runtime.torch_cuda_runner import TorchState
 from vae_deploy.video.metrics import psnr_from_mse
 
 GPU_BACKENDS = ("ort-cuda", "torch-cuda", "tensorrt")
 NO_GPU = cuda_device.unavailable_reason() is not None
-
-
-class OrtBoundCpuRunner(OrtDeviceRunner):
-    """ort-cuda's IO-binding runner on CPU memory and the CPU execution provider (no capture there)."""
-
-    name = "ort-bound-cpu"
-    device_type = "cpu"
-
-
-class TorchCpuDeviceRunner(TorchCudaRunner):
-    """torch-cuda's runner logic (device state, precision, fp16 guard) on the CPU (no CUDA graphs there)."""
-
-    name = "torch-device-cpu"
-    device_type = "cpu"
 
 
 def psnr(got: np.ndarray, ref: np.ndarray, peak: float) -> float:
