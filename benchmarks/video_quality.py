@@ -3,9 +3,11 @@
     .venv/bin/python benchmarks/video_quality.py [RUN_DIR ...] [--notes NOTES.md] [--threads 1]
 
 Default runs: runs/video_frame, runs/video_transformer, runs/video_causal3d (train/<name>.toml, real video,
-held-out carphone_pristine) and runs/moving_mnist. Each run's best checkpoint goes through
-`vae_deploy.training.evaluation.evaluate_run` (as `vae-deploy evaluate RUN_DIR` does: the whole held-out
-clip streamed through the step form, mu, no sampling), one run after another in this process with the
+measured on carphone_pristine: the recipes' test clip, which selects nothing; the runs recorded in
+benchmarks/results/ validated on it instead, so it picked their best epochs and their numbers on it are
+validation numbers) and runs/moving_mnist. Each run's best checkpoint goes through
+`vae_deploy.training.evaluation.evaluate_run` (as `vae-deploy evaluate RUN_DIR` does: the whole test clip
+streamed through the step form, mu, no sampling), one run after another in this process with the
 same torch threads (--threads), so the frames/s figures share the machine's conditions. Training time
 and steps come from each run's metrics.jsonl. The issue's floors are checked on the real-video runs:
 
@@ -104,14 +106,18 @@ def minutes_cell(row: dict) -> str:
 
 
 def markdown(rows: list[dict], checks: list[dict], notes: str) -> str:
-    lines = ["# Video VAE quality: trained on this CPU, evaluated on held-out clips", "",
+    lines = ["# Video VAE quality: trained on this CPU, evaluated on clips never trained on", "",
              "Command: `.venv/bin/python benchmarks/video_quality.py` (evaluates each run's best checkpoint "
              "like `vae-deploy evaluate RUN_DIR`).",
              f"Machine: {os.cpu_count()} CPUs, {platform.platform()}, torch {torch.__version__}, load "
              f"average {os.getloadavg()[0]:.1f} at the end (shared with other jobs).", "",
              "Real video: trained on bikes + bigbuckbunny, evaluated on all 120 frames of carphone_pristine "
              "(never trained on) at short side 128 (152x128), streamed through the step form in chunks, mu. "
-             "Moving MNIST: 8 held-out 20-frame sequences (test-split digits). Flicker: mean "
+             "carphone_pristine is the test clip of today's recipes (data.test; they validate on the "
+             "held-out last 15% of their training clips), but the validation clip of a run whose recipe "
+             "named it in data.valid: there it picked the best epoch, and the numbers are validation "
+             "numbers. Moving MNIST: 8 20-frame test sequences (test-split digits, never trained on). "
+             "Flicker: mean "
              "|(r_t - r_{t-1}) - (s_t - s_{t-1})| (vae_deploy.video.metrics); lower is steadier. "
              "Compression: uint8 source bytes over fp16 latent bytes. Frames/s: encode + decode, PyTorch "
              f"eager, {rows[0]['eval_threads'] if rows else 1} thread(s) for every run. Training time: the "

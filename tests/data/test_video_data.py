@@ -12,9 +12,10 @@ from vae_deploy.config_io import from_dict
 from vae_deploy.data.moving_mnist import MovingMnist, MovingMnistConfig, bouncing_trajectory
 from vae_deploy.data.video import (
     ClipSet,
-    RandomClipDataset,
     VideoDataConfig,
+    held_out_frames,
     load_clip_sets,
+    load_test_set,
     load_video,
     resolve_sources,
 )
@@ -142,12 +143,109 @@ def test_validation_overlap_and_bad_sources_are_refused(tmp_path):
         clips.random_clips(1, 16, 16, torch.Generator())
 
 
-def test_random_clip_dataset_is_indexed_reproducibly(coded_folder):
-    dataset = RandomClipDataset(ClipSet.from_sources([coded_folder]), clip_len=4, crop=8, length=10, seed=3)
-    assert len(dataset) == 10 and dataset[2].shape == (4, 3, 8, 8)
-    assert torch.equal(dataset[2], dataset[2]) and not torch.equal(dataset[2], dataset[3])
-    with pytest.raises(IndexError):
-        dataset[10]
+def _frame_codes(video: torch.Tensor) -> list[int]:
+    """The frame numbers a coded_folder video holds (R = 8 t is the same in every pixel of frame t)."""
+    red = video[:, 0].long()
+    assert torch.equal(red, red[:, :1, :1].expand_as(red))  # every pixel of a frame carries its number
+    return (red[:, 0, 0] // 8).tolist()
+
+
+def test_valid_share_holds_out_the_last_frames_at_every_scale(coded_folder):
+    """The last quarter of the 20 frames is validation: the training copies (native and 80 short side) hold
+    frames 0-14 only, and no random training window ever shows frame 15 or later."""
+    config = VideoDataConfig(train=[str(coded_folder)], valid=[], valid_share=0.25,
+                             test=["carphone_pristine"], short_side=0, extra_short_sides=[80], crop=16,
+                             clip_len=4)
+    train, valid = load_clip_sets(config)
+    assert [tuple(v.shape) for v in train.videos] == [(15, 3, 40, 48), (15, 3, 80, 96)]
+    assert [_frame_codes(v) for v in train.videos] == [list(range(15))] * 2
+    (tail,) = valid.videos
+    assert tuple(tail.shape) == (5, 3, 40, 48) and _frame_codes(tail) == [15, 16, 17, 18, 19]
+    assert valid.names == [f"{coded_folder} (frames 15-19, held out)"]
+    seen = set()
+    for seed in range(20):
+        clips = train.random_clips(16, 4, 16, torch.Generator().manual_seed(seed))
+        seen |= set((torch.round(clips[:, :, 0] * 255).long() // 8).flatten().tolist())
+    assert seen == set(range(15))  # every training frame is drawn, never a held-out one
+    codes = torch.round(valid.center_clips(4, 16) * 255).long()[:, :, 0, 0, 0] // 8
+    assert codes.tolist() == [[15, 16, 17, 18]]  # validation clips come from the tail
+
+
+def test_valid_share_on_real_videos_trains_on_no_held_out_frame():
+    """bikes and bigbuckbunny (20 frames each, 15% held out: the last 3): every training copy, at 32 and at
+    48 pixels, is exactly the first 17 decoded frames, the validation videos exactly the last 3 at 32, and
+    no training frame equals a held-out frame of the same video at the same scale."""
+    config = VideoDataConfig(valid=[], valid_share=0.15, test=["carphone_pristine"], short_side=32,
+                             extra_short_sides=[48], max_frames=20, crop=32, clip_len=4)
+    train, valid = load_clip_sets(config, valid_clip_len=3)
+    assert len(train.videos) == 4 and len(valid.videos) == 2
+    for i, name in enumerate(("bikes", "bigbuckbunny")):
+        for j, side in enumerate((32, 48)):
+            decoded = torch.from_numpy(load_video(sample_video_path(name), side, 20)).permute(0, 3, 1, 2)
+            trained = train.videos[2 * j + i]
+            assert torch.equal(trained, decoded[:17])
+            held = decoded[17:]
+            assert not any(torch.equal(frame, other) for frame in trained for other in held)
+            if side == 32:
+                assert torch.equal(valid.videos[i], held)
+                assert valid.names[i] == f"{sample_video_path(name)} (frames 17-19, held out)"
+
+
+def test_a_held_out_tail_shorter_than_the_validation_clips_is_one_line(coded_folder):
+    config = VideoDataConfig(train=[str(coded_folder)], valid=[], valid_share=0.1, test=["carphone_pristine"],
+                             short_side=0, crop=16, clip_len=4)
+    with pytest.raises(ConfigError) as refused:
+        load_clip_sets(config)
+    message = str(refused.value)
+    assert message == (f"{coded_folder}: valid_share 0.1 holds out its last 2 of 20 frames, fewer than the "
+                       f"validation clip length 4 (raise valid_share)")
+    assert "\n" not in message
+    wider = VideoDataConfig(train=[str(coded_folder)], valid=[], valid_share=0.25, test=["carphone_pristine"],
+                            short_side=0, crop=16, clip_len=4)
+    assert [v.shape[0] for v in load_clip_sets(wider)[1].videos] == [5]
+    with pytest.raises(ConfigError, match="holds out its last 5 of 20 frames, fewer than the validation clip "
+                                          "length 6"):
+        load_clip_sets(wider, valid_clip_len=6)  # e.g. 2 burn-in frames + 4
+
+
+def test_held_out_frames_round_up_to_whole_frames():
+    assert [held_out_frames(n, 0.15) for n in (100, 250, 132, 20, 1)] == [15, 38, 20, 3, 1]
+    assert held_out_frames(250, 0.0) == 0
+
+
+def test_valid_may_be_empty_only_with_valid_share_and_both_may_be_given(coded_folder):
+    with pytest.raises(ConfigError, match="valid must name at least one video, unless valid_share"):
+        from_dict(VideoDataConfig, {"valid": []})
+    for share in (-0.1, 1.0):
+        with pytest.raises(ConfigError, match="valid_share is the share of every training video's frames"):
+            from_dict(VideoDataConfig, {"valid_share": share})
+    assert from_dict(VideoDataConfig, {"valid": [], "valid_share": 0.2}).valid == []
+    both = VideoDataConfig(train=[str(coded_folder)], valid=["carphone_pristine"], valid_share=0.25,
+                           short_side=0, max_frames=20, crop=16, clip_len=4)
+    train, valid = load_clip_sets(both)
+    assert [v.shape[0] for v in train.videos] == [15]
+    assert [v.shape[0] for v in valid.videos] == [20, 5]  # carphone (20 frames decoded), then the tail
+    assert valid.names[0].endswith("carphone_pristine.mp4") and valid.names[1].endswith("held out)")
+    assert _frame_codes(valid.videos[1]) == [15, 16, 17, 18, 19]
+
+
+def test_test_videos_select_nothing_and_default_to_the_validation_videos():
+    """load_test_set: data.test, or the valid videos when test is empty; a test video in train or valid is
+    refused, by name and by path."""
+    default = load_test_set(VideoDataConfig(max_frames=4))
+    assert [p.rsplit("/", 1)[-1] for p in default.names] == ["carphone_pristine.mp4"]
+    recipe_like = VideoDataConfig(valid=[], valid_share=0.15, test=["carphone_distorted"], max_frames=4)
+    assert [p.rsplit("/", 1)[-1] for p in load_test_set(recipe_like).names] == ["carphone_distorted.mp4"]
+    with pytest.raises(ConfigError, match="bikes is in both train and test"):
+        from_dict(VideoDataConfig, {"test": ["bikes"]})
+    with pytest.raises(ConfigError, match="carphone_pristine is in both valid and test"):
+        from_dict(VideoDataConfig, {"test": ["carphone_pristine"]})
+    with pytest.raises(ConfigError, match="both a training and a test video"):
+        load_test_set(VideoDataConfig(valid=[], valid_share=0.15, test=[str(sample_video_path("bikes"))]))
+    with pytest.raises(ConfigError, match="both a validation and a test video; a test video must select"):
+        load_test_set(VideoDataConfig(test=[str(sample_video_path("carphone_pristine"))]))
+    with pytest.raises(ConfigError, match="no test videos: name them in test"):
+        load_test_set(VideoDataConfig(valid=[], valid_share=0.15))
 
 
 # ---------------------------------------------------------------- Moving MNIST

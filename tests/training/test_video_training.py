@@ -1,5 +1,5 @@
 """Video training: the shipped recipes load, each video kind trains a few real steps on real clips (and
-Moving MNIST), `evaluate` streams the held-out clip through the step form and reports what the full-sequence
+Moving MNIST), `evaluate` streams the test clip through the step form and reports what the full-sequence
 reconstruction gives, writes the side-by-side video and the strip, resume continues exactly, and
 train.max_minutes ends a run."""
 
@@ -74,7 +74,8 @@ def test_video_recipes_load_with_the_issue_settings(stem, kind):
 
     recipe = load_recipe(ROOT / "train" / f"{stem}.toml")
     assert (recipe.model_kind, recipe.data_kind, recipe.name) == (kind, "video", stem)
-    assert recipe.data.train == ["bikes", "bigbuckbunny"] and recipe.data.valid == ["carphone_pristine"]
+    assert recipe.data.train == ["bikes", "bigbuckbunny"] and recipe.data.test == ["carphone_pristine"]
+    assert recipe.data.valid == [] and recipe.data.valid_share == 0.15  # validation: the training clips' ends
     assert recipe.data.short_side == 128
     t = recipe.train
     assert t.threads in (1, 2) and t.max_minutes is not None and t.max_minutes <= 28
@@ -98,7 +99,8 @@ def test_the_temporal_recipes_start_from_the_frame_recipe_and_differ_only_in_mod
         # same frames per step: 32 single frames, 8 clips x 4 frames or 4 clips x 8 frames
         assert other["train"]["batch_size"] * other["data"]["clip_len"] == \
                frame["train"]["batch_size"] * frame["data"]["clip_len"]
-        same = ("train", "valid", "short_side", "extra_short_sides", "crop", "flip", "valid_crop")
+        same = ("train", "valid", "valid_share", "test", "short_side", "extra_short_sides", "crop", "flip",
+                "valid_crop")
         assert {k: other["data"][k] for k in same} == {k: frame["data"][k] for k in same}
         shared = other["model"].get("frame", other["model"])  # temporal nests the FrameVAE config
         assert {k: shared[k] for k in frame_model} == frame_model
@@ -115,7 +117,8 @@ def test_the_default_model_recipes_are_the_transformer_design_on_a_gpu_trained_f
     assert model["train"]["init_from"] == "runs/default_frame"
     for recipe in (frame, model):
         data = recipe["data"]
-        assert data["train"] == ["bikes", "bigbuckbunny"] and data["valid"] == ["carphone_pristine"]
+        assert data["train"] == ["bikes", "bigbuckbunny"] and data["test"] == ["carphone_pristine"]
+        assert data["valid"] == [] and data["valid_share"] == 0.15
         assert data["dark_borders"] == 0.25 and data["crop"] >= 112 and recipe["train"]["device"] == "cuda"
         assert recipe["train"]["lr"] / recipe["train"]["lr_final"] == pytest.approx(100)
     assert model["train"]["kl_weight"] < frame["train"]["kl_weight"]
@@ -136,6 +139,33 @@ def test_the_default_model_recipes_run_as_a_chain_on_the_cpu_when_asked(monkeypa
         assert (tmp_path / out / "model.safetensors").is_file()
     stored = json.loads((tmp_path / "model" / "config.json").read_text())["recipe"]
     assert stored["name"] == "default_model" and stored["train"]["init_from"] == str(tmp_path / "frame")
+
+
+ALL_VIDEO_RECIPES = [*sorted(VIDEO_RECIPES), "default_frame", "default_model"]
+
+
+@pytest.mark.parametrize("stem", ALL_VIDEO_RECIPES)
+def test_the_video_recipes_validate_on_the_ends_of_their_training_clips_and_test_on_carphone(stem):
+    """Each recipe's task (its own clip length, burn-in and crops; the extra scales left out to save time):
+    validation clips are center clips of the last 15% of bikes (38 frames) and bigbuckbunny (20), at
+    least two per video; carphone_pristine is the test set and is neither trained nor validated on."""
+    from dataclasses import replace
+
+    from vae_deploy.training.tasks.video import VideoClipsTask
+
+    recipe = load_recipe(ROOT / "train" / f"{stem}.toml")
+    data = replace(recipe.data, extra_short_sides=[])
+    task = VideoClipsTask(data, recipe.train, torch.device("cpu"))
+    names = [Path(n.split(" (")[0]).name for n in task.valid_set.names]
+    assert names == ["bikes.mp4", "bigbuckbunny.mp4"]
+    assert [n.split(" (")[1] for n in task.valid_set.names] == ["frames 212-249, held out)",
+                                                               "frames 112-131, held out)"]
+    assert [v.shape[0] for v in task.train_set.videos] == [212, 112]
+    frames = data.burn_in + data.clip_len
+    assert task.valid_clips.shape[1:] == (frames, 3, data.valid_crop, data.valid_crop)
+    assert task.valid_clips.shape[0] == 38 // frames + 20 // frames >= 4
+    assert [Path(n).name for n in task.test_set.names] == ["carphone_pristine.mp4"]
+    assert next(task.test_batches()).shape[1:] == (frames, 3, data.valid_crop, data.valid_crop)
 
 
 def test_moving_mnist_recipe_loads():
@@ -401,6 +431,57 @@ def test_max_minutes_may_change_on_resume(tmp_path):
     assert result.epochs_done == 2
 
 
+# ------------------------------------------------------------------------- held-out ends (data.valid_share)
+
+SHARE_DATA = {"valid": [], "valid_share": 0.25, "test": ["carphone_pristine"], "max_frames": 16}
+
+
+def test_a_run_validates_on_the_held_out_ends_and_evaluates_the_test_clip(tmp_path):
+    """valid_share 0.25 of 16 decoded frames: the last 4 of bikes and of bigbuckbunny are the two
+    validation clips (frame for frame, center-cropped), training windows come from the first 12, and the
+    test loss and `evaluate` measure carphone_pristine (4 clips of 4 of its 16 frames)."""
+    from vae_deploy.data.video import load_video
+    from vae_deploy.video.samples import sample_video_path
+
+    recipe = tiny_video_recipe("frame", data=SHARE_DATA)
+    task = build_task(recipe.data_kind, recipe.data, recipe.train, torch.device("cpu"))
+    assert [v.shape[0] for v in task.train_set.videos] == [12, 12]
+    assert task.valid_clips.shape == (2, 4, 3, 32, 32)
+    for clip, name in zip(task.valid_clips, ("bikes", "bigbuckbunny"), strict=True):
+        tail = torch.from_numpy(load_video(sample_video_path(name), 32, 16)[12:]).permute(0, 3, 1, 2)
+        x0 = (tail.shape[-1] - 32) // 2
+        assert torch.equal((clip * 255).round().to(torch.uint8), tail[..., x0:x0 + 32])
+    result = train(recipe, tmp_path / "run", console=QUIET)
+    assert (result.epochs_done, result.steps) == (1, 2)
+    (record,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert np.isfinite(record["valid_loss"])
+    report = evaluate_run(tmp_path / "run", out_dir=tmp_path / "eval", device="cpu")
+    assert report["test_samples"] == 4
+    assert [c["name"] for c in report["clips"]] == ["carphone_pristine"]
+    assert report["clips"][0]["frames"] == EVAL_FRAMES
+
+
+def test_held_out_ends_too_short_for_burn_in_and_clip_are_one_line(tmp_path, monkeypatch, capsys):
+    """2 burn-in frames + 4: the 4 held-out frames of each 16 cannot make one validation clip."""
+    recipe = tmp_path / "short.toml"
+    recipe.write_text(_toml(tiny_video_recipe("frame", data={**SHARE_DATA, "burn_in": 2}).to_dict()))
+    result = invoke_main(monkeypatch, capsys, "train", str(recipe), "--out", str(tmp_path / "run"))
+    assert_one_line_error(result, "valid_share 0.25 holds out its last 4 of 16 frames, fewer than the "
+                                  "validation clip length 6 (raise valid_share)")
+    assert "bikes.mp4" in result.stderr
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_valid_may_be_empty_only_with_valid_share_and_then_test_is_named():
+    with pytest.raises(ConfigError, match="valid must name at least one video, unless valid_share"):
+        tiny_video_recipe(data={"valid": []})
+    with pytest.raises(ConfigError, match="test must name the videos `evaluate` measures when valid names "
+                                          "none"):
+        tiny_video_recipe(data={"valid": [], "valid_share": 0.25})
+    with pytest.raises(ConfigError, match="carphone_pristine is in both valid and test"):
+        tiny_video_recipe(data={"test": ["carphone_pristine"]})
+
+
 # ------------------------------------------------------------------------------------------ Moving MNIST
 
 
@@ -415,6 +496,20 @@ def test_moving_mnist_trains_and_evaluates(tmp_path):
     }, name="tiny_mm")
     result = train(recipe, tmp_path / "run", console=QUIET)
     assert (result.epochs_done, result.steps) == (1, 2)
+    # validation picks the epoch on train-split digits in sequences training never draws; the test loss
+    # and `evaluate` use test-split digits (as before this split, so their numbers did not change)
+    from vae_deploy.data.moving_mnist import MovingMnist
+    from vae_deploy.training.tasks.moving_mnist import TEST_SEED_OFFSET, VALID_SEED_OFFSET
+
+    task = build_task(recipe.data_kind, recipe.data, recipe.train, torch.device("cpu"))
+    assert task.valid_clips.shape == task.test_clips.shape == (3, 6, 1, 32, 32)
+    assert not any(torch.equal(v[0], t[0]) for v in task.valid_clips for t in task.test_clips)
+    seed, generator = recipe.data.seed, recipe.data._generator_config
+    test = MovingMnist(generator("test", 3, 6, seed + 1_000_003))  # the sequences evaluate always used
+    assert TEST_SEED_OFFSET == 1_000_003 and torch.equal(task.test_clips, test.batch(range(3)))
+    valid = MovingMnist(generator("train", 3, 6, seed + VALID_SEED_OFFSET))
+    assert torch.equal(task.valid_clips, valid.batch(range(3)))
+    assert VALID_SEED_OFFSET not in (0, TEST_SEED_OFFSET)  # other sequences than training's and the test's
     report = evaluate_run(tmp_path / "run", out_dir=tmp_path / "eval", device="cpu")
     assert report["test_samples"] == 3
     assert [c["name"] for c in report["clips"]] == ["seq000", "seq001", "seq002"]

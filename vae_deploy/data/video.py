@@ -7,9 +7,17 @@ clip; anything else in it is ignored. Every video is decoded with OpenCV (vae_de
 resized so that its short side has a given length, and kept as uint8 (T, 3, H, W) in memory.
 
 Training draws random clip windows of T frames and random square crops (`ClipSet.random_clips`, all
-randomness from a torch.Generator the caller owns, so a resumed run draws the same clips). Validation uses
-other videos, which training never sees (`VideoDataConfig`: train on bikes + bigbuckbunny, validate on
-carphone_pristine by default); overlapping train and validation lists are refused.
+randomness from a torch.Generator the caller owns, so a resumed run draws the same clips).
+
+Validation is what picks a run's best epoch, and what recipe variants were compared on: it selects, so it
+is no unbiased measure of the result. It is never trained on (no gradients), from two kinds of source
+(`VideoDataConfig`):
+- `valid_share`: the last share of every training video's frames, held out (the recipes' choice). Training
+  windows come from the frames before the cut only, at every scale (the extra_short_sides copies are cut
+  at the same frame), so no held-out frame is trained on at any scale.
+- `valid`: other videos (by default carphone_pristine, the validation clip of the runs recorded in the
+  recipes and of the packaged default model); a video both in train and valid is refused.
+Test videos (`test`) select nothing: `evaluate` measures them, and they are refused in train and valid.
 Still photos can join the training clips as camera pans over them (vae_deploy.data.stills; the task
 mixes them in, `VideoDataConfig.stills`).
 
@@ -18,6 +26,7 @@ Layout out: video NTCHW float32 in [0, 1].
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +44,12 @@ from vae_deploy.video.samples import SAMPLE_VIDEOS, sample_video_path
 class VideoDataConfig:
     # sample clip names, video files or folders (see the module docstring)
     train: list[str] = field(default_factory=lambda: ["bikes", "bigbuckbunny"])
-    valid: list[str] = field(default_factory=lambda: ["carphone_pristine"])  # held out: never trained on
+    valid: list[str] = field(default_factory=lambda: ["carphone_pristine"])  # validation videos: never
+    # trained on, they pick the best epoch; [] = only the held-out tails of valid_share
+    valid_share: float = 0.0  # the last share of every training video's frames (rounded up to a whole
+    # frame), held out for validation and never trained on; 0 = none
+    test: list[str] = field(default_factory=list)  # test videos (`evaluate`): in neither train nor valid,
+    # they select nothing; [] = the valid videos (the test set then also picked the epoch)
     short_side: int = 128  # resize every video so its short side is this many pixels; 0 = native size
     crop: int = 64  # training crops are crop x crop (a multiple of the model's spatial factor)
     clip_len: int = 8  # frames per training clip (a multiple of the model's temporal factor)
@@ -51,11 +65,22 @@ class VideoDataConfig:
     still_pan: int = 4  # fastest pan over a still, pixels per frame along each axis
 
     def __post_init__(self):
-        if not self.train or not self.valid:
-            raise ValueError("train and valid must each name at least one video")
+        if not self.train:
+            raise ValueError("train must name at least one video")
+        if not 0 <= self.valid_share < 1:
+            raise ValueError(f"valid_share is the share of every training video's frames held out for "
+                             f"validation (0 to below 1), got {self.valid_share}")
+        if not self.valid and not self.valid_share:
+            raise ValueError("valid must name at least one video, unless valid_share holds out the end of "
+                             "every training video for validation")
         overlap = sorted(set(map(str, self.train)) & set(map(str, self.valid)))
         if overlap:
             raise ValueError(f"{', '.join(overlap)} is in both train and valid; validation must be held out")
+        for other, what in ((self.train, "train"), (self.valid, "valid")):
+            overlap = sorted(set(map(str, other)) & set(map(str, self.test)))
+            if overlap:
+                raise ValueError(f"{', '.join(overlap)} is in both {what} and test; a test video must be in "
+                                 f"neither train nor valid")
         for name in ("crop", "clip_len", "clips_per_epoch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -227,35 +252,69 @@ class ClipSet:
         return out
 
 
-class RandomClipDataset(torch.utils.data.Dataset):
-    """A map-style Dataset over a ClipSet for DataLoader users: item i is a random clip (T, 3, crop, crop)
-    drawn from a generator seeded by (seed, i), so the same index always gives the same clip."""
-
-    def __init__(self, clips: ClipSet, clip_len: int, crop: int, length: int, seed: int = 0):
-        clips.check_fits(clip_len, crop)
-        self.clips, self.clip_len, self.crop, self.length, self.seed = clips, clip_len, crop, length, seed
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        if not 0 <= index < self.length:
-            raise IndexError(index)
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        return self.clips.random_clips(1, self.clip_len, self.crop, generator)[0]
+def held_out_frames(frames: int, share: float) -> int:
+    """How many frames at the end of a `frames`-long video `share` holds out: share x frames, rounded up
+    (rounded to 9 places first, so that 0.15 x 100 is 15, not 16)."""
+    return math.ceil(round(frames * share, 9))
 
 
-def load_clip_sets(config: VideoDataConfig) -> tuple[ClipSet, ClipSet]:
-    """(train, valid) clip sets for a config; refuses a validation video that is also a training one."""
+def _check_distinct(first: Sequence[Path], second: Sequence[Path], what: str, why: str) -> None:
+    """Refuse a video in both lists (checked on resolved paths, before decoding anything)."""
+    shared = sorted({p.resolve() for p in first} & {p.resolve() for p in second})
+    if shared:
+        raise ConfigError(f"{', '.join(map(str, shared))} is both {what} video; {why}")
+
+
+def load_clip_sets(config: VideoDataConfig, valid_clip_len: int | None = None) -> tuple[ClipSet, ClipSet]:
+    """(train, valid) clip sets for a config; refuses a validation video that is also a training one.
+
+    With `valid_share`, every training video is cut at the same frame at every scale: the frames before
+    the cut are the training video, those after it (at short_side) join the validation set. A tail shorter
+    than the validation clips (`valid_clip_len`, default clip_len) is refused, naming its video.
+    """
     train_paths, valid_paths = resolve_sources(config.train), resolve_sources(config.valid)
-    shared = sorted({p.resolve() for p in train_paths} & {p.resolve() for p in valid_paths})
-    if shared:  # checked before decoding anything
-        raise ConfigError(f"{', '.join(map(str, shared))} is both a training and a validation video; "
-                          f"validation must be held out")
-    train = ClipSet.from_paths(train_paths, config.short_side, config.max_frames)
+    _check_distinct(train_paths, valid_paths, "a training and a validation", "validation must be held out")
+    full = ClipSet.from_paths(train_paths, config.short_side, config.max_frames)
+    cuts = [v.shape[0] - held_out_frames(v.shape[0], config.valid_share) for v in full.videos]
+    train = ClipSet([v[:cut] for v, cut in zip(full.videos, cuts, strict=True)], full.names)
     for side in config.extra_short_sides:
         scaled = ClipSet.from_paths(train_paths, side, config.max_frames)
-        train = ClipSet(train.videos + scaled.videos, train.names + [f"{n}@{side}" for n in scaled.names])
-    valid = ClipSet.from_paths(valid_paths, config.short_side, config.max_frames)
+        for video, other, name in zip(full.videos, scaled.videos, full.names, strict=True):
+            if video.shape[0] != other.shape[0]:
+                raise DataError(f"{name} decoded to {video.shape[0]} frames at short side "
+                                f"{config.short_side} and {other.shape[0]} at {side}")
+        # the same frame index at every scale: a held-out frame is trained on at no scale
+        train = ClipSet(train.videos + [v[:cut] for v, cut in zip(scaled.videos, cuts, strict=True)],
+                        train.names + [f"{n}@{side}" for n in scaled.names])
+    valid_videos, valid_names = [], []
+    if valid_paths:
+        named = ClipSet.from_paths(valid_paths, config.short_side, config.max_frames)
+        valid_videos, valid_names = named.videos, named.names
+    if config.valid_share:
+        length = valid_clip_len or config.clip_len
+        for video, name, cut in zip(full.videos, full.names, cuts, strict=True):
+            t = video.shape[0]
+            if t - cut < length:
+                raise ConfigError(f"{name}: valid_share {config.valid_share} holds out its last {t - cut} of "
+                                  f"{t} frames, fewer than the validation clip length {length} (raise "
+                                  f"valid_share)")
+            valid_videos.append(video[cut:])
+            valid_names.append(f"{name} (frames {cut}-{t - 1}, held out)")
+    valid = ClipSet(valid_videos, valid_names)
     train.check_fits(config.clip_len, config.crop)
     return train, valid
+
+
+def load_test_set(config: VideoDataConfig) -> ClipSet:
+    """The test videos at short_side: `test`, or the `valid` videos when test is empty. Refuses a test
+    video that is also a training or a validation one, and a config that names no test video."""
+    test_paths = resolve_sources(config.test or config.valid)
+    if not test_paths:
+        raise ConfigError("no test videos: name them in test (valid holds no videos; the held-out tails of "
+                          "valid_share pick the best epoch and judge nothing)")
+    _check_distinct(resolve_sources(config.train), test_paths, "a training and a test",
+                    "a test video must be held out")
+    if config.test:
+        _check_distinct(resolve_sources(config.valid), test_paths, "a validation and a test",
+                        "a test video must select nothing")
+    return ClipSet.from_paths(test_paths, config.short_side, config.max_frames)

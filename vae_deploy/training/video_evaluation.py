@@ -1,4 +1,4 @@
-"""`evaluate` for video models: whole held-out clips streamed through the model's step form.
+"""`evaluate` for video models: whole test clips (never trained on) streamed through the model's step form.
 
 Each clip (1, T, C, H, W) goes through `StreamEncoder` / `StreamDecoder` (vae_deploy.models.streaming) in
 chunks of `chunk` frames, exactly as a deployed stream would run, so memory stays bounded by the chunk and

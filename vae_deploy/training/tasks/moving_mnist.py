@@ -1,9 +1,11 @@
 """Moving MNIST task (`[data] kind = "moving_mnist"`): sequences generated on the fly, never stored.
 
 Training draws fresh sequences every step: sequence indices come from the epoch's generator (so a resumed
-run draws the same ones) over a practically endless range, from digits of the MNIST train split. Validation
-and `evaluate` use fixed sequences built from the *test* split's digits with another seed, so both the
-digits and the trajectories are unseen. A training clip is a whole generated sequence of `clip_len` frames:
+run draws the same ones) over a practically endless range, from digits of the MNIST train split.
+Validation (which picks the best epoch) uses fixed sequences of train-split digits under another seed:
+sequences training never draws, from the digits it learns. The test loss and `evaluate` use fixed
+sequences built from the *test* split's digits, so both the digits and the trajectories are unseen, and
+they select nothing. A training clip is a whole generated sequence of `clip_len` frames:
 a window of a bouncing sequence is itself a bouncing sequence from a random start, so generating the window
 directly is the same distribution as cutting it out of a longer one.
 
@@ -26,7 +28,10 @@ from vae_deploy.training.video_evaluation import EvalClip
 
 TRAIN_INDEX_RANGE = 2**62  # training sequence indices come from [0, this): practically never twice
 MEDIA_SEQUENCES = 2  # evaluation sequences that get a side-by-side video and a strip
-VALID_SEED_OFFSET = 1_000_003  # validation sequences use seed + this: other trajectories than training's
+TEST_SEED_OFFSET = 1_000_003  # test sequences (test-split digits) use seed + this: other trajectories than
+# training's
+VALID_SEED_OFFSET = 2_000_006  # validation sequences (train-split digits) use seed + this: trajectories
+# neither training nor the test sequences have
 
 
 @dataclass
@@ -40,8 +45,10 @@ class MovingMnistTaskConfig:
     channels: int = 1  # 1 = gray; 3 = gray repeated into RGB (for models with in_channels 3)
     step_length: float = 0.1  # per-frame move as a fraction of the free range (the standard 0.1)
     sequences_per_epoch: int = 2048  # training sequences that make one "epoch"
-    valid_sequences: int = 64  # fixed held-out sequences (test-split digits) for validation and test loss
-    eval_sequences: int = 8  # of those, how many `evaluate` streams through the model (and writes videos of)
+    valid_sequences: int = 64  # fixed sequences for validation (train-split digits, other sequences than
+    # training draws) and as many for the test loss (test-split digits)
+    eval_sequences: int = 8  # of the test ones, how many `evaluate` streams through the model (and writes
+    # videos of)
     eval_chunk: int = 5  # `evaluate` streams this many frames at a time
     recon_loss: Literal["bce", "mse"] = "bce"  # Bernoulli likelihood for the near-binary digits, as the
     # seed's MNIST VAE (see tasks/video.py RECON_LOSSES for why not MSE here)
@@ -77,9 +84,12 @@ class MovingMnistTask(VideoTaskBase):
         self.eval_chunk = c.eval_chunk
         self.recon_loss = c.recon_loss
         self.train_data = MovingMnist(c._generator_config("train", TRAIN_INDEX_RANGE, c.clip_len, c.seed))
-        valid = MovingMnist(c._generator_config("test", c.valid_sequences, c.seq_len,
+        valid = MovingMnist(c._generator_config("train", c.valid_sequences, c.seq_len,
                                                 c.seed + VALID_SEED_OFFSET))
+        test = MovingMnist(c._generator_config("test", c.valid_sequences, c.seq_len,
+                                               c.seed + TEST_SEED_OFFSET))
         self.valid_clips = valid.batch(range(c.valid_sequences)).to(device)
+        self.test_clips = test.batch(range(c.valid_sequences)).to(device)
 
     @property
     def num_train(self) -> int:
@@ -96,10 +106,10 @@ class MovingMnistTask(VideoTaskBase):
         return self.in_order(self.valid_clips)
 
     def test_batches(self) -> Iterator[torch.Tensor]:
-        return self.in_order(self.valid_clips)
+        return self.in_order(self.test_clips)
 
     def eval_clips(self, model: VideoVAE) -> list[EvalClip]:
         # 10 frames/s: slow enough to follow the digits in the side-by-side video; videos and strips of the
         # first MEDIA_SEQUENCES only (the metrics cover all eval_sequences)
-        return [EvalClip(f"seq{i:03d}", self.valid_clips[i:i + 1].cpu(), 10.0, media=i < MEDIA_SEQUENCES)
+        return [EvalClip(f"seq{i:03d}", self.test_clips[i:i + 1].cpu(), 10.0, media=i < MEDIA_SEQUENCES)
                 for i in range(self.config.eval_sequences)]

@@ -1,10 +1,12 @@
 """Video tasks: clips NTCHW in [0, 1] for the video VAEs (frame, temporal, causal3d), MSE reconstruction.
 
 `VideoTaskBase` holds what every video task shares: the loss (a Gaussian likelihood, `mse_reconstruction`,
-plus `kl_weight` times the KL), the model checks, and the `evaluate` part (whole held-out clips streamed
+plus `kl_weight` times the KL), the model checks, and the `evaluate` part (whole test clips streamed
 through the model's step form: vae_deploy.training.video_evaluation). `VideoClipsTask` (`[data] kind =
-"video"`) trains on random crops and clip windows of real videos and validates on other, held-out videos;
-Moving MNIST lives in tasks/moving_mnist.py.
+"video"`) trains on random crops and clip windows of real videos, validates (picks the best epoch) on the
+held-out ends of those videos (`data.valid_share`) and/or other videos (`data.valid`), and tests
+(`evaluate`) on the `data.test` videos, which select nothing (vae_deploy.data.video says what each set
+is). Moving MNIST lives in tasks/moving_mnist.py.
 
 An epoch over endless random clips is not defined by the data, so the recipe defines it: `clips_per_epoch`
 random clips, i.e. clips_per_epoch / batch_size optimizer steps, then a validation pass.
@@ -21,7 +23,7 @@ import torch
 from torch import nn
 
 from vae_deploy.data.stills import StillSet
-from vae_deploy.data.video import VideoDataConfig, load_clip_sets
+from vae_deploy.data.video import VideoDataConfig, load_clip_sets, load_test_set
 from vae_deploy.errors import ConfigError
 from vae_deploy.models.losses import bce_reconstruction, mse_reconstruction, vae_loss
 from vae_deploy.models.streaming import VideoVAE, reparameterize
@@ -132,7 +134,7 @@ class VideoTaskBase(Task):
                               f"factor {t}")
 
     def eval_clips(self, model: VideoVAE) -> list[EvalClip]:
-        """The whole held-out clips `evaluate` streams through the model."""
+        """The whole test clips `evaluate` streams through the model (never trained on)."""
         raise NotImplementedError
 
     def evaluate_extra(self, model: nn.Module, out_dir: Path, seed: int) -> tuple[dict[str, Any],
@@ -145,17 +147,18 @@ class VideoTaskBase(Task):
 
 @dataclass
 class VideoTaskConfig(VideoDataConfig):
-    # The clip data itself (train/valid videos, short_side, crop, clip_len, clips_per_epoch, max_frames) is
-    # vae_deploy.data.video.VideoDataConfig; these add how the task uses it.
+    # The clip data itself (train/valid/test videos, valid_share, short_side, crop, clip_len,
+    # clips_per_epoch, max_frames) is vae_deploy.data.video.VideoDataConfig; these add how the task uses it.
     flip: bool = True  # mirror training clips left-right at random (two training videos: more variety)
     dark_borders: float = 0.0  # probability that a training clip gets a dark band along one edge
     # (random_dark_borders); 0 = off
     burn_in: int = 0  # frames before every training and validation clip that only warm up the model's
     # streaming state (no loss on them, no gradients through them): clips then start mid-stream, as in a
     # long video, instead of from the zero state. 0 = clips start from the zero state.
-    valid_crop: int = 128  # validation clips: center crops of this size of the held-out videos
-    eval_chunk: int = 8  # `evaluate` streams the held-out videos through the model this many frames at a time
-    eval_max_frames: int = 0  # `evaluate` uses at most this many frames per held-out video; 0 = all
+    valid_crop: int = 128  # validation and test-loss clips: center crops of this size of the validation
+    # (test) videos
+    eval_chunk: int = 8  # `evaluate` streams the test videos through the model this many frames at a time
+    eval_max_frames: int = 0  # `evaluate` uses at most this many frames per test video; 0 = all
 
     def __post_init__(self):
         super().__post_init__()
@@ -168,6 +171,9 @@ class VideoTaskConfig(VideoDataConfig):
             raise ValueError(f"dark_borders is a probability (0 to 1), got {self.dark_borders}")
         if self.eval_max_frames < 0:
             raise ValueError(f"eval_max_frames must be 0 (all) or positive, got {self.eval_max_frames}")
+        if not self.test and not self.valid:
+            raise ValueError("test must name the videos `evaluate` measures when valid names none (the "
+                             "held-out ends of valid_share pick the best epoch; they judge nothing)")
 
 
 def _fps(path: str) -> float:
@@ -178,18 +184,23 @@ def _fps(path: str) -> float:
 
 @register_task
 class VideoClipsTask(VideoTaskBase):
-    """Random crops x clip windows of the training videos; validation and `evaluate` on held-out videos."""
+    """Random crops x clip windows of the training videos; validation on their held-out ends and/or the
+    validation videos, test loss and `evaluate` on the test videos (the validation videos when none)."""
 
     kind = "video"
     config_cls = VideoTaskConfig
 
     def __init__(self, config: VideoTaskConfig, train, device: torch.device):
         super().__init__(config, train, device)
-        self.train_set, self.valid_set = load_clip_sets(config)
-        self.burn_in = config.burn_in
         frames = config.burn_in + config.clip_len  # per batch clip
+        self.train_set, self.valid_set = load_clip_sets(config, valid_clip_len=frames)
+        # the test videos: the validation videos themselves when test is empty and nothing else validates
+        same = not config.test and not config.valid_share
+        self.test_set = self.valid_set if same else load_test_set(config)
+        self.burn_in = config.burn_in
         self.train_set.check_fits(frames, config.crop)
         self.valid_set.check_fits(frames, config.valid_crop)
+        self.test_set.check_fits(frames, config.valid_crop)
         self.still_set = None
         if config.stills:
             sides = [config.short_side, *config.extra_short_sides]  # the scales the videos come at
@@ -199,6 +210,7 @@ class VideoClipsTask(VideoTaskBase):
         self.eval_chunk = config.eval_chunk
         # Fixed validation clips, kept on the device: every epoch is measured on exactly the same frames.
         self.valid_clips = self.valid_set.center_clips(frames, config.valid_crop).to(device)
+        self.test_clips = self.valid_clips if same else None  # made when asked for (`evaluate`, not train)
 
     @property
     def num_train(self) -> int:
@@ -231,10 +243,14 @@ class VideoClipsTask(VideoTaskBase):
         return self.in_order(self.valid_clips)
 
     def test_batches(self) -> Iterator[torch.Tensor]:
-        # The held-out videos are the test set too: training never sees them.
-        return self.in_order(self.valid_clips)
+        # The test videos, never trained on; with no data.test they are the validation videos, which
+        # also picked the best epoch.
+        if self.test_clips is None:
+            c = self.config
+            self.test_clips = self.test_set.center_clips(c.burn_in + c.clip_len, c.valid_crop).to(self.device)
+        return self.in_order(self.test_clips)
 
     def eval_clips(self, model: VideoVAE) -> list[EvalClip]:
-        videos = self.valid_set.full_videos(model.spatial_factor, self.config.eval_max_frames or None)
+        videos = self.test_set.full_videos(model.spatial_factor, self.config.eval_max_frames or None)
         return [EvalClip(Path(name).stem, video, _fps(name))
-                for name, video in zip(self.valid_set.names, videos, strict=True)]
+                for name, video in zip(self.test_set.names, videos, strict=True)]
