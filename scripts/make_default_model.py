@@ -9,8 +9,11 @@ refuses it unless the export-time parity check passed, then swaps it into place 
 folder is moved aside first and removed last: export/publish.py's staged_folder), so an interrupted build
 leaves either the previous default model or the new one.
 
---check then runs the new default model through the pipeline (`vae-deploy run`'s code) on the held-out
-carphone_pristine clip and prints frames/s, PSNR and compression against the issue's floors.
+--check then runs the new default model through the pipeline (`vae-deploy run`'s code) on
+carphone_pristine and prints frames/s, PSNR and compression against the issue's floors. carphone_pristine
+was the packaged model's validation clip (it selected that model's epochs and recipe, never trained on);
+the recipes now keep it as a test clip that selects nothing, so a model trained by today's recipes gets a
+test number here, the packaged one a validation number.
 """
 
 from __future__ import annotations
@@ -29,9 +32,9 @@ FLOORS = {"frames_per_s": 25.0, "psnr": 26.0, "compression_ratio": 24.0}  # the 
 
 
 def build(run_dir: Path, profile_path: str | Path, target: Path = DEFAULT_MODEL_DIR) -> Path:
-    from vae_deploy.cli.verify import real_inputs_for
     from vae_deploy.export import export_model, load_profile
     from vae_deploy.export.publish import staged_folder
+    from vae_deploy.export.real_inputs import real_inputs_for
     from vae_deploy.export.specs import graph_specs
     from vae_deploy.models import build_model
     from vae_deploy.models.checkpoint import read_config
@@ -79,7 +82,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="training run folder (model.safetensors + config.json)")
     parser.add_argument("--profile", default="cpu-fp32", help="export profile: a TOML file or a profile name")
-    parser.add_argument("--check", action="store_true", help="measure the new model on the held-out clip")
+    parser.add_argument("--check", action="store_true", help="measure the new model on carphone_pristine "
+                        "(the packaged model's validation clip; a test clip for today's recipes)")
     parser.add_argument("--target", type=Path, default=DEFAULT_MODEL_DIR, help="model folder to (re)place")
     args = parser.parse_args()
     target = build(args.run_dir, args.profile, args.target)

@@ -112,8 +112,8 @@ def test_golden_meta_is_plain_json(mlp_model_dir):
 
 
 def test_the_packaged_default_model_carries_golden_real_frames():
-    from vae_deploy.cli.verify import real_inputs_for
     from vae_deploy.export.golden import GOLDEN_MAX_FRAMES, GOLDEN_MAX_SIDE
+    from vae_deploy.export.real_inputs import real_inputs_for
     from vae_deploy.video.default_model import DEFAULT_MODEL_DIR
 
     manifest = read_manifest(DEFAULT_MODEL_DIR)

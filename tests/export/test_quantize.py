@@ -11,10 +11,10 @@ import onnx
 import pytest
 from cli_support import cli_process as cli
 
-from vae_deploy.cli.verify import real_inputs_for
 from vae_deploy.errors import ConfigError
 from vae_deploy.export import export_model, load_profile
 from vae_deploy.export.golden import read_golden
+from vae_deploy.export.real_inputs import real_inputs_for
 from vae_deploy.export.validate import Comparison, check_golden, check_parity
 from vae_deploy.runtime import read_manifest
 from vae_deploy.runtime.registry import get_backend

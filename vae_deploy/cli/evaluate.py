@@ -52,8 +52,8 @@ def evaluate(
             table.add_row(name, f"{value:.4g}")
     console = Console()
     console.print(table)
-    if report.get("clips"):  # video tasks: one row per held-out clip (vae_deploy.training.video_evaluation)
-        clips = Table(title="held-out clips, streamed (mu, no sampling)")
+    if report.get("clips"):  # video tasks: one row per test clip (vae_deploy.training.video_evaluation)
+        clips = Table(title="test clips (never trained on), streamed (mu, no sampling)")
         for column in ("clip", "frames", "WxH", "PSNR", "SSIM", "flicker", "ratio", "fps"):
             clips.add_column(column, justify="left" if column == "clip" else "right", overflow="fold")
         for c in report["clips"]:

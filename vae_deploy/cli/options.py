@@ -1,4 +1,5 @@
-"""What the CLI's commands share: option types, the progress bar, the printed report, the interrupt exit.
+"""What the CLI's commands share: option types and parsing, the progress bar, the printed report, the
+interrupt exit.
 
 Presentation only: the work itself is in the layers below (video/jobs.py for the streaming commands).
 Nothing here imports torch.
@@ -15,10 +16,19 @@ from typing import Annotated
 
 import typer
 
+from vae_deploy.errors import ConfigError
 from vae_deploy.runtime.registry import BACKENDS, DEFAULT_BACKEND
 
-BACKEND_HELP = f"Backend: {', '.join(BACKENDS)} (default {DEFAULT_BACKEND}; see the README's backends table)."
+
+def backend_help(what: str = "Backend") -> str:
+    """Help of a backend option: every registered backend and the default."""
+    return f"{what}: {', '.join(BACKENDS)} (default {DEFAULT_BACKEND}; see the README's backends table)."
+
+
+BACKEND_HELP = backend_help()
 BackendOption = Annotated[str, typer.Option("--backend", "-b", help=BACKEND_HELP)]
+ParityBackendOption = Annotated[str, typer.Option(
+    "--parity-backend", help=backend_help("Backend the parity check runs"))]
 ModelOption = Annotated[Path | None, typer.Option(
     "--model", "-m", help="Model folder (default: the model packaged with vae-deploy).")]
 ChunkOption = Annotated[int, typer.Option(
@@ -36,6 +46,19 @@ ThreadsOption = Annotated[int | None, typer.Option(
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 SourceArgument = Annotated[str, typer.Argument(
     help="Video file, image folder, camera index, or RTSP/HTTP URL / GStreamer pipeline.")]
+
+
+def parse_sizes(text: str | None, option: str) -> tuple[int, ...] | None:
+    """"1,7,128" -> (1, 7, 128) for the comma-separated sizes of `option`; None stays None."""
+    if text is None:
+        return None
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"{option} must be comma-separated integers, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise ConfigError(f"{option} must list positive integers, got {text!r}")
+    return sizes
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""`vae-deploy train RECIPE.toml`: train a recipe into a run folder (see vae_deploy.training)."""
+"""`vae-deploy train RECIPE.toml`: train a recipe into a run folder (training/jobs.py train_job)."""
 
 from __future__ import annotations
 
@@ -35,16 +35,11 @@ def train(
     from vae_deploy.cli.extras import train_extra
 
     with train_extra("train"):
-        from vae_deploy.training.config import load_recipe
-        from vae_deploy.training.trainer import train as run_training
+        from vae_deploy.training.jobs import train_job
 
-        spec = load_recipe(recipe).with_overrides(
-            epochs=epochs, seed=seed, max_steps=max_steps, device=device, threads=threads,
-            max_minutes=max_minutes, init_from=str(init_from) if init_from is not None else None)
-        # An absolute data folder in the run's recipe, so `evaluate` and `--resume` work from any directory.
-        spec = spec.with_data_dir(data_dir.resolve() if data_dir is not None else None)
-        out_dir = out if out is not None else Path("runs") / spec.name
-        result = run_training(spec, out_dir, resume=resume, console=Console(stderr=True))
-        best = (f"best epoch {result.best_epoch} (valid loss {result.best_valid_loss:.3f})"
-                if result.best_epoch is not None else "no finished epoch yet")
-        print(f"{result.run_dir}: {result.epochs_done} epochs, {result.steps} steps, {best}")
+        result = train_job(recipe, out, data_dir=data_dir, resume=resume, epochs=epochs, seed=seed,
+                           max_steps=max_steps, device=device, threads=threads, max_minutes=max_minutes,
+                           init_from=init_from, console=Console(stderr=True))
+    best = (f"best epoch {result.best_epoch} (valid loss {result.best_valid_loss:.3f})"
+            if result.best_epoch is not None else "no finished epoch yet")
+    print(f"{result.run_dir}: {result.epochs_done} epochs, {result.steps} steps, {best}")

@@ -46,7 +46,7 @@ from vae_deploy.files import atomic_path
 from vae_deploy.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_model
 from vae_deploy.runtime.engine_cache import ENGINE_DIR
 from vae_deploy.runtime.manifest import REFERENCE_DIR, Manifest, hash_files, write_manifest
-from vae_deploy.runtime.registry import get_backend
+from vae_deploy.runtime.registry import DEFAULT_BACKEND, get_backend
 from vae_deploy.runtime.spec import GraphSpec, TensorSpec, random_inputs
 
 _ONNX_DTYPES = {"float32": onnx.TensorProto.FLOAT, "float16": onnx.TensorProto.FLOAT16}
@@ -218,7 +218,7 @@ def _preprocessing(encoder: GraphSpec) -> dict:
 
 
 def export_model(checkpoint_dir: Path, out_dir: Path, profile: ExportProfile | None = None,
-                 real_inputs: np.ndarray | None = None, parity_backend: str = "ort-cpu",
+                 real_inputs: np.ndarray | None = None, parity_backend: str = DEFAULT_BACKEND,
                  log: Callable[[str], None] = lambda msg: None,
                  overwrite: bool = True) -> tuple[Manifest, ParityReport]:
     """Export a checkpoint folder to a model folder and measure parity; returns (manifest, report).

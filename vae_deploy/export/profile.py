@@ -1,4 +1,4 @@
-"""Export profiles (TOML): how graphs are exported and, later, how TensorRT engines are built.
+"""Export profiles (TOML): how graphs are exported and how TensorRT engines are built from them.
 
 The shipped profiles live in vae_deploy/export/profiles/ (cpu-fp32, cpu-int8, gpu-fp16, jetson-orin-fp16)
 and are chosen by name; any other profile is given as a path. A profile file:
@@ -12,7 +12,7 @@ and are chosen by name; any other profile is given as a path. A profile file:
     min = 1
     opt = 128
     max = 8192
-    [tensorrt]
+    [tensorrt]                   # engines (`vae-deploy export --engine`, export/tensorrt_build.py)
     workspace_mb = 4096
     [quantization]               # int8 profiles: calibration clips and what is quantized (export/quantize.py)
     calibration = ["bikes", "bigbuckbunny"]
@@ -49,7 +49,10 @@ class DimRange:
 class TensorRTSettings:
     workspace_mb: int = 1024  # builder scratch memory (IBuilderConfig memory pool limit, WORKSPACE)
     builder_optimization_level: int = 3  # 0..5: higher builds slower and may find faster kernels
-    fp16: bool = False  # allow fp16 kernels in the engine (independent of the ONNX precision)
+    # The default engine precision only (engine_cache.default_precision): fp16 where set, else fp32. Engines
+    # are strongly typed and compute in their graph's types (export/tensorrt_build.py), so this allows no
+    # fp16 kernels in an fp32 engine; it is set by the profiles whose graphs are fp16.
+    fp16: bool = False
 
 
 @dataclass

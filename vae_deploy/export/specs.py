@@ -6,7 +6,7 @@ the manifest carries them to a torch-free runtime; this module decides what each
 Two builders:
 - `mlp_specs`: the seed VAE. encoder: images (batch, 1, 28, 28) -> mu, logvar (batch, latent);
   decoder: z (batch, latent) -> images. No state.
-- `streaming_video_specs`: any video model with the DESIGN.md step form, i.e. exposing
+- `streaming_video_specs`: any video model with the step form (models/streaming.py), i.e. exposing
   `encode_step(chunk, *past) -> (mu, logvar, *present)`, `decode_step(z, *past) -> (frames, *present)`,
   `encoder_state_shapes(batch, height, width)`, `decoder_state_shapes(batch, latent_h, latent_w)`,
   `spatial_factor`, `temporal_factor`, `latent_channels` and `in_channels`. The state shapes are

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from vae_deploy.errors import ConfigError
+from vae_deploy.errors import ConfigError, ParityError
 from vae_deploy.export.quantize import INT8_NEEDS_REAL_INPUTS
 from vae_deploy.runtime.runner import Runner
 from vae_deploy.runtime.spec import GraphSpec, TensorSpec, dim_symbols, random_inputs
@@ -74,6 +74,15 @@ class ParityReport:
             w["max_rel"] = max(w["max_rel"], c.max_rel)
             w["min_psnr_db"] = min(w["min_psnr_db"], c.psnr_db)
         return out
+
+    def error(self) -> ParityError:
+        """The one-line error of a failed report: how many comparisons failed and the worst of them."""
+        worst = max(self.failures(), key=lambda c: c.max_abs)
+        psnr = "inf" if math.isinf(worst.psnr_db) else f"{worst.psnr_db:.1f}"
+        return ParityError(
+            f"parity failed: {len(self.failures())} of {len(self.comparisons)} comparisons over tolerance "
+            f"(worst {worst.graph}/{worst.output}, {worst.case} batch {worst.batch}: "
+            f"max abs {worst.max_abs:.2e}, PSNR {psnr} dB, needs {worst.limit})")
 
     def to_dict(self) -> dict:
         return {"backend": self.backend, "reference": self.reference, "precision": self.precision,

@@ -2,7 +2,7 @@
 
 Layout: video NTCHW (batch, time, channels, height, width), float32 in [0, 1]; latents NTChw.
 
-Every video model exposes one step form for its encoder and its decoder (DESIGN.md, "Streaming"):
+Every video model exposes one step form for its encoder and its decoder (docs/architecture.md):
 
     encode_step(chunk NTCHW, *past) -> (mu, logvar, *present)
     decode_step(z NTChw, *past)     -> (frames, *present)
@@ -150,28 +150,6 @@ class VideoVAE(nn.Module):
         """Training pass: (reconstruction, mu, logvar) with a reparameterized sample in between."""
         mu, logvar = self.encode(video)
         return self.decode(reparameterize(mu, logvar)), mu, logvar
-
-
-class EncoderStep(nn.Module):
-    """`model.encode_step` as a module's forward, for torch.onnx.export (inputs: chunk, past_0, ...)."""
-
-    def __init__(self, model: VideoVAE):
-        super().__init__()
-        self.model = model
-
-    def forward(self, chunk: torch.Tensor, *past: torch.Tensor):
-        return self.model.encode_step(chunk, *past)
-
-
-class DecoderStep(nn.Module):
-    """`model.decode_step` as a module's forward, for torch.onnx.export (inputs: z, past_0, ...)."""
-
-    def __init__(self, model: VideoVAE):
-        super().__init__()
-        self.model = model
-
-    def forward(self, z: torch.Tensor, *past: torch.Tensor):
-        return self.model.decode_step(z, *past)
 
 
 class StreamEncoder:

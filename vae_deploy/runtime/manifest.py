@@ -1,4 +1,6 @@
-"""The model folder format: manifest.json + encoder.onnx + decoder.onnx + reference/ (+ engines later).
+"""The model folder format: manifest.json + encoder.onnx + decoder.onnx + reference/ + golden.npz, and an
+engines/ cache of TensorRT engines where they were built (runtime/engine_cache.py; not in the manifest:
+each engine is keyed by the graph it was built from).
 
 Export writes it, the runtime reads it; no torch here. manifest.json (schema_version 1):
 

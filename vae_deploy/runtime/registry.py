@@ -1,7 +1,8 @@
 """Backends by name, imported lazily: "module:Class" strings, so listing or choosing a backend never
 imports onnxruntime, TensorRT or torch until that backend is used (Polygraphy's lazy imports).
 
-A later backend (tensorrt) registers here with one `register_backend` line.
+Every backend is one `register_backend` line at the end of this module; DEFAULT_BACKEND is the one the
+commands use unless told otherwise.
 """
 
 from __future__ import annotations
@@ -98,6 +99,6 @@ register_backend("torch-cuda", "vae_deploy.runtime.torch_cuda_runner:TorchCudaRu
                  "PyTorch with CUDA and an NVIDIA GPU (pip install 'vae-deploy[train]' with a CUDA torch)",
                  "the PyTorch model on the GPU, eager or torch.compile'd (the verified GPU fast path)")
 register_backend("tensorrt", "vae_deploy.runtime.tensorrt_runner:TensorRTRunner",
-                 "TensorRT 10 or later and an NVIDIA GPU (pip install tensorrt; engines from "
+                 "TensorRT 10.x or 11.x and an NVIDIA GPU (pip install 'tensorrt>=10,<12'; engines from "
                  "`vae-deploy export --engine`)",
                  "TensorRT engines from the model folder's engines/ cache (unverified in this project's CI)")

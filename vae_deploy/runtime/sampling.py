@@ -1,17 +1,23 @@
 """Generation without PyTorch: prior draws, the reparameterization with an explicit seed, image grids.
 
-Sampling never happens inside an exported graph (DESIGN.md): encoders give (mu, logvar) and the runtime
-draws `z = mu + eps * exp(logvar / 2)` here, seeded, so a result can be reproduced.
+Sampling never happens inside an exported graph (docs/architecture.md): encoders give (mu, logvar) and the
+runtime draws `z = mu + eps * exp(logvar / 2)` here, seeded, so a result can be reproduced.
+`write_sample_grid` is `vae-deploy sample`: prior draws decoded by a backend, written as one image grid.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 
-from vae_deploy.errors import InputShapeError
+from vae_deploy.errors import InputShapeError, OutputError, VaeDeployError
+from vae_deploy.files import atomic_path, unwritten_cause
+from vae_deploy.runtime.registry import DEFAULT_BACKEND, load_runner
 from vae_deploy.runtime.runner import Runner
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")  # what the grid is written as
 
 
 def reparameterize(mu: np.ndarray, logvar: np.ndarray, seed: int | None = None) -> np.ndarray:
@@ -54,3 +60,23 @@ def image_grid(images: np.ndarray, columns: int | None = None, pad: int = 2) -> 
         top, left = pad + r * (h + pad), pad + col * (w + pad)
         grid[top:top + h, left:left + w] = pixels[i]
     return grid
+
+
+def write_sample_grid(model_dir: Path, out: Path, n: int, seed: int | None = None,
+                      backend: str = DEFAULT_BACKEND, columns: int | None = None) -> tuple[int, int]:
+    """Decode n prior draws of the model folder with `backend` and write them to the image file `out`
+    (atomically) as one grid (`image_grid`); returns the grid's (width, height) in pixels."""
+    import cv2
+
+    out = Path(out)
+    if out.suffix.lower() not in IMAGE_SUFFIXES:
+        raise VaeDeployError(f"--out must be an image file (.png), got {out}")
+    with load_runner(model_dir, backend) as runner:
+        images = sample_prior(runner, n, seed)
+    grid = image_grid(images, columns=columns)
+    if grid.shape[2] == 3:
+        grid = cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)  # OpenCV writes BGR
+    with atomic_path(out) as tmp:
+        if not cv2.imwrite(str(tmp), grid):  # OpenCV says only that it failed
+            raise OutputError(f"cannot write {out}: {unwritten_cause(tmp.parent)}")
+    return grid.shape[1], grid.shape[0]

@@ -1,9 +1,10 @@
 """Graph I/O as data: one `GraphSpec` per exported graph (names, shapes, dtypes, state, tolerance).
 
 The same spec drives export (input/output names, dynamic axes), validation at the runtime API (shapes,
-dtypes, NaN), the streaming state (past/present tensors) and, later, TensorRT optimization profiles
-(Optimum's OnnxConfig is the model for this). Specs live in the runtime layer, not in export, because the
-manifest that carries them is read here without torch; export/specs.py builds them per model kind.
+dtypes, NaN), the streaming state (past/present tensors) and TensorRT optimization profiles
+(`GraphSpec.profile_shapes`; Optimum's OnnxConfig is the model for this). Specs live in the runtime layer,
+not in export, because the manifest that carries them is read here without torch; export/specs.py builds
+them per model kind.
 
 Dimensions are ints (fixed) or strings (symbolic). A string that is a plain identifier ("batch", "frames",
 "height") is bound from the arrays handed to a graph; any other string is an integer expression over those

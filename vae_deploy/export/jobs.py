@@ -1,0 +1,142 @@
+"""The model-folder commands as functions, from paths to a result: `export` and `verify`.
+
+`export_job`: checkpoint (or run folder) -> model folder with the export-time parity report, and, when
+asked and parity passed, TensorRT engines (export/tensorrt_build.py). Whatever can be refused without
+work is refused first: an existing --out without `force`, and with `engine` an unknown engine precision or
+a missing TensorRT. A failed parity check still leaves the folder written (its manifest says so), so
+`verify` can show the details; the caller decides what a failure means (the CLI exits 1).
+
+`verify_job`: a backend of a model folder against a reference, `choose_reference`'s pick: the PyTorch
+model in reference/ (the default where torch is installed) or the golden outputs stored at export (the edge
+install), judged by the same rules (export/validate.py).
+
+The CLI only parses options, calls one of these and prints; a program can call them the same way. Torch is
+imported only by what needs it (the export itself, the torch reference), so verify runs on an edge install.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vae_deploy.errors import ConfigError, MissingBackendError, ModelFormatError
+from vae_deploy.export.golden import GOLDEN_FILE, has_golden, read_golden
+from vae_deploy.export.profile import ExportProfile
+from vae_deploy.export.publish import check_target
+from vae_deploy.export.real_inputs import real_inputs_for
+from vae_deploy.export.validate import ParityReport, check_golden, check_parity
+from vae_deploy.runtime.manifest import Manifest, read_manifest
+from vae_deploy.runtime.registry import DEFAULT_BACKEND, get_backend
+
+ENGINE_PRECISIONS = ("fp32", "fp16", "int8")
+REFERENCES = ("auto", "torch", "golden")
+
+
+@dataclass
+class ExportResult:
+    manifest: Manifest
+    report: ParityReport  # the export-time parity check (also in manifest.parity)
+    profile: str  # the export profile's name
+    engines: list[Any] | None = None  # TensorRT builds (tensorrt_build.EngineBuild), when asked and passed
+
+
+def check_engine_request(precision: str | None) -> None:
+    """Refuse an engine build that cannot happen here, before anything is exported: an unknown precision,
+    or no TensorRT (the error names what to install and which backends run here)."""
+    from vae_deploy.export.tensorrt_build import require_tensorrt
+
+    if precision not in (None, *ENGINE_PRECISIONS):
+        raise ConfigError(f"--engine-precision must be fp32, fp16 or int8, got {precision!r}")
+    require_tensorrt()
+
+
+def export_job(run_dir: Path, out: Path, profile: str | Path | None = None, *, real: int = 1000,
+               data_source: str = "auto", data_dir: Path | None = None, parity_backend: str = DEFAULT_BACKEND,
+               force: bool = False, engine: bool = False, engine_precision: str | None = None,
+               log: Callable[[str], None] = lambda msg: None,
+               on_exported: Callable[[ExportResult], None] | None = None) -> ExportResult:
+    """Export `run_dir` to the model folder `out` with `profile` (a packaged profile's name or a TOML path;
+    None: the defaults), parity checked on `parity_backend` with `real` real inputs (real_inputs.py; 0:
+    random only). `force` replaces an existing model folder. `engine` then builds TensorRT engines of
+    `engine_precision` (None: the profile's default), only when parity passed.
+
+    `log` gets one line per step; `on_exported` is called with the result once the folder is written and
+    its parity known, before any engine is built (the CLI prints the parity table there)."""
+    check_target(out, overwrite=force)  # before any work: refusing later would waste the export
+    if engine:  # before the export too: a missing TensorRT should not cost an export first
+        check_engine_request(engine_precision)
+    from vae_deploy.export.onnx_export import export_model  # torch from here on
+    from vae_deploy.export.profile import load_profile
+    from vae_deploy.export.specs import graph_specs
+    from vae_deploy.models import build_model
+    from vae_deploy.models.checkpoint import read_config
+
+    chosen = load_profile(profile)
+    config = read_config(run_dir)
+    model_config = build_model(config["kind"], config.get("model", {})).config
+    encoder = graph_specs(config["kind"], model_config)["encoder"]
+    inputs = real_inputs_for(config["kind"], real, data_source, data_dir, encoder)
+    manifest, report = export_model(run_dir, out, chosen, real_inputs=inputs, parity_backend=parity_backend,
+                                    log=log, overwrite=force)
+    result = ExportResult(manifest, report, chosen.name)
+    if on_exported is not None:
+        on_exported(result)
+    if engine and report.passed:
+        from vae_deploy.export.tensorrt_build import build_engines
+
+        # int8 engines come from the folder's Q/DQ graphs (export/tensorrt_build.py): nothing to calibrate.
+        result.engines = build_engines(out, engine_precision, log=log)
+    return result
+
+
+@dataclass
+class VerifyResult:
+    report: ParityReport
+    reference: str  # "torch" | "golden"
+    note: str  # one line saying which reference was used and why
+
+
+def choose_reference(choice: str, model_dir: Path, manifest: Manifest) -> tuple[str, str]:
+    """("torch" | "golden", the line saying so) for the reference `choice` (one of REFERENCES): auto is
+    torch where it is installed, else the folder's golden outputs."""
+    from vae_deploy.runtime.torch_runner import TorchRunner
+
+    if choice not in REFERENCES:
+        raise ConfigError(f"--reference must be one of {', '.join(REFERENCES)}, got {choice!r}")
+    torch_missing = TorchRunner.unavailable_reason()
+    if choice == "torch" or (choice == "auto" and torch_missing is None):
+        return "torch", "reference: PyTorch (the folder's reference/ checkpoint)"
+    if not has_golden(manifest):
+        if choice == "golden":
+            raise ModelFormatError(f"{model_dir} has no golden outputs ({GOLDEN_FILE}): re-export it with "
+                                   f"this vae-deploy version, or verify against PyTorch (--reference torch)")
+        raise MissingBackendError(
+            f"cannot verify {model_dir} here: the PyTorch reference needs torch ({torch_missing}) and the "
+            f"folder has no golden outputs ({GOLDEN_FILE}); install the train extra (pip install "
+            f"'vae-deploy[train]') or re-export the model with this vae-deploy version")
+    why = "torch not installed" if choice == "auto" else "--reference golden"
+    return "golden", f"reference: golden outputs stored at export ({why})"
+
+
+def verify_job(model_dir: Path, backend: str = DEFAULT_BACKEND, reference: str = "auto",
+               batch_sizes: tuple[int, ...] | None = None, real: int = 1000, data_source: str = "auto",
+               data_dir: Path | None = None, seed: int = 0) -> VerifyResult:
+    """Compare `backend` with the reference `choose_reference` picks. Against torch: `real` real inputs
+    and random inputs at `batch_sizes` (None: the export profile's) drawn with `seed`; against the golden
+    outputs: the inputs stored with them. Writes nothing."""
+    manifest = read_manifest(model_dir)
+    sizes = batch_sizes or tuple(manifest.export_profile.get("parity_batch_sizes",
+                                                             ExportProfile().parity_batch_sizes))
+    source, note = choose_reference(reference, model_dir, manifest)
+    if source == "golden":
+        cases = read_golden(model_dir, manifest)
+        with get_backend(backend)(model_dir, manifest=manifest) as runner:
+            report = check_golden(runner, cases)
+    else:
+        inputs = real_inputs_for(manifest.kind, real, data_source, data_dir, manifest.graph("encoder"))
+        with get_backend(backend)(model_dir, manifest=manifest) as runner, \
+                get_backend("torch")(model_dir, manifest=manifest) as torch_reference:
+            report = check_parity(runner, torch_reference, inputs, sizes, seed=seed)
+    return VerifyResult(report, source, note)
