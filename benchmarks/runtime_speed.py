@@ -5,21 +5,23 @@
 Without --model it exports the seed configuration (784-256-2) to a temporary folder. Each case (graph x
 batch 1, 128, 8192) alternates the configurations round by round, times `calls` calls per round after
 warm-up, takes each round's median and reports the median over rounds, so a burst of load from another
-process hits every configuration alike. Timed is each backend's `_run` (numpy in, numpy out, no input
-validation) so the comparison is ORT vs PyTorch, not our checks.
+process hits every configuration alike. Timed is each runner's public `run(graph, inputs)` (numpy in,
+numpy out), what an application calls: the input validation it includes is the same code for every
+configuration, so the differences between columns are ORT's and PyTorch's own.
 
 PyTorch is timed at its default thread count and at 1 thread (on a loaded 2-core machine its default can
 be far slower: OpenMP threads wait for a core); the ratio is taken against the faster of the two.
 Writes benchmarks/results/runtime_speed.{json,md}.
 
---device-check FILE adds the summary of a GPU device check (out/hB_gpu/gpu_check.py run on the lent GPU:
-ort-cuda parity and ort-cuda vs ort-cpu timings of the same model there); without it, a device-check
-section already in the results JSON is kept.
+--device-check FILE adds the summary of a GPU check (the gpu_check.json that benchmarks/gpu_check.py run
+writes: ort-cuda parity, and ort-cuda vs ort-cpu timings of the same model on that machine); without it, a
+device-check section already in the results JSON is kept.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -37,10 +39,9 @@ from vae_deploy.files import write_json_atomic, write_text_atomic
 from vae_deploy.models import MLPVAE, MLPVAEConfig
 from vae_deploy.models.checkpoint import save_model
 from vae_deploy.runtime.benchmark import time_calls
-from vae_deploy.runtime.ort_runner import OrtCpuRunner
 from vae_deploy.runtime.ort_session import DEFAULT_CPU_THREADS, DEFAULT_SPINNING
+from vae_deploy.runtime.registry import load_runner
 from vae_deploy.runtime.spec import random_inputs
-from vae_deploy.runtime.torch_runner import TorchRunner
 
 BATCHES = (1, 128, 8192)
 CALLS = {1: 200, 128: 50, 8192: 4}  # calls per round: enough to make a round last tens of ms or more
@@ -69,24 +70,24 @@ def main() -> None:
         return
 
     default_threads = torch.get_num_threads()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         model_dir = args.model or make_model(Path(tmp))
-        ours = OrtCpuRunner(model_dir)  # the runner's defaults (ort_session.py), what users get
-        one_thread = OrtCpuRunner(model_dir, threads=1, spinning=False)
-        no_spin = OrtCpuRunner(model_dir, spinning=False)
-        reference = TorchRunner(model_dir)
+        # the runner's defaults (ort_session.py), what users get
+        ours = stack.enter_context(load_runner(model_dir, "ort-cpu"))
+        one_thread = stack.enter_context(load_runner(model_dir, "ort-cpu", threads=1, spinning=False))
+        no_spin = stack.enter_context(load_runner(model_dir, "ort-cpu", spinning=False))
+        reference = stack.enter_context(load_runner(model_dir, "torch"))
 
         def with_threads(n: int):
-            def run(graph, feeds):
-                torch.set_num_threads(n)
-                return reference._run(graph, feeds)
+            def run(graph, inputs):
+                torch.set_num_threads(n)  # a process-wide setting: set before every call of this config
+                return reference.run(graph, inputs)
             return run
 
         configs = {
-            f"ort-cpu ours (threads={DEFAULT_CPU_THREADS or 'cores'}, spinning={DEFAULT_SPINNING})":
-                ours._run,
-            "ort-cpu threads=1": one_thread._run,
-            "ort-cpu threads=cores, no spinning": no_spin._run,
+            f"ort-cpu ours (threads={DEFAULT_CPU_THREADS or 'cores'}, spinning={DEFAULT_SPINNING})": ours.run,
+            "ort-cpu threads=1": one_thread.run,
+            "ort-cpu threads=cores, no spinning": no_spin.run,
             f"torch eager (threads={default_threads}, default)": with_threads(default_threads),
             "torch eager (threads=1)": with_threads(1),
         }
@@ -98,12 +99,11 @@ def main() -> None:
             spec = reference.graph(graph)
             for batch in BATCHES:
                 inputs = random_inputs(spec, batch, np.random.default_rng(batch))
-                feeds = {t.name: a for t, a in zip(spec.inputs, inputs, strict=True)}
                 per_round: dict[str, list[float]] = {n: [] for n in names}
                 for _ in range(args.rounds):
                     for name in names:
                         fn = configs[name]
-                        seconds = time_calls(lambda fn=fn, g=graph, f=feeds: fn(g, f), CALLS[batch], warmup=2)
+                        seconds = time_calls(lambda f=fn, g=graph, x=inputs: f(g, x), CALLS[batch], warmup=2)
                         per_round[name].append(float(np.median(seconds)))
                 medians = {n: float(np.median(v)) * 1e3 for n, v in per_round.items()}
                 ort_ms = medians[names[0]]
@@ -148,7 +148,7 @@ def summarize_device_check(check: dict, device: str) -> dict:
 
 def render_device_check(dc: dict) -> list[str]:
     lines = ["", f"## ort-cuda on the lent GPU ({dc['device']}, onnxruntime-gpu {dc['onnxruntime']})", "",
-             "Parity of ort-cuda against the PyTorch reference (tests/runtime/test_ort_cuda.py and "
+             "Parity of ort-cuda against the PyTorch reference (tests/runtime/test_gpu_backends.py and "
              "export/validate.py), the 100-epoch seed model and a tiny causal3d video model:", ""]
     for name, value in dc["parity"].items():
         if isinstance(value, dict):
@@ -198,6 +198,8 @@ def render(result: dict) -> str:
     holds = all(c["speedup_vs_torch_best"] >= 1.0 for c in small)
     lines += [
         "",
+        "Timed: each runner's public `run(graph, inputs)` (numpy in and out), what an application calls; the",
+        "input validation it includes is the same code in every column.",
         "Speed-up = torch median / ORT (ours) median; above 1 means ONNX Runtime is faster. Best torch is",
         "the faster of its default thread count and 1 thread, case by case.",
         f"ORT (ours) not slower than the best PyTorch at batch 1 and 128: **{'yes' if holds else 'NO'}** "

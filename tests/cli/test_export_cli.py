@@ -103,16 +103,57 @@ def test_bench_json(exported, run):
     out, _ = exported
     result = run("bench", out, "--json", "--batch-sizes", "1,16", "--repeats", "5", "--warmup", "1")
     assert result.returncode == 0, result.stderr
-    rows = json.loads(result.stdout)["results"]
-    assert {(r["graph"], r["batch"]) for r in rows} == {(g, b) for g in ("encoder", "decoder")
-                                                        for b in (1, 16)}
+    report = json.loads(result.stdout)
+    rows = report["results"]
+    # Every row names the input shape it timed: MNIST images (N, 1, 28, 28), 2-d latents (N, 2).
+    assert {(r["graph"], tuple(r["shape"])) for r in rows} == {
+        ("encoder", (1, 1, 28, 28)), ("encoder", (16, 1, 28, 28)), ("decoder", (1, 2)), ("decoder", (16, 2))}
+    assert all(r["batch"] == r["shape"][0] and r["unit"] == "items" and r["chunk_frames"] is None
+               for r in rows)
     assert all(0 < r["median_ms"] <= r["p95_ms"] and r["repeats"] == 5 for r in rows)
+    assert all(r["per_s"] == pytest.approx(r["batch"] / (r["median_ms"] / 1e3)) for r in rows)
+    assert report["kind"] == "mlp" and "batch size" in report["timed"]
 
 
 def test_bench_table(exported, run):
     result = run("bench", exported[0], "--batch-sizes", "2", "--repeats", "3")
     assert result.returncode == 0, result.stderr
-    assert "median ms" in result.stdout and "decoder" in result.stdout
+    assert "median ms" in result.stdout and "items/s" in result.stdout and "ms per call" in result.stdout
+    assert "(2, 1, 28, 28)" in result.stdout and "(2, 2)" in result.stdout  # the shapes timed
+
+
+def test_bench_times_a_video_model_in_streamed_chunks(tiny_video_model, run):
+    """A video model is timed as `run` streams it: chunks of 8 frames (the pipeline's chunk) at the working
+    size `run` gives a 16:9 source (the manifest's short side 32, snapped to multiples of 8: 56x32), batch 1,
+    frames/s; the decoder on that chunk's latents (8 latent frames of 4 x 4 x 7 for downsample 8)."""
+    model = tiny_video_model("frame")
+    result = run("bench", model, "--json", "--repeats", "4", "--warmup", "1")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    shapes = {r["graph"]: tuple(r["shape"]) for r in report["results"]}
+    assert shapes == {"encoder": (1, 8, 3, 32, 56), "decoder": (1, 8, 4, 4, 7)}
+    for r in report["results"]:
+        assert r["unit"] == "frames" and r["chunk_frames"] == 8 and r["repeats"] == 4
+        assert 0 < r["median_ms"] <= r["p95_ms"]
+        assert r["per_s"] == pytest.approx(8 / (r["median_ms"] / 1e3))
+    assert "chunks of 8 frames at 56x32" in report["timed"] and "state carried" in report["timed"]
+
+    # --size and --chunk choose the case; the table prints the shapes and the unit.
+    result = run("bench", model, "--size", "48", "--chunk", "4", "--repeats", "2", "--warmup", "0")
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())  # the title may wrap
+    assert "(1, 4, 3, 48, 88)" in text and "(1, 4, 4, 6, 11)" in text
+    assert "frames/s" in text and "ms per chunk" in text and "chunks of 4 frames at 88x48" in text
+
+
+def test_bench_refuses_options_of_the_other_model_type(exported, tiny_video_model, run):
+    video = tiny_video_model("frame")
+    assert_one_line_error(run("bench", video, "--batch-sizes", "1,128"), "--batch-sizes is for image models",
+                          code=2)
+    assert_one_line_error(run("bench", exported[0], "--chunk", "8"), "--chunk and --size are for video",
+                          code=2)
+    assert_one_line_error(run("bench", tiny_video_model("causal3d-t2"), "--chunk", "3"),
+                          "not a multiple of the model's temporal factor 2", code=2)
 
 
 def test_user_errors_are_one_line(exported, tmp_path, run):

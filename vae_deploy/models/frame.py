@@ -7,7 +7,8 @@ nearest-neighbour upsampling, residual blocks, no normalization (normalization s
 frames and batch items). Two choices keep the decoder fast on a CPU: no conv runs at full resolution (the
 encoder starts with a 2x2 space-to-depth, the decoder ends with depth-to-space, as in ESPCN, Shi et al.
 2016), and the widest layers sit at the coarse levels. Convolutions run in channels-last memory format in
-eager mode, which oneDNN executes about twice as fast on x86 (a no-op in exported graphs).
+eager mode, which oneDNN executes about twice as fast on x86 (a no-op in exported graphs;
+`eager_channels_last(False)` switches it off for comparisons).
 
 Compression: raw uint8 RGB bytes over fp16 latent bytes is 3 * downsample^2 / (2 * latent_channels), so
 downsample 8 with latent_channels 4 gives 24.
@@ -15,8 +16,10 @@ downsample 8 with latent_channels 4 gives 24.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -77,9 +80,28 @@ class ResBlock2d(nn.Module):
         return self.act(x + self.conv2(self.act(self.conv1(x))))
 
 
+_eager_channels_last = True  # see eager_channels_last()
+
+
+@contextlib.contextmanager
+def eager_channels_last(enabled: bool) -> Iterator[None]:
+    """Inside the block, eager FrameEncoder/FrameDecoder convs run channels-last (True, the default) or in
+    plain NCHW (False), the layout most eager conv models use: for benchmarks that compare against that
+    baseline. Exported graphs are the same either way (tracing ignores memory formats). The setting is
+    process-wide, not per thread or per model."""
+    global _eager_channels_last
+    previous, _eager_channels_last = _eager_channels_last, enabled
+    try:
+        yield
+    finally:
+        _eager_channels_last = previous
+
+
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
     # Speed only: oneDNN convs are faster in NHWC on CPU; tracing (export) ignores memory formats.
-    return x if torch.jit.is_tracing() else x.contiguous(memory_format=torch.channels_last)
+    if not _eager_channels_last or torch.jit.is_tracing():
+        return x
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 class FrameEncoder(nn.Module):

@@ -1,4 +1,13 @@
-"""Timing of encode/decode through a runner (no torch): warm-up excluded, median and p95 of repeats."""
+"""Timing of encode/decode through a runner (no torch): warm-up excluded, median and p95 of repeats.
+
+Two ways to time a model, matching how it is used:
+
+    bench_runner   image models: one call of each graph per batch size (`runner.run`), items per second;
+    bench_stream   video models: chunks of frames through an open stream (`Stream.step`), the state carried
+                   from one chunk to the next exactly as the pipeline carries it, frames per second.
+
+Every row records the shape of the data input it timed, so a figure never stands without its size.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +17,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from vae_deploy.errors import ConfigError
 from vae_deploy.runtime.runner import Runner
 from vae_deploy.runtime.spec import random_inputs
 
@@ -15,15 +25,20 @@ from vae_deploy.runtime.spec import random_inputs
 @dataclass
 class Timing:
     graph: str
+    shape: tuple[int, ...]  # the data input timed: (batch, ...) for images, (1, T, C, H, W) video chunks
     batch: int
     median_ms: float
     p95_ms: float
     min_ms: float
     repeats: int
-    items_per_s: float  # batch / median: images (or latents) per second
+    per_s: float  # `unit`s per second at the median: batch / median, or frames per chunk / median
+    unit: str = "items"  # "items" (images or latents per call) or "frames" (video frames per chunk)
+    chunk_frames: int | None = None  # frames per streamed chunk (video); None for batched calls
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        data["shape"] = list(self.shape)
+        return data
 
 
 def time_calls(fn: Callable[[], object], repeats: int, warmup: int) -> np.ndarray:
@@ -38,20 +53,49 @@ def time_calls(fn: Callable[[], object], repeats: int, warmup: int) -> np.ndarra
     return times
 
 
-def summarize(graph: str, batch: int, seconds: np.ndarray) -> Timing:
+def summarize(graph: str, shape: tuple[int, ...], seconds: np.ndarray, count: int, unit: str = "items",
+              chunk_frames: int | None = None) -> Timing:
+    """One row: `count` `unit`s per call (the batch, or the frames of a chunk)."""
     median = float(np.median(seconds))
-    return Timing(graph=graph, batch=batch, median_ms=median * 1e3,
-                  p95_ms=float(np.percentile(seconds, 95)) * 1e3, min_ms=float(seconds.min()) * 1e3,
-                  repeats=int(seconds.size), items_per_s=batch / median)
+    return Timing(graph=graph, shape=tuple(int(d) for d in shape), batch=int(shape[0]),
+                  median_ms=median * 1e3, p95_ms=float(np.percentile(seconds, 95)) * 1e3,
+                  min_ms=float(seconds.min()) * 1e3, repeats=int(seconds.size), per_s=count / median,
+                  unit=unit, chunk_frames=chunk_frames)
 
 
 def bench_runner(runner: Runner, batch_sizes: list[int], repeats: int = 30, warmup: int = 3,
                  graphs: tuple[str, ...] = ("encoder", "decoder")) -> list[Timing]:
-    """Time each graph's public call (validation included: what a user of the runner pays) per batch size."""
+    """Time each graph's public call (validation included: what a user of the runner pays) per batch size,
+    on random inputs of the graph's example size (the manifest's example_dims)."""
     results = []
     for graph in graphs:
         for batch in batch_sizes:
             inputs = random_inputs(runner.graph(graph), batch, np.random.default_rng(0))
             seconds = time_calls(lambda g=graph, x=inputs: runner.run(g, x), repeats, warmup)
-            results.append(summarize(graph, batch, seconds))
+            results.append(summarize(graph, inputs[0].shape, seconds, batch))
+    return results
+
+
+def bench_stream(runner: Runner, chunk_shape: tuple[int, ...], repeats: int = 30, warmup: int = 3
+                 ) -> list[Timing]:
+    """Time a video model as the pipeline runs it: chunks of `chunk_shape` (the encoder's data input,
+    (1, T, C, H, W)) through `runner.open_stream()`, one `step` per chunk with the state carried; then the
+    decoder on the latents of that chunk (the encoder's first output), likewise streamed.
+
+    Each graph gets its own stream; warm-up chunks go through the same stream (they set up the state that a
+    stream in its steady state holds). Rows count frames: T per chunk for both graphs."""
+    encoder = runner.graph("encoder")
+    if not encoder.stream_axis:
+        raise ConfigError(f"{runner.model_dir}: the encoder has no stream axis; time it with bench_runner")
+    video = encoder.inputs[0]
+    low, high = video.value_range or (0.0, 1.0)
+    rng = np.random.default_rng(0)
+    chunk = rng.uniform(low, high, size=chunk_shape).astype(video.dtype)
+    frames = int(chunk_shape[1])
+    latents = runner.encode(chunk)[0]  # what the decoder is fed in the pipeline
+    results = []
+    for graph, x in (("encoder", chunk), ("decoder", latents)):
+        stream = runner.open_stream()
+        seconds = time_calls(lambda s=stream, g=graph, x=x: s.step(g, [x]), repeats, warmup)
+        results.append(summarize(graph, x.shape, seconds, frames, unit="frames", chunk_frames=frames))
     return results

@@ -69,6 +69,13 @@ class Runner:
     def graph(self, name: str) -> GraphSpec:
         return self.manifest.graph(name)
 
+    @property
+    def fp16_fallbacks(self) -> dict[str, str]:
+        """Graphs of an fp16 model that produced bad values and run in fp32 since, with the reason
+        (runtime/fp16_guard.py); empty when none fell back or the backend runs no fp16 guard."""
+        guard = getattr(self, "_guard", None)  # the Fp16Guard a backend with fp16 graphs keeps
+        return dict(guard.fallen_back) if guard is not None else {}
+
     def run(self, graph: str, inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray] | np.ndarray,
             past: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Validated call of one graph. `inputs` by name or in spec order; `past` None feeds the zero state.
