@@ -1,4 +1,5 @@
-"""The seed's training script (shared/seed-notes.txt), the reference that benchmarks compare against.
+"""The seed's training script (the classic MNIST VAE of the project's study notes), the reference that
+benchmarks compare against.
 
     .venv/bin/python benchmarks/seed_reference.py --epochs 100 --latent 2 --seed 0 --threads 1 \
         --out benchmarks/results/seed_reference_z2.jsonl

@@ -1,4 +1,5 @@
-"""A tiny causal video VAE with the DESIGN.md step form, for testing the streaming machinery end to end.
+"""A tiny causal video VAE with the streaming step form (docs/architecture.md), for testing the streaming
+machinery end to end.
 
 Per frame: a stride-2 conv (spatial size halves, as (H - 1)//2 + 1); across time: causal convolutions
 that see the last k-1 frames, kept as explicit state. `encode`/`decode` (full sequence) are one step from

@@ -1,4 +1,4 @@
-"""The project's model and trainer against the seed's own code (shared/seed-notes.txt): with the same
+"""The project's model and trainer against the seed's own code (benchmarks/seed_reference.py): with the same
 torch seed they must give the same numbers, bit for bit, so the seed's results carry over."""
 
 from __future__ import annotations

@@ -28,8 +28,8 @@ def export(
     out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
     profile: Annotated[str | None, typer.Option(
         "--profile",
-        help="Export profile: a TOML file, or a name in export/ (cpu-fp32, cpu-int8, gpu-fp16, "
-             "jetson-orin-fp16)."
+        help="Export profile: the name of a packaged one (cpu-fp32, cpu-int8, gpu-fp16, jetson-orin-fp16) "
+             "or a TOML file."
     )] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Replace an existing model folder at --out (its engines/ cache is kept).")] = False,

@@ -1,6 +1,6 @@
 """The seed's MNIST VAE: an MLP encoder 784 -> 256 -> 2*latent and decoder latent -> 256 -> 784 (sigmoid).
 
-Same architecture and math as the reference code in shared/seed-notes.txt; the module names
+Same architecture and math as the seed's reference script (benchmarks/seed_reference.py); the module names
 (encoder.0, encoder.2, decoder.0, decoder.2) match the seed's nn.Sequential so its state_dict loads.
 Layout: images NCHW float32 in [0, 1], (N, 1, 28, 28); latents (N, latent_dim).
 """
