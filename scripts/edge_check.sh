@@ -95,6 +95,7 @@ step "encode" encode_clip
 step "decode" decode_latents
 step "verify (packaged default model, ort-cpu)" "$VD" verify "$MODEL" --backend ort-cpu
 step "demo" demo
+step "bench (packaged default model, streamed chunks)" "$VD" bench "$MODEL" --repeats 2 --warmup 1
 step "packaged export profile by name" "$PY" -c \
   "from vae_deploy.export.profile import load_profile; assert load_profile('jetson-orin-fp16').dynamic['batch'].max == 256"
 
