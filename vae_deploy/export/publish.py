@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from vae_deploy.errors import ConfigError, VaeDeployError
+from vae_deploy.files import removing_new_folders
 from vae_deploy.runtime.manifest import MANIFEST_FILE
 
 _NAME_TRIES = 100
@@ -53,16 +54,6 @@ def _unique_dir(parent: Path, prefix: str) -> Path:
             continue
         return path
     raise VaeDeployError(f"cannot create a temporary folder in {parent}")
-
-
-def _missing_ancestors(folder: Path) -> list[Path]:
-    """`folder` and its parents that do not exist yet, deepest first."""
-    missing = []
-    path = folder.absolute()
-    while not path.exists() and path != path.parent:
-        missing.append(path)
-        path = path.parent
-    return missing
 
 
 def swap_in(new: Path, target: Path, carry: tuple[str, ...] = ()) -> None:
@@ -104,27 +95,16 @@ def staged_folder(target: Path, overwrite: bool = True, carry: tuple[str, ...] =
     target = Path(target)
     check_target(target, overwrite)
     parent = target.parent
-    created = _missing_ancestors(parent)
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        staging = _unique_dir(parent, f".{target.name}.")
-    except OSError as exc:
-        _remove_empty(created)
-        raise VaeDeployError(f"cannot write to output folder {parent}: {exc.strerror or exc}") from None
-    try:
-        yield staging
-        check_target(target, overwrite)  # something may have appeared there meanwhile
-        swap_in(staging, target, carry)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-        if not target.exists():
-            _remove_empty(created)
-
-
-def _remove_empty(folders: list[Path]) -> None:
-    for folder in folders:  # deepest first; stops at the first one something else has written into
+    with removing_new_folders(parent):  # a failed export leaves no parent folder it created
         try:
-            folder.rmdir()
-        except OSError:
-            break
+            parent.mkdir(parents=True, exist_ok=True)
+            staging = _unique_dir(parent, f".{target.name}.")
+        except OSError as exc:
+            raise VaeDeployError(f"cannot write to output folder {parent}: {exc.strerror or exc}") from None
+        try:
+            yield staging
+            check_target(target, overwrite)  # something may have appeared there meanwhile
+            swap_in(staging, target, carry)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)

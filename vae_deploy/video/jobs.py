@@ -52,6 +52,8 @@ def check_outputs(inputs: dict[str, Path | str | None], model: Path | None,
     """Refuse, before any work, outputs that destroy an input, the model or each other (named for the user,
     e.g. "--out"); and a metrics path that cannot be written."""
     check_distinct_outputs(outputs, inputs, {"the model folder": resolve_model(model)})
+    if outputs.get("--metrics") is not None:
+        check_output_path(outputs["--metrics"], "the metrics")
 
 
 def _bound(progress: JobProgress | None, total: int | None) -> Callable[[int], None] | None:
@@ -80,8 +82,6 @@ def run_job(source: str | Path, outputs: VideoOutputs, options: StreamOptions | 
     check_outputs({"the input": source}, model, {"--out": outputs.video, "--side-by-side":
                                                  outputs.side_by_side, "--latents": outputs.latents,
                                                  "--metrics": metrics})
-    if metrics is not None:
-        check_output_path(metrics, "the metrics")
     with open_model(model, backend, threads) as runner, open_source(source) as frames:
         report = run_video(runner, frames, options, outputs, _bound(progress, _source_total(frames, options)))
     return _finish(report, metrics)
@@ -93,8 +93,6 @@ def encode_job(source: str | Path, out: Path, options: StreamOptions | None = No
     """`vae-deploy encode`: SOURCE's latents into the .vaelat file `out`."""
     options = options or StreamOptions(measure=False)
     check_outputs({"the input": source}, model, {"--out": out, "--metrics": metrics})
-    if metrics is not None:
-        check_output_path(metrics, "the metrics")
     with open_model(model, backend, threads) as runner, open_source(source) as frames:
         report = encode_video(runner, frames, out, options, _bound(progress, _source_total(frames, options)))
     return _finish(report, metrics)
@@ -106,11 +104,10 @@ def decode_job(latents: Path, out: Path, model: Path | None = None, backend: str
     """`vae-deploy decode`: a .vaelat file back to video at the source's size and frame rate."""
     options = StreamOptions(fps=fps)
     check_outputs({"the input": latents}, model, {"--out": out, "--metrics": metrics})
-    if metrics is not None:
-        check_output_path(metrics, "the metrics")
-    total = LatentReader(latents).header.frame_count  # refuses a damaged or foreign file before loading
+    reader = LatentReader(latents)  # refuses a damaged file (its checksum is read once) before loading
     with open_model(model, backend, threads) as runner:
-        report = decode_latents(runner, latents, VideoOutputs(video=out), options, _bound(progress, total))
+        report = decode_latents(runner, reader, VideoOutputs(video=out), options,
+                                _bound(progress, reader.header.frame_count))
     return _finish(report, metrics)
 
 

@@ -462,11 +462,12 @@ def encode_video(runner: Runner, source: FrameSource, path: Path, options: Strea
     return report
 
 
-def open_latents(path: Path, info: VideoModelInfo) -> LatentReader:
+def open_latents(path: Path | LatentReader, info: VideoModelInfo) -> LatentReader:
     """Open a .vaelat file made by this model (else one line saying which model made it), checked against
     what this model needs: a fit it knows, its channels, whole encoder chunks, one latent frame per
-    temporal_factor source frames."""
-    reader = LatentReader(Path(path))
+    temporal_factor source frames. An open LatentReader is checked as it is (not read again)."""
+    reader = path if isinstance(path, LatentReader) else LatentReader(Path(path))
+    path = reader.path
     header = reader.header
     if header.model_fingerprint != info.fingerprint:
         raise DataError(f"{path} was encoded by another model ({header.model_kind}, fingerprint "
@@ -490,15 +491,16 @@ def open_latents(path: Path, info: VideoModelInfo) -> LatentReader:
     return reader
 
 
-def decode_latents(runner: Runner, path: Path, outputs: VideoOutputs, options: StreamOptions | None = None,
-                   progress: Progress | None = None) -> StreamReport:
-    """Decode a .vaelat file to video; the frames equal what `run` writes for the same source."""
+def decode_latents(runner: Runner, path: Path | LatentReader, outputs: VideoOutputs,
+                   options: StreamOptions | None = None, progress: Progress | None = None) -> StreamReport:
+    """Decode a .vaelat file (or an open LatentReader of one) to video; the frames equal what `run` writes
+    for the same source."""
     options = options or StreamOptions()
     info = VideoModelInfo.from_manifest(runner.manifest)
     if outputs.video is not None:
         check_output_path(outputs.video, "the video", video=True)
     reader = open_latents(path, info)
-    header = reader.header
+    path, header = reader.path, reader.header
     policy = FitPolicy.from_dict(header.fit)
     if list(info.latent_shape(policy.model_size)) != list(header.latent_shape):
         raise DataError(f"{path} holds latents of shape {header.latent_shape}, but its fit record implies "
