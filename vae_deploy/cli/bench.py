@@ -11,8 +11,9 @@ ort-cpu gets the pipeline's thread count unless --threads says otherwise. The de
 of that chunk. Reported per chunk (ms) and as frames per second.
 
 Times the runner's public calls (input validation included, as an application pays it), warm-up calls
-excluded, and reports the median and 95th percentile. Every row names the input shape it timed.
-benchmarks/runtime_speed.py and benchmarks/pipeline_speed.py compare backends.
+excluded, and reports the median and 95th percentile. Every row names the input shape it timed. The work is
+video/jobs.py's bench_job; this module parses the options and prints. benchmarks/runtime_speed.py and
+benchmarks/pipeline_speed.py compare backends.
 """
 
 from __future__ import annotations
@@ -23,11 +24,8 @@ from typing import Annotated
 
 import typer
 
-from vae_deploy.cli.options import BackendOption, ThreadsOption
+from vae_deploy.cli.options import BackendOption, ThreadsOption, parse_sizes
 from vae_deploy.runtime.registry import DEFAULT_BACKEND
-
-# The source aspect the frame size of a video model's bench stands for: 16:9, the shape of most video.
-BENCH_SOURCE_SIZE = (1920, 1080)
 
 
 def bench(
@@ -46,67 +44,25 @@ def bench(
     threads: ThreadsOption = None,
 ) -> None:
     """Time encode and decode: median and p95 ms per call (video: per chunk), warm-up excluded."""
-    from vae_deploy.errors import ConfigError
-    from vae_deploy.runtime.manifest import read_manifest
-    from vae_deploy.runtime.registry import load_runner
+    from vae_deploy.video.jobs import bench_job
 
-    manifest = read_manifest(model_dir)
-    video = bool(manifest.graph("encoder").stream_axis)
-    if video and batch_sizes is not None:
-        raise ConfigError("--batch-sizes is for image models; a video model is timed as `run` streams it "
-                          "(batch 1, chunks of --chunk frames at --size)")
-    if not video and (chunk is not None or size is not None):
-        raise ConfigError(f"--chunk and --size are for video models; this {manifest.kind!r} model takes "
-                          f"batches of images (--batch-sizes)")
-    if video:
-        from vae_deploy.runtime.benchmark import bench_stream
-        from vae_deploy.video.pipeline import runner_options
-
-        shape, what = _video_case(manifest, chunk, size)
-        options = runner_options(backend, threads)
-        with load_runner(model_dir, backend, manifest=manifest, **options) as runner:
-            results = bench_stream(runner, shape, repeats=repeats, warmup=warmup)
-    else:
-        from vae_deploy.cli.options import parse_sizes
-        from vae_deploy.runtime.benchmark import bench_runner
-
-        sizes = parse_sizes(batch_sizes or "1,128", "--batch-sizes")
-        options = {} if threads is None else {"threads": threads}
-        what = "one call per batch size, random inputs at the model's example size"
-        with load_runner(model_dir, backend, manifest=manifest, **options) as runner:
-            results = bench_runner(runner, list(sizes), repeats=repeats, warmup=warmup)
+    result = bench_job(model_dir, backend, parse_sizes(batch_sizes, "--batch-sizes"), chunk, size, repeats,
+                       warmup, threads)
     if json_out:
-        typer.echo(json.dumps({"backend": backend, "model_dir": str(model_dir), "kind": manifest.kind,
-                               "timed": what, "runner_options": options, "repeats": repeats, "warmup": warmup,
-                               "results": [r.to_dict() for r in results]}, indent=2))
+        typer.echo(json.dumps({"backend": backend, "model_dir": str(model_dir), "kind": result.kind,
+                               "timed": result.timed, "runner_options": result.runner_options,
+                               "repeats": repeats, "warmup": warmup,
+                               "results": [r.to_dict() for r in result.timings]}, indent=2))
         return
     from rich.console import Console
     from rich.table import Table
 
-    per = "chunk" if video else "call"
-    table = Table(title=f"{model_dir} on {backend}: {what}; ms per {per}, {repeats} timed after {warmup} "
-                        f"warm-up", title_justify="left")
-    for column in ("graph", "input shape", "median ms", "p95 ms", "frames/s" if video else "items/s"):
+    per = "chunk" if result.video else "call"
+    table = Table(title=f"{model_dir} on {backend}: {result.timed}; ms per {per}, {repeats} timed after "
+                        f"{warmup} warm-up", title_justify="left")
+    for column in ("graph", "input shape", "median ms", "p95 ms", "frames/s" if result.video else "items/s"):
         left = column in ("graph", "input shape")
         table.add_column(column, justify="left" if left else "right", no_wrap=True)
-    for r in results:
+    for r in result.timings:
         table.add_row(r.graph, str(r.shape), f"{r.median_ms:.3f}", f"{r.p95_ms:.3f}", f"{r.per_s:,.1f}")
     Console().print(table)
-
-
-def _video_case(manifest, chunk: int | None, size: int | None) -> tuple[tuple[int, ...], str]:
-    """The encoder input timed for a video model, (1, T, C, H, W), and a sentence saying what it is."""
-    from vae_deploy.video.codec import VideoModelInfo
-    from vae_deploy.video.fit import plan_fit
-    from vae_deploy.video.pipeline import DEFAULT_CHUNK
-
-    info = VideoModelInfo.from_manifest(manifest)
-    frames = DEFAULT_CHUNK if chunk is None else chunk
-    info.check_chunk(frames)
-    short = info.short_side if size is None else size
-    policy = plan_fit(BENCH_SOURCE_SIZE, short, info.spatial_factor, info.channels, "snap")
-    w, h = policy.model_size
-    source = "" if size is not None else ", the model's working size"
-    what = (f"streamed chunks of {frames} frames at {w}x{h} (a 16:9 source at short side {short}{source}, "
-            f"fitted like `run`), state carried")
-    return (1, frames, info.channels, h, w), what

@@ -1,4 +1,5 @@
-"""The streaming commands as functions, from paths to a report: `run`, `encode`, `decode` and `demo`.
+"""The streaming commands as functions, from paths to a report: `run`, `encode`, `decode` and `demo`; and
+`bench`, which times a model the way these commands use it.
 
 Each job checks what it is asked to write before any work (an output that is an input, lies in the model
 folder or is shared by two outputs is refused), opens the model with a backend and the source, streams it
@@ -14,15 +15,22 @@ propagates as KeyboardInterrupt and nothing is written; after it, the job return
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+from vae_deploy.errors import ConfigError
 from vae_deploy.files import removing_new_folders, write_json_atomic
+from vae_deploy.runtime.benchmark import Timing, bench_runner, bench_stream
 from vae_deploy.runtime.latents import LatentReader
+from vae_deploy.runtime.manifest import Manifest, read_manifest
 from vae_deploy.runtime.registry import DEFAULT_BACKEND, load_runner
 from vae_deploy.runtime.runner import Runner
+from vae_deploy.video.codec import VideoModelInfo
 from vae_deploy.video.default_model import DEMO_CLIP, default_model_dir, resolve_model
+from vae_deploy.video.fit import plan_fit
 from vae_deploy.video.io import FrameSource, open_source
 from vae_deploy.video.pipeline import (
+    DEFAULT_CHUNK,
     StreamOptions,
     StreamReport,
     VideoOutputs,
@@ -40,6 +48,8 @@ JobProgress = Callable[[int, int | None], None]  # (frames finished, total frame
 DEMO_OUTPUTS = VideoOutputs(video=Path("reconstruction.mp4"), side_by_side=Path("side_by_side.mp4"),
                             latents=Path("carphone.vaelat"))
 DEMO_METRICS = Path("metrics.json")
+# The source aspect the frame size of a video model's bench stands for: 16:9, the shape of most video.
+BENCH_SOURCE_SIZE = (1920, 1080)
 
 
 def open_model(model: Path | None, backend: str = DEFAULT_BACKEND, threads: int | None = None) -> Runner:
@@ -124,3 +134,53 @@ def demo_job(out_dir: Path, backend: str = DEFAULT_BACKEND, threads: int | None 
     with removing_new_folders(out_dir):  # a demo that fails writing its first file leaves no empty folder
         return run_job(clip, outputs, StreamOptions(), backend=backend, threads=threads,
                        metrics=out_dir / DEMO_METRICS, progress=progress)
+
+
+@dataclass
+class BenchResult:
+    kind: str  # the model kind
+    video: bool  # timed as streamed chunks (True) or as batches of images
+    timed: str  # a sentence saying what was timed
+    runner_options: dict
+    timings: list[Timing]
+
+
+def _video_case(manifest: Manifest, chunk: int | None, size: int | None
+                ) -> tuple[tuple[int, ...], str]:
+    """The encoder input timed for a video model, (1, T, C, H, W), and a sentence saying what it is."""
+    info = VideoModelInfo.from_manifest(manifest)
+    frames = DEFAULT_CHUNK if chunk is None else chunk
+    info.check_chunk(frames)
+    short = info.short_side if size is None else size
+    policy = plan_fit(BENCH_SOURCE_SIZE, short, info.spatial_factor, info.channels, "snap")
+    w, h = policy.model_size
+    source = "" if size is not None else ", the model's working size"
+    what = (f"streamed chunks of {frames} frames at {w}x{h} (a 16:9 source at short side {short}{source}, "
+            f"fitted like `run`), state carried")
+    return (1, frames, info.channels, h, w), what
+
+
+def bench_job(model_dir: Path, backend: str = DEFAULT_BACKEND, batch_sizes: tuple[int, ...] | None = None,
+              chunk: int | None = None, size: int | None = None, repeats: int = 50, warmup: int = 5,
+              threads: int | None = None) -> BenchResult:
+    """`vae-deploy bench`: a video model timed as `run` streams it (batch 1, chunks of `chunk` frames at
+    short side `size`, the state carried); an image model per batch size (default 1 and 128)."""
+    manifest = read_manifest(model_dir)
+    video = bool(manifest.graph("encoder").stream_axis)
+    if video and batch_sizes is not None:
+        raise ConfigError("--batch-sizes is for image models; a video model is timed as `run` streams it "
+                          "(batch 1, chunks of --chunk frames at --size)")
+    if not video and (chunk is not None or size is not None):
+        raise ConfigError(f"--chunk and --size are for video models; this {manifest.kind!r} model takes "
+                          f"batches of images (--batch-sizes)")
+    if video:
+        shape, what = _video_case(manifest, chunk, size)
+        options = runner_options(backend, threads)
+        with load_runner(model_dir, backend, manifest=manifest, **options) as runner:
+            timings = bench_stream(runner, shape, repeats=repeats, warmup=warmup)
+    else:
+        what = "one call per batch size, random inputs at the model's example size"
+        options = {} if threads is None else {"threads": threads}
+        with load_runner(model_dir, backend, manifest=manifest, **options) as runner:
+            timings = bench_runner(runner, list(batch_sizes or (1, 128)), repeats=repeats, warmup=warmup)
+    return BenchResult(manifest.kind, video, what, options, timings)
