@@ -160,7 +160,7 @@ def test_user_errors_are_one_line(exported, tmp_path, run):
     out, _ = exported
     # As a process: the console entry point's handling of our errors.
     assert_one_line_error(cli("export", tmp_path / "missing", "--out", tmp_path / "o"),
-                          "is not a checkpoint folder", code=2)
+                          "missing does not exist", code=2)
     assert_one_line_error(run("verify", out, "--backend", "nope"), "unknown backend 'nope'", code=2)
     assert_one_line_error(run("sample", out, "--out", tmp_path / "grid.txt"), "must be an image file", code=2)
     assert_one_line_error(run("bench", out, "--batch-sizes", "one"), "comma-separated integers", code=2)

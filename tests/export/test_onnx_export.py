@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 
-from vae_deploy.errors import ConfigError, InputShapeError, ModelFormatError
+from vae_deploy.errors import ConfigError, DataError, InputShapeError, ModelFormatError
 from vae_deploy.export import ExportProfile, export_model, graph_specs
 from vae_deploy.export.onnx_export import check_graph
 from vae_deploy.models import MLPVAEConfig
@@ -90,8 +90,11 @@ def test_reexport_replaces_a_model_folder(mlp_checkpoint, mlp_model_dir, tmp_pat
 
 
 def test_export_errors_are_clear(tmp_path, mlp_checkpoint):
-    with pytest.raises(ModelFormatError, match="config.json is missing"):
+    with pytest.raises(DataError, match="no-such-run does not exist"):
         export_model(tmp_path / "no-such-run", tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="neither a vae-deploy run folder .* nor a diffusers model folder"):
+        export_model(tmp_path / "empty", tmp_path / "out")
     with pytest.raises(ConfigError, match="no export spec for model kind 'nope'"):
         graph_specs("nope", None)
     config = json.loads((mlp_checkpoint / "config.json").read_text())

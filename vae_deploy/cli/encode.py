@@ -21,6 +21,7 @@ from vae_deploy.cli.options import (
     MaxFramesOption,
     ModelOption,
     QuietOption,
+    RawLatentsOption,
     SizeOption,
     SourceArgument,
     ThreadsOption,
@@ -45,6 +46,7 @@ def encode(
     fps: FpsOption = None,
     threads: ThreadsOption = None,
     quiet: QuietOption = False,
+    raw_latents: RawLatentsOption = False,
 ) -> None:
     """Encode a video into a latent file (fp16 latents plus what decoding needs)."""
     from vae_deploy.video.jobs import encode_job
@@ -52,7 +54,7 @@ def encode(
 
     try:
         options = StreamOptions(chunk=chunk, short_side=size, fit=fit, max_frames=max_frames, fps=fps,
-                                measure=False)
+                                measure=False, raw_latents=raw_latents)
         with progress_bar("encode", quiet) as progress:
             report = encode_job(source, out, options, model, backend, threads, metrics, progress)
     except KeyboardInterrupt:

@@ -1,5 +1,7 @@
-"""`vae-deploy export RUN_DIR --out MODEL_DIR [--profile NAME] [--force] [--engine]`: checkpoint -> model
-folder.
+"""`vae-deploy export SOURCE --out MODEL_DIR [--profile NAME] [--force] [--engine]`: a model -> model folder.
+
+SOURCE is a training run (or checkpoint) folder or a local diffusers model folder; `--from
+package.module:factory` instead of SOURCE takes any module keeping the adapter contract (export/sources.py).
 
 Writes encoder.onnx, decoder.onnx, reference/, golden.npz and manifest.json (with the parity report measured
 here), prints the worst error per output, and exits 1 when parity fails (the folder is still written, so
@@ -23,9 +25,14 @@ from vae_deploy.runtime.registry import DEFAULT_BACKEND
 
 
 def export(
-    run_dir: Annotated[Path, typer.Argument(
-        help="Checkpoint or training run folder (model.safetensors + config.json).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
+    source: Annotated[Path | None, typer.Argument(
+        help="What to export: a training run or checkpoint folder (model.safetensors + config.json), or a "
+             "local diffusers model folder (AutoencoderKL, AutoencoderTiny, AutoencoderKLWan; a pipeline "
+             "folder's vae/ is found too).", show_default=False)] = None,
+    entry_point: Annotated[str | None, typer.Option(
+        "--from", help="Instead of SOURCE: package.module:factory returning a torch module that keeps the "
+                       "adapter contract (docs/adapters.md).")] = None,
     profile: Annotated[str | None, typer.Option(
         "--profile",
         help="Export profile: the name of a packaged one (cpu-fp32, cpu-int8, gpu-fp16, jetson-orin-fp16) "
@@ -54,7 +61,8 @@ def export(
 
     console = Console()
     with train_extra("export"):
-        result = export_job(run_dir, out, profile, real=real, data_source=data_source, data_dir=data_dir,
+        result = export_job(source, out, profile, entry_point=entry_point, real=real, data_source=data_source,
+                            data_dir=data_dir,
                             parity_backend=parity_backend, force=force, engine=engine,
                             engine_precision=engine_precision,
                             log=lambda msg: console.print(msg, highlight=False),
@@ -76,7 +84,7 @@ def _print_parity(console, out: Path, result) -> None:
     table = Table(title=title, title_justify="left")
     for column in ("output", "max abs", "max rel", "min PSNR dB"):
         table.add_column(column, justify="left" if column == "output" else "right")
-    for name, w in report.worst().items():
+    for name, w in report.worst(report.merged()).items():
         psnr = "inf" if math.isinf(w["min_psnr_db"]) else f"{w['min_psnr_db']:.1f}"
         table.add_row(name, f"{w['max_abs']:.2e}", f"{w['max_rel']:.2e}", psnr)
     console.print(table)

@@ -44,6 +44,10 @@ FpsOption = Annotated[float | None, typer.Option(
 ThreadsOption = Annotated[int | None, typer.Option(
     "--threads", min=1, help="Inference threads (default for ort-cpu: one fewer than the CPUs, at least 1).")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+RawLatentsOption = Annotated[bool, typer.Option(
+    "--raw-latents", help="Store the encoder's raw latents. By default a model with a latent normalization "
+                          "(diffusers' scaling_factor/shift_factor, Wan's latents_mean/std) stores them in "
+                          "the space its diffusion model consumes; decode undoes either.")]
 SourceArgument = Annotated[str, typer.Argument(
     help="Video file, image folder, camera index, or RTSP/HTTP URL / GStreamer pipeline.")]
 

@@ -25,6 +25,7 @@ from vae_deploy.cli.options import (
     MaxFramesOption,
     ModelOption,
     QuietOption,
+    RawLatentsOption,
     SizeOption,
     SourceArgument,
     ThreadsOption,
@@ -53,6 +54,7 @@ def run(
     fps: FpsOption = None,
     threads: ThreadsOption = None,
     quiet: QuietOption = False,
+    raw_latents: RawLatentsOption = False,
 ) -> None:
     """Encode and decode a video chunk by chunk; write the reconstruction, latents and metrics."""
     from vae_deploy.video.jobs import run_job
@@ -60,7 +62,7 @@ def run(
 
     try:
         options = StreamOptions(chunk=chunk, short_side=size, fit=fit, max_frames=max_frames, fps=fps,
-                                measure=metrics is not None)
+                                measure=metrics is not None, raw_latents=raw_latents)
         with progress_bar("run", quiet) as progress:
             report = run_job(source, VideoOutputs(out, side_by_side, latents), options, model, backend,
                              threads, metrics, progress)

@@ -35,7 +35,7 @@ def print_report(report) -> None:
 
     console = Console()
     outputs: dict[str, list] = {}
-    for c in report.comparisons:
+    for c in report.merged():  # a model's state tensors in one table (present_*)
         outputs.setdefault(f"{c.graph}/{c.output}", []).append(c)
     for name, rows in outputs.items():
         table = Table(title=f"{name}: {report.backend} vs {report.reference} ({report.precision})",

@@ -58,7 +58,7 @@ def golden_real_inputs(real_inputs: np.ndarray | None, encoder: GraphSpec,
         limit = GOLDEN_MAX_FRAMES if dim == encoder.stream_axis else GOLDEN_MAX_SIDE
         multiple = encoder.dim_multiples.get(dim, 1)
         keep = min(x.shape[axis], limit)
-        keep -= keep % multiple
+        keep = encoder.whole_length(keep) if dim == encoder.stream_axis else keep - keep % multiple
         if 0 < keep < x.shape[axis]:  # else too short to cut at a stride's multiple: kept whole, as checked
             start = 0 if dim == encoder.stream_axis else (x.shape[axis] - keep) // 2 // multiple * multiple
             x = np.take(x, range(start, start + keep), axis=axis)

@@ -52,15 +52,18 @@ def check_engine_request(precision: str | None) -> None:
     require_tensorrt()
 
 
-def export_job(run_dir: Path, out: Path, profile: str | Path | None = None, *, real: int = 1000,
+def export_job(source: Path | None, out: Path, profile: str | Path | None = None, *,
+               entry_point: str | None = None, real: int = 1000,
                data_source: str = "auto", data_dir: Path | None = None, parity_backend: str = DEFAULT_BACKEND,
                force: bool = False, engine: bool = False, engine_precision: str | None = None,
                log: Callable[[str], None] = lambda msg: None,
                on_exported: Callable[[ExportResult], None] | None = None) -> ExportResult:
-    """Export `run_dir` to the model folder `out` with `profile` (a packaged profile's name or a TOML path;
-    None: the defaults), parity checked on `parity_backend` with `real` real inputs (real_inputs.py; 0:
-    random only). `force` replaces an existing model folder. `engine` then builds TensorRT engines of
-    `engine_precision` (None: the profile's default), only when parity passed.
+    """Export `source` (a run folder, a diffusers model folder, or, with `entry_point`
+    "package.module:factory", no source: export/sources.py) to the model folder `out` with `profile` (a
+    packaged profile's name or a TOML path; None: the defaults), parity checked on `parity_backend` with
+    `real` real inputs (real_inputs.py; 0: random only). `force` replaces an existing model folder.
+    `engine` then builds TensorRT engines of `engine_precision` (None: the profile's default), only when
+    parity passed.
 
     `log` gets one line per step; `on_exported` is called with the result once the folder is written and
     its parity known, before any engine is built (the CLI prints the parity table there)."""
@@ -69,16 +72,15 @@ def export_job(run_dir: Path, out: Path, profile: str | Path | None = None, *, r
         check_engine_request(engine_precision)
     from vae_deploy.export.onnx_export import export_model  # torch from here on
     from vae_deploy.export.profile import load_profile
+    from vae_deploy.export.sources import open_source
     from vae_deploy.export.specs import graph_specs
-    from vae_deploy.models import build_model
-    from vae_deploy.models.checkpoint import read_config
 
     chosen = load_profile(profile)
-    config = read_config(run_dir)
-    model_config = build_model(config["kind"], config.get("model", {})).config
-    encoder = graph_specs(config["kind"], model_config)["encoder"]
-    inputs = real_inputs_for(config["kind"], real, data_source, data_dir, encoder)
-    manifest, report = export_model(run_dir, out, chosen, real_inputs=inputs, parity_backend=parity_backend,
+    model = open_source(source, entry_point)
+    log(f"exporting {model.kind} from {model.description}")
+    encoder = graph_specs(model.kind, model.model.config, model.model)["encoder"]
+    inputs = real_inputs_for(model.kind, real, data_source, data_dir, encoder)
+    manifest, report = export_model(model, out, chosen, real_inputs=inputs, parity_backend=parity_backend,
                                     log=log, overwrite=force)
     result = ExportResult(manifest, report, chosen.name)
     if on_exported is not None:

@@ -22,7 +22,6 @@ The folder is built under a temporary name beside the target and swapped in at t
 
 from __future__ import annotations
 
-import shutil
 import warnings
 from collections.abc import Callable
 from dataclasses import replace
@@ -40,11 +39,12 @@ from vae_deploy.export.golden import GOLDEN_FILE, write_golden
 from vae_deploy.export.profile import ExportProfile
 from vae_deploy.export.publish import staged_folder
 from vae_deploy.export.quantize import calibration_clips, calibration_feeds, check_quantizable, quantize_graph
+from vae_deploy.export.sources import ModelSource, open_source
 from vae_deploy.export.specs import graph_specs
 from vae_deploy.export.validate import ParityReport, check_parity
 from vae_deploy.files import atomic_path
-from vae_deploy.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_model
 from vae_deploy.runtime.engine_cache import ENGINE_DIR
+from vae_deploy.runtime.latent_space import latent_normalization_record
 from vae_deploy.runtime.manifest import REFERENCE_DIR, Manifest, hash_files, write_manifest
 from vae_deploy.runtime.registry import DEFAULT_BACKEND, get_backend
 from vae_deploy.runtime.spec import GraphSpec, TensorSpec, random_inputs
@@ -86,6 +86,8 @@ def export_graph(model: nn.Module, spec: GraphSpec, path: Path, opset: int) -> N
         # is what proves the traced graph general.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # Strided slices (diffusers' VAEs have them) stay unfolded: a note about speed, not correctness.
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
         torch.onnx.export(
             GraphModule(model, spec.method).eval(), trace_inputs(spec), str(tmp), dynamo=False,
             opset_version=opset, input_names=spec.input_names, output_names=spec.output_names,
@@ -217,11 +219,12 @@ def _preprocessing(encoder: GraphSpec) -> dict:
             "image_shape": list(t.shape[leading:])}
 
 
-def export_model(checkpoint_dir: Path, out_dir: Path, profile: ExportProfile | None = None,
+def export_model(source: Path | ModelSource, out_dir: Path, profile: ExportProfile | None = None,
                  real_inputs: np.ndarray | None = None, parity_backend: str = DEFAULT_BACKEND,
                  log: Callable[[str], None] = lambda msg: None,
                  overwrite: bool = True) -> tuple[Manifest, ParityReport]:
-    """Export a checkpoint folder to a model folder and measure parity; returns (manifest, report).
+    """Export a model (a checkpoint folder, or any ModelSource: export/sources.py) to a model folder and
+    measure parity; returns (manifest, report).
 
     The folder is written as a unit (export/publish.py): built beside `out_dir` and swapped in when
     complete; an existing model folder there is replaced (its engines/ cache is kept: engines are keyed by
@@ -230,25 +233,27 @@ def export_model(checkpoint_dir: Path, out_dir: Path, profile: ExportProfile | N
     decide, e.g. the CLI exits 1), so the failing folder can be inspected with `vae-deploy verify`.
     """
     profile = profile or ExportProfile()
-    checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
-    model, config = load_model(checkpoint_dir)
-    model.eval()
-    specs = graph_specs(config["kind"], model.config)
+    out_dir = Path(out_dir)
+    if not isinstance(source, ModelSource):
+        source = open_source(Path(source))
+    model, config = source.model.eval(), source.config
+    specs = graph_specs(config["kind"], model.config, model)
     if profile.io_dtype != "float32":
         specs = {name: _with_io_dtype(spec, profile.io_dtype) for name, spec in specs.items()}
     if profile.precision == "int8":
         check_quantizable(config["kind"], specs["encoder"], real_inputs)
     with staged_folder(out_dir, overwrite=overwrite, carry=(ENGINE_DIR,)) as work:
-        manifest, report = _write_folder(model, config, specs, checkpoint_dir, work, profile, real_inputs,
-                                         parity_backend, out_dir, log)
+        manifest, report = _write_folder(source, specs, work, profile, real_inputs, parity_backend, out_dir,
+                                         log)
     return manifest, report
 
 
-def _write_folder(model: nn.Module, config: dict, specs: dict[str, GraphSpec], checkpoint_dir: Path,
-                  work: Path, profile: ExportProfile, real_inputs: np.ndarray | None, parity_backend: str,
-                  out_dir: Path, log: Callable[[str], None]) -> tuple[Manifest, ParityReport]:
+def _write_folder(source: ModelSource, specs: dict[str, GraphSpec], work: Path, profile: ExportProfile,
+                  real_inputs: np.ndarray | None, parity_backend: str, out_dir: Path,
+                  log: Callable[[str], None]) -> tuple[Manifest, ParityReport]:
     """Every file of the model folder, written into the empty folder `work` (logged under `out_dir`, the
     name it will have)."""
+    model, config = source.model, source.config
     for spec in specs.values():
         path = work / spec.file
         log(f"exporting {spec.name} ({spec.method}) -> {out_dir / spec.file}")
@@ -261,16 +266,16 @@ def _write_folder(model: nn.Module, config: dict, specs: dict[str, GraphSpec], c
     recipe_data = (config.get("recipe") or {}).get("data") or {}
     if recipe_data.get("short_side"):  # video runs: the working resolution `vae-deploy run` defaults to
         preprocessing["short_side"] = int(recipe_data["short_side"])
+    normalization = getattr(model, "latent_normalization", None)
+    if normalization:  # the diffusion model's latent space, applied by the runtime (runtime/latent_space.py)
+        preprocessing["latent_normalization"] = latent_normalization_record(normalization,
+                                                                            int(model.latent_channels))
     if profile.precision == "int8":
         fp32 = Manifest(kind=config["kind"], model=to_dict(model.config), graphs=specs, precision="fp32",
                         opset=profile.opset, preprocessing=preprocessing)
         specs = _quantize(work, fp32, profile, log)
-    reference = work / REFERENCE_DIR
-    for name in (WEIGHTS_FILE, CONFIG_FILE):
-        with atomic_path(reference / name) as tmp:
-            shutil.copyfile(checkpoint_dir / name, tmp)
     files = [spec.file for spec in specs.values()]
-    files += [f"{REFERENCE_DIR}/{WEIGHTS_FILE}", f"{REFERENCE_DIR}/{CONFIG_FILE}"]
+    files += [f"{REFERENCE_DIR}/{name}" for name in source.write_reference(work / REFERENCE_DIR)]
     manifest = Manifest(
         kind=config["kind"], model=to_dict(model.config), graphs=specs, precision=profile.precision,
         opset=profile.opset, preprocessing=preprocessing, producer=_producer(),

@@ -24,32 +24,42 @@ from vae_deploy.runtime.spec import GraphSpec, StateSpec, SymDim, TensorSpec, To
 
 __all__ = ["GraphSpec", "StateSpec", "SymDim", "TensorSpec", "Tolerance", "graph_specs", "register_spec"]
 
-SpecBuilder = Callable[[str, Any], dict[str, GraphSpec]]  # (kind, model config) -> graphs
+# (kind, model config, the model when the caller has it built already) -> graphs
+SpecBuilder = Callable[[str, Any, Any], dict[str, GraphSpec]]
 
 SPEC_BUILDERS: dict[str, SpecBuilder] = {}
-GRAPH_NAMES = ("encoder", "decoder")
+GRAPH_NAMES = ("encoder", "decoder")  # every model; first-rule models add encoder_first, decoder_first
+FIRST_GRAPH_NAMES = ("encoder_first", "decoder_first")
 
 
 def register_spec(kind: str, builder: SpecBuilder) -> None:
     SPEC_BUILDERS[kind] = builder
 
 
-def graph_specs(kind: str, config: Any) -> dict[str, GraphSpec]:
-    """The encoder and decoder specs of model kind `kind` with config `config`."""
+def graph_specs(kind: str, config: Any, model: Any = None) -> dict[str, GraphSpec]:
+    """The graph specs of model kind `kind` with config `config` (`model`: that model, if built already)."""
     builder = SPEC_BUILDERS.get(kind)
+    if builder is None:
+        # An external VAE (models/adapters/) is a video model with the step form like our own designs.
+        # Registered here, not at import, so that this module imports without torch.
+        from vae_deploy.models.adapters import ADAPTER_KINDS
+
+        if kind in ADAPTER_KINDS:
+            builder = streaming_video_specs
     if builder is None:
         known = ", ".join(sorted(SPEC_BUILDERS))
         raise ConfigError(f"no export spec for model kind {kind!r} (known: {known})")
-    specs = builder(kind, config)
-    if tuple(specs) != GRAPH_NAMES:
-        raise ConfigError(f"the spec of kind {kind!r} must define graphs {GRAPH_NAMES}, got {tuple(specs)}")
+    specs = builder(kind, config, model)
+    if tuple(specs)[:2] != GRAPH_NAMES or not set(tuple(specs)[2:]) <= set(FIRST_GRAPH_NAMES):
+        raise ConfigError(f"the spec of kind {kind!r} must define graphs {GRAPH_NAMES} (and may add "
+                          f"{FIRST_GRAPH_NAMES}), got {tuple(specs)}")
     return specs
 
 
 # ---------------------------------------------------------------- the seed MLP VAE
 
 
-def mlp_specs(kind: str, config: Any) -> dict[str, GraphSpec]:
+def mlp_specs(kind: str, config: Any, model: Any = None) -> dict[str, GraphSpec]:
     c, h, w = config.image_shape
     latent = config.latent_dim
     images = TensorSpec("images", ("batch", c, h, w), layout="NCHW", value_range=(0.0, 1.0))
@@ -81,46 +91,82 @@ def _scaled(sym: SymDim, factor: int, down: bool) -> SymDim:
 VIDEO_TOLERANCE = Tolerance(max_abs=1e-4)
 
 
-def streaming_video_specs(kind: str, config: Any) -> dict[str, GraphSpec]:
-    from vae_deploy.models.registry import build_model  # torch: only when a video model is exported
+def streaming_video_specs(kind: str, config: Any, model: Any = None) -> dict[str, GraphSpec]:
+    if model is None:
+        from vae_deploy.models.registry import build_model  # torch: only when a video model is exported
 
-    model = build_model(kind, config)
+        model = build_model(kind, config)
     s, tf = int(model.spatial_factor), int(model.temporal_factor)
     lc, ch = int(model.latent_channels), int(model.in_channels)
+    first = int(getattr(model, "first_frames", 0) or 0)  # a first rule: models/adapters/contract.py
+    has_logvar = bool(getattr(model, "has_logvar", True))
+    # Our designs end in a sigmoid and Wan clamps, so values outside [0, 1] there are a fault (the fp16 guard
+    # watches for them); an unclamped decoder (diffusers' AutoencoderKL) has no range to hold it to.
+    out_range = (0.0, 1.0) if getattr(model, "output_clamped", True) else None
     batch, frames, height, width = SymDim("batch"), SymDim("frames"), SymDim("height"), SymDim("width")
     # The decoder's own symbols: its chunks are latent frames, so they get their own names.
     latent_frames, latent_h, latent_w = SymDim("latent_frames"), SymDim("latent_h"), SymDim("latent_w")
+    enc_state = model.encoder_state_shapes(batch, height, width)
+    dec_state = model.decoder_state_shapes(batch, latent_h, latent_w)
 
     def states(shapes: list) -> list[StateSpec]:
         return [StateSpec(f"past_{i}", f"present_{i}", tuple(shape)) for i, shape in enumerate(shapes)]
 
-    latent_shape = (batch, _scaled(frames, tf, True), lc, _scaled(height, s, True), _scaled(width, s, True))
+    def presents(shapes: list) -> list[TensorSpec]:
+        return [TensorSpec(f"present_{i}", tuple(shape)) for i, shape in enumerate(shapes)]
+
+    def latents(t) -> list[TensorSpec]:
+        shape = (batch, t, lc, _scaled(height, s, True), _scaled(width, s, True))
+        names = ("mu", "logvar") if has_logvar else ("mu",)
+        return [TensorSpec(name, shape, layout="NTCHW") for name in names]
+
+    def video(t, h, w) -> TensorSpec:
+        return TensorSpec("video", (batch, t, ch, h, w), layout="NTCHW", value_range=(0.0, 1.0))
+
+    def decoded(t) -> TensorSpec:
+        return TensorSpec("video", (batch, t, ch, _scaled(latent_h, s, False), _scaled(latent_w, s, False)),
+                          layout="NTCHW", value_range=out_range)
+
+    def z(t) -> TensorSpec:
+        return TensorSpec("z", (batch, t, lc, latent_h, latent_w), layout="NTCHW")
+
     encoder = GraphSpec(
-        "encoder",
-        inputs=[TensorSpec("video", (batch, frames, ch, height, width), layout="NTCHW",
-                           value_range=(0.0, 1.0))],
-        outputs=[TensorSpec("mu", latent_shape, layout="NTCHW"),
-                 TensorSpec("logvar", latent_shape, layout="NTCHW")],
-        state=states(model.encoder_state_shapes(batch, height, width)),
-        method="encode_step", tolerance=VIDEO_TOLERANCE,
+        "encoder", inputs=[video(frames, height, width)], outputs=latents(_scaled(frames, tf, True)),
+        state=states(enc_state), method="encode_step", tolerance=VIDEO_TOLERANCE,
         example_dims={"batch": 1, "frames": 4 * tf, "height": 4 * s, "width": 4 * s},
         stream_axis="frames", stream_chunks=(tf, 3 * tf),
         dim_multiples={"height": s, "width": s, "frames": tf}, max_parity_batch=2,
+        first_graph="encoder_first" if first else "", first_length=first,
     )
-    video_shape = (batch, _scaled(latent_frames, tf, False), ch, _scaled(latent_h, s, False),
-                   _scaled(latent_w, s, False))
+    # Latent frames of a clip of `frames` frames, for TensorRT ranges given in video frames.
+    if first:
+        latent_count = f"1+(frames-{first}+{tf - 1})//{tf}"
+    else:
+        latent_count = f"(frames+{tf - 1})//{tf}" if tf > 1 else "frames"
     decoder = GraphSpec(
-        "decoder",
-        inputs=[TensorSpec("z", (batch, latent_frames, lc, latent_h, latent_w), layout="NTCHW")],
-        outputs=[TensorSpec("video", video_shape, layout="NTCHW", value_range=(0.0, 1.0))],
-        state=states(model.decoder_state_shapes(batch, latent_h, latent_w)),
-        method="decode_step", tolerance=VIDEO_TOLERANCE,
+        "decoder", inputs=[z(latent_frames)], outputs=[decoded(_scaled(latent_frames, tf, False))],
+        state=states(dec_state), method="decode_step", tolerance=VIDEO_TOLERANCE,
         example_dims={"batch": 1, "latent_frames": 4, "latent_h": 4, "latent_w": 4},
         stream_axis="latent_frames", stream_chunks=(1, 3), max_parity_batch=2,
-        derived_dims={"latent_frames": f"(frames+{tf - 1})//{tf}" if tf > 1 else "frames",
-                      "latent_h": f"height//{s}", "latent_w": f"width//{s}"},
+        derived_dims={"latent_frames": latent_count, "latent_h": f"height//{s}", "latent_w": f"width//{s}"},
+        first_graph="decoder_first" if first else "", first_length=1 if first else 0,
     )
-    return {"encoder": encoder, "decoder": decoder}
+    specs = {"encoder": encoder, "decoder": decoder}
+    if first:
+        # The first chunk's graphs: no state in, the steady graphs' state out (as outputs present_i).
+        specs["encoder_first"] = GraphSpec(
+            "encoder_first", inputs=[video(first, height, width)], outputs=latents(1) + presents(enc_state),
+            method="encode_first", tolerance=VIDEO_TOLERANCE,
+            example_dims={"batch": 1, "height": 4 * s, "width": 4 * s},
+            dim_multiples={"height": s, "width": s}, max_parity_batch=2,
+        )
+        specs["decoder_first"] = GraphSpec(
+            "decoder_first", inputs=[z(1)], outputs=[decoded(first)] + presents(dec_state),
+            method="decode_first", tolerance=VIDEO_TOLERANCE,
+            example_dims={"batch": 1, "latent_h": 4, "latent_w": 4}, max_parity_batch=2,
+            derived_dims={"latent_h": f"height//{s}", "latent_w": f"width//{s}"},
+        )
+    return specs
 
 
 for _kind in ("frame", "temporal", "causal3d"):  # the video kinds of issue 4 (models/frame.py, ...)

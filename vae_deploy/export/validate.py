@@ -18,18 +18,20 @@ model folder at export (export/golden.py) stand in for the live reference, judge
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
 from vae_deploy.errors import ConfigError, ParityError
 from vae_deploy.export.quantize import INT8_NEEDS_REAL_INPUTS
 from vae_deploy.runtime.runner import Runner
-from vae_deploy.runtime.spec import GraphSpec, TensorSpec, dim_symbols, random_inputs
+from vae_deploy.runtime.spec import GraphSpec, TensorSpec, random_inputs
 from vae_deploy.video.metrics import psnr_from_mse
 
 REPORTED = "reported"  # the limit of a comparison that is measured but not judged
+STATE_OUTPUT = re.compile(r"present_\d+")  # a streaming state output (runtime/spec.py StateSpec)
 REL_FLOOR = 1e-6  # relative errors divide by max(|reference|, this), so exact zeros do not explode
 
 
@@ -61,11 +63,30 @@ class ParityReport:
     def failures(self) -> list[Comparison]:
         return [c for c in self.comparisons if not c.passed]
 
-    def worst(self) -> dict[str, dict[str, float]]:
-        """Per graph/output: the largest errors and smallest PSNR over the judged cases (int8's random and
-        stream cases are only reported: REPORTED)."""
-        out: dict[str, dict[str, float]] = {}
+    def merged(self) -> list[Comparison]:
+        """The comparisons with each graph's state outputs (present_<i>) merged into one "present_*" row per
+        case, the worst over them: a Wan decoder has dozens of state tensors, and a table wants a few rows."""
+        rows: list[Comparison] = []
+        merged: dict[tuple, Comparison] = {}
         for c in self.comparisons:
+            if not STATE_OUTPUT.fullmatch(c.output):
+                rows.append(c)
+                continue
+            key = (c.graph, c.case, c.batch, c.chunk, c.limit)
+            m = merged.get(key)
+            if m is None:
+                merged[key] = m = replace(c, output="present_*")
+                rows.append(m)
+            else:
+                m.max_abs, m.max_rel = max(m.max_abs, c.max_abs), max(m.max_rel, c.max_rel)
+                m.psnr_db, m.passed = min(m.psnr_db, c.psnr_db), m.passed and c.passed
+        return rows
+
+    def worst(self, comparisons: list[Comparison] | None = None) -> dict[str, dict[str, float]]:
+        """Per graph/output: the largest errors and smallest PSNR over the judged cases (int8's random and
+        stream cases are only reported: REPORTED), of `comparisons` (default: all of them)."""
+        out: dict[str, dict[str, float]] = {}
+        for c in self.comparisons if comparisons is None else comparisons:
             if c.limit == REPORTED:
                 continue
             w = out.setdefault(f"{c.graph}/{c.output}",
@@ -150,34 +171,36 @@ class _Checker:
 
     def whole(self, graph: str, case: str, inputs: list[np.ndarray], ref: dict) -> None:
         spec = self.backend.graph(graph)
-        got = self.backend.run(graph, inputs)
+        # A real clip of a first-rule model is a whole clip (first rule, then steps); random inputs of its
+        # steady graph check that graph alone, from the zero state, like every other graph.
+        if case == "real" and spec.first_graph:
+            got = self.backend.full_sequence(graph, inputs)
+        else:
+            got = self.backend.run(graph, inputs)
         self.add(spec, case, inputs[0].shape[0], 0, got, ref)
 
     def stream(self, graph: str, inputs: list[np.ndarray], ref: dict) -> None:
-        """Chunked backend stream vs the reference's one-call (full-sequence) result."""
+        """Chunked backend stream vs the reference's whole-sequence result."""
         spec = self.backend.graph(graph)
-        axis = _stream_axis(spec)
+        axis = spec.input_stream_axis(spec.inputs[0])
         for chunk in spec.stream_chunks:
             session = self.backend.open_stream()
-            total = inputs[0].shape[axis]
-            pieces = []
-            for start in range(0, total, chunk):
-                part = [np.take(x, range(start, min(start + chunk, total)), axis=axis) for x in inputs]
-                pieces.append(session.step(graph, part))
-            got = {t.name: np.concatenate([p[t.name] for p in pieces], axis=_output_axis(t, spec.stream_axis))
+            parts = stream_chunks(inputs, axis, chunk, spec.first_length)
+            pieces = [session.step(graph, part) for part in parts]
+            got = {t.name: np.concatenate([p[t.name] for p in pieces], axis=spec.output_stream_axis(t))
                    for t in spec.outputs}
             self.add(spec, "stream", inputs[0].shape[0], chunk, got, ref)
 
 
-def _stream_axis(spec: GraphSpec) -> int:
-    return list(spec.inputs[0].shape).index(spec.stream_axis)
-
-
-def _output_axis(t: TensorSpec, symbol: str) -> int:
-    for axis, d in enumerate(t.shape):
-        if symbol in dim_symbols(d):
-            return axis
-    raise ValueError(f"output {t.name} has no {symbol} axis to concatenate stream chunks along")
+def stream_chunks(inputs: list[np.ndarray], axis: int, chunk: int,
+                  first: int = 0) -> Iterator[list[np.ndarray]]:
+    """`inputs` cut along `axis` into chunks of `chunk` (the last may be shorter); a first rule of `first`
+    steps makes the first chunk `first` longer, so every later chunk is a whole one."""
+    total = inputs[0].shape[axis]
+    start, end = 0, min(total, first + chunk)
+    while start < total:
+        yield [np.take(x, range(start, end), axis=axis) for x in inputs]
+        start, end = end, min(total, end + chunk)
 
 
 def reference_cases(reference: Runner, real_inputs: np.ndarray | None = None,
@@ -195,19 +218,28 @@ def reference_cases(reference: Runner, real_inputs: np.ndarray | None = None,
     def case(graph: str, label: str, inputs: list[np.ndarray]) -> Case:
         return Case(graph, label, inputs, reference.run(graph, inputs))
 
+    def whole_clip(graph: str, label: str, inputs: list[np.ndarray]) -> Case:
+        return Case(graph, label, inputs, reference.full_sequence(graph, inputs))
+
+    # Real inputs of a first-rule model are a whole clip (real_inputs.py cuts them to a length it takes).
+    real_case = whole_clip if encoder.first_graph else case
     if real_inputs is not None:
-        real = case("encoder", "real", [real_inputs.astype(encoder.inputs[0].dtype)])
+        real = real_case("encoder", "real", [real_inputs.astype(encoder.inputs[0].dtype)])
         yield real
-        yield case("decoder", "real", [real.outputs[encoder.outputs[0].name].astype(decoder.inputs[0].dtype)])
-    for graph in (encoder, decoder):
+        latents = real.outputs[encoder.outputs[0].name].astype(decoder.inputs[0].dtype)
+        yield (whole_clip if decoder.first_graph else case)("decoder", "real", [latents])
+    firsts = [reference.graph(g.first_graph) for g in (encoder, decoder) if g.first_graph]
+    for graph in (encoder, decoder, *firsts):
         cap = graph.max_parity_batch or max(batch_sizes)
         for batch in sorted({min(b, cap) for b in batch_sizes}):
             yield case(graph.name, "random", random_inputs(graph, batch, rng))
         if graph.state and graph.stream_axis and graph.stream_chunks:
-            # Several chunks of each size plus a shorter last one; chunk sizes are multiples of any stride.
-            frames = 4 * max(graph.stream_chunks) + min(graph.stream_chunks)
+            # Several chunks of each size plus a shorter last one (after the first rule's steps, if any);
+            # chunk sizes are multiples of any stride. The reference computes the whole clip at once.
+            frames = graph.first_length + 4 * max(graph.stream_chunks) + min(graph.stream_chunks)
             dims = {graph.stream_axis: frames}
-            yield case(graph.name, "stream", random_inputs(graph, graph.example_env()["batch"], rng, **dims))
+            yield whole_clip(graph.name, "stream",
+                             random_inputs(graph, graph.example_env()["batch"], rng, **dims))
 
 
 def compare_cases(backend: Runner, cases: Iterable[Case], reference: str) -> ParityReport:

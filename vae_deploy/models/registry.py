@@ -53,3 +53,9 @@ from vae_deploy.models.temporal import TemporalVAE, TemporalVAEConfig  # noqa: E
 register("frame", FrameVAEConfig, FrameVAE)
 register("temporal", TemporalVAEConfig, TemporalVAE)
 register("causal3d", Causal3DVAEConfig, Causal3DVAE)
+
+# External VAEs (diffusers families, entry points): one wrapper class, the family chosen by the config.
+from vae_deploy.models.adapters import ADAPTER_KINDS, AdaptedVAE, AdapterConfig  # noqa: E402
+
+for _kind in ADAPTER_KINDS:
+    register(_kind, AdapterConfig, AdaptedVAE)

@@ -94,7 +94,15 @@ class DeviceStream(Stream):
     def reset(self) -> None:
         self._device.clear()
 
-    def step(self, graph: str, chunk: Any) -> dict[str, np.ndarray]:
+    def _started(self, graph: str) -> bool:
+        return graph in self._device
+
+    def _hold(self, spec: GraphSpec, env: dict[str, int], state: dict[str, np.ndarray]) -> None:
+        # The state a first-rule graph returned (to the host: it is one of its outputs) goes to the device
+        # once, at the start of the stream.
+        self._device[spec.name] = self.runner._state_from_host(spec, env, state)
+
+    def _step(self, graph: str, chunk: Any) -> dict[str, np.ndarray]:
         runner = self.runner
         spec, arrays, env = runner._prepare(graph, chunk)
         past = self._device.get(graph)

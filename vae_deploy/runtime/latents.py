@@ -41,6 +41,7 @@ import numpy as np
 
 from vae_deploy.errors import DataError, InputShapeError
 from vae_deploy.files import AtomicFile, writing
+from vae_deploy.runtime.latent_space import LATENT_SPACES, RAW
 
 MAGIC = b"VAELAT01"
 FORMAT = "vae-deploy-latents"
@@ -64,6 +65,8 @@ class LatentHeader:
     fit: dict = field(default_factory=dict)  # how frames were fitted to the model; undone on decode
     chunk: int = 0  # frames per encoder call; decode uses the same chunks, so its frames equal `run`'s
     payload_sha256: str = ""  # sha256 of the latent data; set by LatentWriter.close, "" in version 1 files
+    # "raw" (the encoder's mean) or "normalized" (the diffusion model's space: runtime/latent_space.py)
+    latent_space: str = RAW
     dtype: str = "float16"
     format: str = FORMAT
     version: int = VERSION
@@ -162,10 +165,13 @@ class LatentReader:
         self.latents = np.memmap(self.path, dtype=np.float16, mode="r", offset=len(MAGIC),
                                  shape=(self.header.latent_frames, *frame_shape))
 
-    def chunks(self, size: int):
-        """Yield fp16 latent chunks of at most `size` frames, in order."""
-        for start in range(0, self.header.latent_frames, size):
-            yield np.asarray(self.latents[start:start + size])
+    def chunks(self, size: int, first: int = 0):
+        """Yield fp16 latent chunks of at most `size` frames, in order; the first holds `first` more (a
+        model whose first latent frame has its own rule reads it with the first chunk, as it was encoded)."""
+        start, end = 0, first + size
+        while start < self.header.latent_frames:
+            yield np.asarray(self.latents[start:end])
+            start, end = end, end + size
 
 
 def _sha256_of(fh, length: int) -> str:
@@ -184,8 +190,11 @@ def _sha256_of(fh, length: int) -> str:
 _FIELDS_V1 = ("model_sha256", "model_kind", "latent_shape", "fps", "frame_count", "latent_frames",
               "source_size", "working_size", "fit", "chunk", "dtype", "format", "version")
 _FIELDS = {1: _FIELDS_V1,
-           2: ("model_fingerprint", *_FIELDS_V1[1:-3], "payload_sha256", "dtype", "format", "version")}
-_OPTIONAL = {1: {"chunk": 0}, 2: {}}  # early version 1 files have no chunk (decode then uses --chunk's)
+           2: ("model_fingerprint", *_FIELDS_V1[1:-3], "payload_sha256", "latent_space", "dtype", "format",
+               "version")}
+# Early version 1 files have no chunk (decode then uses --chunk's); files written before normalized latents
+# existed have no latent_space, and hold raw latents.
+_OPTIONAL = {1: {"chunk": 0}, 2: {"latent_space": RAW}}
 _FIT_FIELDS = ("mode", "short_side", "source_size", "content_size", "model_size", "channels")
 
 
@@ -239,6 +248,8 @@ def _parse_header(path: Path, raw: object) -> LatentHeader:
     for name in ("source_size", "working_size"):
         if not _ints(values[name], 2, 1, MAX_FRAME_SIDE):
             raise bad(name, f"2 integers (width, height) from 1 to {MAX_FRAME_SIDE}", values[name])
+    if values.get("latent_space", RAW) not in LATENT_SPACES:
+        raise bad("latent_space", " or ".join(map(repr, LATENT_SPACES)), values["latent_space"])
     if values["dtype"] != "float16":
         raise bad("dtype", "'float16'", values["dtype"])
     _check_fit(values, bad)

@@ -103,16 +103,28 @@ class Runner:
         return outputs
 
     def encode(self, images: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Images (layout per the manifest) -> (mu, logvar): the encoder's results, no sampling."""
+        """Images (layout per the manifest) -> (mu, logvar), or (mu,) for encoders without a logvar: the
+        encoder's results, no sampling. A whole clip for video models."""
         spec = self.graph("encoder")
-        outputs = self.run("encoder", [images])
+        outputs = self.full_sequence("encoder", [images])
         return tuple(outputs[t.name] for t in spec.outputs)
 
     def decode(self, z: np.ndarray) -> np.ndarray:
         """Latents -> images in [0, 1]."""
         spec = self.graph("decoder")
-        outputs = self.run("decoder", [z])
+        outputs = self.full_sequence("decoder", [z])
         return outputs[spec.outputs[0].name]
+
+    def full_sequence(self, graph: str, inputs: Any) -> dict[str, np.ndarray]:
+        """The data outputs of `graph` over a whole input (a whole clip) in one go: a fresh stream fed it as
+        one chunk, i.e. one call from the zero state, or the first rule then one call over the rest for
+        graphs with a first chunk of their own (GraphSpec.first_graph). Backends whose model has its own
+        whole-clip computation override this (the torch reference runner)."""
+        spec = self.graph(graph)
+        if not spec.first_graph:
+            outputs = self.run(graph, inputs)
+            return {t.name: outputs[t.name] for t in spec.outputs}
+        return self.open_stream().step(graph, inputs)
 
     def open_stream(self) -> Stream:
         """A streaming session: chunks in order, state carried from one chunk to the next."""
@@ -150,6 +162,20 @@ class Stream:
 
     def step(self, graph: str, chunk: np.ndarray | Sequence[np.ndarray] | Mapping[str, np.ndarray]
              ) -> dict[str, np.ndarray]:
+        """The next chunk of `graph`'s stream -> its data outputs for that chunk."""
+        spec = self.runner.graph(graph)
+        if spec.first_graph and not self._started(graph):
+            return self._first_step(spec, chunk)
+        return self._step(graph, chunk)
+
+    def _started(self, graph: str) -> bool:
+        return graph in self._state
+
+    def _hold(self, spec: GraphSpec, env: dict[str, int], state: dict[str, np.ndarray]) -> None:
+        """Keep `state` (past_i by name, numpy) as what the next chunk of `spec` gets."""
+        self._state[spec.name] = state
+
+    def _step(self, graph: str, chunk: Any) -> dict[str, np.ndarray]:
         spec, arrays, env = self.runner._prepare(graph, chunk)
         past = self._state.get(graph)
         if past is None:
@@ -159,6 +185,31 @@ class Stream:
         outputs = self.runner._execute(spec, arrays, env, past)
         self._state[graph] = {st.input: outputs[st.output] for st in spec.state}
         return {t.name: outputs[t.name] for t in spec.outputs}
+
+    def _first_step(self, spec: GraphSpec, chunk: Any) -> dict[str, np.ndarray]:
+        """A stream's first chunk of a graph with a first rule: its first `first_length` steps run the
+        first graph, which also gives the state; the rest of the chunk (if any) runs `spec` from there."""
+        arrays = named_inputs(spec, chunk)
+        n = spec.first_length
+        axes = {t.name: spec.input_stream_axis(t) for t in spec.inputs}
+        for t in spec.inputs:
+            a = arrays[t.name]
+            if not isinstance(a, np.ndarray) or a.ndim != len(t.shape) or a.shape[axes[t.name]] < n:
+                raise InputShapeError(f"{spec.name} stream: the first chunk must hold at least {n} along "
+                                      f"{spec.stream_axis} (the model's first rule), got "
+                                      f"{getattr(a, 'shape', type(a).__name__)}")
+        head = {name: np.take(a, range(n), axis=axes[name]) for name, a in arrays.items()}
+        rest = {name: np.take(a, range(n, a.shape[axes[name]]), axis=axes[name])
+                for name, a in arrays.items()}
+        first, first_arrays, env = self.runner._prepare(spec.first_graph, head)
+        outputs = self.runner._execute(first, first_arrays, env, {})
+        self._hold(spec, env, {st.input: outputs[st.output] for st in spec.state})
+        result = {t.name: outputs[t.name] for t in spec.outputs}
+        if next(iter(rest.values())).shape[axes[spec.inputs[0].name]] == 0:
+            return result
+        more = self._step(spec.name, rest)
+        return {t.name: np.concatenate([result[t.name], more[t.name]], axis=spec.output_stream_axis(t))
+                for t in spec.outputs}
 
     def encode(self, chunk: np.ndarray) -> tuple[np.ndarray, ...]:
         """Next chunk of frames -> (mu, logvar) for that chunk."""

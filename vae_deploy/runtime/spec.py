@@ -190,6 +190,12 @@ class GraphSpec:
     # Largest random batch the parity check feeds (0: no cap): 1000 video clips would take minutes on a
     # CPU and prove nothing more than 2; bigger requested batches are clamped to this.
     max_parity_batch: int = 0
+    # A stream's first chunk with its own rule (Wan: the first latent frame comes from 1 frame, later ones
+    # from 4): the graph that computes it and how many steps along stream_axis it takes. That graph has no
+    # state inputs; its outputs are this graph's data outputs followed by this graph's present_i, which the
+    # stream then carries into this graph. "" / 0: every chunk, the first included, runs this graph.
+    first_graph: str = ""
+    first_length: int = 0
 
     def __post_init__(self):
         names = self.input_names + self.output_names
@@ -227,6 +233,28 @@ class GraphSpec:
     def bound_symbols(self) -> set[str]:
         """Symbols fixed by the data inputs' plain-identifier dimensions."""
         return {d for t in self.inputs for d in t.shape if is_identifier(d)}
+
+    def whole_length(self, n: int) -> int:
+        """The longest whole clip of at most `n` steps along the stream axis this graph takes: a multiple of
+        its stride, after the first rule's steps when it has one (Wan: 1 + 4k frames); 0 if none fits."""
+        step = self.dim_multiples.get(self.stream_axis, 1)
+        first = self.first_length
+        if n < first:
+            return 0
+        return first + (n - first) // step * step
+
+    def input_stream_axis(self, tensor: TensorSpec) -> int:
+        """The axis of a data input that `stream_axis` names."""
+        return list(tensor.shape).index(self.stream_axis)
+
+    def output_stream_axis(self, tensor: TensorSpec) -> int:
+        """The axis of an output that grows with the stream axis (e.g. "latent_frames*4"): where the
+        results of successive chunks are concatenated."""
+        for axis, d in enumerate(tensor.shape):
+            if self.stream_axis in dim_symbols(d):
+                return axis
+        raise ConfigError(f"output {tensor.name} of {self.name} has no {self.stream_axis} axis to "
+                          f"concatenate stream chunks along")
 
     def expected(self, tensor: TensorSpec) -> str:
         return f"{tensor.dtype} {format_shape(tensor.shape)}"

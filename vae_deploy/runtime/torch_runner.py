@@ -12,7 +12,7 @@ import numpy as np
 
 from vae_deploy.errors import MissingBackendError, ModelFormatError
 from vae_deploy.runtime.manifest import REFERENCE_DIR
-from vae_deploy.runtime.runner import Runner, module_available
+from vae_deploy.runtime.runner import Runner, module_available, named_inputs
 
 
 class TorchRunner(Runner):
@@ -52,6 +52,29 @@ class TorchRunner(Runner):
                 raise ModelFormatError(f"{self.manifest.kind!r} models have no method {spec.method!r}, which "
                                        f"the {name} graph names")
             self._methods[name] = method
+
+    def full_sequence(self, graph: str, inputs) -> dict[str, np.ndarray]:
+        """A model with its own whole-clip computation (an adapted diffusers model's `vae.encode(x)`,
+        models/adapters/contract.py `reference_<graph>`) is the reference for whole clips; the rest go the
+        Runner's way (one step from the zero state, or the first rule then one step)."""
+        own = getattr(self.model, f"reference_{graph}", None)
+        if own is None:
+            return super().full_sequence(graph, inputs)
+        torch = self._torch
+        # Not spec.bind: a whole clip of a first-rule model (1 + 4k frames) is no whole steady chunk; the
+        # model checks its own input layout.
+        spec = self.graph(graph)
+        arrays = named_inputs(spec, inputs)
+        args = [torch.from_numpy(np.asarray(arrays[t.name], dtype=np.float32)) for t in spec.inputs]
+        with torch.inference_mode():
+            result = own(*args)
+        if isinstance(result, torch.Tensor):
+            result = (result,)
+        names = [t.name for t in spec.outputs]
+        if len(result) != len(names):
+            raise ModelFormatError(f"{self.manifest.kind}.reference_{graph} returned {len(result)} tensors, "
+                                   f"the {graph} graph has {len(names)} data outputs ({', '.join(names)})")
+        return {n: t.numpy() for n, t in zip(names, result, strict=True)}
 
     def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = self._torch

@@ -11,7 +11,14 @@ the decoder bit-identical inputs in identical chunks, and produce identical fram
 A temporal factor f > 1 (causal3d with temporal downsampling) groups f frames per latent frame. Every chunk
 but the last must hold a multiple of f frames; the last may hold fewer, and is padded by repeating its last
 frame (`models.streaming.pad_time`, the same rule as the PyTorch StreamEncoder); the caller drops the
-decoder's extra frames, so the output has exactly as many frames as the input.
+decoder's extra frames, so the output has exactly as many frames as the input. A model whose first latent
+frame has its own rule (Wan: 1 frame, then 4 per latent frame, so clips of 1 + 4k frames) takes
+`first_frames` more frames in its first chunk and one more latent frame in its first decoder chunk; the
+same padding rule makes any length work.
+
+Models with a latent normalization (runtime/latent_space.py) give latents in the diffusion model's space
+unless the codec is asked for raw ones; the decoder side undoes it. Rounding to float16 happens in the space
+stored, so `run` and `encode` then `decode` still see identical latents.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vae_deploy.errors import ConfigError, InputShapeError, ModelFormatError
+from vae_deploy.runtime.latent_space import LATENT_SPACES, NORMALIZED, RAW, LatentNormalization
 from vae_deploy.runtime.manifest import Manifest
 from vae_deploy.runtime.runner import Runner
 from vae_deploy.video.fit import DEFAULT_SHORT_SIDE
@@ -37,6 +45,8 @@ class VideoModelInfo:
     latent_channels: int
     short_side: int  # working short side the model was trained at (manifest preprocessing), or the default
     fingerprint: str  # the manifest's model fingerprint: latent files name the model that made them
+    first_frames: int = 0  # frames of the first latent frame when it has its own rule (Wan: 1); 0: none
+    normalization: LatentNormalization | None = None  # the diffusion model's latent space, if it has one
 
     @classmethod
     def from_manifest(cls, manifest: Manifest) -> VideoModelInfo:
@@ -55,7 +65,22 @@ class VideoModelInfo:
         return cls(kind=manifest.kind, channels=channels,
                    spatial_factor=max(multiples.get("height", 1), multiples.get("width", 1)),
                    temporal_factor=multiples.get(enc.stream_axis, 1), latent_channels=latent,
-                   short_side=int(short), fingerprint=manifest.fingerprint)
+                   short_side=int(short), fingerprint=manifest.fingerprint, first_frames=enc.first_length,
+                   normalization=LatentNormalization.from_preprocessing(manifest.preprocessing, latent))
+
+    def latent_count(self, frames: int) -> int:
+        """Latent frames of a clip of `frames` frames (padded as the module docstring says)."""
+        if frames <= 0:
+            return 0
+        f, first = self.temporal_factor, self.first_frames
+        if first:
+            return 1 + -(-max(0, frames - first) // f)
+        return -(-frames // f)
+
+    @property
+    def first_latents(self) -> int:
+        """Latent frames the first decoder chunk holds beyond a steady chunk's (1 with a first rule)."""
+        return 1 if self.first_frames else 0
 
     def check_chunk(self, chunk: int) -> None:
         f = self.temporal_factor
@@ -75,11 +100,17 @@ class VideoModelInfo:
 class VideoCodec:
     """One video through one runner's streaming session (see the module docstring)."""
 
-    def __init__(self, runner: Runner, info: VideoModelInfo | None = None):
+    def __init__(self, runner: Runner, info: VideoModelInfo | None = None, latent_space: str = NORMALIZED):
         self.runner = runner
         self.info = info or VideoModelInfo.from_manifest(runner.manifest)
         self.stream = runner.open_stream()
         self._ended = False
+        self._started = False
+        if latent_space not in LATENT_SPACES:
+            raise ConfigError(f"latent space must be one of {', '.join(LATENT_SPACES)}, got {latent_space!r}")
+        # Only a model with a normalization has a normalized space; its latents are raw otherwise.
+        self.normalization = self.info.normalization if latent_space == NORMALIZED else None
+        self.latent_space = NORMALIZED if self.normalization is not None else RAW
 
     def encode(self, frames: np.ndarray) -> np.ndarray:
         """Fitted frames (T, C, H, W) float32 -> fp16 latents (ceil(T / f), C_lat, h, w).
@@ -90,16 +121,24 @@ class VideoCodec:
             raise InputShapeError(f"frames must be (T, {self.info.channels}, H, W), got {frames.shape}")
         if self._ended:
             raise InputShapeError("the stream's last (partial) group was already encoded; open a new codec")
-        f = self.info.temporal_factor
-        extra = (-frames.shape[0]) % f
+        f, t = self.info.temporal_factor, frames.shape[0]
+        first = 0 if self._started else self.info.first_frames
+        extra = first - t if t < first else (-(t - first)) % f
+        self._started = True
         if extra:
             self._ended = True
             frames = np.concatenate([frames, np.repeat(frames[-1:], extra, axis=0)])
-        mu, _logvar = self.stream.encode(frames[None])
-        return mu[0].astype(np.float16)
+        mu = self.stream.encode(frames[None])[0][0]  # the mean: reconstruction never samples
+        if self.normalization is not None:
+            mu = self.normalization.normalize(mu)
+        return mu.astype(np.float16)
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
-        """fp16 latents (t, C_lat, h, w) -> frames (t * f, C, H, W) float32 in [0, 1]."""
+        """fp16 latents (t, C_lat, h, w) -> frames (t * f, C, H, W) float32 (fewer in a first chunk with
+        a first rule)."""
         if latents.dtype != np.float16:
             raise InputShapeError(f"latents must be float16 (the stored precision), got {latents.dtype}")
-        return self.stream.decode(latents.astype(np.float32)[None])[0]
+        z = latents.astype(np.float32)
+        if self.normalization is not None:
+            z = self.normalization.denormalize(z)
+        return self.stream.decode(z[None])[0]

@@ -158,16 +158,17 @@ def plan_fit(source_size: tuple[int, int], short_side: int, multiple: int, chann
 def fitted_clip(path: Path, encoder: GraphSpec, max_frames: int, short_side: int = DEFAULT_SHORT_SIDE,
                 ) -> np.ndarray:
     """The first frames of a video as one encoder input: float32 (1, T, C, H, W), fitted like `run` fits
-    them ("snap") and cut to a multiple of the encoder's frame multiple. For the checks that need real frames
-    rather than noise: int8 calibration (export/quantize.py) and the parity check's real case."""
+    them ("snap") and cut to a whole clip for the encoder (GraphSpec.whole_length). For the checks that
+    need real frames rather than noise: int8 calibration (export/quantize.py) and the parity check's real
+    case."""
     from vae_deploy.video.io import open_source
 
     with open_source(path) as source:
         frames = source.read(max_frames)  # RGB uint8 (T, H, W, 3)
-    step = encoder.dim_multiples.get("frames", 1)
-    frames = frames[:len(frames) - len(frames) % step]
+    frames = frames[:encoder.whole_length(len(frames))]
     if not len(frames):
-        raise DataError(f"{path} has fewer than the {step} frames the model takes at a time")
+        raise DataError(f"{path} has fewer than the {encoder.whole_length(max_frames)} frames the model "
+                        f"takes at a time")
     channels = int(encoder.inputs[0].shape[2])
     policy = plan_fit((frames.shape[2], frames.shape[1]), short_side, encoder.dim_multiples.get("height", 1),
                       channels)

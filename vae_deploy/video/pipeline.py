@@ -38,6 +38,7 @@ import numpy as np
 
 from vae_deploy.errors import ConfigError, DataError, VaeDeployError
 from vae_deploy.files import ensure_writable_dir
+from vae_deploy.runtime.latent_space import NORMALIZED, RAW
 from vae_deploy.runtime.latents import LatentHeader, LatentReader, LatentWriter
 from vae_deploy.runtime.runner import Runner
 from vae_deploy.video.codec import VideoCodec, VideoModelInfo
@@ -73,6 +74,7 @@ class StreamOptions:
     fps: float | None = None  # output frame rate; None: the source's (DEFAULT_FPS when unknown)
     queue_chunks: int = 2  # chunks waiting between two stages: bounds memory, enough to keep all busy
     measure: bool = True  # quality metrics (PSNR, SSIM, flicker): about 2.5 ms per 160x128 frame here
+    raw_latents: bool = False  # store the encoder's raw latents, not the diffusion model's normalized ones
 
     def __post_init__(self):
         if self.max_frames is not None and self.max_frames < 1:
@@ -148,10 +150,12 @@ class _Coded:
 
 
 def _read_chunks(source: FrameSource, policy: FitPolicy, chunk: int, max_frames: int | None,
-                 keep_sources: bool, count: list[int]) -> Iterator[_Chunk]:
-    """Fitted chunks of `chunk` frames (the last may be shorter); count[0] tracks frames read."""
+                 keep_sources: bool, count: list[int], first: int = 0) -> Iterator[_Chunk]:
+    """Fitted chunks of `chunk` frames, the first `first` frames longer (a model's first rule), the last
+    maybe shorter; count[0] tracks frames read."""
     fitted: list[np.ndarray] = []
     sources: list[np.ndarray] = []
+    size = chunk + first
     for frame in source:
         if max_frames is not None and count[0] >= max_frames:
             break
@@ -159,9 +163,9 @@ def _read_chunks(source: FrameSource, policy: FitPolicy, chunk: int, max_frames:
         fitted.append(policy.fit(frame))
         if keep_sources:
             sources.append(frame)
-        if len(fitted) == chunk:
+        if len(fitted) == size:
             yield _Chunk(np.stack(fitted), sources if keep_sources else None)
-            fitted, sources = [], []
+            fitted, sources, size = [], [], chunk
     if fitted:
         yield _Chunk(np.stack(fitted), sources if keep_sources else None)
 
@@ -378,11 +382,16 @@ def _finish_source(report: StreamReport, source: FrameSource, count: int, option
     report.truncated = bool(expected is not None and count < expected and not report.interrupted)
 
 
-def _header(info: VideoModelInfo, policy: FitPolicy, fps: float, chunk: int) -> LatentHeader:
+def _header(info: VideoModelInfo, policy: FitPolicy, fps: float, chunk: int,
+            codec: VideoCodec) -> LatentHeader:
     return LatentHeader(model_fingerprint=info.fingerprint, model_kind=info.kind,
                         latent_shape=list(info.latent_shape(policy.model_size)), fps=fps, frame_count=0,
                         source_size=list(policy.source_size), working_size=list(policy.content_size),
-                        fit=policy.to_dict(), chunk=chunk)
+                        fit=policy.to_dict(), chunk=chunk, latent_space=codec.latent_space)
+
+
+def _latent_space(options: StreamOptions) -> str:
+    return RAW if options.raw_latents else NORMALIZED
 
 
 def run_video(runner: Runner, source: FrameSource, options: StreamOptions | None = None,
@@ -396,7 +405,7 @@ def run_video(runner: Runner, source: FrameSource, options: StreamOptions | None
             check_output_path(path, what, video=path is not outputs.latents)
     policy = _plan(info, source, options)
     fps = options.fps or source.fps or DEFAULT_FPS
-    codec = VideoCodec(runner, info)
+    codec = VideoCodec(runner, info, _latent_space(options))
     report = StreamReport(source=source.description)
     _fill_common(report, runner, info, policy, options.chunk, fps)
     keep_sources = outputs.side_by_side is not None or options.measure
@@ -417,9 +426,10 @@ def run_video(runner: Runner, source: FrameSource, options: StreamOptions | None
             side = stack.enter_context(_video_output(outputs.side_by_side, fps, (2 * w, h)))
         if outputs.latents is not None:
             latents = stack.enter_context(_latent_output(outputs.latents, _header(info, policy, fps,
-                                                                                  options.chunk)))
+                                                                                  options.chunk, codec)))
         writer = _FrameWriter(policy, video, side, latents, options.measure, None, progress)
-        produce = _read_chunks(source, policy, options.chunk, options.max_frames, keep_sources, count)
+        produce = _read_chunks(source, policy, options.chunk, options.max_frames, keep_sources, count,
+                               info.first_frames)
         try:
             report.interrupted, started = _stream(produce, transform, writer, options.queue_chunks)
         except _Interrupted:
@@ -438,7 +448,7 @@ def encode_video(runner: Runner, source: FrameSource, path: Path, options: Strea
     check_output_path(path, "the latents")
     policy = _plan(info, source, options)
     fps = options.fps or source.fps or DEFAULT_FPS
-    codec = VideoCodec(runner, info)
+    codec = VideoCodec(runner, info, _latent_space(options))
     report = StreamReport(source=source.description)
     _fill_common(report, runner, info, policy, options.chunk, fps)
     count = [0]
@@ -448,9 +458,10 @@ def encode_video(runner: Runner, source: FrameSource, path: Path, options: Strea
         latents = codec.encode(chunk.fitted)
         return _Coded(chunk, latents, None, time.perf_counter() - start)
 
-    with _latent_output(path, _header(info, policy, fps, options.chunk)) as latents:
+    with _latent_output(path, _header(info, policy, fps, options.chunk, codec)) as latents:
         writer = _FrameWriter(policy, None, None, latents, False, None, progress)
-        produce = _read_chunks(source, policy, options.chunk, options.max_frames, False, count)
+        produce = _read_chunks(source, policy, options.chunk, options.max_frames, False, count,
+                               info.first_frames)
         try:
             report.interrupted, started = _stream(produce, transform, writer, options.queue_chunks)
         except _Interrupted:
@@ -484,10 +495,13 @@ def open_latents(path: Path | LatentReader, info: VideoModelInfo) -> LatentReade
     if header.chunk % f:
         raise DataError(f"{path} has a bad header: chunk {header.chunk} is not a multiple of the model's "
                         f"temporal factor {f}")
-    if header.latent_frames != -(-header.frame_count // f):
+    if header.latent_frames != info.latent_count(header.frame_count):
         raise DataError(f"{path} has a bad header: frame_count {header.frame_count} needs "
-                        f"{-(-header.frame_count // f)} latent frames at temporal factor {f}, the file holds "
-                        f"{header.latent_frames}")
+                        f"{info.latent_count(header.frame_count)} latent frames for this model, the file "
+                        f"holds {header.latent_frames}")
+    if header.latent_space == NORMALIZED and info.normalization is None:
+        raise DataError(f"{path} has a bad header: its latents are normalized, but this model has no latent "
+                        f"normalization")
     return reader
 
 
@@ -508,7 +522,7 @@ def decode_latents(runner: Runner, path: Path | LatentReader, outputs: VideoOutp
     chunk = header.chunk or options.chunk
     info.check_chunk(chunk)
     fps = options.fps or header.fps or DEFAULT_FPS
-    codec = VideoCodec(runner, info)
+    codec = VideoCodec(runner, info, header.latent_space)
     report = StreamReport(source=str(path))
     _fill_common(report, runner, info, policy, chunk, fps)
 
@@ -523,8 +537,8 @@ def decode_latents(runner: Runner, path: Path | LatentReader, outputs: VideoOutp
             video = stack.enter_context(_video_output(outputs.video, fps, policy.source_size))
         writer = _FrameWriter(policy, video, None, None, False, header.frame_count, progress)
         try:
-            report.interrupted, started = _stream(reader.chunks(chunk // info.temporal_factor), transform,
-                                                  writer, options.queue_chunks)
+            chunks = reader.chunks(chunk // info.temporal_factor, info.first_latents)
+            report.interrupted, started = _stream(chunks, transform, writer, options.queue_chunks)
         except _Interrupted:
             raise KeyboardInterrupt from None
     writer.fill(report, started)

@@ -1,0 +1,131 @@
+"""External VAEs: the families vae-deploy adapts, one module each, and how a source folder or an entry point
+becomes an `AdaptedVAE` (contract.py).
+
+A family module (diffusers_kl.py, ...) exposes `wrap(diffusers_model) -> module keeping the contract`;
+this table maps a diffusers config's `_class_name` to it. The next family is one more module and one more
+row. diffusers is imported only here, when a diffusers model is built or loaded (the `diffusers` extra).
+Weights load from local files only: nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from vae_deploy.errors import ConfigError, MissingBackendError, ModelFormatError
+from vae_deploy.models.adapters.contract import (
+    ENTRY_POINT_KIND,
+    AdaptedVAE,
+    AdapterConfig,
+    call_factory,
+    check_contract,
+)
+
+DIFFUSERS_HINT = "pip install 'vae-deploy[diffusers]'"
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+
+@dataclass(frozen=True)
+class Family:
+    class_name: str  # diffusers' class, as config.json's _class_name spells it
+    kind: str  # the model kind manifests and checkpoints record
+    module: str  # the module whose wrap() adapts it
+
+
+FAMILIES = {f.class_name: f for f in (
+    Family("AutoencoderKL", "diffusers-autoencoder-kl", "vae_deploy.models.adapters.diffusers_kl"),
+    Family("AutoencoderTiny", "diffusers-autoencoder-tiny", "vae_deploy.models.adapters.diffusers_tiny"),
+    Family("AutoencoderKLWan", "diffusers-autoencoder-kl-wan", "vae_deploy.models.adapters.diffusers_wan"),
+)}
+ADAPTER_KINDS = tuple(f.kind for f in FAMILIES.values()) + (ENTRY_POINT_KIND,)
+
+
+def family(class_name: str, where: str) -> Family:
+    try:
+        return FAMILIES[class_name]
+    except KeyError:
+        raise ConfigError(f"{where} holds a {class_name!r}, which vae-deploy does not adapt (supported: "
+                          f"{', '.join(sorted(FAMILIES))}; others through --from package.module:factory)"
+                          ) from None
+
+
+def kind_for(config: AdapterConfig) -> str:
+    return ENTRY_POINT_KIND if config.entry_point else family(config.class_name, "the config").kind
+
+
+def _diffusers_class(class_name: str):
+    try:
+        import diffusers
+        from diffusers.utils import logging as diffusers_logging
+    except ImportError:
+        raise MissingBackendError(f"diffusers models need diffusers ({DIFFUSERS_HINT})") from None
+    # Its info-level advice (install accelerate, config keys a class ignores) would bury our one-line output.
+    diffusers_logging.set_verbosity_error()
+    cls = getattr(diffusers, class_name, None)
+    if cls is None:
+        raise MissingBackendError(f"this diffusers ({diffusers.__version__}) has no {class_name}; upgrade it "
+                                  f"({DIFFUSERS_HINT})")
+    return cls
+
+
+def _wrap(class_name: str, model: nn.Module) -> nn.Module:
+    return importlib.import_module(family(class_name, "the config").module).wrap(model)
+
+
+def build_inner(config: AdapterConfig) -> nn.Module:
+    """The contract module `config` describes, with fresh (untrained) weights; the caller loads the saved
+    ones (the PyTorch reference of a model folder)."""
+    if config.entry_point:
+        return call_factory(config.entry_point)
+    model = _diffusers_class(config.class_name).from_config(dict(config.config))
+    return _wrap(config.class_name, model.eval())
+
+
+def diffusers_folder(path: Path) -> Path | None:
+    """The diffusers model folder `path` names (itself, or a pipeline folder's vae/), or None when it is
+    not one (a vae-deploy run folder, say)."""
+    path = Path(path)
+    for folder in (path, path / "vae"):
+        config = folder / "config.json"
+        if config.is_file():
+            try:
+                data = json.loads(config.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            if isinstance(data, dict) and "_class_name" in data:
+                return folder
+    return None
+
+
+def load_diffusers_folder(folder: Path) -> AdaptedVAE:
+    """A local diffusers model folder (config.json + weights, as save_pretrained writes it), adapted."""
+    folder = Path(folder)
+    data = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    class_name = data["_class_name"]
+    fam = family(class_name, f"{folder}/config.json")
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise ModelFormatError(f"{folder} has a config.json but no weights ({' or '.join(WEIGHT_FILES)})")
+    cls = _diffusers_class(class_name)
+    try:
+        model = cls.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelFormatError(f"cannot load {folder} as a diffusers {class_name}: {first}") from None
+    config = AdapterConfig(class_name=class_name, config={k: v for k, v in model.config.items()
+                                                          if not k.startswith("_")})
+    return AdaptedVAE(config, inner=_wrap(class_name, model.eval()), kind=fam.kind)
+
+
+def load_entry_point(spec: str) -> AdaptedVAE:
+    """`--from package.module:factory`: the factory's module (weights and all) as an AdaptedVAE."""
+    inner = call_factory(spec)
+    check_contract(inner, f"--from {spec}")
+    return AdaptedVAE(AdapterConfig(entry_point=spec), inner=inner.eval(), kind=ENTRY_POINT_KIND)
+
+
+__all__ = ["ADAPTER_KINDS", "AdaptedVAE", "AdapterConfig", "FAMILIES", "build_inner", "diffusers_folder",
+           "kind_for", "load_diffusers_folder", "load_entry_point"]
