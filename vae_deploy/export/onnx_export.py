@@ -95,10 +95,75 @@ def export_graph(model: nn.Module, spec: GraphSpec, path: Path, opset: int) -> N
         )
 
 
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    graph = inferred.graph
+    return {v.name: v.type.tensor_type.elem_type
+            for v in list(graph.value_info) + list(graph.input) + list(graph.output)}
+
+
+def _cast_to(node: onnx.NodeProto) -> int | None:
+    return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+
+def drop_noop_casts(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Remove Cast nodes that cast a float32 tensor to float32 (the tracer writes one for each `.to(device)`
+    and `type_as` in diffusers' Wan VAE), rewiring their consumers to the cast's input.
+
+    Why: onnxconverter_common's fp16 conversion (1.16) pairs its own input cast with such a no-op cast and
+    crashes ("'list' object has no attribute 'input'") when that cast feeds several nodes. A cast whose
+    output is a graph output is kept (the output name is the contract)."""
+    types = _elem_types(model)
+    graph_outputs = {o.name for o in model.graph.output}
+    rename: dict[str, str] = {}
+    keep = []
+    for node in model.graph.node:
+        node.input[:] = [rename.get(name, name) for name in node.input]
+        if (_cast_to(node) == onnx.TensorProto.FLOAT and node.output[0] not in graph_outputs
+                and types.get(node.input[0]) == onnx.TensorProto.FLOAT):
+            rename[node.output[0]] = node.input[0]
+            continue
+        keep.append(node)
+    if rename:
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+    return model
+
+
+def isolate_graph_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every graph output that other nodes also read its own Identity node, the internal readers
+    keeping the producer's tensor.
+
+    Why: with keep_io_types the fp16 converter casts each graph output back to float32 under the output's
+    name, and a node that also read that tensor inside the graph (a Wan first-chunk graph returns a cache
+    it goes on using) would then be fed the float32 copy, which ONNX refuses next to float16 inputs."""
+    outputs = {o.name for o in model.graph.output}
+    read = {name for node in model.graph.node for name in node.input} & outputs
+    if not read:
+        return model
+    for node in model.graph.node:
+        node.output[:] = [f"{name}__internal" if name in read else name for name in node.output]
+        node.input[:] = [f"{name}__internal" if name in read else name for name in node.input]
+    model.graph.node.extend(onnx.helper.make_node("Identity", [f"{name}__internal"], [name],
+                                                  name=f"{name}__output") for name in sorted(read))
+    return model
+
+
 def convert_fp16(path: Path, keep_io_types: bool) -> None:
     from onnxconverter_common import float16
 
-    model = float16.convert_float_to_float16(onnx.load(str(path)), keep_io_types=keep_io_types)
+    fp32 = isolate_graph_outputs(drop_noop_casts(onnx.load(str(path))))
+    # Casts from integers to float32 (attention's 1/sqrt(head_dim) from a shape) stay float32 nodes: the
+    # converter would declare their output float16 but leave `to` at float32, which the checker refuses.
+    types = _elem_types(fp32)
+    int_to_float = [n.name for n in fp32.graph.node if _cast_to(n) == onnx.TensorProto.FLOAT
+                    and types.get(n.input[0]) not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
+    with warnings.catch_warnings():
+        # "the float32 number 1e-12 will be truncated to 1e-07": norm epsilons below fp16's range, where the
+        # parity check that follows judges the result.
+        warnings.filterwarnings("ignore", message="the float32 number", category=UserWarning)
+        model = float16.convert_float_to_float16(fp32, keep_io_types=keep_io_types,
+                                                 node_block_list=int_to_float)
     with atomic_path(path) as tmp:
         onnx.save(model, str(tmp))
 
@@ -145,28 +210,30 @@ def declare_io_shapes(path: Path, spec: GraphSpec) -> None:
             onnx.save(model, str(tmp))
 
 
-def check_graph(path: Path, spec: GraphSpec) -> onnx.ModelProto:
-    """onnx.checker (full) + strict shape inference, then names, axes and dtypes against the spec."""
+def check_graph(path: Path, spec: GraphSpec, shown: Path | None = None) -> onnx.ModelProto:
+    """onnx.checker (full) + strict shape inference, then names, axes and dtypes against the spec; errors
+    name the graph as `shown` (the file's final path, when it is being built under a temporary folder)."""
     model = onnx.load(str(path))
+    name = shown or path
     try:
         onnx.checker.check_model(model, full_check=True)
         model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise ModelFormatError(f"{path} fails the ONNX checker: {str(exc).splitlines()[0]}") from None
+        raise ModelFormatError(f"{name} fails the ONNX checker: {str(exc).splitlines()[0]}") from None
     graph = model.graph
     initializers = {i.name for i in graph.initializer}
     inputs = [i for i in graph.input if i.name not in initializers]
     got_in, got_out = [i.name for i in inputs], [o.name for o in graph.output]
     if got_in != spec.input_names or got_out != spec.output_names:
-        raise ModelFormatError(f"{path}: graph has inputs {got_in} / outputs {got_out}, the spec says "
+        raise ModelFormatError(f"{name}: graph has inputs {got_in} / outputs {got_out}, the spec says "
                                f"{spec.input_names} / {spec.output_names}")
     for info, t in zip(list(inputs) + list(graph.output), spec.all_inputs + spec.all_outputs, strict=True):
         dims = _dims(info)
         if dims != list(t.shape):
-            raise ModelFormatError(f"{path}: {t.name} has dims {dims}, the spec says {list(t.shape)}")
+            raise ModelFormatError(f"{name}: {t.name} has dims {dims}, the spec says {list(t.shape)}")
         elem_type = info.type.tensor_type.elem_type
         if elem_type != _ONNX_DTYPES[t.dtype]:
-            raise ModelFormatError(f"{path}: {t.name} has ONNX element type "
+            raise ModelFormatError(f"{name}: {t.name} has ONNX element type "
                                    f"{onnx.TensorProto.DataType.Name(elem_type)}, the spec says {t.dtype}")
     return model
 
@@ -179,20 +246,20 @@ def _with_io_dtype(spec: GraphSpec, dtype: str) -> GraphSpec:
                    state=[replace(s, dtype=dtype) for s in spec.state])
 
 
-def _quantize(out_dir: Path, fp32: Manifest, profile: ExportProfile,
+def _quantize(work: Path, fp32: Manifest, profile: ExportProfile, out_dir: Path,
               log: Callable[[str], None]) -> dict[str, GraphSpec]:
-    """Quantize the exported fp32 graphs (described by `fp32`) in place; returns the graph specs with the
-    int8 parity rule."""
+    """Quantize the exported fp32 graphs (described by `fp32`) in `work` in place; returns the graph specs
+    with the int8 parity rule. Messages name the files as they will be in `out_dir`."""
     settings, specs = profile.quantization, fp32.graphs
     clips = calibration_clips(settings, fp32)
     log(f"calibrating int8 on {sum(c.shape[1] for c in clips)} frames of {', '.join(settings.calibration)}")
-    with get_backend("ort-cpu")(out_dir, manifest=fp32) as runner:
+    with get_backend("ort-cpu")(work, manifest=fp32) as runner:
         feeds = calibration_feeds(runner, clips, settings.chunk)
     for spec in specs.values():
         log(f"quantizing {spec.name} ({', '.join(settings.op_types)}) -> {out_dir / spec.file}")
-        quantize_graph(out_dir / spec.file, feeds[spec.name], settings)
-        declare_io_shapes(out_dir / spec.file, spec)
-        check_graph(out_dir / spec.file, spec)
+        quantize_graph(work / spec.file, feeds[spec.name], settings)
+        declare_io_shapes(work / spec.file, spec)
+        check_graph(work / spec.file, spec, out_dir / spec.file)
     return {name: replace(spec, tolerance=replace(spec.tolerance, min_psnr_db=settings.min_psnr_db))
             for name, spec in specs.items()}
 
@@ -261,7 +328,7 @@ def _write_folder(source: ModelSource, specs: dict[str, GraphSpec], work: Path, 
         if profile.precision == "fp16":
             convert_fp16(path, profile.keep_io_types)
         declare_io_shapes(path, spec)
-        check_graph(path, spec)
+        check_graph(path, spec, out_dir / spec.file)
     preprocessing = _preprocessing(specs["encoder"])
     recipe_data = (config.get("recipe") or {}).get("data") or {}
     if recipe_data.get("short_side"):  # video runs: the working resolution `vae-deploy run` defaults to
@@ -273,7 +340,7 @@ def _write_folder(source: ModelSource, specs: dict[str, GraphSpec], work: Path, 
     if profile.precision == "int8":
         fp32 = Manifest(kind=config["kind"], model=to_dict(model.config), graphs=specs, precision="fp32",
                         opset=profile.opset, preprocessing=preprocessing)
-        specs = _quantize(work, fp32, profile, log)
+        specs = _quantize(work, fp32, profile, out_dir, log)
     files = [spec.file for spec in specs.values()]
     files += [f"{REFERENCE_DIR}/{name}" for name in source.write_reference(work / REFERENCE_DIR)]
     manifest = Manifest(
