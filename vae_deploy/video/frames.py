@@ -13,9 +13,10 @@ queue) and only want the model in the middle:
             use(chunk.latents, chunk.frames)
 
 Each result holds the chunk's fp16 latents (t, C, h, w) and its reconstruction as RGB uint8 (T, H, W, 3) at
-the frame size pushed. Frames are fitted exactly as `vae-deploy run` fits them and go through the same
-codec in the same chunks, so the latents equal what `vae-deploy encode` stores for the same frames and
-chunk. The streaming state is carried from chunk to chunk inside the model's runner: memory stays constant
+the frame size pushed; a model whose first latent frame has its own rule (Wan: 1 frame) completes its first
+chunk `first_frames` frames later. Frames are fitted exactly as `vae-deploy run` fits them and go through
+the same codec in the same chunks, so the latents equal what `vae-deploy encode` stores for the same frames
+and chunk. The streaming state is carried from chunk to chunk inside the model's runner: memory stays constant
 however long the loop runs. No torch: this runs on the edge install.
 """
 
@@ -53,6 +54,7 @@ class FrameStream:
         self.chunk = chunk
         self._codec = VideoCodec(runner, self.info)
         self._pending: list[np.ndarray] = []
+        self._first = self.info.first_frames  # extra frames of the first chunk (a model's first rule)
         self._owns_runner = owns_runner
 
     @classmethod
@@ -71,7 +73,7 @@ class FrameStream:
     def push(self, frame: np.ndarray) -> list[CodedChunk]:
         """Add one RGB uint8 frame (H, W, 3); returns the chunk it completed, if any."""
         self._pending.append(self.policy.fit(np.asarray(frame)))
-        return self._code() if len(self._pending) == self.chunk else []
+        return self._code() if len(self._pending) == self.chunk + self._first else []
 
     def flush(self) -> list[CodedChunk]:
         """Code the frames pushed since the last full chunk (the stream's end)."""
@@ -79,7 +81,7 @@ class FrameStream:
 
     def _code(self) -> list[CodedChunk]:
         fitted = np.stack(self._pending)
-        self._pending = []
+        self._pending, self._first = [], 0
         latents = self._codec.encode(fitted)
         recon = self._codec.decode(latents)[:fitted.shape[0]]  # frames decoded from end padding are dropped
         return [CodedChunk(latents, np.stack([self.policy.unfit(r) for r in recon]))]
