@@ -29,6 +29,7 @@ from vae_deploy.export.real_inputs import real_inputs_for
 from vae_deploy.export.validate import ParityReport, check_golden, check_parity
 from vae_deploy.runtime.manifest import Manifest, read_manifest
 from vae_deploy.runtime.registry import DEFAULT_BACKEND, get_backend
+from vae_deploy.runtime.runner import module_available
 
 ENGINE_PRECISIONS = ("fp32", "fp16", "int8")
 REFERENCES = ("auto", "torch", "golden")
@@ -102,12 +103,14 @@ class VerifyResult:
 
 def choose_reference(choice: str, model_dir: Path, manifest: Manifest) -> tuple[str, str]:
     """("torch" | "golden", the line saying so) for the reference `choice` (one of REFERENCES): auto is
-    torch where it is installed, else the folder's golden outputs."""
+    torch where it is installed (and diffusers, for a diffusers model), else the folder's golden outputs."""
     from vae_deploy.runtime.torch_runner import TorchRunner
 
     if choice not in REFERENCES:
         raise ConfigError(f"--reference must be one of {', '.join(REFERENCES)}, got {choice!r}")
     torch_missing = TorchRunner.unavailable_reason()
+    if torch_missing is None and "diffusers" in manifest.producer and not module_available("diffusers"):
+        torch_missing = "diffusers is not installed"  # the reference of a diffusers model is built with it
     if choice == "torch" or (choice == "auto" and torch_missing is None):
         return "torch", "reference: PyTorch (the folder's reference/ checkpoint)"
     if not has_golden(manifest):
@@ -118,7 +121,8 @@ def choose_reference(choice: str, model_dir: Path, manifest: Manifest) -> tuple[
             f"cannot verify {model_dir} here: the PyTorch reference needs torch ({torch_missing}) and the "
             f"folder has no golden outputs ({GOLDEN_FILE}); install the train extra (pip install "
             f"'vae-deploy[train]') or re-export the model with this vae-deploy version")
-    why = "torch not installed" if choice == "auto" else "--reference golden"
+    why = torch_missing.replace(" is not installed", " not installed") if choice == "auto" else \
+        "--reference golden"
     return "golden", f"reference: golden outputs stored at export ({why})"
 
 

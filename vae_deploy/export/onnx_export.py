@@ -264,7 +264,9 @@ def _quantize(work: Path, fp32: Manifest, profile: ExportProfile, out_dir: Path,
             for name, spec in specs.items()}
 
 
-def _producer() -> dict[str, str]:
+def _producer(model: nn.Module) -> dict[str, str]:
+    """Versions of what made the folder. A diffusers model's reference needs diffusers to load: its version
+    here also tells `verify` that (export/jobs.py choose_reference)."""
     import onnxruntime
 
     versions = {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
@@ -275,6 +277,10 @@ def _producer() -> dict[str, str]:
         versions["onnxconverter_common"] = onnxconverter_common.__version__
     except ImportError:
         pass
+    if getattr(getattr(model, "config", None), "class_name", ""):  # an adapted diffusers model
+        import diffusers
+
+        versions["diffusers"] = diffusers.__version__
     return versions
 
 
@@ -345,7 +351,7 @@ def _write_folder(source: ModelSource, specs: dict[str, GraphSpec], work: Path, 
     files += [f"{REFERENCE_DIR}/{name}" for name in source.write_reference(work / REFERENCE_DIR)]
     manifest = Manifest(
         kind=config["kind"], model=to_dict(model.config), graphs=specs, precision=profile.precision,
-        opset=profile.opset, preprocessing=preprocessing, producer=_producer(),
+        opset=profile.opset, preprocessing=preprocessing, producer=_producer(model),
         files=hash_files(work, files), export_profile=profile.to_dict(),
     )
     with get_backend("torch")(work, manifest=manifest) as ref:
