@@ -148,3 +148,35 @@ def tiny_video_model(tmp_path_factory):
         return built[name]
 
     return get
+
+
+# ---------------------------------------------------------------- a tiny exported diffusers frame VAE
+
+# diffusers AutoencoderKL at tiny widths (2x spatial factor), SD 1.x style: scaling factor 0.18215, no shift.
+TINY_KL_CONFIG = {"down_block_types": ("DownEncoderBlock2D",) * 2,
+                  "up_block_types": ("UpDecoderBlock2D",) * 2,
+                  "block_out_channels": (8, 16), "layers_per_block": 1, "latent_channels": 4,
+                  "norm_num_groups": 8}
+
+
+@pytest.fixture(scope="session")
+def tiny_kl_model(tmp_path_factory) -> Path:
+    """Model folder of a tiny diffusers AutoencoderKL (random weights from seed 0, save_pretrained, then
+    exported through vae-deploy's own diffusers loader, parity at batch 1): a frame VAE with a latent
+    normalization. Read-only: copy before modifying."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    from vae_deploy.export import ExportProfile, export_model
+
+    root = tmp_path_factory.mktemp("tiny_kl")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        AutoencoderKL(**TINY_KL_CONFIG).save_pretrained(str(root / "diffusers"))
+        _, report = export_model(root / "diffusers", root / "model", ExportProfile(parity_batch_sizes=(1,)))
+        assert report.passed, report.failures()
+    finally:
+        torch.set_num_threads(threads)
+    return root / "model"

@@ -95,7 +95,7 @@ def inputs(tmp_path_factory, tiny_video_model) -> dict[str, Path]:
     assert made.returncode == 0, made.stderr
     return {"root": root, "clip": clip, "one_by_one": one, "binary": root / "binary.toml",
             "zero_latent": root / "zero_latent.toml", "recipe": root / "recipe.toml", "model": model,
-            "string_schema": string_schema, "latents": latents}
+            "string_schema": string_schema, "latents": latents, "causal": tiny_video_model("causal3d-t1")}
 
 
 # ---------------------------------------------------------------- usage mistakes: Typer's message, exit 2
@@ -173,15 +173,17 @@ BAD_INPUT_CASES = [
     Case("export over a model without --force", ["export", "{mlp_checkpoint}", "--out", "{mlp_model_dir}",
                                                  "--real", "0"], "--force"),
     Case("export of a folder that is no checkpoint", ["export", "{root}", "--out", "{out}/m"],
-         "not a checkpoint folder", absent=["m"]),
+         "is neither a vae-deploy run folder", absent=["m"]),
     Case("verify a folder that is no model", ["verify", "{root}"], "is not a model folder"),
     Case("verify with an unknown backend", ["verify", "{mlp_model_dir}", "--backend", "nope"],
          "unknown backend 'nope'"),
     Case("evaluate a folder that is no run", ["evaluate", "{root}"], "not a checkpoint folder"),
     Case("sample to a non-image file", ["sample", "{mlp_model_dir}", "--out", "{out}/g.gif"],
          "must be an image file", absent=["g.gif"]),
-    Case("sample from a video model", ["sample", "{model}", "--out", "{out}/g.png"],
-         "use `vae-deploy decode`", absent=["g.png"]),
+    Case("sample from a causal video model", ["sample", "{causal}", "--out", "{out}/g.png"],
+         "sampling needs a model without streaming state", absent=["g.png"]),
+    Case("image output from a video", ["run", "{clip}", "--model", "{model}", "--out", "{out}/o.png"],
+         "holds more than one frame", absent=["o.png"]),
     Case("bench with words for batch sizes", ["bench", "{mlp_model_dir}", "--batch-sizes", "one"],
          "comma-separated integers"),
 ]
@@ -255,6 +257,8 @@ def full_disk(folder: Path, free_kib: int = 8):
 FULL_DISK_CASES = [
     Case("run --out", ["run", "{clip}", "--model", "{model}", "--out", "{disk}/o.mp4"],
          "no space left on device", 1, absent=["o.mp4"]),
+    Case("run --out image", ["run", "{clip}", "--model", "{model}", "--max-frames", "1", "--out",
+                             "{disk}/o.png"], "no space left on device", 1, absent=["o.png"]),
     Case("run --latents", ["run", "{clip}", "--model", "{model}", "--latents", "{disk}/o.vaelat", "--size",
                            "128"], "no space left on device", 1, absent=["o.vaelat"]),
     Case("encode", ["encode", "{clip}", "--model", "{model}", "-o", "{disk}/o.vaelat", "--size", "128"],

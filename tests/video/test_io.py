@@ -78,8 +78,8 @@ def test_image_folder_problems_are_data_errors(tmp_path):
     (tmp_path / "broken" / "a.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match="cannot decode image"):
         open_source(tmp_path / "broken")
-    with pytest.raises(DataError, match="single image"):
-        open_source(tmp_path / "mixed" / "frame0.png")
+    with pytest.raises(DataError, match="cannot decode image"):  # a single image file is a one-frame source
+        open_source(tmp_path / "broken" / "a.png")
 
 
 def test_missing_non_video_truncated_and_empty_files(tmp_path, carphone):

@@ -28,7 +28,8 @@ from vae_deploy.runtime.registry import DEFAULT_BACKEND
 
 def decode(
     latents: Annotated[Path, typer.Argument(help="The .vaelat file to decode.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Video file to write.")],
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Video file to write (an image, e.g. .png, for a one-frame clip).")],
     model: ModelOption = None,
     backend: BackendOption = DEFAULT_BACKEND,
     metrics: Annotated[Path | None, typer.Option(

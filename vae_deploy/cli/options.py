@@ -49,7 +49,7 @@ RawLatentsOption = Annotated[bool, typer.Option(
                           "(diffusers' scaling_factor/shift_factor, Wan's latents_mean/std) stores them in "
                           "the space its diffusion model consumes; decode undoes either.")]
 SourceArgument = Annotated[str, typer.Argument(
-    help="Video file, image folder, camera index, or RTSP/HTTP URL / GStreamer pipeline.")]
+    help="Video file, image file, image folder, camera index, or RTSP/HTTP URL / GStreamer pipeline.")]
 
 
 def parse_sizes(text: str | None, option: str) -> tuple[int, ...] | None:

@@ -40,7 +40,9 @@ def run(
     source: SourceArgument,
     model: ModelOption = None,
     backend: BackendOption = DEFAULT_BACKEND,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Reconstruction video to write.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Reconstruction to write: a video, or an image (.png) for a one-frame source.")
+    ] = None,
     side_by_side: Annotated[Path | None, typer.Option(
         "--side-by-side", help="Video of source and reconstruction side by side.")] = None,
     latents: Annotated[Path | None, typer.Option("--latents", help=".vaelat file of the latents.")] = None,

@@ -3,11 +3,15 @@
 Layout: every frame a source yields is RGB uint8 (H, W, 3), whatever the input (OpenCV decodes BGR; gray
 and BGRA inputs are converted), so downstream code never guesses the channel order.
 
-    open_source(spec) -> FrameSource     spec: a video file, a folder of images, a camera index (int or
-                                          digits), an RTSP/HTTP URL or a GStreamer pipeline (contains " ! ")
+    open_source(spec) -> FrameSource     spec: a video file, a folder of images, a single image (a
+                                          one-frame source), a camera index (int or digits), an RTSP/HTTP
+                                          URL or a GStreamer pipeline (contains " ! ")
     VideoSink(path, fps)                  writes frames with cv2.VideoWriter (codec by suffix) to a
                                           temporary name, checks the file holds every frame, and renames
                                           it on close, also after an exception
+    ImageSink(path)                       the same interface for one frame written as an image file
+                                          (IMAGE_OUTPUT_SUFFIXES); a second frame is refused
+    open_sink(path, fps, size)            the sink the output's suffix asks for
 
 Problems a user can cause (a missing file, a file that is not a video, no frames, an unavailable camera or
 stream, images of different sizes) raise DataError with one line naming the input.
@@ -211,6 +215,20 @@ class ImageFolderSource(FrameSource):
             yield to_rgb(image)
 
 
+class ImageFileSource(ImageFolderSource):
+    """One image file as a one-frame source, so a photo goes through a video model like a clip (no fps,
+    like an image folder)."""
+
+    def __init__(self, path: Path, fps: float | None = None):
+        self.folder = path.parent
+        self.description = f"image {path}"
+        self.files = [path]
+        self.fps = fps
+        self.frame_count = 1
+        first = self._load(path)
+        self.size = (int(first.shape[1]), int(first.shape[0]))
+
+
 def _camera(index: int, fps: float | None) -> FrameSource:
     return CaptureSource(lambda: cv2.VideoCapture(index), f"camera {index}", live=True, fps=fps,
                          unavailable=f"camera {index} is not available (no such device, or it is busy)")
@@ -237,7 +255,7 @@ def _path(spec: str | Path, fps: float | None) -> FrameSource:
         return ImageFolderSource(path, fps)
     if path.is_file():
         if path.suffix.lower() in IMAGE_SUFFIXES:
-            raise DataError(f"{path} is a single image; give the folder that holds the frames")
+            return ImageFileSource(path, fps)
         return _video_file(path, fps)
     if path.exists():  # a device (/dev/zero), a pipe or a socket: nothing OpenCV can seek through
         raise DataError(f"{path} is not a regular file or folder; give a video file, an image folder, a "
@@ -438,3 +456,139 @@ class VideoSink:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(failed=exc_type is not None)
+
+
+# Image files a frame output may name: one frame written as a picture, by cv2.imencode (format by suffix).
+# PNG, BMP, TIFF and WebP (OpenCV's default WebP quality is lossless) keep every pixel; JPEG does not.
+IMAGE_OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+MAX_FRAMES_HINT = " or use --max-frames 1"  # what a `run` user can do about a longer source
+
+
+def is_image_output(path: str | Path) -> bool:
+    """True when `path` names an image file (one frame) rather than a video."""
+    return Path(path).suffix.lower() in IMAGE_OUTPUT_SUFFIXES
+
+
+def check_sink_path(path: str | Path) -> None:
+    """DataError, before any work, for a frame output whose suffix no sink writes."""
+    if is_image_output(path):
+        return
+    if Path(path).suffix.lower() not in FOURCC_BY_SUFFIX:
+        raise DataError(f"cannot write {path}: OpenCV writes {', '.join(FOURCC_BY_SUFFIX)} videos and "
+                        f"{', '.join(IMAGE_OUTPUT_SUFFIXES)} images (one frame), not "
+                        f"{Path(path).suffix or 'a file without a suffix'}")
+
+
+def _more_than_one(path: Path, source: str, hint: str) -> DataError:
+    return DataError(f"cannot write {path} as an image: {source} holds more than one frame; write a video "
+                     f"(.mp4/.mkv){hint}")
+
+
+class ImageSink:
+    """Write one RGB frame (H, W, 3) uint8, or float in [0, 1], as an image file (format by suffix).
+
+    The same interface as VideoSink, so a pipeline writes a still image the way it writes a video: the
+    frame is kept until `close()`, which encodes it and publishes the file atomically (a temporary name
+    renamed into place; a full disk is an OutputError naming the target and leaves nothing). A second frame
+    is refused (DataError): an image holds one frame. `frames`, when the caller knows how many frames will
+    come, refuses more than one at once, before any work; `source` and `hint` word that message. Closing
+    after an exception still publishes the frame written, like VideoSink; `discard()` drops it; closing
+    with no frame written leaves no file (and, outside an exception, raises DataError).
+    """
+
+    def __init__(self, path: str | Path, size: tuple[int, int] | None = None, frames: int | None = None,
+                 source: str = "the source", hint: str = MAX_FRAMES_HINT):
+        self.path = Path(path)
+        if not is_image_output(self.path):
+            raise DataError(f"cannot write {self.path} as an image: give a file ending in "
+                            f"{', '.join(IMAGE_OUTPUT_SUFFIXES)}")
+        self.source, self.hint = source, hint
+        if frames is not None and frames > 1:
+            raise _more_than_one(self.path, source, hint)
+        self.size = size  # (width, height); taken from the frame when None
+        self.frames_written = 0
+        self._frame: np.ndarray | None = None
+        self._out = AtomicFile(self.path)
+        self._closed = False
+
+    def write(self, frame: np.ndarray) -> None:
+        if self._closed:
+            raise VaeDeployError(f"{self.path} is already closed")
+        if self.frames_written:
+            raise _more_than_one(self.path, self.source, self.hint)
+        frame = np.asarray(frame)
+        if frame.ndim == 2:
+            frame = frame[:, :, None].repeat(3, axis=2)
+        if frame.ndim != 3 or frame.shape[2] != 3:
+            raise InputShapeError(f"frames for {self.path.name} must be (H, W, 3) RGB, got {frame.shape}")
+        if self.size is None:
+            self.size = (int(frame.shape[1]), int(frame.shape[0]))
+        if (frame.shape[1], frame.shape[0]) != tuple(self.size):
+            raise InputShapeError(f"frames for {self.path.name} must be {self.size[0]}x{self.size[1]} "
+                                  f"(W x H), got {frame.shape[1]}x{frame.shape[0]}")
+        self._frame = cv2.cvtColor(np.ascontiguousarray(to_uint8(frame)), cv2.COLOR_RGB2BGR)
+        self.frames_written = 1
+
+    def write_all(self, frames) -> None:
+        """Write every frame of an iterable or a (T, H, W, 3) array (one frame, for an image)."""
+        for frame in frames:
+            self.write(frame)
+
+    def _publish(self) -> None:
+        suffix = self.path.suffix.lower()
+        with _quiet_opencv():
+            ok, encoded = cv2.imencode(suffix, self._frame)
+        if not ok:
+            raise VaeDeployError(f"cannot write {self.path}: OpenCV's {suffix} encoder refused a "
+                                 f"{self.size[0]}x{self.size[1]} image")
+        # Written by Python, not cv2.imwrite: a failed write (a full disk) then raises with its errno,
+        # which `writing` turns into one OutputError naming the target.
+        with writing(self.path):
+            with open(self._out.tmp, "wb") as fh:
+                fh.write(encoded.tobytes())
+                fh.flush()
+                os.fsync(fh.fileno())
+            self._out.publish()
+
+    def close(self, failed: bool = False) -> None:
+        """Encode the frame and move the file into place (see the class docstring)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.frames_written:
+            try:
+                self._publish()
+            except BaseException:
+                self._out.discard()
+                if not failed:
+                    raise
+            finally:
+                self._frame = None
+            return
+        self._out.discard()
+        if not failed:
+            raise DataError(f"no frames were written to {self.path}; no file was created")
+
+    def discard(self) -> None:
+        """Close without publishing anything (the run that fed this sink failed)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._frame = None
+        self._out.discard()
+
+    def __enter__(self) -> ImageSink:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(failed=exc_type is not None)
+
+
+def open_sink(path: str | Path, fps: float = 25.0, size: tuple[int, int] | None = None,
+              frames: int | None = None, source: str = "the source",
+              hint: str = MAX_FRAMES_HINT) -> VideoSink | ImageSink:
+    """The sink for a frame output, by its suffix: an ImageSink for an image file (`frames`, `source`
+    and `hint` as ImageSink takes them; fps unused), else a VideoSink."""
+    if is_image_output(path):
+        return ImageSink(path, size, frames, source, hint)
+    return VideoSink(path, fps, size)

@@ -43,7 +43,15 @@ from vae_deploy.runtime.latents import LatentHeader, LatentReader, LatentWriter
 from vae_deploy.runtime.runner import Runner
 from vae_deploy.video.codec import VideoCodec, VideoModelInfo
 from vae_deploy.video.fit import FitPolicy, plan_fit
-from vae_deploy.video.io import FrameSource, VideoSink, check_output_fps, fourcc_for
+from vae_deploy.video.io import (
+    MAX_FRAMES_HINT,
+    FrameSource,
+    ImageSink,
+    VideoSink,
+    check_output_fps,
+    check_sink_path,
+    open_sink,
+)
 from vae_deploy.video.metrics import VideoMetrics, compression_ratio, psnr_from_mse
 
 DEFAULT_CHUNK = 8  # frames per model call: long enough to amortize a call, short enough for low latency
@@ -299,19 +307,22 @@ def check_output_path(path: Path, what: str, video: bool = False) -> Path:
     if path.is_dir():
         raise VaeDeployError(f"cannot write {what} to {path}: it is a folder; give a file name")
     if video:
-        fourcc_for(path)
+        check_sink_path(path)  # a video container, or an image file for one frame
     ensure_writable_dir(path.parent)
     return path
 
 
 @contextlib.contextmanager
-def _video_output(path: Path, fps: float, size: tuple[int, int]) -> Iterator[VideoSink]:
-    """A VideoSink published to `path` only if the block ends without an error.
+def _video_output(path: Path, fps: float, size: tuple[int, int], frames: int | None = None,
+                  source: str = "the source", hint: str = MAX_FRAMES_HINT) -> Iterator[VideoSink | ImageSink]:
+    """A VideoSink, or an ImageSink when `path` names an image file, published to `path` only if the block
+    ends without an error. `frames` (the source's frame count, when known) lets an image output refuse a
+    longer source before any work; `source` and `hint` word that refusal.
 
     VideoSink keeps a playable partial video after any exception; here an error discards it (the run
     failed) while an interrupt, handled by the caller, leaves the block normally and keeps the frames done.
     """
-    sink = VideoSink(path, fps, size)
+    sink = open_sink(path, fps, size, frames, source, hint)
     try:
         yield sink
     except BaseException:
@@ -418,12 +429,16 @@ def run_video(runner: Runner, source: FrameSource, options: StreamOptions | None
         return _Coded(chunk, latents, recon, time.perf_counter() - start)
 
     w, h = policy.source_size
+    known = source.frame_count  # when the source says: an image output refuses a longer one before any work
+    if known is not None and options.max_frames is not None:
+        known = min(known, options.max_frames)
     with contextlib.ExitStack() as stack:
         video = side = latents = None
         if outputs.video is not None:
-            video = stack.enter_context(_video_output(outputs.video, fps, (w, h)))
+            video = stack.enter_context(_video_output(outputs.video, fps, (w, h), known, source.description))
         if outputs.side_by_side is not None:
-            side = stack.enter_context(_video_output(outputs.side_by_side, fps, (2 * w, h)))
+            side = stack.enter_context(_video_output(outputs.side_by_side, fps, (2 * w, h), known,
+                                                     source.description))
         if outputs.latents is not None:
             latents = stack.enter_context(_latent_output(outputs.latents, _header(info, policy, fps,
                                                                                   options.chunk, codec)))
@@ -534,7 +549,8 @@ def decode_latents(runner: Runner, path: Path | LatentReader, outputs: VideoOutp
     with contextlib.ExitStack() as stack:
         video = None
         if outputs.video is not None:
-            video = stack.enter_context(_video_output(outputs.video, fps, policy.source_size))
+            video = stack.enter_context(_video_output(outputs.video, fps, policy.source_size,
+                                                      header.frame_count, str(path), hint=""))
         writer = _FrameWriter(policy, video, None, None, False, header.frame_count, progress)
         try:
             chunks = reader.chunks(chunk // info.temporal_factor, info.first_latents)
