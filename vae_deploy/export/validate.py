@@ -171,9 +171,9 @@ class _Checker:
 
     def whole(self, graph: str, case: str, inputs: list[np.ndarray], ref: dict) -> None:
         spec = self.backend.graph(graph)
-        # A real clip of a first-rule model is a whole clip (first rule, then steps); random inputs of its
+        # A real clip is a whole clip (a first-rule model: first rule, then steps); random inputs of a
         # steady graph check that graph alone, from the zero state, like every other graph.
-        if case == "real" and spec.first_graph:
+        if case == "real" and spec.stream_axis:
             got = self.backend.full_sequence(graph, inputs)
         else:
             got = self.backend.run(graph, inputs)
@@ -221,13 +221,14 @@ def reference_cases(reference: Runner, real_inputs: np.ndarray | None = None,
     def whole_clip(graph: str, label: str, inputs: list[np.ndarray]) -> Case:
         return Case(graph, label, inputs, reference.full_sequence(graph, inputs))
 
-    # Real inputs of a first-rule model are a whole clip (real_inputs.py cuts them to a length it takes).
-    real_case = whole_clip if encoder.first_graph else case
+    # A real clip is a whole clip (real_inputs.py cuts it to a length the model takes): its reference is the
+    # model's own whole-clip computation where it has one (an adapted diffusers model's vae.encode/decode).
+    real_case = whole_clip if encoder.stream_axis else case
     if real_inputs is not None:
         real = real_case("encoder", "real", [real_inputs.astype(encoder.inputs[0].dtype)])
         yield real
         latents = real.outputs[encoder.outputs[0].name].astype(decoder.inputs[0].dtype)
-        yield (whole_clip if decoder.first_graph else case)("decoder", "real", [latents])
+        yield real_case("decoder", "real", [latents])
     firsts = [reference.graph(g.first_graph) for g in (encoder, decoder) if g.first_graph]
     for graph in (encoder, decoder, *firsts):
         cap = graph.max_parity_batch or max(batch_sizes)
