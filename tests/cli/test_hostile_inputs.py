@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
+import external_zoo
 import numpy as np
 import pytest
 from cli_support import assert_one_line_error, invoke_main
@@ -29,6 +30,8 @@ from cli_support import cli_process as cli
 
 from vae_deploy.video.io import open_source
 from vae_deploy.video.samples import sample_video_path
+
+external_folder = external_zoo.external_folder  # a session fixture: diffusers model folders
 
 RECIPE = """\
 [model]
@@ -72,7 +75,7 @@ def leftovers(folder: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory, tiny_video_model) -> dict[str, Path]:
+def inputs(tmp_path_factory, tiny_video_model, external_folder) -> dict[str, Path]:
     """Named inputs the table's command lines refer to as {name}."""
     root = tmp_path_factory.mktemp("hostile_inputs")
     clip = root / "clip.mp4"
@@ -95,7 +98,8 @@ def inputs(tmp_path_factory, tiny_video_model) -> dict[str, Path]:
     assert made.returncode == 0, made.stderr
     return {"root": root, "clip": clip, "one_by_one": one, "binary": root / "binary.toml",
             "zero_latent": root / "zero_latent.toml", "recipe": root / "recipe.toml", "model": model,
-            "string_schema": string_schema, "latents": latents, "causal": tiny_video_model("causal3d-t1")}
+            "string_schema": string_schema, "latents": latents, "causal": tiny_video_model("causal3d-t1"),
+            "diffusers": external_folder("kl-sd")}
 
 
 # ---------------------------------------------------------------- usage mistakes: Typer's message, exit 2
@@ -266,6 +270,8 @@ FULL_DISK_CASES = [
     Case("decode", ["decode", "{latents}", "--model", "{model}", "-o", "{disk}/o.mp4", "--fps", "25"],
          "no space left on device", 1, absent=["o.mp4"]),
     Case("export", ["export", "{mlp_checkpoint}", "--out", "{disk}/model", "--real", "0"],
+         "no space left on device", 1, absent=["model"]),
+    Case("export a diffusers folder", ["export", "{diffusers}", "--out", "{disk}/model", "--real", "0"],
          "no space left on device", 1, absent=["model"]),
     Case("train", ["train", "{recipe}", "--out", "{disk}/runs/tiny", "--max-steps", "2"],
          "no space left on device", 1, absent=["runs"]),

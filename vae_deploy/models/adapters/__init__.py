@@ -16,7 +16,7 @@ from pathlib import Path
 
 from torch import nn
 
-from vae_deploy.errors import ConfigError, MissingBackendError, ModelFormatError
+from vae_deploy.errors import ConfigError, MissingBackendError, ModelFormatError, VaeDeployError
 from vae_deploy.models.adapters.contract import (
     ENTRY_POINT_KIND,
     AdaptedVAE,
@@ -47,7 +47,7 @@ ADAPTER_KINDS = tuple(f.kind for f in FAMILIES.values()) + (ENTRY_POINT_KIND,)
 def family(class_name: str, where: str) -> Family:
     try:
         return FAMILIES[class_name]
-    except KeyError:
+    except (KeyError, TypeError):  # TypeError: a config.json whose _class_name is a list or an object
         raise ConfigError(f"{where} holds a {class_name!r}, which vae-deploy does not adapt (supported: "
                           f"{', '.join(sorted(FAMILIES))}; others through --from package.module:factory)"
                           ) from None
@@ -112,12 +112,22 @@ def load_diffusers_folder(folder: Path) -> AdaptedVAE:
     cls = _diffusers_class(class_name)
     try:
         model = cls.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except Exception as exc:  # noqa: BLE001 - a config the class cannot build fails anywhere (IndexError...)
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        # "Error(s) in loading state_dict for ...:" says nothing alone; its next line names the tensor
+        first = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]
         raise ModelFormatError(f"cannot load {folder} as a diffusers {class_name}: {first}") from None
     config = AdapterConfig(class_name=class_name, config={k: v for k, v in model.config.items()
                                                           if not k.startswith("_")})
-    return AdaptedVAE(config, inner=_wrap(class_name, model.eval()), kind=fam.kind)
+    try:
+        inner = _wrap(class_name, model.eval())
+    except VaeDeployError:
+        raise
+    except (ValueError, TypeError, ArithmeticError) as exc:  # config values the adapter reads: a scaling
+        # factor that is no number, a latents_std of 0
+        raise ModelFormatError(f"cannot adapt {folder} as a diffusers {class_name}: its config.json has "
+                               f"values vae-deploy cannot use ({type(exc).__name__}: {exc})") from None
+    return AdaptedVAE(config, inner=inner, kind=fam.kind)
 
 
 def load_entry_point(spec: str) -> AdaptedVAE:

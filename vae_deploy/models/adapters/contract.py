@@ -138,11 +138,13 @@ def check_contract(module: nn.Module, where: str) -> None:
                           f"got {norm!r}")
 
 
-def _pair(out: Any, has_logvar: bool) -> tuple[torch.Tensor, ...]:
+def _pair(out: Any, has_logvar: bool, where: str) -> tuple[torch.Tensor, ...]:
     """An encoder's result as (mean, logvar) or (mean,)."""
-    if isinstance(out, torch.Tensor):
-        return (out,)
-    out = tuple(out)
+    out = (out,) if isinstance(out, torch.Tensor) else tuple(out)
+    if has_logvar and len(out) < 2:
+        # Else the graph would name two outputs of one, and the exporter fail without saying why.
+        raise ConfigError(f"{where}: encode gave a mean only; a module whose encoder has no logvar sets "
+                          f"has_logvar = False (see the adapter contract in docs/adapters.md)")
     return out[:2] if has_logvar else out[:1]
 
 
@@ -155,7 +157,7 @@ class AdaptedVAE(VideoVAE):
 
         self.config = config
         self.kind = kind or kind_for(config)
-        where = config.entry_point or config.class_name
+        self.where = where = config.entry_point or config.class_name
         self.inner = inner if inner is not None else build_inner(config)
         check_contract(self.inner, where)
         m = self.inner
@@ -180,7 +182,7 @@ class AdaptedVAE(VideoVAE):
         if self.causal:
             return tuple(self.inner.encode_step(chunk, *past))
         n, t = chunk.shape[:2]
-        outs = _pair(self.inner.encode(chunk.reshape(n * t, *chunk.shape[2:])), self.has_logvar)
+        outs = _pair(self.inner.encode(chunk.reshape(n * t, *chunk.shape[2:])), self.has_logvar, self.where)
         return tuple(o.reshape(n, t, *o.shape[1:]) for o in outs)
 
     def decode_step(self, z: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -240,7 +242,7 @@ class AdaptedVAE(VideoVAE):
         own = getattr(self.inner, "reference_encode", None)
         if own is None:
             return self.encode(video)
-        return _pair(own(video), self.has_logvar)
+        return _pair(own(video), self.has_logvar, self.where)
 
     def reference_decoder(self, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
         own = getattr(self.inner, "reference_decode", None)
