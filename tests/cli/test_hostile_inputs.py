@@ -293,6 +293,8 @@ def test_a_full_disk_fails_the_command_and_publishes_nothing(vd, inputs, mlp_che
         assert "Traceback" not in result.stderr
         assert lines and lines[-1].startswith("error: "), result.stderr
         assert case.fragment in lines[-1].lower(), lines[-1]
+        # The message names the output as given, never a temporary (".name.<random>") beside it.
+        assert f"{disk}/." not in lines[-1], lines[-1]
         for rel in case.absent:
             assert not (disk / rel).exists(), rel
         assert sorted(p.name for p in disk.iterdir()) == ["filler"]  # no temporary, no empty folder

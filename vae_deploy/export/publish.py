@@ -19,7 +19,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from vae_deploy.errors import ConfigError, VaeDeployError
+from vae_deploy.errors import ConfigError, OutputError, VaeDeployError
 from vae_deploy.files import removing_new_folders
 from vae_deploy.runtime.manifest import MANIFEST_FILE
 
@@ -105,6 +105,9 @@ def staged_folder(target: Path, overwrite: bool = True, carry: tuple[str, ...] =
             yield staging
             check_target(target, overwrite)  # something may have appeared there meanwhile
             swap_in(staging, target, carry)
+        except OutputError as exc:
+            # A write into the staging folder failed (a full disk): name the file as the user knows it.
+            raise OutputError(str(exc).replace(str(staging), str(target))) from None
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)

@@ -52,6 +52,9 @@ def _quiet_opencv() -> Iterator[None]:
         get_level, set_level, silent = api.getLogLevel, api.setLogLevel, api.LOG_LEVEL_SILENT
     else:
         get_level, set_level, silent = cv2.getLogLevel, cv2.setLogLevel, 0
+    # FFmpeg's own demuxer messages (a header-only .mkv) go to stderr unless its log level is set before
+    # OpenCV first opens a file; setdefault keeps a level the user chose.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     level = get_level()
     set_level(silent)
     try:
