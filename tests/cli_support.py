@@ -5,9 +5,13 @@ Importable from any test module (pytest puts tests/ on sys.path because tests/co
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 
 def cli_process(*args, timeout=300, **kwargs) -> subprocess.CompletedProcess:
@@ -43,3 +47,19 @@ def assert_one_line_error(result: subprocess.CompletedProcess, pattern: str, cod
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert "Traceback" not in result.stderr
     assert pattern in lines[0], lines[0]
+
+
+@contextlib.contextmanager
+def full_disk(folder: Path, free_kib: int = 8):
+    """A small tmpfs at `folder`, filled to `free_kib` KiB free: writes past that fail with ENOSPC."""
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill up (needs root): {mounted.stderr.strip()}")
+    try:
+        with open(folder / "filler", "wb") as fh:
+            fh.write(b"\0" * ((512 - free_kib) * 1024))
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

@@ -9,7 +9,6 @@ itself matters (signals, concurrent writers, a broken install); the rest run thr
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -25,7 +24,7 @@ import cv2
 import external_zoo
 import numpy as np
 import pytest
-from cli_support import assert_one_line_error, invoke_main
+from cli_support import assert_one_line_error, full_disk, invoke_main
 from cli_support import cli_process as cli
 
 from vae_deploy.video.io import open_source
@@ -240,22 +239,6 @@ def test_an_unexpected_error_is_one_line_with_a_debug_hint(vd, inputs, tmp_path,
 
 
 # ---------------------------------------------------------------- a full disk
-
-
-@contextlib.contextmanager
-def full_disk(folder: Path, free_kib: int = 8):
-    """A small tmpfs at `folder`, filled to `free_kib` KiB free: writes past that fail with ENOSPC."""
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(folder)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs to fill up (needs root): {mounted.stderr.strip()}")
-    try:
-        with open(folder / "filler", "wb") as fh:
-            fh.write(b"\0" * ((512 - free_kib) * 1024))
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 FULL_DISK_CASES = [

@@ -4,14 +4,12 @@ source of more than one frame in one line, with nothing left behind."""
 
 from __future__ import annotations
 
-import contextlib
-import subprocess
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from cli_support import assert_one_line_error, invoke_main
+from cli_support import assert_one_line_error, full_disk, invoke_main
 
 from vae_deploy.errors import DataError, OutputError
 from vae_deploy.runtime.registry import load_runner
@@ -169,22 +167,6 @@ def test_video_suffixes_still_get_a_video_sink_and_unknown_ones_one_line(tmp_pat
                                         r"not .gif"):
         check_sink_path(tmp_path / "o.gif")
     assert leftovers(tmp_path) == []
-
-
-@contextlib.contextmanager
-def full_disk(folder: Path, free_kib: int = 8):
-    """A small tmpfs at `folder`, filled to `free_kib` KiB free: writes past that fail with ENOSPC."""
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(folder)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs to fill up (needs root): {mounted.stderr.strip()}")
-    try:
-        with open(folder / "filler", "wb") as fh:
-            fh.write(b"\0" * ((512 - free_kib) * 1024))
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 def test_a_full_disk_is_an_output_error_naming_the_image_and_leaves_nothing(tmp_path):

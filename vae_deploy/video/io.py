@@ -339,6 +339,22 @@ def check_output_size(path: Path, size: tuple[int, int]) -> None:
                         f"least {MIN_OUTPUT_SIDE}x{MIN_OUTPUT_SIDE} pixels")
 
 
+def _bgr_frame(path: Path, frame: np.ndarray, size: tuple[int, int] | None) -> tuple[np.ndarray, tuple]:
+    """A frame for a sink of `path`: RGB (H, W, 3) (or gray (H, W)) of the sink's `size` (None: this frame's)
+    -> (BGR uint8 as OpenCV writes it, the size)."""
+    frame = np.asarray(frame)
+    if frame.ndim == 2:
+        frame = frame[:, :, None].repeat(3, axis=2)
+    if frame.ndim != 3 or frame.shape[2] != 3:
+        raise InputShapeError(f"frames for {path.name} must be (H, W, 3) RGB, got {frame.shape}")
+    if size is None:
+        size = (int(frame.shape[1]), int(frame.shape[0]))
+    if (frame.shape[1], frame.shape[0]) != tuple(size):
+        raise InputShapeError(f"frames for {path.name} must be {size[0]}x{size[1]} (W x H), got "
+                              f"{frame.shape[1]}x{frame.shape[0]}")
+    return cv2.cvtColor(np.ascontiguousarray(to_uint8(frame)), cv2.COLOR_RGB2BGR), size
+
+
 class VideoSink:
     """Write RGB frames (H, W, 3) uint8, or float in [0, 1], to a video file with cv2.VideoWriter.
 
@@ -378,19 +394,10 @@ class VideoSink:
     def write(self, frame: np.ndarray) -> None:
         if self._closed:
             raise VaeDeployError(f"{self.path} is already closed")
-        frame = np.asarray(frame)
-        if frame.ndim == 2:
-            frame = frame[:, :, None].repeat(3, axis=2)
-        if frame.ndim != 3 or frame.shape[2] != 3:
-            raise InputShapeError(f"frames for {self.path.name} must be (H, W, 3) RGB, got {frame.shape}")
-        if self.size is None:
-            self.size = (int(frame.shape[1]), int(frame.shape[0]))
-        if (frame.shape[1], frame.shape[0]) != tuple(self.size):
-            raise InputShapeError(f"frames for {self.path.name} must be {self.size[0]}x{self.size[1]} "
-                                  f"(W x H), got {frame.shape[1]}x{frame.shape[0]}")
+        frame, self.size = _bgr_frame(self.path, frame, self.size)
         if self._writer is None:
             self._writer = self._open(*self.size)
-        self._writer.write(cv2.cvtColor(np.ascontiguousarray(to_uint8(frame)), cv2.COLOR_RGB2BGR))
+        self._writer.write(frame)
         self.frames_written += 1
 
     def write_all(self, frames) -> None:
@@ -519,17 +526,7 @@ class ImageSink:
             raise VaeDeployError(f"{self.path} is already closed")
         if self.frames_written:
             raise _more_than_one(self.path, self.source, self.hint)
-        frame = np.asarray(frame)
-        if frame.ndim == 2:
-            frame = frame[:, :, None].repeat(3, axis=2)
-        if frame.ndim != 3 or frame.shape[2] != 3:
-            raise InputShapeError(f"frames for {self.path.name} must be (H, W, 3) RGB, got {frame.shape}")
-        if self.size is None:
-            self.size = (int(frame.shape[1]), int(frame.shape[0]))
-        if (frame.shape[1], frame.shape[0]) != tuple(self.size):
-            raise InputShapeError(f"frames for {self.path.name} must be {self.size[0]}x{self.size[1]} "
-                                  f"(W x H), got {frame.shape[1]}x{frame.shape[0]}")
-        self._frame = cv2.cvtColor(np.ascontiguousarray(to_uint8(frame)), cv2.COLOR_RGB2BGR)
+        self._frame, self.size = _bgr_frame(self.path, frame, self.size)
         self.frames_written = 1
 
     def write_all(self, frames) -> None:
