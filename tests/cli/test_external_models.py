@@ -253,6 +253,32 @@ def test_run_equals_encode_then_decode_on_wan_for_any_clip_length(vd, external_m
     assert leftovers(tmp_path) == []
 
 
+def test_frame_stream_on_wan_codes_every_frame_and_stores_what_encode_stores(vd, external_model, tmp_path):
+    """The embedding API (video/frames.py) on a first-rule model: its first chunk waits for 1 + chunk frames,
+    every pushed frame comes back, and the latents equal the .vaelat `encode` writes for the same frames."""
+    from vae_deploy.video.frames import FrameStream
+
+    model, frames = external_model("wan2.1").model_dir, 23
+    encoded = vd("encode", CLIP, "--model", model, "--max-frames", frames, "--size", SHORT_SIDE, "--chunk", 4,
+                 "--out", tmp_path / "enc.vaelat", "-q")
+    assert encoded.returncode == 0, encoded.stderr
+    source = read_video(CLIP)[:frames][..., ::-1]  # BGR as OpenCV reads it -> RGB as FrameStream takes it
+    latents, decoded, sizes = [], 0, []
+    with FrameStream.open(model, frame_size=(176, 144), chunk=4, short_side=SHORT_SIDE) as stream:
+        for frame in source:
+            for chunk in stream.push(frame):
+                latents.append(chunk.latents)
+                decoded += len(chunk.frames)
+                sizes.append(len(chunk.frames))
+        for chunk in stream.flush():
+            latents.append(chunk.latents)
+            decoded += len(chunk.frames)
+            sizes.append(len(chunk.frames))
+    assert decoded == frames
+    assert sizes[0] == 5  # the first rule's frame, then a chunk of 4
+    assert np.array_equal(np.concatenate(latents), LatentReader(tmp_path / "enc.vaelat").latents)
+
+
 def test_run_equals_encode_then_decode_on_a_frame_vae(vd, external_model, tmp_path):
     model = external_model("kl-sd").model_dir
     common = ["--model", model, "--max-frames", 5, "--size", SHORT_SIDE, "-q"]
