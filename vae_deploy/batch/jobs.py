@@ -1,0 +1,163 @@
+"""`vae-deploy encode-dataset` as a function: encode_dataset_job(sources, out_dir, ...) -> BatchResult.
+
+Steps: collect the videos (sources.py); check the model, backend and chunk once, here, so a mistake is one
+line rather than one failure per video; skip each video whose output is complete (its .vaelat opens with
+LatentReader, checksum included) and whose index entry is "ok"; hand the rest to an engine; record each
+result in the index as it comes back. An interrupt (Ctrl-C, SIGTERM) stops the engine and propagates as
+KeyboardInterrupt; everything recorded so far stays in the index.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vae_deploy.batch.index import INDEX_FILE, OK, BatchIndex, read_index
+from vae_deploy.batch.sources import VideoTask, collect_videos
+from vae_deploy.batch.worker import FATAL, EncodeSettings
+from vae_deploy.errors import ConfigError, DataError, VaeDeployError
+from vae_deploy.files import ensure_writable_dir, removing_new_folders
+from vae_deploy.runtime.latents import LatentReader
+from vae_deploy.runtime.manifest import read_manifest
+from vae_deploy.runtime.registry import DEFAULT_BACKEND, get_backend
+from vae_deploy.video.codec import VideoModelInfo
+from vae_deploy.video.default_model import resolve_model
+from vae_deploy.video.pipeline import StreamOptions
+
+ENGINES = ("local", "ray")
+BatchProgress = Callable[[int, int], None]  # (videos finished, videos in the batch)
+
+
+def default_workers() -> int:
+    """Half the CPUs (at least 1): each worker's runner gets two threads, and reading a video needs a core."""
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
+def threads_per_worker(workers: int, threads: int | None) -> int:
+    """--threads when given, else the CPUs split between the workers (at least 1 each)."""
+    return threads if threads is not None else max(1, (os.cpu_count() or 1) // workers)
+
+
+@dataclass
+class BatchResult:
+    out_dir: Path
+    index: Path
+    total: int = 0  # videos in the batch
+    skipped: int = 0  # complete from an earlier run
+    encoded: int = 0  # encoded by this run
+    failed: list[dict] = field(default_factory=list)  # index entries of the videos that failed
+    engine: str = "local"
+    workers: int = 1
+    threads: int = 1
+
+    @property
+    def ok(self) -> int:
+        return self.skipped + self.encoded
+
+    def summary(self) -> str:
+        line = f"encoded {self.ok} of {self.total} videos"
+        if self.skipped:
+            line += f" ({self.skipped} already done)"
+        if self.failed:
+            line += f"; {len(self.failed)} failed (see {self.index})"
+        return line
+
+
+def _check_model(model: Path | None, backend: str, options: StreamOptions, out_dir: Path) -> None:
+    model_dir = resolve_model(model)
+    manifest = read_manifest(model_dir)
+    VideoModelInfo.from_manifest(manifest).check_chunk(options.chunk)
+    get_backend(backend)  # an unknown or unavailable backend: one line naming what to install
+    real_out, real_model = Path(os.path.realpath(out_dir)), Path(os.path.realpath(model_dir))
+    if real_out == real_model or real_model in real_out.parents:
+        raise DataError(f"--out {out_dir} lies inside the model folder {model_dir}: writing there could "
+                        f"replace the model's own files; give a folder outside it")
+
+
+def _complete(index: BatchIndex, task: VideoTask, out_dir: Path) -> bool:
+    if not index.is_ok(task.output):
+        return False
+    try:
+        LatentReader(task.output_path(out_dir))
+    except VaeDeployError:
+        return False
+    return True
+
+
+def _engine(engine: str, settings: EncodeSettings, workers: int, address: str | None):
+    if engine == "local":
+        from vae_deploy.batch.local import LocalEngine
+
+        return LocalEngine(settings, workers)
+    from vae_deploy.batch.ray_engine import RayEngine
+
+    return RayEngine(settings, workers, address)
+
+
+def _run(tasks: list[VideoTask], out_dir: Path, settings: EncodeSettings, engine: str, workers: int,
+         threads: int, address: str | None, progress: BatchProgress | None) -> BatchResult:
+    index = BatchIndex(out_dir)
+    result = BatchResult(out_dir, index.path, total=len(tasks), engine=engine,
+                         workers=min(workers, len(tasks)), threads=threads)
+    todo = [t for t in tasks if not _complete(index, t, out_dir)]
+    result.skipped = len(tasks) - len(todo)
+    if progress is not None:
+        progress(result.skipped, result.total)
+    if not todo:
+        return result
+    with _engine(engine, settings, min(workers, len(todo)), address) as running:
+        for entry in running.results(todo):
+            if FATAL in entry:
+                raise VaeDeployError(entry[FATAL])
+            index.record(entry)
+            if entry["status"] == OK:
+                result.encoded += 1
+            else:
+                result.failed.append(entry)
+            if progress is not None:
+                progress(result.ok + len(result.failed), result.total)
+    return result
+
+
+def encode_dataset_job(sources: list[str | Path], out_dir: Path, options: StreamOptions | None = None,
+                       model: Path | None = None, backend: str = DEFAULT_BACKEND, engine: str = "local",
+                       workers: int | None = None, threads: int | None = None, address: str | None = None,
+                       progress: BatchProgress | None = None) -> BatchResult:
+    """Encode every video of `sources` into `out_dir` (one .vaelat each, mirrored paths) and index them."""
+    options = options or StreamOptions(measure=False)
+    if engine not in ENGINES:
+        raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if workers is None:
+        workers = default_workers()
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    if address is not None and engine != "ray":
+        raise ConfigError("--address is for --engine ray (the address of a Ray cluster)")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {threads}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"--out {out_dir} is a file; give a folder")
+    tasks = collect_videos(list(sources))
+    _check_model(model, backend, options, out_dir)
+    if engine == "ray":
+        from vae_deploy.batch.ray_engine import ray_module
+
+        ray_module(address)  # missing Ray, an unreachable address: one line, before any output
+    # ort-cpu gets the CPUs split between workers; other backends take --threads only when it is given
+    runner_threads = threads if threads is not None or backend != "ort-cpu" else \
+        threads_per_worker(workers, None)
+    settings = EncodeSettings(str(out_dir), options, None if model is None else str(model), backend,
+                              runner_threads)
+    threads = threads_per_worker(workers, threads)
+    with removing_new_folders(out_dir):  # a batch that fails before any video leaves no empty folder
+        ensure_writable_dir(out_dir)
+        new_index = not (out_dir / INDEX_FILE).exists()
+        try:
+            return _run(tasks, out_dir, settings, engine, workers, threads, address, progress)
+        except BaseException:
+            if new_index and not read_index(out_dir / INDEX_FILE):
+                (out_dir / INDEX_FILE).unlink(missing_ok=True)  # nothing was recorded: leave nothing
+            raise

@@ -1,0 +1,66 @@
+"""The `local` engine: N worker processes on this machine, each with its own runner.
+
+multiprocessing.Pool with the 'spawn' context (a fresh interpreter per worker: no forked ONNX Runtime or
+OpenCV thread state). Each worker builds one VideoEncoder in its initializer and opens its runner on its
+first video (opening it in the initializer itself would make a pool whose initializer fails restart
+workers forever; a runner that cannot open comes back as a FATAL result instead). Videos go out one at a
+time and results come back to the parent as they finish, in any order; only the parent writes the index.
+
+Stopping: workers ignore SIGINT (a Ctrl-C in a terminal reaches the whole process group; the parent alone
+decides) and turn SIGTERM into Terminated, so `Pool.terminate()` (SIGTERM to each worker) ends a video in
+progress through the pipeline's interrupt path: its staging file is removed and nothing reaches its output
+name. What finished is already in the index.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from collections.abc import Iterable, Iterator
+
+from vae_deploy.batch.sources import VideoTask
+from vae_deploy.batch.worker import EncodeSettings, VideoEncoder
+
+_encoder: VideoEncoder | None = None  # this worker process's encoder
+
+
+def _init_worker(settings: EncodeSettings) -> None:
+    global _encoder
+    from vae_deploy import interrupts
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    interrupts.install_sigterm_handler()
+    _encoder = VideoEncoder(settings)
+
+
+def _encode(task: VideoTask) -> dict:
+    try:
+        return _encoder.encode(task)
+    except KeyboardInterrupt:  # terminate(): the video's staging file is gone; end quietly, no traceback
+        os._exit(128 + signal.SIGTERM)
+
+
+class LocalEngine:
+    name = "local"
+
+    def __init__(self, settings: EncodeSettings, workers: int):
+        self.settings, self.workers = settings, workers
+        self._pool = None
+
+    def __enter__(self) -> LocalEngine:
+        context = multiprocessing.get_context("spawn")
+        self._pool = context.Pool(self.workers, _init_worker, (self.settings,))
+        return self
+
+    def results(self, tasks: Iterable[VideoTask]) -> Iterator[dict]:
+        """Each task's result as it finishes (any order)."""
+        yield from self._pool.imap_unordered(_encode, list(tasks), chunksize=1)
+
+    def __exit__(self, exc_type, *exc) -> None:
+        pool, self._pool = self._pool, None
+        if exc_type is None:
+            pool.close()
+        else:  # an interrupt or a fatal error: stop the videos in progress
+            pool.terminate()
+        pool.join()

@@ -1,0 +1,110 @@
+"""The `ray` engine: an actor pool, one VideoEncoder (one runner) per actor.
+
+Without --address a local Ray starts for this batch (its logical CPUs set to at least workers x threads,
+so every actor is placed) and stops with it; with --address the batch joins that cluster. Every actor
+writes its .vaelat files into the output folder itself, so on a cluster that folder (and the videos) must
+be on storage every node sees, and vae-deploy must be installed on every node. Actors ask for
+`num_cpus = threads`, and `num_gpus = 1` with a CUDA backend. Results come back to the caller, which
+alone writes the index. Ray is the optional extra `vae-deploy[ray]`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Iterable, Iterator
+
+from vae_deploy.batch.sources import VideoTask
+from vae_deploy.batch.worker import EncodeSettings, VideoEncoder
+from vae_deploy.errors import ConfigError, VaeDeployError
+
+INSTALL_HINT = "pip install 'vae-deploy[ray]'"
+CONNECT_TIMEOUT_S = 10.0  # how long an --address gets to accept a TCP connection
+GPU_BACKENDS = ("ort-cuda", "tensorrt", "torch-cuda")
+
+
+def ray_module(address: str | None = None):
+    """Ray, imported (one line naming the extra when it is missing), and `address` checked reachable."""
+    # Ray's C++ core logs each failed retry of a connection as a warning on stderr: errors only.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
+    try:
+        import ray
+    except ImportError:
+        raise VaeDeployError(f"--engine ray needs Ray, which is not installed: {INSTALL_HINT}") from None
+    if address is not None:
+        check_address(address)
+    return ray
+
+
+def check_address(address: str) -> None:
+    """One line within CONNECT_TIMEOUT_S when `address` (host:port, or ray://host:port) accepts no
+    connection; ray.init itself would retry for minutes. "auto" and "local" are Ray's to resolve."""
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ConfigError(f"--address {address!r} is not host:port (e.g. 10.0.0.5:6379 or ray://head:10001)")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise VaeDeployError(f"cannot reach the Ray cluster at {address}: {reason}") from None
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """File descriptor 2 to /dev/null for the block (C++ code writes there, not to sys.stderr)."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+class _Actor:
+    def __init__(self, settings: EncodeSettings):
+        self.encoder = VideoEncoder(settings)
+
+    def encode(self, task: VideoTask) -> dict:
+        return self.encoder.encode(task)
+
+
+class RayEngine:
+    name = "ray"
+
+    def __init__(self, settings: EncodeSettings, workers: int, address: str | None = None):
+        self.settings, self.workers, self.address = settings, workers, address
+        self._ray = ray_module()
+        self._pool = None
+
+    def __enter__(self) -> RayEngine:
+        ray = self._ray
+        threads = self.settings.threads or 1
+        if self.address is not None:
+            try:
+                with _quiet_stderr():  # Ray's C++ core prints a line per failed retry: we print one
+                    ray.init(address=self.address, logging_level="ERROR", log_to_driver=False)
+            except Exception as exc:  # Ray raises ConnectionError, RuntimeError... by version
+                raise VaeDeployError(f"cannot connect to the Ray cluster at {self.address}: {exc}") from None
+        else:
+            ray.init(num_cpus=max(os.cpu_count() or 1, self.workers * threads), include_dashboard=False,
+                     logging_level="ERROR", log_to_driver=False)
+        gpus = 1 if self.settings.backend in GPU_BACKENDS else 0
+        actor = ray.remote(num_cpus=threads, num_gpus=gpus)(_Actor)
+        from ray.util import ActorPool
+
+        self._pool = ActorPool([actor.remote(self.settings) for _ in range(self.workers)])
+        return self
+
+    def results(self, tasks: Iterable[VideoTask]) -> Iterator[dict]:
+        yield from self._pool.map_unordered(lambda a, task: a.encode.remote(task), list(tasks))
+
+    def __exit__(self, *exc) -> None:
+        self._pool = None
+        self._ray.shutdown()

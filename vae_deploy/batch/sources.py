@@ -1,0 +1,104 @@
+"""Which videos a batch holds, and where each one's latents go.
+
+A SOURCE argument is a video file, a folder (searched recursively for the video suffixes of video/io.py,
+hidden files and folders skipped) or a `.txt` file listing one path per line (blank lines and `#` comments
+skipped; relative paths are relative to the list's folder; a listed folder is searched like an argument).
+
+Each video's output mirrors its path relative to the folder it was found under: `clips/a/b.mp4` found
+under `clips/` -> `DIR/a/b.vaelat`. A file given directly is its name (`DIR/b.vaelat`); a relative path
+in a list keeps its folders (`sub/b.mp4` -> `DIR/sub/b.vaelat`). The same file reached twice is taken
+once; two different videos that would share an output are refused before any work.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from vae_deploy.errors import ConfigError, DataError
+from vae_deploy.video.io import VIDEO_SUFFIXES
+
+LATENT_SUFFIX = ".vaelat"
+LIST_SUFFIX = ".txt"
+
+
+@dataclass(frozen=True)
+class VideoTask:
+    source: str  # the video's path, as found
+    output: str  # its .vaelat path relative to the output folder, with "/" separators
+
+    def output_path(self, out_dir: Path) -> Path:
+        return Path(out_dir, *PurePosixPath(self.output).parts)
+
+
+def _scan(folder: Path) -> list[tuple[Path, PurePosixPath]]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            if not name.startswith(".") and path.suffix.lower() in VIDEO_SUFFIXES and path.is_file():
+                found.append((path, PurePosixPath(*path.relative_to(folder).parts)))
+    return found
+
+
+def _entry(path: Path, relative: PurePosixPath, what: str) -> list[tuple[Path, PurePosixPath]]:
+    if path.is_dir():
+        return _scan(path)
+    if path.is_file():
+        return [(path, relative)]
+    if path.exists():
+        raise DataError(f"{what} {path} is not a regular file or folder")
+    raise DataError(f"no such video, folder or list: {path}{'' if what == 'source' else f' ({what})'}")
+
+
+def _list_file(path: Path) -> list[tuple[Path, PurePosixPath]]:
+    found = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read the list of videos {path}: {exc}") from None
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        listed = Path(line).expanduser()
+        relative = PurePosixPath(*listed.parts) if not listed.is_absolute() and ".." not in listed.parts \
+            else PurePosixPath(listed.name)
+        found += _entry(listed if listed.is_absolute() else path.parent / listed, relative,
+                        f"listed in {path}:{number}")
+    return found
+
+
+def collect_videos(sources: list[str | Path]) -> list[VideoTask]:
+    """The batch's videos in argument order (each folder sorted), one output each; DataError for a missing
+    source, an empty result or two videos sharing an output."""
+    if not sources:
+        raise ConfigError("give at least one SOURCE: a video file, a folder of videos or a .txt list of "
+                          "paths")
+    found: list[tuple[Path, PurePosixPath]] = []
+    for spec in sources:
+        path = Path(spec).expanduser()
+        if path.is_file() and path.suffix.lower() == LIST_SUFFIX:
+            found += _list_file(path)
+        else:
+            found += _entry(path, PurePosixPath(path.name), "source")
+    tasks: list[VideoTask] = []
+    seen: set[str] = set()
+    by_output: dict[str, Path] = {}
+    for path, relative in found:
+        real = os.path.realpath(path)
+        if real in seen:
+            continue
+        seen.add(real)
+        output = str(relative.with_suffix(LATENT_SUFFIX))
+        if output in by_output:
+            raise DataError(f"{by_output[output]} and {path} would both be encoded to {output}; rename one "
+                            f"or encode them into separate --out folders")
+        by_output[output] = path
+        tasks.append(VideoTask(str(path), output))
+    if not tasks:
+        suffixes = ", ".join(s[1:] for s in VIDEO_SUFFIXES)
+        raise DataError(f"no videos found in {', '.join(map(str, sources))} (looked for {suffixes} files)")
+    return tasks

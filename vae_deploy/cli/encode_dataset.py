@@ -1,0 +1,100 @@
+"""`vae-deploy encode-dataset SOURCE... --out DIR`: one .vaelat per video of a collection, plus
+DIR/index.jsonl.
+
+Thin: parses, calls vae_deploy/batch/jobs.py encode_dataset_job with a progress bar over videos, prints
+the summary. Exit 1 when any video failed (the index says why), 130 / 143 when stopped (what finished is
+in the index). No torch is imported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vae_deploy.cli.options import (
+    BackendOption,
+    ChunkOption,
+    FitOption,
+    FpsOption,
+    MaxFramesOption,
+    ModelOption,
+    QuietOption,
+    RawLatentsOption,
+    SizeOption,
+    interrupted,
+)
+from vae_deploy.runtime.registry import DEFAULT_BACKEND
+
+
+@contextlib.contextmanager
+def _video_bar(quiet: bool) -> Iterator:
+    """A progress bar over videos on stderr; yields the callback (videos finished, videos in the batch)."""
+    if quiet:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(TextColumn("encode-dataset"), BarColumn(), MofNCompleteColumn(), TextColumn("videos"),
+                        TimeElapsedColumn(), console=Console(stderr=True))
+    task = progress.add_task("videos", total=None)
+
+    def update(done: int, total: int) -> None:
+        if not progress.live.is_started:
+            progress.start()
+        progress.update(task, completed=done, total=total)
+
+    try:
+        yield update
+    finally:
+        if progress.live.is_started:
+            progress.stop()
+
+
+def encode_dataset(
+    sources: Annotated[list[str], typer.Argument(
+        help="Video files, folders (searched recursively for videos) or .txt files listing one path a "
+             "line.",
+        show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: one .vaelat per video (mirroring "
+                                                          "the paths under each folder) and index.jsonl.")],
+    model: ModelOption = None,
+    backend: BackendOption = DEFAULT_BACKEND,
+    engine: Annotated[str, typer.Option(
+        "--engine", help="local: worker processes on this machine; ray: a Ray actor pool (local Ray, or the "
+                         "cluster at --address; needs vae-deploy[ray]).")] = "local",
+    workers: Annotated[int | None, typer.Option(
+        "--workers", "-w", help="Workers (processes or Ray actors), each with its own runner (default: half "
+                                "the CPUs, at least 1).")] = None,
+    threads: Annotated[int | None, typer.Option(
+        "--threads", help="Inference threads per worker (default: the CPUs split between the "
+                          "workers).")] = None,
+    address: Annotated[str | None, typer.Option(
+        "--address", help="Ray cluster address (host:port or ray://host:port) for --engine ray.")] = None,
+    chunk: ChunkOption = 8,
+    size: SizeOption = None,
+    fit: FitOption = "snap",
+    max_frames: MaxFramesOption = None,
+    fps: FpsOption = None,
+    quiet: QuietOption = False,
+    raw_latents: RawLatentsOption = False,
+) -> None:
+    """Encode a collection of videos into latent files, on worker processes or a Ray cluster; resumable."""
+    from vae_deploy.batch.jobs import encode_dataset_job
+    from vae_deploy.video.pipeline import StreamOptions
+
+    try:
+        options = StreamOptions(chunk=chunk, short_side=size, fit=fit, max_frames=max_frames, fps=fps,
+                                measure=False, raw_latents=raw_latents)
+        with _video_bar(quiet) as progress:
+            result = encode_dataset_job(sources, out, options, model, backend, engine, workers, threads,
+                                        address, progress)
+    except KeyboardInterrupt:
+        interrupted(f"the videos finished are kept and listed in {out / 'index.jsonl'}")
+    typer.echo(result.summary())
+    if result.failed:
+        raise SystemExit(1)
