@@ -28,13 +28,29 @@ def train(
     init_from: Annotated[Path | None, typer.Option(
         "--init-from", help="Override [train] init_from: a trained model folder to start from (a FrameVAE "
                             "run for the temporal and causal3d designs).")] = None,
+    nproc: Annotated[int | None, typer.Option(
+        "--nproc", help="Train data-parallel on N processes: runs `torchrun --nproc-per-node N -m vae_deploy "
+                        "train ...` (the recipe's batch_size is per process).")] = None,
 ) -> None:
     """Train a VAE from a recipe; keeps the best epoch by validation loss, resumable."""
     from rich.console import Console
 
     from vae_deploy.cli.extras import train_extra
 
+    if nproc is not None:
+        with train_extra("train"):
+            from vae_deploy.training.jobs import launch_distributed
+
+            options = {"--epochs": epochs, "--out": out, "--data-dir": data_dir, "--seed": seed,
+                       "--max-steps": max_steps, "--device": device, "--threads": threads,
+                       "--max-minutes": max_minutes, "--init-from": init_from}
+            args = [str(recipe), *(["--resume"] if resume else [])]
+            args += [part for name, value in options.items() if value is not None
+                     for part in (name, str(value))]
+            code = launch_distributed(nproc, args)
+        raise typer.Exit(code)
     with train_extra("train"):
+        from vae_deploy.training.distributed import World
         from vae_deploy.training.jobs import train_job
 
         result = train_job(recipe, out, data_dir=data_dir, resume=resume, epochs=epochs, seed=seed,
@@ -42,4 +58,5 @@ def train(
                            init_from=init_from, console=Console(stderr=True))
     best = (f"best epoch {result.best_epoch} (valid loss {result.best_valid_loss:.3f})"
             if result.best_epoch is not None else "no finished epoch yet")
-    print(f"{result.run_dir}: {result.epochs_done} epochs, {result.steps} steps, {best}")
+    if World.from_env().is_main:  # torchrun: rank 0 reports for all
+        print(f"{result.run_dir}: {result.epochs_done} epochs, {result.steps} steps, {best}")

@@ -6,13 +6,20 @@ function and prints its result; a program can call it the same way.
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 from rich.console import Console
 
+from vae_deploy.errors import ConfigError
 from vae_deploy.training.config import load_recipe
 from vae_deploy.training.trainer import TrainResult, train
 
+DEBUG_VARIABLE = "VAE_DEPLOY_DEBUG"  # cli/app.py's: show tracebacks (here: torchrun's failure report)
+TORCH_LOG_LINE = re.compile(r"[IWEF]\d{4} [\d:.]+ +\d+ \S*torch/")  # torchrun's log lines (glog style)
 RUNS_DIR = Path("runs")  # where a run folder goes by default: runs/<recipe name>
 
 
@@ -30,3 +37,37 @@ def train_job(recipe: Path, out: Path | None = None, *, data_dir: Path | None = 
     spec = spec.with_data_dir(data_dir.resolve() if data_dir is not None else None)
     out_dir = out if out is not None else RUNS_DIR / spec.name
     return train(spec, out_dir, resume=resume, console=console)
+
+
+def launch_distributed(nproc: int, train_args: list[str]) -> int:
+    """`vae-deploy train --nproc N`: run `torchrun --nproc-per-node N -m vae_deploy train ARGS` (the torch
+    launcher as `python -m torch.distributed.run`, on a free local port) and return its exit code. Each rank
+    trains its shard of every global batch (training/distributed.py); rank 0 writes the run folder."""
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be at least 1, got {nproc}")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "vae_deploy", "train", *train_args]
+    if os.environ.get(DEBUG_VARIABLE):
+        return subprocess.run(command, check=False).returncode  # everything, torchrun's report included
+    # The ranks' output goes through; torchrun's own logging and failure report (a traceback) do not, and
+    # the `error:` line every rank prints for the same bad input is printed once.
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    errors: set[str] = set()
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env) as process:
+        assert process.stderr is not None
+        for line in process.stderr:
+            if line.startswith("Traceback (most recent call last):"):
+                process.stderr.read()  # torchrun's ChildFailedError: the ranks already said what failed
+                break
+            if TORCH_LOG_LINE.match(line):
+                continue
+            if line.startswith("error: "):
+                if line in errors:
+                    continue
+                errors.add(line)
+            sys.stderr.write(line)
+            sys.stderr.flush()
+    if process.returncode != 0 and not errors:
+        sys.stderr.write(f"error: a training process failed (torchrun exit code {process.returncode}); "
+                         f"rerun with {DEBUG_VARIABLE}=1 for torchrun's report\n")
+    return process.returncode

@@ -40,6 +40,7 @@ from vae_deploy.errors import ConfigError, ModelFormatError
 from vae_deploy.files import removing_new_folders
 from vae_deploy.models.checkpoint import load_model, load_state, read_config, save_model, save_state
 from vae_deploy.models.registry import build_model
+from vae_deploy.training import distributed
 from vae_deploy.training.config import TrainConfig, TrainRecipe, recipe_differences
 from vae_deploy.training.device import resolve_device
 from vae_deploy.training.evaluation import average_loss
@@ -166,7 +167,10 @@ class Trainer:
         self.deadline = None if minutes is None else time.perf_counter() + self.budget_seconds
         self.recipe = recipe
         self.run = RunFolder(Path(out_dir))
+        self.world = distributed.World.from_env()  # torchrun's ranks (training/distributed.py)
         self.console = console or Console(stderr=True)
+        if not self.world.is_main:
+            self.console = Console(quiet=True)  # rank 0 alone prints and writes
         has_state = self.run.state.is_file()
         if resume and not self.run.root.is_dir():
             raise ConfigError(f"--resume: there is no run folder {self.run.root} to continue; drop --resume "
@@ -182,14 +186,16 @@ class Trainer:
             self.console.print(f"--resume: {self.run.root} has no finished epoch yet; starting at epoch 0",
                                highlight=False)
         resume = resume and has_state
-        self.run.ensure()  # an unwritable output folder fails here, before any data is read
-        self.run.remove_partial_files()
+        if self.world.is_main:
+            self.run.ensure()  # an unwritable output folder fails here, before any data is read
+            self.run.remove_partial_files()
         stored = load_state(self.run.state) if resume else None
         if stored is not None:
             self._check_resumable(stored)
 
         train = recipe.train
-        self.device = resolve_device(train.device)
+        self.device = distributed.rank_device(resolve_device(train.device), self.world)
+        distributed.init(self.world, self.device)
         if train.threads is not None:
             torch.set_num_threads(train.threads)
         torch.manual_seed(train.seed)
@@ -198,8 +204,12 @@ class Trainer:
             warm_start(self.model, Path(train.init_from))
         self.model.to(self.device)
         self.optimizer = make_optimizer(self.model, train, self.device)
-        self.task: Task = build_task(recipe.data_kind, recipe.data, train, self.device)
+        # N ranks: the task batches the global batch, each rank trains on its shard of every batch
+        task_train = distributed.global_train_config(train, self.world)
+        self.task: Task = build_task(recipe.data_kind, recipe.data, task_train, self.device)
         self.task.check_model(self.model)
+        distributed.check_task(self.task.num_train, task_train.batch_size, self.world)
+        self.loss_module = distributed.wrap(self.task, self.model, self.world, self.device)
 
         self.next_epoch = 0
         self.step = 0
@@ -216,6 +226,10 @@ class Trainer:
         if stored.get("version") != STATE_VERSION:
             raise ModelFormatError(f"{self.run.state} has state version {stored.get('version')}, "
                                    f"this vae-deploy reads {STATE_VERSION}")
+        stored_world = stored.get("world_size", 1)
+        if stored_world != self.world.size:
+            raise ConfigError(f"--resume: the run in {self.run.root} trained on {stored_world} process(es), "
+                              f"this is {self.world.size}: the global batch would change")
         diffs = recipe_differences(stored["recipe"], self.recipe.to_dict())
         if diffs:
             more = f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else ""
@@ -236,6 +250,8 @@ class Trainer:
         self.best_loss = stored["best_loss"]
         self.history = list(stored["history"])
         self.lr_progress = float(stored.get("lr_progress", 0.0))
+        if not self.world.is_main:
+            return
         # Repair what an interruption between the state file and the other files may have left behind.
         self.run.write_metrics(self.history)
         if self.best_epoch == self.next_epoch - 1 and self._saved_best_epoch() != self.best_epoch:
@@ -250,6 +266,8 @@ class Trainer:
     # ------------------------------------------------------------------ saving
 
     def _save_state(self, epoch: int) -> None:
+        if not self.world.is_main:
+            return
         save_state(self.run.state, {
             "version": STATE_VERSION,
             "recipe": self.recipe.to_dict(),
@@ -262,15 +280,19 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "rng": _rng_state(),
+            **({"world_size": self.world.size} if self.world.distributed else {}),
         })
 
     def _save_best(self, record: dict, partial: bool = False) -> None:
+        if not self.world.is_main:
+            return
         save_model(self.run.root, self.model, extra={
             "recipe": self.recipe.to_dict(),
             "epoch": None if partial else record["epoch"],
             "valid_loss": None if partial else record["valid_loss"],
             "steps": self.step,
             "partial": partial,
+            **self.world.record(self.recipe.train.batch_size),
         })
 
     # ------------------------------------------------------------------ the loop
@@ -285,9 +307,10 @@ class Trainer:
         samples = 0
         done = 0
         for batch in self.task.train_batches(epoch_shuffle_generator()):
-            total, parts, n = self.task.loss(self.model, batch)
+            batch, offset, global_n = distributed.shard(batch, self.world)  # one process: the whole batch
+            total, parts, n = self.loss_module(batch, offset, global_n)  # self.task.loss(self.model, batch)
             self.optimizer.zero_grad(set_to_none=True)
-            (total / n).backward()
+            distributed.scaled_loss(total, global_n, self.world).backward()  # one process: total / n
             if self.recipe.train.lr_final is not None:
                 self._set_lr(steps_in_epoch)
             self.optimizer.step()
@@ -306,6 +329,7 @@ class Trainer:
                 return {}, samples, False
             if self._out_of_time():
                 break  # train.max_minutes: this epoch ends here and is validated and saved as usual
+        sums, samples = distributed.sum_over_ranks(sums, samples, self.world)
         means = (sums / samples).tolist() if sums is not None else [math.nan] * (len(names) + 1)
         return {"loss": means[0], **dict(zip(names, means[1:], strict=True))}, samples, True
 
@@ -317,14 +341,17 @@ class Trainer:
         train = self.recipe.train
         progress = self.step / max(1, train.epochs * steps_per_epoch - 1)
         if self.deadline is not None:
-            progress = max(progress, 1.0 - (self.deadline - time.perf_counter()) / self.budget_seconds)
+            spent = 1.0 - (self.deadline - time.perf_counter()) / self.budget_seconds
+            progress = max(progress, distributed.rank0_value(spent, self.world, self.device))
         self.lr_progress = min(1.0, max(self.lr_progress, progress))
         lr = train.lr_final + (train.lr - train.lr_final) * 0.5 * (1.0 + math.cos(math.pi * self.lr_progress))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
     def _out_of_time(self) -> bool:
-        return self.deadline is not None and time.perf_counter() >= self.deadline
+        if self.deadline is None:
+            return False
+        return bool(distributed.rank0_value(time.perf_counter() >= self.deadline, self.world, self.device))
 
     def fit(self, on_step: Callable[[int], None] | None = None,
             on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
@@ -357,7 +384,8 @@ class Trainer:
                 valid = average_loss(self.task, self.model, self.task.valid_batches())
                 record = {"epoch": epoch, **{f"train_{k}": v for k, v in means.items()},
                           **{f"valid_{k}": v for k, v in valid.items() if k != "samples"},
-                          "seconds": round(time.perf_counter() - started, 3), "steps": self.step}
+                          "seconds": round(time.perf_counter() - started, 3), "steps": self.step,
+                          **self.world.record(train.batch_size)}
                 self.history.append(record)
                 improved = self.best_loss is None or record["valid_loss"] < self.best_loss
                 if improved:
@@ -366,7 +394,8 @@ class Trainer:
                 self._save_state(epoch)
                 if improved:
                     self._save_best(record)
-                self.run.write_metrics(self.history)
+                if self.world.is_main:
+                    self.run.write_metrics(self.history)
                 bar.epoch_done(record, improved)
                 self.next_epoch = epoch + 1
                 if on_epoch is not None:
@@ -394,6 +423,9 @@ def train(recipe: TrainRecipe, out_dir: Path, resume: bool = False, console: Con
     A run that fails or is stopped before it wrote anything (a full disk at the first checkpoint, a bad
     recipe found while loading data) leaves no empty run folder behind: the folders this call created are
     removed again while they are empty."""
-    with removing_new_folders(Path(out_dir)):
-        return Trainer(recipe, out_dir, resume=resume, console=console).fit(on_step=on_step,
-                                                                           on_epoch=on_epoch)
+    try:
+        with removing_new_folders(Path(out_dir)):
+            return Trainer(recipe, out_dir, resume=resume, console=console).fit(on_step=on_step,
+                                                                               on_epoch=on_epoch)
+    finally:
+        distributed.shutdown()  # torchrun's ranks: leave the process group (an error here ends every rank)
