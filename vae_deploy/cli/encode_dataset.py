@@ -8,8 +8,6 @@ in the index). No torch is imported.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -26,33 +24,9 @@ from vae_deploy.cli.options import (
     RawLatentsOption,
     SizeOption,
     interrupted,
+    progress_bar,
 )
 from vae_deploy.runtime.registry import DEFAULT_BACKEND
-
-
-@contextlib.contextmanager
-def _video_bar(quiet: bool) -> Iterator:
-    """A progress bar over videos on stderr; yields the callback (videos finished, videos in the batch)."""
-    if quiet:
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    progress = Progress(TextColumn("encode-dataset"), BarColumn(), MofNCompleteColumn(), TextColumn("videos"),
-                        TimeElapsedColumn(), console=Console(stderr=True))
-    task = progress.add_task("videos", total=None)
-
-    def update(done: int, total: int) -> None:
-        if not progress.live.is_started:
-            progress.start()
-        progress.update(task, completed=done, total=total)
-
-    try:
-        yield update
-    finally:
-        if progress.live.is_started:
-            progress.stop()
 
 
 def encode_dataset(
@@ -90,7 +64,7 @@ def encode_dataset(
     try:
         options = StreamOptions(chunk=chunk, short_side=size, fit=fit, max_frames=max_frames, fps=fps,
                                 measure=False, raw_latents=raw_latents)
-        with _video_bar(quiet) as progress:
+        with progress_bar("encode-dataset", quiet, unit="videos") as progress:
             result = encode_dataset_job(sources, out, options, model, backend, engine, workers, threads,
                                         address, progress)
     except KeyboardInterrupt:

@@ -66,8 +66,9 @@ def parse_sizes(text: str | None, option: str) -> tuple[int, ...] | None:
 
 
 @contextlib.contextmanager
-def progress_bar(what: str, quiet: bool) -> Iterator:
-    """A frames/s progress bar on stderr; yields the callback a job calls with (frames done, total or None).
+def progress_bar(what: str, quiet: bool, unit: str = "frames") -> Iterator:
+    """A progress bar on stderr counting `unit` (frames, or videos for a batch) with its rate; yields the
+    callback a job calls with (done, total or None).
 
     The bar appears with the first finished chunk, so an error found while setting up prints alone.
     """
@@ -80,7 +81,7 @@ def progress_bar(what: str, quiet: bool) -> Iterator:
     class Rate(TextColumn):
         def render(self, task):
             speed = task.finished_speed or task.speed
-            return super().render(task) if speed is None else f"{speed:6.1f} frames/s"
+            return super().render(task) if speed is None else f"{speed:6.1f} {unit}/s"
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(""),
                         TimeElapsedColumn(), console=Console(stderr=True))
