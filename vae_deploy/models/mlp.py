@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vae_deploy.models.noise import eps_like
+
 
 @dataclass
 class MLPVAEConfig:
@@ -71,7 +73,7 @@ class MLPVAE(nn.Module):
     @staticmethod
     def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
         """z = mu + eps * sigma with eps ~ N(0, I): the reparameterization trick (Kingma & Welling, 2014)."""
-        eps = torch.randn_like(mu)
+        eps = eps_like(mu)  # torch.randn_like(mu), or a data-parallel rank's rows (models/noise.py)
         return mu + eps * torch.exp(logvar / 2)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

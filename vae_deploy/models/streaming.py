@@ -28,11 +28,12 @@ import torch
 from torch import nn
 
 from vae_deploy.errors import ConfigError, InputShapeError
+from vae_deploy.models.noise import eps_like
 
 
 def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """z = mu + eps * sigma, eps ~ N(0, I): the reparameterization trick (Kingma & Welling, 2014)."""
-    return mu + torch.randn_like(mu) * torch.exp(logvar / 2)
+    return mu + eps_like(mu) * torch.exp(logvar / 2)  # torch.randn_like(mu) in one process (models/noise.py)
 
 
 def pad_time(video: torch.Tensor, multiple: int) -> torch.Tensor:

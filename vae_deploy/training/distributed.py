@@ -15,9 +15,10 @@ nothing here changes the trainer's numbers). With N > 1 the trainer:
   `loss_sum_rank * N / global_batch`, so the average over ranks is exactly `loss_sum_global / global_batch`
   (also for an uneven last batch);
 - draws the sampling noise of the whole global batch on every rank and keeps its own rows
-  (`global_noise`): rank r's sample i gets the same eps as sample i of the one-process run, and every rank's
-  RNG stays in step. Together: N ranks at per-rank batch B end with the parameters of one process at batch
-  N x B, up to float rounding (tests/training/test_distributed.py);
+  (models/noise.py `global_batch_rows`, around each rank's loss): rank r's sample i gets the same eps as
+  sample i of the one-process run, and every rank's RNG stays in step. Together: N ranks at per-rank
+  batch B end with the parameters of one process at batch N x B, up to float rounding
+  (tests/training/test_distributed.py);
 - writes checkpoints, metrics and plots on rank 0 only (`World.is_main`).
 
 Validation runs whole on every rank (the same numbers everywhere, so every rank agrees on the best epoch
@@ -26,10 +27,8 @@ and draws the same noise). A failing rank exits non-zero; torchrun then ends the
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -38,6 +37,7 @@ import torch
 from torch import nn
 
 from vae_deploy.errors import ConfigError
+from vae_deploy.models.noise import global_batch_rows
 
 TIMEOUT_VARIABLE = "VAE_DEPLOY_DIST_TIMEOUT"  # seconds a collective may wait for the other ranks
 DEFAULT_TIMEOUT_S = 600.0  # long enough for rank 0 to write a checkpoint while the others wait
@@ -139,27 +139,6 @@ def scaled_loss(total: torch.Tensor, global_n: int, world: World) -> torch.Tenso
     return total * (world.size / global_n)
 
 
-@contextlib.contextmanager
-def global_noise(offset: int, local_n: int, global_n: int) -> Iterator[None]:
-    """Inside: torch.randn_like(x) for x with this rank's batch rows draws the noise of the whole global
-    batch and returns this rank's rows (the models sample eps with torch.randn_like)."""
-    original = torch.randn_like
-
-    def randn_like(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if args or x.dim() == 0 or x.shape[0] != local_n:
-            return original(x, *args, **kwargs)
-        kwargs.setdefault("dtype", x.dtype)
-        kwargs.setdefault("device", x.device)
-        kwargs.pop("memory_format", None)
-        return torch.randn((global_n, *x.shape[1:]), **kwargs)[offset:offset + local_n]
-
-    torch.randn_like = randn_like
-    try:
-        yield
-    finally:
-        torch.randn_like = original
-
-
 class LossModule(nn.Module):
     """The task's loss as a module, so that DistributedDataParallel sees the whole step as one forward
     (also for tasks whose loss calls the model's step form instead of forward)."""
@@ -172,7 +151,7 @@ class LossModule(nn.Module):
     def forward(self, batch: torch.Tensor, offset: int, global_n: int):
         if int(batch.shape[0]) == global_n:
             return self.task.loss(self.model, batch)
-        with global_noise(offset, int(batch.shape[0]), global_n):
+        with global_batch_rows(offset, int(batch.shape[0]), global_n):
             return self.task.loss(self.model, batch)
 
 
