@@ -385,10 +385,17 @@ def _fill_common(report: StreamReport, runner: Runner, info: VideoModelInfo, pol
     report.compression_ratio = compression_ratio((h, w, info.channels), lc * lh * lw / info.temporal_factor)
 
 
-def _finish_source(report: StreamReport, source: FrameSource, count: int, options: StreamOptions) -> None:
+def _expected_frames(source: FrameSource, options: StreamOptions) -> int | None:
+    """The frames a run will read: what the source says it holds (None when it does not say), capped by
+    --max-frames."""
     expected = source.frame_count
     if expected is not None and options.max_frames is not None:
         expected = min(expected, options.max_frames)
+    return expected
+
+
+def _finish_source(report: StreamReport, source: FrameSource, count: int, options: StreamOptions) -> None:
+    expected = _expected_frames(source, options)
     report.expected_frames = expected
     report.truncated = bool(expected is not None and count < expected and not report.interrupted)
 
@@ -429,9 +436,7 @@ def run_video(runner: Runner, source: FrameSource, options: StreamOptions | None
         return _Coded(chunk, latents, recon, time.perf_counter() - start)
 
     w, h = policy.source_size
-    known = source.frame_count  # when the source says: an image output refuses a longer one before any work
-    if known is not None and options.max_frames is not None:
-        known = min(known, options.max_frames)
+    known = _expected_frames(source, options)  # an image output refuses a longer source before any work
     with contextlib.ExitStack() as stack:
         video = side = latents = None
         if outputs.video is not None:
