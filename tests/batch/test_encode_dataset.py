@@ -6,6 +6,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -152,3 +157,58 @@ def test_ray_engine_matches_serial_encode(clips, serial, tmp_path):
     out = tmp_path / "latents"
     result = _encode_dataset(clips, "--out", out, "--engine", "ray", "--workers", "2")
     _check_batch(result, out, serial)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """A running single-node Ray cluster, as `ray start --head` makes one on a head node (with token
+    authentication on, as Ray >= 2.59 does for a local cluster); its address. Run with --block in a session
+    of its own so that only this cluster's processes are stopped afterwards (`ray stop` would stop every
+    Ray on the machine)."""
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("ray is not installed (pip install 'vae-deploy[ray]')")
+    port = _free_port()
+    head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
+                             "--port", str(port), "--num-cpus", "2", "--include-dashboard", "false",
+                             "--disable-usage-stats"], env={**os.environ, "RAY_AUTH_MODE": "token"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert head.poll() is None, "ray start --head exited"
+            time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+
+
+def test_ray_engine_joins_a_running_cluster(clips, serial, ray_head, tmp_path, monkeypatch):
+    """--address joins the cluster (the token from the environment, as Ray's docs say), with files equal
+    to a serial encode; without --address a batch starts a Ray of its own even while this one runs; and a
+    driver without the token gets one line saying how to give it."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    out = tmp_path / "joined"
+    _check_batch(_encode_dataset(clips, "--out", out, "--engine", "ray", "--address", ray_head,
+                                 "--workers", "2"), out, serial)
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    own = tmp_path / "own"
+    _check_batch(_encode_dataset(clips, "--out", own, "--engine", "ray", "--workers", "2"), own, serial)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    refused = _encode_dataset(clips / "one.mp4", "--out", tmp_path / "refused", "--engine", "ray",
+                              "--address", ray_head)
+    assert_one_line_error(refused, f"cannot connect to the Ray cluster at {ray_head}: the cluster asks for "
+                                   "its authentication token: set RAY_AUTH_MODE=token", 2)
+    assert not (tmp_path / "refused").exists()

@@ -22,6 +22,10 @@ from vae_deploy.errors import ConfigError, VaeDeployError
 INSTALL_HINT = "pip install 'vae-deploy[ray]'"
 CONNECT_TIMEOUT_S = 10.0  # how long an --address gets to accept a TCP connection
 GPU_BACKENDS = ("ort-cuda", "tensorrt", "torch-cuda")
+# `ray start` turns token authentication on (Ray >= 2.59 for a local cluster); a driver sends the token
+# only when RAY_AUTH_MODE=token is set in its environment.
+TOKEN_HINT = ("the cluster asks for its authentication token: set RAY_AUTH_MODE=token, with the token in "
+              "~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH (Ray's token authentication docs)")
 
 
 def ray_module(address: str | None = None):
@@ -52,6 +56,16 @@ def check_address(address: str) -> None:
     except OSError as exc:
         reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
         raise VaeDeployError(f"cannot reach the Ray cluster at {address}: {reason}") from None
+
+
+def _asks_for_token(exc: BaseException) -> bool:
+    """Whether the cluster refused us for want of its token (Ray wraps the AuthenticationError in a
+    ConnectionError, and its text in a RuntimeError's, by version)."""
+    while exc is not None:
+        if type(exc).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 @contextlib.contextmanager
@@ -91,10 +105,14 @@ class RayEngine:
                 with _quiet_stderr():  # Ray's C++ core prints a line per failed retry: we print one
                     ray.init(address=self.address, logging_level="ERROR", log_to_driver=False)
             except Exception as exc:  # Ray raises ConnectionError, RuntimeError... by version
-                raise VaeDeployError(f"cannot connect to the Ray cluster at {self.address}: {exc}") from None
+                reason = TOKEN_HINT if _asks_for_token(exc) else str(exc)
+                raise VaeDeployError(f"cannot connect to the Ray cluster at {self.address}: {reason}") \
+                    from None
         else:
-            ray.init(num_cpus=max(os.cpu_count() or 1, self.workers * threads), include_dashboard=False,
-                     logging_level="ERROR", log_to_driver=False)
+            # address="local": a Ray of its own even when one already runs here (ray.init() would join
+            # that one, and refuse num_cpus); joining a running Ray is what --address is for.
+            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, self.workers * threads),
+                     include_dashboard=False, logging_level="ERROR", log_to_driver=False)
         gpus = 1 if self.settings.backend in GPU_BACKENDS else 0
         actor = ray.remote(num_cpus=threads, num_gpus=gpus)(_Actor)
         from ray.util import ActorPool
