@@ -106,13 +106,15 @@ class StillSet:
                                   f"{travel} px (lower crop or still_pan)")
 
     def random_clips(self, batch: int, clip_len: int, crop: int, max_pan: int,
-                     generator: torch.Generator) -> torch.Tensor:
+                     generator: torch.Generator, rows: range | None = None) -> torch.Tensor:
         """`batch` clips (B, T, 3, crop, crop) in [0, 1]: a random photo, a random pan velocity (vx, vy),
         each a whole number of pixels per frame in [-max_pan, max_pan], and a random start such that the
-        window stays inside the photo for all T frames."""
+        window stays inside the photo for all T frames. With `rows` (a data-parallel rank's part of the
+        batch) only those clips are cut; every clip's draws are made."""
         self.check_fits(clip_len, crop, max_pan)
+        rows = rows if rows is not None else range(batch)
         clips = []
-        for _ in range(batch):
+        for row in range(batch):
             image = self.images[int(torch.randint(0, len(self.images), (1,), generator=generator))]
             _, h, w = image.shape
             vy, vx = (int(v) for v in torch.randint(-max_pan, max_pan + 1, (2,), generator=generator))
@@ -122,6 +124,10 @@ class StillSet:
                                    generator=generator))
             x0 = int(torch.randint(max(0, -travel_x), w - crop - max(0, travel_x) + 1, (1,),
                                    generator=generator))
+            if row not in rows:
+                continue  # another rank's clip
             clips.append(torch.stack([image[:, y0 + t * vy:y0 + t * vy + crop, x0 + t * vx:x0 + t * vx + crop]
                                       for t in range(clip_len)]))
+        if not clips:
+            return torch.empty((0, clip_len, self.images[0].shape[0], crop, crop))
         return torch.stack(clips).float().div_(255.0)

@@ -207,22 +207,29 @@ class ClipSet:
                 raise ConfigError(f"{name} is {w}x{h}, smaller than the {crop}x{crop} crop (raise short_side "
                                   f"or lower crop)")
 
-    def random_clips(self, batch: int, clip_len: int, crop: int, generator: torch.Generator) -> torch.Tensor:
+    def random_clips(self, batch: int, clip_len: int, crop: int, generator: torch.Generator,
+                     rows: range | None = None) -> torch.Tensor:
         """`batch` random windows of `clip_len` frames, each a random square crop: (B, T, 3, crop, crop).
 
         Every window of every video is equally likely (videos are weighted by how many windows they have).
+        With `rows` (a data-parallel rank's part of the batch) only those clips are cut: every clip's
+        position is drawn, so the generator ends where it ends for the whole batch.
         """
         self.check_fits(clip_len, crop)
+        rows = rows if rows is not None else range(batch)
         windows = torch.tensor([v.shape[0] - clip_len + 1 for v in self.videos], dtype=torch.float64)
         picks = torch.multinomial(windows, batch, replacement=True, generator=generator)
         clips = []
-        for i in picks.tolist():
+        for row, i in enumerate(picks.tolist()):
             video = self.videos[i]
             t, _, h, w = video.shape
             t0 = int(torch.randint(0, t - clip_len + 1, (1,), generator=generator))
             y0 = int(torch.randint(0, h - crop + 1, (1,), generator=generator))
             x0 = int(torch.randint(0, w - crop + 1, (1,), generator=generator))
-            clips.append(video[t0:t0 + clip_len, :, y0:y0 + crop, x0:x0 + crop])
+            if row in rows:
+                clips.append(video[t0:t0 + clip_len, :, y0:y0 + crop, x0:x0 + crop])
+        if not clips:
+            return torch.empty((0, clip_len, self.videos[0].shape[1], crop, crop))
         return _to_float(torch.stack(clips))
 
     def center_clips(self, clip_len: int, crop: int, max_per_video: int | None = None) -> torch.Tensor:

@@ -21,7 +21,21 @@ def eps_like(mu: torch.Tensor) -> torch.Tensor:
     if _rows is None or mu.dim() == 0 or mu.shape[0] != _rows[1]:
         return torch.randn_like(mu)
     offset, local_n, global_n = _rows
-    return torch.randn((global_n, *mu.shape[1:]), dtype=mu.dtype, device=mu.device)[offset:offset + local_n]
+    return torch.randn_like(_global_batch_like(mu, global_n))[offset:offset + local_n]
+
+
+def _global_batch_like(mu: torch.Tensor, global_n: int) -> torch.Tensor:
+    """An empty tensor of the global batch laid out in memory as `torch.randn_like` lays out `mu`.
+
+    randn_like keeps a tensor's memory format (channels-last conv outputs, chunks of them) and draws in
+    memory order, so eps of the same shape in another layout holds the same numbers at other positions: a
+    contiguous draw gave a channels-last FrameVAE's rank other noise than one process (max abs 4.1). The
+    batch dim goes outermost, as in the models' outputs, so that the global draw's rows are the samples'."""
+    strides = torch.empty_like(mu).stride()  # randn_like's layout for mu (dense, in mu's dim order)
+    order = [0, *sorted(range(1, mu.dim()), key=lambda d: -strides[d])]  # outermost first
+    shape = (global_n, *mu.shape[1:])
+    laid_out = torch.empty([shape[d] for d in order], dtype=mu.dtype, device=mu.device)
+    return laid_out.permute([order.index(d) for d in range(mu.dim())])
 
 
 @contextlib.contextmanager

@@ -9,7 +9,11 @@ nothing here changes the trainer's numbers). With N > 1 the trainer:
 - builds its task with the GLOBAL batch (`global_train_config`: the recipe's batch_size is per rank, the
   global batch is batch_size x N) so that every rank sees the same global batches in the same order as one
   process at the global batch would (all ranks draw the same random numbers from the same seed);
-- takes its contiguous part of each global batch, in rank order (`shard`);
+- reads only its contiguous rows of each global batch, in rank order (`World.rows`): the task draws the
+  random numbers of the whole global batch (shuffle order, clip windows, crops, flips), so every rank's
+  generator stays in step, but cuts, generates and moves to the device only this rank's samples (MNIST
+  images, Moving MNIST sequences, video clips; the decoded videos themselves are the pool every rank's
+  random windows come from, so each rank holds them all); `shard` checks the rows;
 - runs the loss inside DistributedDataParallel (`LossModule`, `wrap`), which averages gradients over
   ranks. The seed's step is `loss_sum / batch`; `scaled_loss` makes each rank's loss
   `loss_sum_rank * N / global_batch`, so the average over ranks is exactly `loss_sum_global / global_batch`
@@ -74,6 +78,15 @@ class World:
         """The rank that writes the run folder and prints progress."""
         return self.rank == 0
 
+    def rows(self, total: int) -> range:
+        """This rank's contiguous rows of a global batch of `total`, in rank order (torch.tensor_split's
+        sizes: the first total % N ranks take one row more); all of them for one process."""
+        if not self.distributed:
+            return range(total)
+        base, extra = divmod(total, self.size)
+        start = self.rank * base + min(self.rank, extra)
+        return range(start, start + base + (self.rank < extra))
+
     def record(self, batch_size: int) -> dict[str, int]:
         """What a distributed run adds to its metrics and checkpoint config; nothing for one process."""
         if not self.distributed:
@@ -121,14 +134,17 @@ def check_task(num_train: int, global_batch: int, world: World) -> None:
                           f"than one sample per rank; use fewer processes or change the batch size or data")
 
 
-def shard(batch: torch.Tensor, world: World) -> tuple[torch.Tensor, int, int]:
-    """(this rank's contiguous part of the global batch, its offset, the global batch size)."""
-    total = int(batch.shape[0])
-    if not world.distributed:
-        return batch, 0, total
-    sizes = [len(part) for part in torch.arange(total).tensor_split(world.size)]
-    offset = sum(sizes[:world.rank])
-    return batch[offset:offset + sizes[world.rank]], offset, total
+def shard(batch: torch.Tensor, global_n: int, world: World) -> tuple[torch.Tensor, int]:
+    """(this rank's rows of a global batch of `global_n`, their offset). A task that reads only this rank's
+    rows (Task.train_batches with `rows`) yields them already; one that yields the whole batch is cut here."""
+    rows = world.rows(global_n)
+    n = int(batch.shape[0])
+    if n == global_n and len(rows) < global_n:
+        return batch[rows.start:rows.stop], rows.start
+    if n != len(rows):
+        raise RuntimeError(f"rank {world.rank}: the task gave {n} rows of a global batch of {global_n}, "
+                           f"expected {len(rows)} (rows {rows.start}..{rows.stop - 1})")
+    return batch, rows.start
 
 
 def scaled_loss(total: torch.Tensor, global_n: int, world: World) -> torch.Tensor:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,12 +16,14 @@ from pathlib import Path
 from rich.console import Console
 
 from vae_deploy.errors import ConfigError
+from vae_deploy.interrupts import Terminated
 from vae_deploy.training.config import load_recipe
 from vae_deploy.training.trainer import TrainResult, train
 
 DEBUG_VARIABLE = "VAE_DEPLOY_DEBUG"  # cli/app.py's: show tracebacks (here: torchrun's failure report)
 TORCH_LOG_LINE = re.compile(r"[IWEF]\d{4} [\d:.]+ +\d+ \S*torch/")  # torchrun's log lines (glog style)
 RUNS_DIR = Path("runs")  # where a run folder goes by default: runs/<recipe name>
+STOP_TIMEOUT_S = 60.0  # after passing a stop on to torchrun: its ranks' grace (30 s) and some, then kill it
 
 
 def train_job(recipe: Path, out: Path | None = None, *, data_dir: Path | None = None, resume: bool = False,
@@ -47,27 +50,53 @@ def launch_distributed(nproc: int, train_args: list[str]) -> int:
         raise ConfigError(f"--nproc must be at least 1, got {nproc}")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "vae_deploy", "train", *train_args]
-    if os.environ.get(DEBUG_VARIABLE):
-        return subprocess.run(command, check=False).returncode  # everything, torchrun's report included
-    # The ranks' output goes through; torchrun's own logging and failure report (a traceback) do not, and
-    # the `error:` line every rank prints for the same bad input is printed once.
+    debug = bool(os.environ.get(DEBUG_VARIABLE))  # everything, torchrun's report included
+    # Otherwise the ranks' output goes through; torchrun's own logging and failure report (a traceback) do
+    # not, and the `error:` line every rank prints for the same bad input is printed once.
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     errors: set[str] = set()
-    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env) as process:
-        assert process.stderr is not None
-        for line in process.stderr:
-            if line.startswith("Traceback (most recent call last):"):
-                process.stderr.read()  # torchrun's ChildFailedError: the ranks already said what failed
-                break
-            if TORCH_LOG_LINE.match(line):
-                continue
-            if line.startswith("error: "):
-                if line in errors:
-                    continue
-                errors.add(line)
-            sys.stderr.write(line)
-            sys.stderr.flush()
+    with subprocess.Popen(command, stderr=None if debug else subprocess.PIPE, text=True, env=env) as process:
+        try:
+            if debug:
+                return process.wait()
+            assert process.stderr is not None
+            _relay_stderr(process.stderr, errors)
+        except KeyboardInterrupt as stop:
+            _stop_ranks(process, signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
+            raise  # the CLI prints the one `terminated` / `interrupted` line and exits 143 / 130
     if process.returncode != 0 and not errors:
         sys.stderr.write(f"error: a training process failed (torchrun exit code {process.returncode}); "
                          f"rerun with {DEBUG_VARIABLE}=1 for torchrun's report\n")
     return process.returncode
+
+
+def _relay_stderr(stream, errors: set[str]) -> None:
+    """Pass the ranks' stderr through, without torchrun's logging and failure report, and each distinct
+    `error:` line once (collected in `errors`)."""
+    for line in stream:
+        if line.startswith("Traceback (most recent call last):"):
+            stream.read()  # torchrun's ChildFailedError: the ranks already said what failed
+            return
+        if TORCH_LOG_LINE.match(line):
+            continue
+        if line.startswith("error: "):
+            if line in errors:
+                continue
+            errors.add(line)
+        sys.stderr.write(line)
+        sys.stderr.flush()
+
+
+def _stop_ranks(process: subprocess.Popen, signum: int) -> None:
+    """Ctrl-C reaches every process of the terminal's group, but SIGTERM (`docker stop`, systemd, a job
+    scheduler) reaches the launcher alone: pass the signal on to torchrun, which passes it to every rank
+    (each ends like a one-process run: finished epochs kept) and kills what has not ended after its own
+    30 s. Their output meanwhile is read and dropped (every rank would report the stop; the CLI says it
+    once): left unread, a full pipe would block a rank's last words, and a closed one would end the ranks
+    with broken-pipe errors instead of the signal."""
+    process.send_signal(signum)
+    try:
+        process.communicate(timeout=STOP_TIMEOUT_S)
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):  # torchrun hung, or a second Ctrl-C
+        process.kill()
+        process.wait()

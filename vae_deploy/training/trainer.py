@@ -306,8 +306,11 @@ class Trainer:
         names: list[str] = []
         samples = 0
         done = 0
-        for batch in self.task.train_batches(epoch_shuffle_generator()):
-            batch, offset, global_n = distributed.shard(batch, self.world)  # one process: the whole batch
+        # N ranks: each task reads only this rank's rows of every global batch (distributed.World.rows)
+        rows = self.world.rows if self.world.distributed else None
+        batches = self.task.train_batches(epoch_shuffle_generator(), rows)
+        for global_n, batch in zip(self.task.batch_sizes(), batches, strict=True):
+            batch, offset = distributed.shard(batch, global_n, self.world)  # one process: the whole batch
             total, parts, n = self.loss_module(batch, offset, global_n)  # self.task.loss(self.model, batch)
             self.optimizer.zero_grad(set_to_none=True)
             distributed.scaled_loss(total, global_n, self.world).backward()  # one process: total / n

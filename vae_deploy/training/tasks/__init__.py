@@ -7,7 +7,7 @@ kind of data (video clips, NTCHW, MSE reconstruction) is one new Task subclass r
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -38,9 +38,18 @@ class Task:
         batch = self.train_config.batch_size
         return (self.num_train + batch - 1) // batch
 
-    def train_batches(self, generator: torch.Generator) -> Iterator[Any]:
-        """One epoch of shuffled training batches; all shuffling draws from `generator` (its state is
-        checkpointed, so a resumed run sees the same order)."""
+    def batch_sizes(self) -> list[int]:
+        """The size of every training batch of an epoch, in order (the last one may be smaller)."""
+        batch = self.train_config.batch_size
+        return [min(batch, self.num_train - start) for start in range(0, self.num_train, batch)]
+
+    def train_batches(self, generator: torch.Generator,
+                      rows: Callable[[int], range] | None = None) -> Iterator[Any]:
+        """One epoch of shuffled training batches of `batch_sizes()`; all shuffling draws from `generator`
+        (its state is checkpointed, so a resumed run sees the same order). With `rows` (a data-parallel
+        rank's World.rows), each batch is only rows(batch size) of that batch: the random numbers of the
+        whole batch are drawn all the same (every rank's generator stays in step) but only these samples are
+        read or made."""
         raise NotImplementedError
 
     def in_order(self, data: torch.Tensor) -> Iterator[torch.Tensor]:

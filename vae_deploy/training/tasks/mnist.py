@@ -7,7 +7,7 @@ so an epoch costs only the model's own work. Layout: batches are NCHW (B, 1, 28,
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -76,11 +76,16 @@ class MnistTask(Task):
     def num_train(self) -> int:
         return int(self.train_images.shape[0])
 
-    def train_batches(self, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    def train_batches(self, generator: torch.Generator,
+                      rows: Callable[[int], range] | None = None) -> Iterator[torch.Tensor]:
         batch = self.train_config.batch_size
         perm = torch.randperm(self.num_train, generator=generator).to(self.device)
         for start in range(0, self.num_train, batch):
-            yield self.train_images.index_select(0, perm[start:start + batch])
+            picked = perm[start:start + batch]
+            if rows is not None:
+                mine = rows(len(picked))
+                picked = picked[mine.start:mine.stop]
+            yield self.train_images.index_select(0, picked)
 
     def valid_batches(self) -> Iterator[torch.Tensor]:
         return self.in_order(self.valid_images)

@@ -14,7 +14,7 @@ Layout: NTCHW float32 in [0, 1], 1 channel (or the gray value repeated into 3 fo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -95,12 +95,16 @@ class MovingMnistTask(VideoTaskBase):
     def num_train(self) -> int:
         return self.config.sequences_per_epoch
 
-    def train_batches(self, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    def train_batches(self, generator: torch.Generator,
+                      rows: Callable[[int], range] | None = None) -> Iterator[torch.Tensor]:
         total, batch = self.config.sequences_per_epoch, self.train_config.batch_size
         for start in range(0, total, batch):
             n = min(batch, total - start)
-            indices = torch.randint(0, TRAIN_INDEX_RANGE, (n,), generator=generator)
-            yield self.train_data.batch(indices.tolist()).to(self.device)
+            indices = torch.randint(0, TRAIN_INDEX_RANGE, (n,), generator=generator).tolist()
+            if rows is not None:  # a data-parallel rank generates only its sequences
+                mine = rows(n)
+                indices = indices[mine.start:mine.stop]
+            yield self.train_data.batch(indices).to(self.device)
 
     def valid_batches(self) -> Iterator[torch.Tensor]:
         return self.in_order(self.valid_clips)

@@ -14,7 +14,7 @@ random clips, i.e. clips_per_epoch / batch_size optimizer steps, then a validati
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,22 +38,28 @@ from vae_deploy.video.io import open_source
 RECON_LOSSES = {"mse": mse_reconstruction, "bce": bce_reconstruction}
 
 
-def random_flip(clips: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Mirror each clip (B, T, C, H, W) left-right with probability 1/2: twice the scenes from two videos."""
-    flip = torch.rand(clips.shape[0], generator=generator) < 0.5
+def random_flip(clips: torch.Tensor, generator: torch.Generator, batch: int | None = None,
+                first: int = 0) -> torch.Tensor:
+    """Mirror each clip (B, T, C, H, W) left-right with probability 1/2: twice the scenes from two videos.
+    `clips` may be rows first.. of a batch of `batch` (a data-parallel rank's): the draws are the batch's."""
+    batch = clips.shape[0] if batch is None else batch
+    flip = (torch.rand(batch, generator=generator) < 0.5)[first:first + clips.shape[0]]
     if bool(flip.any()):
         clips = clips.clone()
         clips[flip] = clips[flip].flip(-1)
     return clips
 
 
-def random_dark_borders(clips: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:
+def random_dark_borders(clips: torch.Tensor, probability: float, generator: torch.Generator,
+                        batch: int | None = None, first: int = 0) -> torch.Tensor:
     """Give each clip (B, T, C, H, W), with `probability`, a dark band along one of its four edges: 1 to
     H // 8 pixels wide, one near-black grey (0 to 0.1, i.e. up to the limited-range video black of 16/255
     and a little above), the same in every frame. Real video often starts or ends in such a band
     (pillar- and letterboxing, the dark edge columns of digitized analog video); random crops of clips that
-    have none never show the decoder a sharp dark edge at the frame border."""
-    picked = (torch.rand(clips.shape[0], generator=generator) < probability).nonzero().flatten().tolist()
+    have none never show the decoder a sharp dark edge at the frame border. `clips` may be rows first.. of a
+    batch of `batch` (a data-parallel rank's): every clip's draws are made, only these clips get bands."""
+    batch = clips.shape[0] if batch is None else batch
+    picked = (torch.rand(batch, generator=generator) < probability).nonzero().flatten().tolist()
     if not picked:
         return clips
     clips = clips.clone()
@@ -62,9 +68,11 @@ def random_dark_borders(clips: torch.Tensor, probability: float, generator: torc
         edge = int(torch.randint(0, 4, (1,), generator=generator))
         width = int(torch.randint(1, max(1, height // 8) + 1, (1,), generator=generator))
         grey = float(torch.rand((), generator=generator)) * 0.1
+        if not first <= i < first + clips.shape[0]:
+            continue  # another rank's clip
         band = {0: (..., slice(0, width), slice(None)), 1: (..., slice(-width, None), slice(None)),
                 2: (..., slice(None), slice(0, width)), 3: (..., slice(None), slice(-width, None))}[edge]
-        clips[i][band] = grey
+        clips[i - first][band] = grey
     return clips
 
 
@@ -216,27 +224,37 @@ class VideoClipsTask(VideoTaskBase):
     def num_train(self) -> int:
         return self.config.clips_per_epoch
 
-    def train_batches(self, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    def train_batches(self, generator: torch.Generator,
+                      rows: Callable[[int], range] | None = None) -> Iterator[torch.Tensor]:
         c, batch = self.config, self.train_config.batch_size
         for start in range(0, c.clips_per_epoch, batch):
             n = min(batch, c.clips_per_epoch - start)
-            clips = self.random_clips(n, generator)
+            mine = rows(n) if rows is not None else range(n)  # a data-parallel rank cuts only its clips
+            clips = self.random_clips(n, generator, mine)
             if c.flip:
-                clips = random_flip(clips, generator)
+                clips = random_flip(clips, generator, n, mine.start)
             if c.dark_borders:
-                clips = random_dark_borders(clips, c.dark_borders, generator)
+                clips = random_dark_borders(clips, c.dark_borders, generator, n, mine.start)
             yield clips.to(self.device)
 
-    def random_clips(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """n training clips: from the videos, and with stills a random share of them pans over a photo."""
+    def random_clips(self, n: int, generator: torch.Generator, rows: range | None = None) -> torch.Tensor:
+        """n training clips: from the videos, and with stills a random share of them pans over a photo.
+        With `rows`, only those of the n clips (all n are drawn)."""
         c = self.config
         frames = c.burn_in + c.clip_len
+        rows = rows if rows is not None else range(n)
         if self.still_set is None:  # no draws beyond the videos': runs without stills keep their clips
-            return self.train_set.random_clips(n, frames, c.crop, generator)
+            return self.train_set.random_clips(n, frames, c.crop, generator, rows)
         n_stills = int((torch.rand(n, generator=generator) < c.stills_share).sum())
-        parts = [self.train_set.random_clips(n - n_stills, frames, c.crop, generator)] if n_stills < n else []
+        n_videos = n - n_stills  # clips 0..n_videos-1 come from the videos, the rest from the stills
+        video_rows = range(rows.start, min(rows.stop, n_videos))
+        still_rows = range(max(rows.start, n_videos) - n_videos, max(rows.stop, n_videos) - n_videos)
+        parts = []
+        if n_videos:
+            parts.append(self.train_set.random_clips(n_videos, frames, c.crop, generator, video_rows))
         if n_stills:
-            parts.append(self.still_set.random_clips(n_stills, frames, c.crop, c.still_pan, generator))
+            parts.append(self.still_set.random_clips(n_stills, frames, c.crop, c.still_pan, generator,
+                                                     still_rows))
         return torch.cat(parts)
 
     def valid_batches(self) -> Iterator[torch.Tensor]:
