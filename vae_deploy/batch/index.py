@@ -8,6 +8,8 @@
     seconds       wall time of this video in its worker
     error         why it failed (one line), or null
     truncated     the video ended before the frame count its container announced (encoded all that decoded)
+    shard         --format webdataset: the shard the video belongs to (`output` is then its member name); null
+                  for --format vaelat
 
 How it is written: append + fsync, not a whole rewrite per video. A batch of millions of clips would
 rewrite the whole file after every clip (quadratic); appending one line (a single os.write on an O_APPEND
@@ -15,6 +17,12 @@ descriptor) and fsyncing it costs the same at any size. The file stays readable 
 a torn last line is not valid JSON and is skipped when read, and a later line for the same output
 supersedes an earlier one. Each run starts by compacting the file (one line per output, torn lines
 dropped), written whole through files.write_text_atomic.
+
+One writer per folder: the batch holds an exclusive flock on DIR itself (folder_lock.py, taken in jobs.py
+before anything in DIR is read) while a BatchIndex is open. Two batches on one DIR would otherwise both
+compact and append: a compaction renamed over the file after the other's append drops that line, and both
+would encode the same videos. The second batch fails at once with one line naming the holder's pid, rather
+than waiting behind a batch that may run for hours.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from vae_deploy.files import write_text_atomic, writing
 
 INDEX_FILE = "index.jsonl"
 OK, FAILED = "ok", "failed"
-FIELDS = ("source", "output", "status", "frames", "latent_shape", "seconds", "error", "truncated")
+FIELDS = ("source", "output", "status", "frames", "latent_shape", "seconds", "error", "truncated", "shard")
 
 
 def read_index(path: Path) -> dict[str, dict]:
@@ -52,7 +60,8 @@ def _line(entry: dict) -> str:
 
 
 class BatchIndex:
-    """The index of one output folder: compacted when opened, then one appended line per finished video."""
+    """The index of one output folder (its caller holds the folder's lock): compacted when opened, then one
+    appended line per finished video."""
 
     def __init__(self, out_dir: Path):
         self.path = Path(out_dir) / INDEX_FILE

@@ -1,10 +1,13 @@
 """`vae-deploy encode-dataset` as a function: encode_dataset_job(sources, out_dir, ...) -> BatchResult.
 
-Steps: collect the videos (sources.py); check the model, backend and chunk once, here, so a mistake is one
-line rather than one failure per video; skip each video whose output is complete (its .vaelat opens with
-LatentReader, checksum included) and whose index entry is "ok"; hand the rest to an engine; record each
-result in the index as it comes back. An interrupt (Ctrl-C, SIGTERM) stops the engine and propagates as
-KeyboardInterrupt; everything recorded so far stays in the index.
+Steps: collect the videos (sources.py); check the options, the model, backend and chunk once, here, so a
+mistake is one line rather than one failure per video; check the folder's layout (layouts.py: a rerun with
+another --format or --shard-size is refused); let the layout skip each video whose output is complete (an
+"ok" index entry and a .vaelat that opens with LatentReader, checksum included, or a shard holding it);
+hand the rest to an engine; record each result in the index as it comes back, and let the layout act on it
+(webdataset packs a shard when its last video finished); with --index parquet, copy the index to
+index.parquet at the end (index_parquet.py). An interrupt (Ctrl-C, SIGTERM) stops the engine
+and propagates as KeyboardInterrupt; everything recorded so far stays in the index (and finished parts).
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vae_deploy.batch.folder_lock import FolderLock
 from vae_deploy.batch.index import INDEX_FILE, OK, BatchIndex, read_index
+from vae_deploy.batch.index_parquet import check_index_format, write_parquet_index
+from vae_deploy.batch.layouts import DATASET_FILE, check_layout, layout_record, open_layout, write_layout
 from vae_deploy.batch.sources import VideoTask, collect_videos
-from vae_deploy.batch.worker import FATAL, EncodeSettings
-from vae_deploy.errors import ConfigError, DataError, VaeDeployError
+from vae_deploy.batch.worker import FATAL, EncodeSettings, fatal_error
+from vae_deploy.errors import ConfigError, DataError
 from vae_deploy.files import ensure_writable_dir, removing_new_folders
-from vae_deploy.runtime.latents import LatentReader
 from vae_deploy.runtime.manifest import read_manifest
 from vae_deploy.runtime.registry import DEFAULT_BACKEND, get_backend
 from vae_deploy.video.codec import VideoModelInfo
@@ -76,16 +81,6 @@ def _check_model(model: Path | None, backend: str, options: StreamOptions, out_d
                         f"replace the model's own files; give a folder outside it")
 
 
-def _complete(index: BatchIndex, task: VideoTask, out_dir: Path) -> bool:
-    if not index.is_ok(task.output):
-        return False
-    try:
-        LatentReader(task.output_path(out_dir))
-    except VaeDeployError:
-        return False
-    return True
-
-
 def _engine(engine: str, settings: EncodeSettings, workers: int, address: str | None):
     if engine == "local":
         from vae_deploy.batch.local import LocalEngine
@@ -96,12 +91,32 @@ def _engine(engine: str, settings: EncodeSettings, workers: int, address: str | 
     return RayEngine(settings, workers, address)
 
 
-def _run(tasks: list[VideoTask], out_dir: Path, settings: EncodeSettings, engine: str, workers: int,
-         threads: int, address: str | None, progress: BatchProgress | None) -> BatchResult:
+def _run(tasks: list[VideoTask], out_dir: Path, layout: dict, settings: EncodeSettings, engine: str,
+         workers: int, threads: int, address: str | None, progress: BatchProgress | None,
+         index_format: str) -> BatchResult:
     index = BatchIndex(out_dir)
+    new_layout = check_layout(out_dir, layout)  # again, under the folder's lock
+    if new_layout:
+        write_layout(out_dir, layout)
+    try:
+        result = _run_indexed(index, tasks, out_dir, layout, settings, engine, workers, threads, address,
+                              progress)
+    except BaseException:
+        if new_layout and not index.entries:  # nothing was recorded: leave no layout either
+            (out_dir / DATASET_FILE).unlink(missing_ok=True)
+        raise
+    if index_format == "parquet":
+        write_parquet_index(out_dir, index.entries.values())
+    return result
+
+
+def _run_indexed(index: BatchIndex, tasks: list[VideoTask], out_dir: Path, record: dict,
+                 settings: EncodeSettings, engine: str, workers: int, threads: int, address: str | None,
+                 progress: BatchProgress | None) -> BatchResult:
     result = BatchResult(out_dir, index.path, total=len(tasks), engine=engine,
                          workers=min(workers, len(tasks)), threads=threads)
-    todo = [t for t in tasks if not _complete(index, t, out_dir)]
+    layout = open_layout(record, out_dir, tasks, index)  # record: what dataset.json holds
+    todo = layout.todo()
     result.skipped = len(tasks) - len(todo)
     if progress is not None:
         progress(result.skipped, result.total)
@@ -110,8 +125,10 @@ def _run(tasks: list[VideoTask], out_dir: Path, settings: EncodeSettings, engine
     with _engine(engine, settings, min(workers, len(todo)), address) as running:
         for entry in running.results(todo):
             if FATAL in entry:
-                raise VaeDeployError(entry[FATAL])
+                raise fatal_error(entry)
+            entry = layout.entry(entry)
             index.record(entry)
+            layout.recorded(entry)
             if entry["status"] == OK:
                 result.encoded += 1
             else:
@@ -124,9 +141,14 @@ def _run(tasks: list[VideoTask], out_dir: Path, settings: EncodeSettings, engine
 def encode_dataset_job(sources: list[str | Path], out_dir: Path, options: StreamOptions | None = None,
                        model: Path | None = None, backend: str = DEFAULT_BACKEND, engine: str = "local",
                        workers: int | None = None, threads: int | None = None, address: str | None = None,
-                       progress: BatchProgress | None = None) -> BatchResult:
-    """Encode every video of `sources` into `out_dir` (one .vaelat each, mirrored paths) and index them."""
+                       progress: BatchProgress | None = None, output_format: str = "vaelat",
+                       shard_size: int | None = None, index_format: str = "jsonl") -> BatchResult:
+    """Encode every video of `sources` into `out_dir` (one .vaelat each at mirrored paths, or WebDataset
+    tar shards of `shard_size` videos with output_format "webdataset") and index them (index.jsonl, plus
+    index.parquet with index_format "parquet")."""
     options = options or StreamOptions(measure=False)
+    layout = layout_record(output_format, shard_size)
+    check_index_format(index_format)
     if engine not in ENGINES:
         raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if workers is None:
@@ -142,6 +164,7 @@ def encode_dataset_job(sources: list[str | Path], out_dir: Path, options: Stream
         raise DataError(f"--out {out_dir} is a file; give a folder")
     tasks = collect_videos(list(sources))
     _check_model(model, backend, options, out_dir)
+    check_layout(out_dir, layout)  # a folder of another layout: one line before anything is written
     if engine == "ray":
         from vae_deploy.batch.ray_engine import ray_module
 
@@ -154,10 +177,14 @@ def encode_dataset_job(sources: list[str | Path], out_dir: Path, options: Stream
     threads = threads_per_worker(workers, threads)
     with removing_new_folders(out_dir):  # a batch that fails before any video leaves no empty folder
         ensure_writable_dir(out_dir)
-        new_index = not (out_dir / INDEX_FILE).exists()
-        try:
-            return _run(tasks, out_dir, settings, engine, workers, threads, address, progress)
-        except BaseException:
-            if new_index and not read_index(out_dir / INDEX_FILE):
-                (out_dir / INDEX_FILE).unlink(missing_ok=True)  # nothing was recorded: leave nothing
-            raise
+        # One batch per folder (index.py says why), locked before anything in it is read: a second batch
+        # fails here, before it could take the first one's fresh index for its own and remove it.
+        with FolderLock(out_dir, "another encode-dataset"):
+            new_index = not (out_dir / INDEX_FILE).exists()
+            try:
+                return _run(tasks, out_dir, layout, settings, engine, workers, threads, address, progress,
+                            index_format)
+            except BaseException:
+                if new_index and not read_index(out_dir / INDEX_FILE):
+                    (out_dir / INDEX_FILE).unlink(missing_ok=True)  # nothing was recorded: leave nothing
+                raise

@@ -7,9 +7,13 @@ workers forever; a runner that cannot open comes back as a FATAL result instead)
 time and results come back to the parent as they finish, in any order; only the parent writes the index.
 
 Stopping: workers ignore SIGINT (a Ctrl-C in a terminal reaches the whole process group; the parent alone
-decides) and turn SIGTERM into Terminated, so `Pool.terminate()` (SIGTERM to each worker) ends a video in
-progress through the pipeline's interrupt path: its staging file is removed and nothing reaches its output
-name. What finished is already in the index.
+decides). While a video is in progress SIGTERM raises Terminated, so `Pool.terminate()` (SIGTERM to each
+worker) ends that video through the pipeline's interrupt path: its staging file is removed and nothing
+reaches its output name. Between videos SIGTERM keeps its default action and ends the worker at once: a
+Python handler runs only in the main thread, and an idle worker's main thread waits on the pool's task
+queue lock, which `terminate()` itself holds; the signal landing on one of ONNX Runtime's threads would
+leave the worker (and the parent joining it) waiting for ever, and one landing in the pool's own code
+would print a traceback. What finished is already in the index.
 """
 
 from __future__ import annotations
@@ -23,22 +27,39 @@ from vae_deploy.batch.sources import VideoTask
 from vae_deploy.batch.worker import EncodeSettings, VideoEncoder
 
 _encoder: VideoEncoder | None = None  # this worker process's encoder
+_on_sigterm = signal.SIG_DFL  # interrupts' handler: SIGTERM raises Terminated (set by _init_worker)
+_terminated = False  # a SIGTERM reached this worker during a video
 
 
 def _init_worker(settings: EncodeSettings) -> None:
-    global _encoder
+    global _encoder, _on_sigterm
     from vae_deploy import interrupts
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     interrupts.install_sigterm_handler()
+    _on_sigterm = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # idle until the first video (see the module docstring)
     _encoder = VideoEncoder(settings)
 
 
+def _stop_video(signum, frame) -> None:
+    global _terminated
+    _terminated = True
+    _on_sigterm(signum, frame)
+
+
 def _encode(task: VideoTask) -> dict:
+    signal.signal(signal.SIGTERM, _stop_video)
     try:
-        return _encoder.encode(task)
+        try:
+            result = _encoder.encode(task)
+        finally:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # runs a SIGTERM still pending first
     except KeyboardInterrupt:  # terminate(): the video's staging file is gone; end quietly, no traceback
         os._exit(128 + signal.SIGTERM)
+    if _terminated:  # the interrupt became another error while the video's files were removed (a full disk)
+        os._exit(128 + signal.SIGTERM)
+    return result
 
 
 class LocalEngine:

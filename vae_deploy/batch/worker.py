@@ -7,12 +7,16 @@ video, and keeps it for the rest.
 The pipeline writes to a staging name beside the output (`.<name>.<token>.batch.vaelat`) that is renamed
 onto the output only when the video is complete: an interrupted video (Ctrl-C, SIGTERM) publishes a
 shortened but valid file under the name it was given, and that name must never be the final one. A video
-that fails is an entry with its error; the batch goes on. A runner that cannot open is fatal (every video
-would fail the same way): the result says so and the engine's caller stops the batch.
+that fails is an entry with its error; the batch goes on. Two failures are fatal instead, because every
+video would fail the same way: a runner that cannot open, and an output folder where nothing can be written
+(a full disk, a quota, a read-only filesystem: ENOSPC, EDQUOT, EROFS, under whatever error carried them).
+The result says so, naming --out as given rather than a staging name, and the engine's caller stops the
+batch with that one line. A failed video leaves no staging file.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import time
@@ -21,14 +25,17 @@ from pathlib import Path
 
 from vae_deploy.batch.index import FAILED, OK
 from vae_deploy.batch.sources import VideoTask
-from vae_deploy.errors import VaeDeployError
+from vae_deploy.errors import OutputError, VaeDeployError
 from vae_deploy.runtime.latents import LatentReader
 from vae_deploy.runtime.registry import DEFAULT_BACKEND
 from vae_deploy.runtime.runner import Runner
 from vae_deploy.video.io import open_source
 from vae_deploy.video.pipeline import StreamOptions, encode_video
 
-FATAL = "fatal"  # a result key: the runner could not be opened; the value is the message
+FATAL = "fatal"  # a result key: the batch must stop (no runner, nothing can be written); the value: why
+FATAL_OUTPUT = "fatal_output"  # with FATAL: true when the output could not be written (OutputError's exit)
+# errno values that fail every video alike: the output folder takes no more bytes
+_UNWRITABLE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
 @dataclass
@@ -44,6 +51,23 @@ class EncodeSettings:
 
 def _staging(path: Path) -> Path:
     return path.with_name(f".{path.stem}.{secrets.token_hex(4)}.batch{path.suffix}")
+
+
+def fatal_error(result: dict) -> VaeDeployError:
+    """The error that stops the batch on a FATAL result (OutputError, exit 1, when nothing can be written)."""
+    return (OutputError if result.get(FATAL_OUTPUT) else VaeDeployError)(result[FATAL])
+
+
+def _unwritable(exc: BaseException) -> OSError | None:
+    """The OSError behind `exc` (itself, or what an OutputError or VaeDeployError was raised from, even
+    `from None`) when it says the output folder takes no more bytes; None for any other failure."""
+    chain: list[BaseException] = []
+    while exc is not None and exc not in chain:  # (a chain may loop back on itself)
+        if isinstance(exc, OSError) and exc.errno in _UNWRITABLE:
+            return exc
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 class VideoEncoder:
@@ -65,7 +89,7 @@ class VideoEncoder:
             self._runner = None
 
     def encode(self, task: VideoTask) -> dict:
-        """The index entry of `task` once encoded (or failed); {FATAL: message} when no runner opens."""
+        """The index entry of `task` once encoded (or failed); {FATAL: message} when the batch must stop."""
         try:
             runner = self._open()
         except VaeDeployError as exc:
@@ -74,25 +98,32 @@ class VideoEncoder:
         entry = {"source": task.source, "output": task.output, "status": FAILED, "frames": 0,
                  "latent_shape": None, "seconds": 0.0, "error": None, "truncated": False}
         out = task.output_path(Path(self.settings.out_dir))
-        staging = None
         try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            staging = _staging(out)
+            report, header = self._write(runner, task, out)
+            entry.update(status=OK, frames=report.frames, truncated=report.truncated,
+                         latent_shape=[header.latent_frames, *header.latent_shape])
+        except Exception as exc:  # OpenCV's own errors, an OSError: this video fails, the batch goes on
+            unwritable = _unwritable(exc)
+            if unwritable is not None:  # ... unless no video can be written
+                return {FATAL: f"cannot write {self.settings.out_dir}: "
+                               f"{os.strerror(unwritable.errno).lower()}", FATAL_OUTPUT: True}
+            entry["error"] = str(exc) if isinstance(exc, VaeDeployError) else f"{type(exc).__name__}: {exc}"
+        entry["seconds"] = round(time.perf_counter() - started, 4)
+        return entry
+
+    def _write(self, runner: Runner, task: VideoTask, out: Path):
+        """Encode `task` to a staging name, rename it onto `out`; (the stream report, the file header)."""
+        # (a folder made here stays when the video fails: removing it could pull it from under another
+        # worker writing a video into the same folder)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = _staging(out)
+        try:
             with open_source(task.source) as frames:
                 report = encode_video(runner, frames, staging, self.settings.options)
             if report.interrupted:
                 raise KeyboardInterrupt
             header = LatentReader(staging).header  # what was written reads back whole (checksum included)
             os.replace(staging, out)
-            staging = None
-            entry.update(status=OK, frames=report.frames, truncated=report.truncated,
-                         latent_shape=[header.latent_frames, *header.latent_shape])
-        except VaeDeployError as exc:
-            entry["error"] = str(exc)
-        except Exception as exc:  # OpenCV's own errors, an OSError: this video fails, the batch goes on
-            entry["error"] = f"{type(exc).__name__}: {exc}"
         finally:
-            if staging is not None:
-                staging.unlink(missing_ok=True)
-        entry["seconds"] = round(time.perf_counter() - started, 4)
-        return entry
+            staging.unlink(missing_ok=True)  # a failed or interrupted video's file (gone once renamed)
+        return report, header

@@ -1,5 +1,5 @@
-"""`vae-deploy encode-dataset SOURCE... --out DIR`: one .vaelat per video of a collection, plus
-DIR/index.jsonl.
+"""`vae-deploy encode-dataset SOURCE... --out DIR`: one .vaelat per video of a collection (or, with
+`--format webdataset`, WebDataset tar shards of --shard-size videos: batch/shards.py), plus DIR/index.jsonl.
 
 Thin: parses, calls vae_deploy/batch/jobs.py encode_dataset_job with a progress bar over videos, prints
 the summary. Exit 1 when any video failed (the index says why), 130 / 143 when stopped (what finished is
@@ -35,12 +35,13 @@ def encode_dataset(
              "line.",
         show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: one .vaelat per video (mirroring "
-                                                          "the paths under each folder) and index.jsonl.")],
+                                                          "the paths under each folder) or tar shards, and "
+                                                          "index.jsonl.")],
     model: ModelOption = None,
     backend: BackendOption = DEFAULT_BACKEND,
     engine: Annotated[str, typer.Option(
         "--engine", help="local: worker processes on this machine; ray: a Ray actor pool (local Ray, or the "
-                         "cluster at --address; needs vae-deploy[ray]).")] = "local",
+                         "cluster at --address; needs vae-deploy\\[ray]).")] = "local",
     workers: Annotated[int | None, typer.Option(
         "--workers", "-w", help="Workers (processes or Ray actors), each with its own runner (default: half "
                                 "the CPUs, at least 1).")] = None,
@@ -49,6 +50,15 @@ def encode_dataset(
                           "workers).")] = None,
     address: Annotated[str | None, typer.Option(
         "--address", help="Ray cluster address (host:port or ray://host:port) for --engine ray.")] = None,
+    output_format: Annotated[str, typer.Option(
+        "--format", help="vaelat: one .vaelat per video; webdataset: tar shards DIR/shard-000000.tar... of "
+                         "<key>.vaelat + <key>.json samples.")] = "vaelat",
+    shard_size: Annotated[int | None, typer.Option(
+        "--shard-size", help="Videos per shard with --format webdataset (default 1000).",
+        show_default=False)] = None,
+    index_format: Annotated[str, typer.Option(
+        "--index", help="jsonl: DIR/index.jsonl; parquet: also a Parquet copy, DIR/index.parquet, written at "
+                        "the end of the run (needs vae-deploy\\[parquet]).")] = "jsonl",
     chunk: ChunkOption = 8,
     size: SizeOption = None,
     fit: FitOption = "snap",
@@ -66,7 +76,7 @@ def encode_dataset(
                                 measure=False, raw_latents=raw_latents)
         with progress_bar("encode-dataset", quiet, unit="videos") as progress:
             result = encode_dataset_job(sources, out, options, model, backend, engine, workers, threads,
-                                        address, progress)
+                                        address, progress, output_format, shard_size, index_format)
     except KeyboardInterrupt:
         interrupted(f"the videos finished are kept and listed in {out / 'index.jsonl'}")
     typer.echo(result.summary())

@@ -1,0 +1,200 @@
+"""How a batch lays out its output folder: `--format vaelat` (one .vaelat per video, mirrored paths) or
+`--format webdataset` (tar shards, shards.py). jobs.py drives either through the same three calls:
+
+    todo()          the videos to encode, as tasks whose `output` is where a worker writes the .vaelat;
+                    what is complete from an earlier run is left out (and a shard whose videos are all
+                    finished but that was never packed is packed here)
+    entry(result)   a worker's result as the index records it (`output`, `shard`)
+    recorded(entry) after the index recorded it: webdataset packs a shard once its last video finished
+
+DIR/dataset.json records the layout (format, shard size) on a batch's first run; a rerun with another
+--format or --shard-size is refused in one line instead of mixing two layouts in one folder. A folder
+from before dataset.json existed (an index, no dataset.json) holds the vaelat layout.
+
+webdataset resume: workers write each finished .vaelat into its shard's parts folder
+(`DIR/shard-000003.parts/<key>.vaelat`). A video is complete when its index entry is "ok" and either its
+shard reads back holding it or its part reads back whole (LatentReader, checksum included); the rest are
+redone. A shard is packed when every video of it has finished (ok or failed), then its parts folder is
+removed; an interrupt keeps the parts finished so far.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from vae_deploy.batch.index import INDEX_FILE, BatchIndex, read_index
+from vae_deploy.batch.shards import (
+    DEFAULT_SHARD_SIZE,
+    Sample,
+    pack_shard,
+    parts_folder,
+    sample_key,
+    sample_metadata,
+    shard_members,
+    shard_name,
+)
+from vae_deploy.batch.sources import LATENT_SUFFIX, VideoTask
+from vae_deploy.errors import ConfigError, DataError, VaeDeployError
+from vae_deploy.files import write_json_atomic
+from vae_deploy.runtime.latents import LatentHeader, LatentReader
+
+FORMATS = ("vaelat", "webdataset")
+DATASET_FILE = "dataset.json"
+
+
+def layout_record(output_format: str, shard_size: int | None) -> dict:
+    """What dataset.json holds for these options (checked: format known, shard size only for shards)."""
+    if output_format not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {output_format!r}")
+    if output_format != "webdataset":
+        if shard_size is not None:
+            raise ConfigError("--shard-size is for --format webdataset (videos per tar shard)")
+        return {"format": output_format}
+    if shard_size is None:
+        shard_size = DEFAULT_SHARD_SIZE
+    if shard_size < 1:
+        raise ConfigError(f"--shard-size must be at least 1, got {shard_size}")
+    return {"format": output_format, "shard_size": shard_size}
+
+
+def _options(record: dict) -> str:
+    shard_size = record.get("shard_size")
+    return f"--format {record.get('format')}" + (f" --shard-size {shard_size}" if shard_size else "")
+
+
+def existing_layout(out_dir: Path) -> dict | None:
+    """The layout recorded in `out_dir`, or None for a folder no batch has written to."""
+    path = Path(out_dir) / DATASET_FILE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        entries = read_index(Path(out_dir) / INDEX_FILE)
+        if not entries:
+            return None
+        if any(e.get("shard") for e in entries.values()):
+            raise DataError(f"{out_dir} holds shards but no {DATASET_FILE} saying their size; encode into "
+                            f"another --out") from None
+        return {"format": "vaelat"}  # written before dataset.json existed: only vaelat did
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+    if not isinstance(record, dict) or record.get("format") not in FORMATS:
+        raise DataError(f"{path} is not a layout vae-deploy wrote (no known format in it)")
+    return record
+
+
+def check_layout(out_dir: Path, record: dict) -> bool:
+    """Refuse a folder laid out by other options; True when the folder has no layout yet (write it)."""
+    existing = existing_layout(out_dir)
+    if existing is not None and existing != record:
+        raise ConfigError(f"{out_dir} holds a batch encoded with {_options(existing)} (see "
+                          f"{Path(out_dir) / DATASET_FILE}); rerun with those options or give another --out")
+    return existing is None
+
+
+def write_layout(out_dir: Path, record: dict) -> Path:
+    path = Path(out_dir) / DATASET_FILE
+    write_json_atomic(path, record)
+    return path
+
+
+def open_layout(record: dict, out_dir: Path, tasks: list[VideoTask], index: BatchIndex):
+    if record["format"] == "webdataset":
+        return WebDatasetLayout(out_dir, tasks, index, record["shard_size"])
+    return VaelatLayout(out_dir, tasks, index)
+
+
+def _header(path: Path) -> LatentHeader | None:
+    """The header of the .vaelat at `path` when it reads back whole (checksum included), else None."""
+    try:
+        return LatentReader(path).header
+    except VaeDeployError:
+        return None
+
+
+def _reads_back(path: Path) -> bool:
+    return _header(path) is not None
+
+
+class VaelatLayout:
+    """One .vaelat per video at its mirrored path; complete when indexed "ok" and the file reads back."""
+
+    def __init__(self, out_dir: Path, tasks: list[VideoTask], index: BatchIndex):
+        self.out_dir, self.tasks, self.index = out_dir, tasks, index
+
+    def todo(self) -> list[VideoTask]:
+        return [t for t in self.tasks
+                if not (self.index.is_ok(t.output) and _reads_back(t.output_path(self.out_dir)))]
+
+    def entry(self, result: dict) -> dict:
+        return {**result, "shard": None}
+
+    def recorded(self, entry: dict) -> None:
+        pass
+
+
+class WebDatasetLayout:
+    """Shards of `shard_size` videos of the batch's order sorted by output path (module docstring)."""
+
+    def __init__(self, out_dir: Path, tasks: list[VideoTask], index: BatchIndex, shard_size: int):
+        self.out_dir, self.index = Path(out_dir), index
+        ordered = sorted(tasks, key=lambda t: t.output)
+        self.shards = [ordered[i:i + shard_size] for i in range(0, len(ordered), shard_size)]
+        self._member_of: dict[str, str] = {}  # a part's path (a worker's `output`) -> its member name
+        self._shard_of: dict[str, int] = {}  # a member name -> its shard's number
+        self._unfinished: dict[int, int] = {}  # shard number -> videos of it not finished in this run
+
+    @staticmethod
+    def _member(task: VideoTask) -> str:
+        return sample_key(task.output) + LATENT_SUFFIX
+
+    def _part(self, number: int, task: VideoTask) -> str:
+        return f"{parts_folder(number)}/{self._member(task)}"
+
+    def todo(self) -> list[VideoTask]:
+        todo = []
+        for number, shard in enumerate(self.shards):
+            members = set(shard_members(self.out_dir / shard_name(number)) or ())
+            pending = []
+            for task in shard:
+                member, part = self._member(task), self._part(number, task)
+                self._member_of[part], self._shard_of[member] = member, number
+                if self.index.is_ok(member) and (member in members or _reads_back(self.out_dir / part)):
+                    continue
+                pending.append(VideoTask(task.source, part))
+            self._unfinished[number] = len(pending)
+            if pending:
+                todo += pending
+            else:
+                self._pack(number)  # finished before (an interrupt after its last part, a lost shard file)
+        return todo
+
+    def entry(self, result: dict) -> dict:
+        member = self._member_of[result["output"]]
+        return {**result, "output": member, "shard": shard_name(self._shard_of[member])}
+
+    def recorded(self, entry: dict) -> None:
+        number = self._shard_of[entry["output"]]
+        self._unfinished[number] -= 1
+        if self._unfinished[number] == 0:
+            self._pack(number)
+
+    def _pack(self, number: int) -> None:
+        """Write shard `number` from its "ok" videos unless it already holds exactly them; drop its parts."""
+        target, parts = self.out_dir / shard_name(number), self.out_dir / parts_folder(number)
+        ok = [t for t in self.shards[number] if self.index.is_ok(self._member(t))]
+        keys = [sample_key(t.output) for t in ok]
+        wanted = [key + suffix for key in keys for suffix in (".json", LATENT_SUFFIX)]
+        if shard_members(target) != wanted:
+            samples = []
+            for task, key in zip(ok, keys, strict=True):
+                part = self.out_dir / self._part(number, task)
+                header = _header(part)
+                if header is not None:
+                    samples.append(Sample(key, part, sample_metadata(self.index.entries[key + LATENT_SUFFIX],
+                                                                     header)))
+                else:  # complete in the shard as it is (todo() checked)
+                    samples.append(Sample(key, None))
+            pack_shard(target, samples)
+        shutil.rmtree(parts, ignore_errors=True)
