@@ -27,6 +27,7 @@ import pytest
 from cli_support import assert_one_line_error, full_disk, invoke_main
 from cli_support import cli_process as cli
 
+from vae_deploy.runtime.latents import LatentReader
 from vae_deploy.video.io import open_source
 from vae_deploy.video.samples import sample_video_path
 
@@ -95,10 +96,29 @@ def inputs(tmp_path_factory, tiny_video_model, external_folder) -> dict[str, Pat
     latents = root / "clip.vaelat"
     made = cli("encode", clip, "--model", model, "-o", latents, "-q")
     assert made.returncode == 0, made.stderr
+    (root / "no_videos").mkdir()
+    (root / "no_videos" / "notes.txt.bak").write_text("not a video\n")
+    (root / "list_of_missing.txt").write_text("clip.mp4\ngone.mp4\n")
+    # one training image: two ranks cannot share it
+    (root / "one_image.toml").write_text(RECIPE.format(latent_dim=2).replace(
+        'source = "mnist-5k"', 'source = "mnist-5k"\nvalid_holdout = 3999'))
     return {"root": root, "clip": clip, "one_by_one": one, "binary": root / "binary.toml",
             "zero_latent": root / "zero_latent.toml", "recipe": root / "recipe.toml", "model": model,
             "string_schema": string_schema, "latents": latents, "causal": tiny_video_model("causal3d-t1"),
-            "diffusers": external_folder("kl-sd")}
+            "diffusers": external_folder("kl-sd"), "no_videos": root / "no_videos",
+            "list_of_missing": root / "list_of_missing.txt", "one_image": root / "one_image.toml"}
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory) -> Path:
+    """A run folder with one finished epoch, trained by one process (built only for the rows that name it)."""
+    run = tmp_path_factory.mktemp("one_process_run") / "run"
+    recipe = run.parent / "small.toml"
+    recipe.write_text(RECIPE.format(latent_dim=2).replace('source = "mnist-5k"',
+                                                          'source = "mnist-5k"\nvalid_holdout = 3500'))
+    made = cli("train", recipe, "--out", run, "--threads", "1")
+    assert made.returncode == 0, made.stderr
+    return run
 
 
 # ---------------------------------------------------------------- usage mistakes: Typer's message, exit 2
@@ -136,7 +156,7 @@ class Case:
     name: str
     args: list[str]  # {name} refers to the `inputs` fixture or {out}, the case's own output folder
     fragment: str  # must appear in the one error line
-    code: int = 2
+    code: int | None = 2  # None: any non-zero code (torchrun reports its ranks' failure as its own code)
     absent: list[str] = field(default_factory=list)  # relative to {out}: must not exist afterwards
     unchanged: list[str] = field(default_factory=list)  # input names whose bytes must survive
 
@@ -159,7 +179,7 @@ BAD_INPUT_CASES = [
     Case("zero fps to decode", ["decode", "{latents}", "--model", "{model}", "--fps", "0", "-o",
                                 "{out}/o.mp4"], "--fps must be", absent=["o.mp4"]),
     Case("no encoder for the suffix", ["run", "{clip}", "--model", "{model}", "--out", "{out}/o.bin"],
-         "OpenCV writes .mp4", absent=["o.bin"]),
+         "vae-deploy writes .mp4", absent=["o.bin"]),
     Case("1x1 source to mp4", ["run", "{one_by_one}", "--model", "{model}", "--out", "{out}/o.mp4"],
          "at least 16x16", absent=["o.mp4"]),
     Case("output is the source", ["run", "{clip}", "--model", "{model}", "--out", "{clip}"],
@@ -189,14 +209,44 @@ BAD_INPUT_CASES = [
          "holds more than one frame", absent=["o.png"]),
     Case("bench with words for batch sizes", ["bench", "{mlp_model_dir}", "--batch-sizes", "one"],
          "comma-separated integers"),
+    Case("encode_dataset of a missing source", ["encode-dataset", "{out}/gone.mp4", "--model", "{model}",
+                                                "--out", "{out}/lat"], "no such video, folder or list",
+         absent=["lat"]),
+    Case("encode_dataset of a folder without videos", ["encode-dataset", "{no_videos}", "--model", "{model}",
+                                                       "--out", "{out}/lat"], "no videos found",
+         absent=["lat"]),
+    Case("encode_dataset with 0 workers", ["encode-dataset", "{clip}", "--model", "{model}", "--workers", "0",
+                                           "--out", "{out}/lat"], "--workers must be at least 1",
+         absent=["lat"]),
+    Case("encode_dataset on an unreachable Ray", ["encode-dataset", "{clip}", "--model", "{model}",
+                                                  "--engine", "ray", "--address", "127.0.0.1:9", "--out",
+                                                  "{out}/lat"],
+         "cannot reach the Ray cluster at 127.0.0.1:9", absent=["lat"]),
+    Case("encode_dataset --out is a file", ["encode-dataset", "{clip}", "--model", "{model}", "--out",
+                                            "{clip}"], "is a file; give a folder", unchanged=["clip"]),
+    Case("encode_dataset of a list naming a missing video", ["encode-dataset", "{list_of_missing}",
+                                                             "--model", "{model}", "--out", "{out}/lat"],
+         "list_of_missing.txt:2)", absent=["lat"]),
+    Case("train --nproc 0", ["train", "{recipe}", "--nproc", "0", "--out", "{out}/run"],
+         "--nproc must be at least 1", absent=["run"]),
+    Case("train --nproc over what the data allows", ["train", "{one_image}", "--nproc", "2", "--max-steps",
+                                                     "1", "--out", "{out}/run"],
+         "2 ranks cannot share this data", None, absent=["run"]),
+    Case("train --nproc resuming a one-process run", ["train", "{recipe}", "--nproc", "2", "--resume",
+                                                      "--out", "{one_process_run}"],
+         "trained on 1 process(es), this is 2", None),
 ]
 
 
 @pytest.mark.parametrize("case", BAD_INPUT_CASES, ids=[c.name for c in BAD_INPUT_CASES])
 def test_bad_input_gets_one_line_and_writes_nothing(vd, inputs, mlp_checkpoint, mlp_model_dir, tmp_path,
-                                                    case):
+                                                    request, case):
     names = {k: str(v) for k, v in inputs.items()} | {"out": str(tmp_path), "mlp_checkpoint": str(
         mlp_checkpoint), "mlp_model_dir": str(mlp_model_dir)}
+    if any("{one_process_run}" in arg for arg in case.args):
+        run = request.getfixturevalue("one_process_run")
+        names["one_process_run"] = str(run)
+        run_files = {p.name: sha256(p) for p in run.iterdir() if p.is_file()}
     before = {name: sha256(inputs[name]) for name in case.unchanged}
     model_files = {folder: sorted((p.name, sha256(p)) for p in folder.iterdir() if p.is_file())
                    for folder in (inputs["model"], mlp_model_dir)}
@@ -208,6 +258,8 @@ def test_bad_input_gets_one_line_and_writes_nothing(vd, inputs, mlp_checkpoint, 
     assert {name: sha256(inputs[name]) for name in case.unchanged} == before
     assert {folder: sorted((p.name, sha256(p)) for p in folder.iterdir() if p.is_file())
             for folder in model_files} == model_files  # the models read are untouched
+    if "one_process_run" in names:  # the run refused is untouched
+        assert {p.name: sha256(p) for p in run.iterdir() if p.is_file()} == run_files
 
 
 def test_a_broken_torch_install_is_one_line(inputs, tmp_path):
@@ -261,6 +313,12 @@ FULL_DISK_CASES = [
     Case("sample", ["sample", "{mlp_model_dir}", "-n", "1000", "--out", "{disk}/grid.png"],
          "no space left on device", 1, absent=["grid.png"]),
     Case("demo", ["demo", "--out-dir", "{disk}/demo", "-q"], "no space left on device", 1, absent=["demo"]),
+    # every video would fail alike: the batch stops with one line naming --out, and leaves no index
+    Case("encode_dataset", ["encode-dataset", "{clip}", "--model", "{model}", "--workers", "1", "--size",
+                            "128", "-q", "--out", "{disk}/lat"],
+         "cannot write {disk}/lat: no space left on device", 1, absent=["lat"]),
+    Case("train --nproc 2", ["train", "{recipe}", "--nproc", "2", "--out", "{disk}/runs/tiny", "--max-steps",
+                             "2"], "no space left on device", None, absent=["runs"]),
 ]
 
 
@@ -275,7 +333,7 @@ def test_a_full_disk_fails_the_command_and_publishes_nothing(vd, inputs, mlp_che
         lines = result.stderr.strip().splitlines()
         assert "Traceback" not in result.stderr
         assert lines and lines[-1].startswith("error: "), result.stderr
-        assert case.fragment in lines[-1].lower(), lines[-1]
+        assert case.fragment.format(**names) in lines[-1].lower(), lines[-1]
         # The message names the output as given, never a temporary (".name.<random>") beside it.
         assert f"{disk}/." not in lines[-1], lines[-1]
         for rel in case.absent:
@@ -377,6 +435,99 @@ def test_two_runs_writing_one_video_publish_one_complete_file(inputs, long_clip,
     assert [code for code, _ in results] == [0, 0], results
     assert open_source(target).read().shape[0] == 200
     assert leftovers(tmp_path) == []
+
+
+CORPUS_CLIPS, CORPUS_SIZE = 6, "96"  # the default model encodes one such clip in about a second here
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """A folder of copies of the packaged clip: a batch long enough to stop or join in the middle."""
+    folder = tmp_path_factory.mktemp("corpus")
+    for i in range(CORPUS_CLIPS):
+        shutil.copyfile(sample_video_path("carphone_pristine"), folder / f"clip{i}.mp4")
+    return folder
+
+
+def ok_outputs(out: Path) -> list[str]:
+    """The outputs index.jsonl records as done (a torn last line is not counted)."""
+    from vae_deploy.batch.index import read_index
+
+    return sorted(o for o, e in read_index(out / "index.jsonl").items() if e["status"] == "ok")
+
+
+def start_encode_dataset(corpus: Path, out: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "vae_deploy", "encode-dataset", str(corpus), "--out",
+                             str(out), "--workers", "1", "--size", CORPUS_SIZE, "-q"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_sigterm_during_encode_dataset_keeps_the_finished_videos_and_a_rerun_does_the_rest(corpus, tmp_path):
+    out = tmp_path / "lat"
+    process = start_encode_dataset(corpus, out)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and process.poll() is None and len(ok_outputs(out)) < 2:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
+    assert err.strip().splitlines() == [f"terminated (SIGTERM): the videos finished are kept and listed in "
+                                        f"{out / 'index.jsonl'}"], err
+    assert leftovers(out) == []  # no staging or temporary file of the video in progress
+    done = ok_outputs(out)
+    assert 2 <= len(done) < CORPUS_CLIPS, done
+    kept = {o: (os.stat(out / o).st_ino, os.stat(out / o).st_mtime_ns) for o in done}
+
+    rerun = cli("encode-dataset", corpus, "--out", out, "--workers", "1", "--size", CORPUS_SIZE, "-q")
+    assert rerun.returncode == 0, rerun.stderr
+    assert rerun.stdout.strip() == (f"encoded {CORPUS_CLIPS} of {CORPUS_CLIPS} videos "
+                                    f"({len(done)} already done)")
+    assert {o: (os.stat(out / o).st_ino, os.stat(out / o).st_mtime_ns) for o in done} == kept  # untouched
+    assert ok_outputs(out) == sorted(f"clip{i}.vaelat" for i in range(CORPUS_CLIPS))
+    redone = sorted(set(ok_outputs(out)) - set(done))
+    serial = cli("encode", corpus / redone[0].replace(".vaelat", ".mp4"), "-o", tmp_path / "serial.vaelat",
+                 "--size", CORPUS_SIZE, "-q")
+    assert serial.returncode == 0, serial.stderr
+    expected = (tmp_path / "serial.vaelat").read_bytes()  # every clip is the same video: the same bytes
+    for output in ok_outputs(out):
+        assert (out / output).read_bytes() == expected, output
+    assert leftovers(out) == []
+
+
+def test_a_full_disk_stops_a_batch_of_two_workers_at_once(corpus, tmp_path):
+    """A real process (the workers' own stderr counts): the worker that hits the full disk stops the batch,
+    the other is stopped in the middle of its video, and nobody waits for ever on the pool's locks (a worker
+    whose interrupt became a disk-full error kept running and hung the batch, about one run in four)."""
+    with full_disk(tmp_path / "disk") as disk:
+        result = cli("encode-dataset", corpus, "--out", disk / "lat", "--workers", "2", "--size", CORPUS_SIZE,
+                     "-q", timeout=120)
+        assert_one_line_error(result, f"cannot write {disk / 'lat'}: no space left on device", 1)
+        assert sorted(p.name for p in disk.iterdir()) == ["filler"]
+
+
+def test_two_encode_datasets_on_one_out_one_encodes_all_the_other_fails_at_once(corpus, tmp_path):
+    """The first holds DIR for its batch; the second, started while it runs, fails with one line naming the
+    first's pid instead of compacting and appending the same index.jsonl (it does not wait: a batch can run
+    for hours)."""
+    out = tmp_path / "lat"
+    first = start_encode_dataset(corpus, out)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and first.poll() is None and not (out / "index.jsonl").exists():
+        time.sleep(0.02)  # the first holds the lock from before it writes the index
+    assert first.poll() is None, first.communicate()
+    second = cli("encode-dataset", corpus, "--out", out, "--workers", "1", "--size", CORPUS_SIZE, "-q")
+    still_running = first.poll() is None
+    out_first, err_first = first.communicate(timeout=300)
+    assert still_running  # the second ended while the first was encoding
+    assert_one_line_error(second, f"another encode-dataset is writing to {out} (pid {first.pid})", 2)
+    assert first.returncode == 0, err_first
+    assert out_first.strip() == f"encoded {CORPUS_CLIPS} of {CORPUS_CLIPS} videos"
+    lines = (out / "index.jsonl").read_text().splitlines()
+    assert len(lines) == CORPUS_CLIPS  # one line per video: the second wrote none
+    assert ok_outputs(out) == sorted(f"clip{i}.vaelat" for i in range(CORPUS_CLIPS))
+    for output in ok_outputs(out):
+        LatentReader(out / output)  # complete, checksum included
+    assert leftovers(out) == []
 
 
 def test_sigterm_during_training_keeps_the_finished_epochs(inputs, tmp_path):

@@ -112,8 +112,8 @@ def test_odd_sizes_and_grayscale_sources(vd, frame_model, tiny_video_model, carp
     metrics = json.loads((tmp_path / "odd.json").read_text())
     assert metrics["source_size"] == [33, 17] and metrics["model_size"] == [40, 24]
     assert metrics["frames"] == 6 and metrics["fps"] == 25.0  # an image folder has no rate: the default
-    # OpenCV's video writers store even sizes only: the last column and row of an odd frame are dropped.
-    assert read_video(tmp_path / "odd_out.mkv").shape == (6, 16, 32, 3)
+    # .mkv is lossless FFV1 in RGB (video/writers.py): an odd size is kept exactly.
+    assert read_video(tmp_path / "odd_out.mkv").shape == (6, 17, 33, 3)
     gray = tmp_path / "gray"
     gray.mkdir()
     for i, frame in enumerate(frames):
@@ -204,7 +204,8 @@ def test_demo_writes_every_output_to_the_folder_it_names(vd, frame_model, monkey
     assert f"demo outputs are in {(tmp_path / 'demo').resolve()}" in result.stdout
     assert "carphone_pristine.mp4" in result.stdout
     assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == [
-        "carphone.vaelat", "metrics.json", "reconstruction.mp4", "side_by_side.mp4"]
+        "carphone.vaelat", "decoded.mp4", "metrics.json", "reconstruction.mp4", "report.html",
+        "side_by_side.mp4", "source.mp4"]  # the report page and its two videos: docs/report.md
     assert read_video(tmp_path / "demo" / "reconstruction.mp4").shape == (120, 144, 176, 3)
     assert json.loads((tmp_path / "demo" / "metrics.json").read_text())["frames"] == 120
 

@@ -233,6 +233,14 @@ def test_evaluate_prints_metrics_and_writes_video_and_strip(trained_runs, kind, 
     factor = 2 if kind == "causal3d" else 1
     latent = TINY_MODELS[kind].get("latent_channels", 4)
     assert clip["compression_ratio"] == pytest.approx(32 * 32 * 3 * factor / (2 * latent * 4 * 4))
+    # the report page and its two videos (video/report.py), the per-frame numbers it plots in the JSON
+    page = out / "report_carphone_pristine" / "report.html"
+    assert f"report_carphone_pristine: {page}" in stdout.replace("\n", "")
+    for name in ("source.mp4", "decoded.mp4"):
+        with open_source(page.parent / name) as source:
+            assert source.read().shape == (EVAL_FRAMES, 32, 32, 3)
+    assert [len(clip["per_frame"][k]) for k in ("psnr", "ssim", "flicker")] == [EVAL_FRAMES] * 3
+    assert f"{clip['psnr']:.2f}" in page.read_text()
 
 
 @pytest.mark.parametrize("kind", list(TINY_MODELS))
@@ -262,7 +270,8 @@ def test_evaluation_stream_equals_full_sequence_reconstruction(trained_runs, kin
     expected.update(source, hwc)
     assert report["clips"][0]["ssim"] == pytest.approx(expected.ssim, abs=1e-4)
     assert report["clips"][0]["flicker"] == pytest.approx(expected.flicker, abs=1e-5)
-    assert sorted(files) == ["side_by_side_carphone_pristine", "strip_carphone_pristine"]
+    assert sorted(files) == ["report_carphone_pristine", "side_by_side_carphone_pristine",
+                             "strip_carphone_pristine"]
 
 
 def test_evaluate_json_from_a_real_process(trained_runs, tmp_path):
@@ -516,9 +525,10 @@ def test_moving_mnist_trains_and_evaluates(tmp_path):
     assert all(c["frames"] == 6 and c["channels"] == 1 and 0 < c["ssim"] <= 1 for c in report["clips"])
     # 32x32 gray over fp16 8x8x2 latents
     assert report["compression_ratio"] == pytest.approx(32 * 32 / (2 * 8 * 8 * 2))
-    # videos and strips of the first two sequences only
+    # videos, strips and report pages of the first two sequences only
     assert sorted(p for p in report["pictures"] if p != "loss_curves") == [
-        "side_by_side_seq000", "side_by_side_seq001", "strip_seq000", "strip_seq001"]
+        "report_seq000", "report_seq001", "side_by_side_seq000", "side_by_side_seq001", "strip_seq000",
+        "strip_seq001"]
     with open_source(tmp_path / "eval" / "side_by_side_seq000.mp4") as source:
         assert source.read().shape == (6, 32, 64, 3)
 

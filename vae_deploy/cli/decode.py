@@ -15,6 +15,7 @@ import typer
 
 from vae_deploy.cli.options import (
     BackendOption,
+    CodecOption,
     FpsOption,
     ModelOption,
     QuietOption,
@@ -37,13 +38,15 @@ def decode(
     fps: FpsOption = None,
     threads: ThreadsOption = None,
     quiet: QuietOption = False,
+    codec: CodecOption = None,
 ) -> None:
     """Decode a latent file to a video at the source's size and frame rate."""
     from vae_deploy.video.jobs import decode_job
 
     try:
         with progress_bar("decode", quiet) as progress:
-            report = decode_job(latents, out, model, backend, fps, threads, metrics, progress)
+            report = decode_job(latents, out, model, backend, fps, threads, metrics, progress,
+                                codec=codec)
     except KeyboardInterrupt:
         interrupted()
     print_report(report, "decoded")

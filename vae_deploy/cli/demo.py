@@ -16,6 +16,7 @@ import typer
 
 from vae_deploy.cli.options import (
     BackendOption,
+    CodecOption,
     QuietOption,
     ThreadsOption,
     interrupted,
@@ -31,13 +32,14 @@ def demo(
     backend: BackendOption = DEFAULT_BACKEND,
     threads: ThreadsOption = None,
     quiet: QuietOption = False,
+    codec: CodecOption = None,
 ) -> None:
     """Run the packaged model on its validation clip and write every output to a folder."""
     from vae_deploy.video.jobs import demo_job
 
     try:
         with progress_bar("demo", quiet) as progress:
-            report = demo_job(out_dir, backend, threads, progress, log=typer.echo)
+            report = demo_job(out_dir, backend, threads, progress, log=typer.echo, codec=codec)
     except KeyboardInterrupt:
         interrupted()
     print_report(report, "ran")

@@ -1,4 +1,5 @@
-"""`vae-deploy evaluate RUN_DIR`: test loss of a run's best checkpoint and its pictures."""
+"""`vae-deploy evaluate RUN_DIR`: test loss of a run's best checkpoint and its pictures (for a video run, a
+report page per test clip: training/video_evaluation.py, video/report.py)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ def evaluate(
         "--threads", min=1, help="CPU threads for torch (default: the recipe's train.threads).")] = None,
 ) -> None:
     """Test loss, recon and KL per sample; writes loss curves, reconstructions and (2-D latent) the latent
-    scatter and the decoded manifold."""
+    scatter and the decoded manifold; video runs: per test clip a side-by-side video, a strip and a report
+    page (report_<clip>/report.html, docs/report.md)."""
     from vae_deploy.cli.extras import train_extra
 
     with train_extra("evaluate"):

@@ -44,6 +44,13 @@ FpsOption = Annotated[float | None, typer.Option(
 ThreadsOption = Annotated[int | None, typer.Option(
     "--threads", min=1, help="Inference threads (default for ort-cpu: one fewer than the CPUs, at least 1).")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+# The names are video/writers.py's CODECS (kept literal here: importing the writers would import PyAV for
+# every command; tests/video/test_writers.py checks the two agree).
+CODEC_NAMES = ("h264", "hevc", "av1", "ffv1")
+CodecOption = Annotated[str | None, typer.Option(
+    "--codec", help=f"Video codec: {', '.join(CODEC_NAMES)} (default by suffix: .mp4/.mov "
+    f"H.264, playable in browsers; .mkv lossless FFV1, exact pixels and sizes; .avi Motion JPEG). Where "
+    f"FFmpeg lacks the encoder a note says what is written instead.")]
 RawLatentsOption = Annotated[bool, typer.Option(
     "--raw-latents", help="Store the encoder's raw latents. By default a model with a latent normalization "
                           "(diffusers' scaling_factor/shift_factor, Wan's latents_mean/std) stores them in "

@@ -20,6 +20,7 @@ import typer
 from vae_deploy.cli.options import (
     BackendOption,
     ChunkOption,
+    CodecOption,
     FitOption,
     FpsOption,
     MaxFramesOption,
@@ -49,6 +50,9 @@ def run(
     metrics: Annotated[Path | None, typer.Option(
         "--metrics", help="JSON: frames/s, chunk latency, PSNR, SSIM, flicker, compression (measuring "
                           "quality costs a few ms per frame, so it is done only when asked).")] = None,
+    report: Annotated[Path | None, typer.Option(
+        "--report", help="Folder for report.html: source and reconstruction playing together, the metrics, "
+                         "per-frame plots (opens offline in a browser; docs/report.md).")] = None,
     chunk: ChunkOption = 8,
     size: SizeOption = None,
     fit: FitOption = "snap",
@@ -57,6 +61,7 @@ def run(
     threads: ThreadsOption = None,
     quiet: QuietOption = False,
     raw_latents: RawLatentsOption = False,
+    codec: CodecOption = None,
 ) -> None:
     """Encode and decode a video chunk by chunk; write the reconstruction, latents and metrics."""
     from vae_deploy.video.jobs import run_job
@@ -64,10 +69,10 @@ def run(
 
     try:
         options = StreamOptions(chunk=chunk, short_side=size, fit=fit, max_frames=max_frames, fps=fps,
-                                measure=metrics is not None, raw_latents=raw_latents)
+                                measure=metrics is not None or report is not None, raw_latents=raw_latents)
         with progress_bar("run", quiet) as progress:
-            report = run_job(source, VideoOutputs(out, side_by_side, latents), options, model, backend,
-                             threads, metrics, progress)
+            result = run_job(source, VideoOutputs(out, side_by_side, latents, codec=codec), options, model,
+                             backend, threads, metrics, progress, report_dir=report)
     except KeyboardInterrupt:
         interrupted()
-    print_report(report, "ran")
+    print_report(result, "ran")

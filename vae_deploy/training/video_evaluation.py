@@ -10,6 +10,9 @@ the model's state, whatever the clip length. Reconstructions decode mu (no sampl
     fps                   frames / seconds spent in encode + decode (PyTorch eager, this process's threads)
     side_by_side          an mp4, source left and reconstruction right (VideoSink: written atomically)
     strip                 a PNG of evenly spaced frames: the source row above the reconstruction row
+    report_<name>/        report.html (video/report.py) beside source.mp4 and decoded.mp4: the two playing
+                          together, the metrics and PSNR / SSIM / flicker per frame (also in the JSON,
+                          "per_frame")
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from vae_deploy.models.streaming import StreamDecoder, StreamEncoder, VideoVAE
 from vae_deploy.training import plots
 from vae_deploy.video.io import VideoSink
 from vae_deploy.video.metrics import VideoMetrics, compression_ratio
+from vae_deploy.video.report import DECODED_VIDEO, SOURCE_VIDEO, write_report
 
 STRIP_FRAMES = 8  # frames in the PNG strip
 
@@ -96,9 +100,15 @@ def evaluate_clip(model: VideoVAE, clip: EvalClip, out_dir: Path, chunk: int = 8
     seconds = 0.0
     strip_src, strip_rec = [], []
     video_path = Path(out_dir) / f"side_by_side_{clip.name}.mp4"
+    report_dir = Path(out_dir) / f"report_{clip.name}"
     index = 0
     with contextlib.ExitStack() as stack:
         sink = stack.enter_context(VideoSink(video_path, fps=clip.fps)) if clip.media else None
+        pages = None
+        if clip.media:
+            report_dir.mkdir(exist_ok=True)
+            pages = [stack.enter_context(VideoSink(report_dir / name, fps=clip.fps))
+                     for name in (SOURCE_VIDEO, DECODED_VIDEO)]
         for source, recon, spent in stream_reconstruct(model, clip.video, chunk):
             seconds += spent
             if source.shape[0] == 0:  # a causal3d stream still filling its first temporal group
@@ -107,6 +117,9 @@ def evaluate_clip(model: VideoVAE, clip: EvalClip, out_dir: Path, chunk: int = 8
             metrics.update(src, rec)
             if sink is not None:
                 sink.write_all(_rgb(np.concatenate([src, rec], axis=2)))
+            if pages is not None:
+                pages[0].write_all(_rgb(src))
+                pages[1].write_all(_rgb(rec))
             for i in range(source.shape[0]):
                 if index + i in picks:
                     strip_src.append(source[i].cpu())
@@ -116,12 +129,30 @@ def evaluate_clip(model: VideoVAE, clip: EvalClip, out_dir: Path, chunk: int = 8
     report = {"name": clip.name, "frames": summary["frames"], "height": height, "width": width,
               "channels": channels, "psnr": summary["psnr"], "ssim": summary["ssim"],
               "flicker": summary["flicker"], "compression_ratio": latent_compression(model, height, width),
-              "fps": frames / seconds if seconds > 0 else float("inf"), "model_seconds": seconds}
+              "fps": frames / seconds if seconds > 0 else float("inf"), "model_seconds": seconds,
+              "per_frame": metrics.per_frame()}
     if not clip.media:
         return report, {}
     strip_path = plots.save_reconstructions(Path(out_dir) / f"strip_{clip.name}.png", torch.stack(strip_src),
                                             torch.stack(strip_rec), per_row=len(strip_src))
-    return report, {f"side_by_side_{clip.name}": video_path, f"strip_{clip.name}": strip_path}
+    page = write_report(report_dir, _page_metrics(model, clip, report),
+                        {"name": type(model).__name__, "kind": getattr(model, "kind", None)},
+                        title=f"vae-deploy evaluate: {clip.name}")
+    return report, {f"side_by_side_{clip.name}": video_path, f"strip_{clip.name}": strip_path,
+                    f"report_{clip.name}": page}
+
+
+def _page_metrics(model: VideoVAE, clip: EvalClip, report: dict[str, Any]) -> dict[str, Any]:
+    """A clip's numbers under the keys of `run`'s metrics JSON, which the report page reads."""
+    s = model.spatial_factor
+    size = [report["width"], report["height"]]
+    return {"source": f"test clip {clip.name} (never trained on)", "frames": report["frames"],
+            "psnr": report["psnr"], "ssim": report["ssim"], "flicker": report["flicker"],
+            "compression_ratio": report["compression_ratio"], "frames_per_s": report["fps"],
+            "per_frame": report["per_frame"], "backend": f"torch eager ({torch.get_num_threads()} threads)",
+            "model_kind": getattr(model, "kind", None), "fps": clip.fps, "source_size": size,
+            "working_size": size, "model_size": size,
+            "latent_shape": [model.latent_channels, report["height"] // s, report["width"] // s]}
 
 
 @contextlib.contextmanager

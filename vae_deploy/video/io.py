@@ -1,4 +1,5 @@
-"""Video sources and sinks over OpenCV (numpy and OpenCV only: this runs on the edge install, no torch).
+"""Video sources (OpenCV) and sinks (PyAV or OpenCV): numpy, OpenCV and PyAV only, this runs on the edge
+install, no torch.
 
 Layout: every frame a source yields is RGB uint8 (H, W, 3), whatever the input (OpenCV decodes BGR; gray
 and BGRA inputs are converted), so downstream code never guesses the channel order.
@@ -6,9 +7,10 @@ and BGRA inputs are converted), so downstream code never guesses the channel ord
     open_source(spec) -> FrameSource     spec: a video file, a folder of images, a single image (a
                                           one-frame source), a camera index (int or digits), an RTSP/HTTP
                                           URL or a GStreamer pipeline (contains " ! ")
-    VideoSink(path, fps)                  writes frames with cv2.VideoWriter (codec by suffix) to a
-                                          temporary name, checks the file holds every frame, and renames
-                                          it on close, also after an exception
+    VideoSink(path, fps, codec=None)      writes frames through PyAV or OpenCV (video/writers.py: codec
+                                          by suffix or `codec`) to a temporary name, checks the file
+                                          holds every frame, and renames it on close, also after an
+                                          exception
     ImageSink(path)                       the same interface for one frame written as an image file
                                           (IMAGE_OUTPUT_SUFFIXES); a second frame is refused
     open_sink(path, fps, size)            the sink the output's suffix asks for
@@ -31,6 +33,14 @@ import numpy as np
 
 from vae_deploy.errors import DataError, InputShapeError, OutputError, VaeDeployError
 from vae_deploy.files import AtomicFile, unwritten_cause, writing
+from vae_deploy.video.writers import (
+    OPENCV_FOURCC_BY_SUFFIX,
+    PyAVEncoder,
+    WriterPlan,
+    check_codec,
+    count_packets,
+    plan_writer,
+)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm")
 # Suffixes taken as videos when scanning a folder of clips (a single file is tried whatever its name).
@@ -304,11 +314,10 @@ def to_uint8(frame: np.ndarray) -> np.ndarray:
     return (np.clip(frame, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-# Output containers OpenCV's pip wheels can write, by suffix, and the codec each gets: .mkv is lossless
-# (FFV1: bit-exact frames, e.g. to compare runs), .avi Motion JPEG, the MPEG-4 family MPEG-4 part 2 (mp4v),
-# which every OpenCV build can write. mp4v stores even sizes only: an odd width or height loses its last
-# column or row. Other suffixes (.webm, .bin, none) have no encoder in those wheels.
-FOURCC_BY_SUFFIX = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "FFV1", ".avi": "MJPG"}
+# Which codec each video suffix gets, and who writes it, is video/writers.py's table: PyAV (FFmpeg) writes
+# .mp4/.m4v/.mov as H.264 and .mkv as lossless FFV1; OpenCV writes .avi (Motion JPEG), and the others where
+# PyAV is missing. Other suffixes (.webm, .bin, none) are refused.
+FOURCC_BY_SUFFIX = OPENCV_FOURCC_BY_SUFFIX
 # MPEG-4 part 2 stores the frame rate as a time base of at most 65535 ticks per second, and a frame rate
 # of inf makes OpenCV's writer loop forever; 1000 frames/s is far above any real video.
 MAX_OUTPUT_FPS = 1000.0
@@ -321,7 +330,7 @@ def fourcc_for(path: Path) -> str:
     """The codec OpenCV writes `path` with, by its suffix; DataError for a suffix it cannot write."""
     fourcc = FOURCC_BY_SUFFIX.get(Path(path).suffix.lower())
     if fourcc is None:
-        raise DataError(f"cannot write video {path}: OpenCV writes {', '.join(FOURCC_BY_SUFFIX)} files, not "
+        raise DataError(f"cannot write video {path}: videos are {', '.join(FOURCC_BY_SUFFIX)} files, not "
                         f"{Path(path).suffix or 'a file without a suffix'}")
     return fourcc
 
@@ -339,9 +348,9 @@ def check_output_size(path: Path, size: tuple[int, int]) -> None:
                         f"least {MIN_OUTPUT_SIDE}x{MIN_OUTPUT_SIDE} pixels")
 
 
-def _bgr_frame(path: Path, frame: np.ndarray, size: tuple[int, int] | None) -> tuple[np.ndarray, tuple]:
+def _rgb_frame(path: Path, frame: np.ndarray, size: tuple[int, int] | None) -> tuple[np.ndarray, tuple]:
     """A frame for a sink of `path`: RGB (H, W, 3) (or gray (H, W)) of the sink's `size` (None: this frame's)
-    -> (BGR uint8 as OpenCV writes it, the size)."""
+    -> (RGB uint8, contiguous, the size)."""
     frame = np.asarray(frame)
     if frame.ndim == 2:
         frame = frame[:, :, None].repeat(3, axis=2)
@@ -352,52 +361,82 @@ def _bgr_frame(path: Path, frame: np.ndarray, size: tuple[int, int] | None) -> t
     if (frame.shape[1], frame.shape[0]) != tuple(size):
         raise InputShapeError(f"frames for {path.name} must be {size[0]}x{size[1]} (W x H), got "
                               f"{frame.shape[1]}x{frame.shape[0]}")
-    return cv2.cvtColor(np.ascontiguousarray(to_uint8(frame)), cv2.COLOR_RGB2BGR), size
+    return np.ascontiguousarray(to_uint8(frame)), size
+
+
+def _bgr_frame(path: Path, frame: np.ndarray, size: tuple[int, int] | None) -> tuple[np.ndarray, tuple]:
+    """As _rgb_frame, in OpenCV's BGR order."""
+    rgb, size = _rgb_frame(path, frame, size)
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), size
+
+
+class _OpenCVEncoder:
+    """cv2.VideoWriter with `fourcc`: the writer of .avi, and of every video where PyAV is missing."""
+
+    def __init__(self, tmp: Path, target: Path, fourcc: str, size: tuple[int, int], fps: float):
+        with _quiet_opencv():
+            self._writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*fourcc), fps, size)
+        if not self._writer.isOpened():
+            raise VaeDeployError(f"cannot write {target}: OpenCV's {fourcc} encoder refused "
+                                 f"{size[0]}x{size[1]} frames at {fps:g} frames/s")
+
+    def write(self, rgb: np.ndarray) -> None:
+        self._writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+    def close(self) -> None:
+        self._writer.release()  # writes the container index: the file is playable from here on
+
+    abandon = close
 
 
 class VideoSink:
-    """Write RGB frames (H, W, 3) uint8, or float in [0, 1], to a video file with cv2.VideoWriter.
+    """Write RGB frames (H, W, 3) uint8, or float in [0, 1], to a video file.
 
+    The codec follows the suffix, or `codec` (h264, hevc, av1, ffv1), as video/writers.py plans it: PyAV
+    writes .mp4/.m4v/.mov as H.264 and .mkv as lossless FFV1 (exact pixels, odd sizes included); OpenCV
+    writes .avi as Motion JPEG, or any suffix with `fourcc` given (e.g. "mp4v"), or where PyAV is missing.
     The file is written under a temporary name beside the target and renamed when the sink closes, so
-    readers never see half a file. Closing reads the container back and refuses to publish a video that
-    does not hold every frame written: OpenCV's writer only warns when a write fails (a full disk), so this
-    is where such a failure becomes an error. Closing after an exception (`with VideoSink(...)` around a
-    failing loop) still finalizes the container and keeps the frames written so far as a playable video;
-    `discard()` drops it instead; closing with no frames written leaves no file (and, outside an exception,
-    raises DataError). The codec follows the suffix (FOURCC_BY_SUFFIX) unless `fourcc` is given.
+    readers never see half a file. Closing flushes the encoder, reads the container back and refuses to
+    publish a video that does not hold every frame written (OpenCV's writer only warns when a write fails:
+    a full disk); a failed write is an OutputError naming the target. Closing after an exception (`with
+    VideoSink(...)` around a failing loop) still finalizes the container and keeps the frames written so
+    far as a playable video; `discard()` drops it instead; closing with no frames written leaves no file
+    (and, outside an exception, raises DataError).
     """
 
     def __init__(self, path: str | Path, fps: float = 25.0, size: tuple[int, int] | None = None,
-                 fourcc: str | None = None):
+                 fourcc: str | None = None, codec: str | None = None):
         self.path = Path(path)
         self.fps = check_output_fps(fps, f"the frame rate of {self.path}")
-        self.fourcc = fourcc or fourcc_for(self.path)
+        if fourcc is None:
+            fourcc_for(self.path)  # the suffix must be a video container
+            self.plan = plan_writer(self.path, codec)
+        else:
+            self.plan = WriterPlan(fourcc=fourcc)
+        self.fourcc = self.plan.fourcc  # None when PyAV writes
         if size is not None:
             check_output_size(self.path, size)
         self.size = size  # (width, height); taken from the first frame when None
         self.frames_written = 0
         self._out = AtomicFile(self.path)
         self._tmp = self._out.tmp
-        self._writer: cv2.VideoWriter | None = None
+        self._writer: PyAVEncoder | _OpenCVEncoder | None = None
         self._closed = False
 
-    def _open(self, width: int, height: int) -> cv2.VideoWriter:
+    def _open(self, width: int, height: int) -> PyAVEncoder | _OpenCVEncoder:
         check_output_size(self.path, (width, height))
-        fourcc = cv2.VideoWriter_fourcc(*self.fourcc)
-        with _quiet_opencv():
-            writer = cv2.VideoWriter(str(self._tmp), fourcc, self.fps, (width, height))
-        if not writer.isOpened():
-            raise VaeDeployError(f"cannot write {self.path}: OpenCV's {self.fourcc} encoder refused "
-                                 f"{width}x{height} frames at {self.fps:g} frames/s")
-        return writer
+        if self.plan.encoder is not None:
+            return PyAVEncoder(self._tmp, self.path, self.plan, (width, height), self.fps)
+        return _OpenCVEncoder(self._tmp, self.path, self.plan.fourcc, (width, height), self.fps)
 
     def write(self, frame: np.ndarray) -> None:
         if self._closed:
             raise VaeDeployError(f"{self.path} is already closed")
-        frame, self.size = _bgr_frame(self.path, frame, self.size)
-        if self._writer is None:
-            self._writer = self._open(*self.size)
-        self._writer.write(frame)
+        frame, self.size = _rgb_frame(self.path, frame, self.size)
+        with writing(self.path):
+            if self._writer is None:
+                self._writer = self._open(*self.size)
+            self._writer.write(frame)
         self.frames_written += 1
 
     def write_all(self, frames) -> None:
@@ -406,8 +445,11 @@ class VideoSink:
             self.write(frame)
 
     def _frames_readable(self) -> int:
-        """How many frames the finished temporary file gives back: the container's count when it agrees,
-        else a decode of the whole file (the count is an estimate in some containers)."""
+        """How many frames the finished temporary file gives back: its video packets for a PyAV file; for
+        an OpenCV one the container's count when it agrees, else a decode of the whole file (the count is an
+        estimate in some containers)."""
+        if self.plan.encoder is not None:
+            return count_packets(self._tmp)
         with _quiet_opencv():
             cap = cv2.VideoCapture(str(self._tmp))
             try:
@@ -434,11 +476,11 @@ class VideoSink:
         if self._closed:
             return
         self._closed = True
-        if self._writer is not None:
-            self._writer.release()  # writes the container index: the file is playable from here on
-            self._writer = None
+        writer, self._writer = self._writer, None
         if self.frames_written:
             try:
+                with writing(self.path):
+                    writer.close()  # flushes the encoder, writes the index: the file plays from here on
                 self._check_complete()
                 with writing(self.path):
                     self._out.publish()
@@ -447,6 +489,8 @@ class VideoSink:
                 if not failed:
                     raise
             return
+        if writer is not None:  # opened, but its first frame failed
+            writer.abandon()
         self._out.discard()
         if not failed:
             raise DataError(f"no frames were written to {self.path}; no file was created")
@@ -457,7 +501,7 @@ class VideoSink:
             return
         self._closed = True
         if self._writer is not None:
-            self._writer.release()
+            self._writer.abandon()
             self._writer = None
         self._out.discard()
 
@@ -479,12 +523,17 @@ def is_image_output(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_OUTPUT_SUFFIXES
 
 
-def check_sink_path(path: str | Path) -> None:
-    """DataError, before any work, for a frame output whose suffix no sink writes."""
+def check_sink_path(path: str | Path, codec: str | None = None) -> None:
+    """DataError, before any work, for a frame output whose suffix no sink writes, or that cannot hold
+    --codec `codec`."""
     if is_image_output(path):
+        if codec is not None:
+            raise DataError(f"--codec {codec} is for videos; {Path(path).name} is an image")
         return
-    if Path(path).suffix.lower() not in FOURCC_BY_SUFFIX:
-        raise DataError(f"cannot write {path}: OpenCV writes {', '.join(FOURCC_BY_SUFFIX)} videos and "
+    if Path(path).suffix.lower() in FOURCC_BY_SUFFIX:
+        check_codec(Path(path), codec)
+    else:
+        raise DataError(f"cannot write {path}: vae-deploy writes {', '.join(FOURCC_BY_SUFFIX)} videos and "
                         f"{', '.join(IMAGE_OUTPUT_SUFFIXES)} images (one frame), not "
                         f"{Path(path).suffix or 'a file without a suffix'}")
 
@@ -586,9 +635,10 @@ class ImageSink:
 
 def open_sink(path: str | Path, fps: float = 25.0, size: tuple[int, int] | None = None,
               frames: int | None = None, source: str = "the source",
-              hint: str = MAX_FRAMES_HINT) -> VideoSink | ImageSink:
+              hint: str = MAX_FRAMES_HINT, codec: str | None = None) -> VideoSink | ImageSink:
     """The sink for a frame output, by its suffix: an ImageSink for an image file (`frames`, `source`
-    and `hint` as ImageSink takes them; fps unused), else a VideoSink."""
+    and `hint` as ImageSink takes them; fps unused), else a VideoSink (`codec`: None for the suffix's)."""
     if is_image_output(path):
+        check_sink_path(path, codec)
         return ImageSink(path, size, frames, source, hint)
-    return VideoSink(path, fps, size)
+    return VideoSink(path, fps, size, codec=codec)

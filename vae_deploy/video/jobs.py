@@ -14,6 +14,7 @@ propagates as KeyboardInterrupt and nothing is written; after it, the job return
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,9 @@ from vae_deploy.video.pipeline import (
     run_video,
     runner_options,
 )
+from vae_deploy.video.report import DECODED_VIDEO, SOURCE_VIDEO, check_report_dir, model_summary, write_report
 from vae_deploy.video.samples import sample_video_path
+from vae_deploy.video.writers import suffix_for
 
 JobProgress = Callable[[int, int | None], None]  # (frames finished, total frames or None)
 
@@ -86,15 +89,30 @@ def _finish(report: StreamReport, metrics: Path | None) -> StreamReport:
 
 def run_job(source: str | Path, outputs: VideoOutputs, options: StreamOptions | None = None,
             model: Path | None = None, backend: str = DEFAULT_BACKEND, threads: int | None = None,
-            metrics: Path | None = None, progress: JobProgress | None = None) -> StreamReport:
-    """`vae-deploy run`: encode and decode SOURCE, writing the outputs asked for and the metrics."""
+            metrics: Path | None = None, progress: JobProgress | None = None,
+            report_dir: Path | None = None) -> StreamReport:
+    """`vae-deploy run`: encode and decode SOURCE, writing the outputs asked for and the metrics; with
+    `report_dir`, also the report page and its two videos there (video/report.py; quality is measured)."""
     options = options or StreamOptions()
+    if report_dir is not None:
+        options = dataclasses.replace(options, measure=True)
+        outputs = dataclasses.replace(outputs, model_input=Path(report_dir) / SOURCE_VIDEO,
+                                      model_output=Path(report_dir) / DECODED_VIDEO)
     check_outputs({"the input": source}, model, {"--out": outputs.video, "--side-by-side":
                                                  outputs.side_by_side, "--latents": outputs.latents,
-                                                 "--metrics": metrics})
+                                                 "--metrics": metrics, "the report's source video":
+                                                 outputs.model_input, "the report's decoded video":
+                                                 outputs.model_output})
+    if report_dir is not None:
+        check_report_dir(report_dir)  # after the checks above: never a folder where it must not be
     with open_model(model, backend, threads) as runner, open_source(source) as frames:
         report = run_video(runner, frames, options, outputs, _bound(progress, _source_total(frames, options)))
-    return _finish(report, metrics)
+    report = _finish(report, metrics)
+    if report_dir is not None:
+        data = report.to_dict()
+        page = write_report(report_dir, data, model_summary(resolve_model(model), data))
+        report.outputs["report"] = str(page)
+    return report
 
 
 def encode_job(source: str | Path, out: Path, options: StreamOptions | None = None, model: Path | None = None,
@@ -110,30 +128,34 @@ def encode_job(source: str | Path, out: Path, options: StreamOptions | None = No
 
 def decode_job(latents: Path, out: Path, model: Path | None = None, backend: str = DEFAULT_BACKEND,
                fps: float | None = None, threads: int | None = None, metrics: Path | None = None,
-               progress: JobProgress | None = None) -> StreamReport:
-    """`vae-deploy decode`: a .vaelat file back to video at the source's size and frame rate."""
+               progress: JobProgress | None = None, codec: str | None = None) -> StreamReport:
+    """`vae-deploy decode`: a .vaelat file back to video at the source's size and frame rate (`codec`:
+    None for the suffix's, video/writers.py)."""
     options = StreamOptions(fps=fps)
     check_outputs({"the input": latents}, model, {"--out": out, "--metrics": metrics})
     reader = LatentReader(latents)  # refuses a damaged file (its checksum is read once) before loading
     with open_model(model, backend, threads) as runner:
-        report = decode_latents(runner, reader, VideoOutputs(video=out), options,
+        report = decode_latents(runner, reader, VideoOutputs(video=out, codec=codec), options,
                                 _bound(progress, reader.header.frame_count))
     return _finish(report, metrics)
 
 
 def demo_job(out_dir: Path, backend: str = DEFAULT_BACKEND, threads: int | None = None,
              progress: JobProgress | None = None,
-             log: Callable[[str], None] = lambda line: None) -> StreamReport:
-    """`vae-deploy demo`: the packaged model on the packaged clip, every output in `out_dir`."""
+             log: Callable[[str], None] = lambda line: None, codec: str | None = None) -> StreamReport:
+    """`vae-deploy demo`: the packaged model on the packaged clip, every output in `out_dir` (`codec`: the
+    videos' codec, None for H.264; one .mp4 cannot hold, ffv1, makes them .mkv files)."""
     clip, model = sample_video_path(DEMO_CLIP), default_model_dir()
     out_dir = Path(out_dir)
-    outputs = VideoOutputs(*(out_dir / p for p in (DEMO_OUTPUTS.video, DEMO_OUTPUTS.side_by_side,
-                                                   DEMO_OUTPUTS.latents)))
+    suffix = suffix_for(codec, DEMO_OUTPUTS.video.suffix)
+    outputs = VideoOutputs(*(out_dir / p for p in (DEMO_OUTPUTS.video.with_suffix(suffix),
+                                                   DEMO_OUTPUTS.side_by_side.with_suffix(suffix),
+                                                   DEMO_OUTPUTS.latents)), codec=codec)
     log(f"demo: the packaged model ({model}) on {clip.name}, its validation clip (it chose the model's "
         f"epochs and recipe; never trained on)")
     with removing_new_folders(out_dir):  # a demo that fails writing its first file leaves no empty folder
         return run_job(clip, outputs, StreamOptions(), backend=backend, threads=threads,
-                       metrics=out_dir / DEMO_METRICS, progress=progress)
+                       metrics=out_dir / DEMO_METRICS, progress=progress, report_dir=out_dir)
 
 
 @dataclass

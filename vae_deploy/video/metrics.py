@@ -1,7 +1,8 @@
 """Video quality metrics on numpy arrays (no torch): PSNR, SSIM, temporal flicker, compression ratio.
 
 Frames are float32 in [0, 1] or uint8, layout (T, H, W, C) (what OpenCV sources yield after RGB conversion).
-`VideoMetrics` accumulates chunk by chunk so streaming runs measure whole videos in constant memory.
+`VideoMetrics` accumulates chunk by chunk so streaming runs measure whole videos in constant memory (plus
+three numbers per frame, kept for the per-frame plots of the report page, video/report.py).
 """
 
 from __future__ import annotations
@@ -75,6 +76,10 @@ class VideoMetrics:
     Flicker: mean absolute difference between the reconstruction's frame-to-frame change and the source's,
     |(r_t - r_{t-1}) - (s_t - s_{t-1})| averaged over pixels and frame pairs; 0 means the reconstruction
     changes over time exactly as the source does.
+
+    Per frame (`per_frame()`): PSNR and SSIM of each frame, and the flicker of each frame against the one
+    before it (None for the first frame, which has no predecessor); the whole-video numbers above are
+    unchanged by them (PSNR over all pixels is not the mean of per-frame PSNRs).
     """
 
     frames: int = 0
@@ -84,6 +89,9 @@ class VideoMetrics:
     _flicker_sum: float = 0.0
     _flicker_pairs: int = 0
     _prev: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    frame_psnr: list[float] = field(default_factory=list, repr=False)
+    frame_ssim: list[float] = field(default_factory=list, repr=False)
+    frame_flicker: list[float | None] = field(default_factory=list, repr=False)
 
     def update(self, source: np.ndarray, recon: np.ndarray) -> None:
         _check_pair(source, recon)
@@ -91,13 +99,21 @@ class VideoMetrics:
         diff = s.astype(np.float64) - r
         self._sq_err += float(np.sum(diff * diff))
         self._pixels += diff.size
-        self._ssim_sum += sum(ssim_frame(s[t], r[t]) for t in range(s.shape[0]))
-        if self._prev is not None:
+        # Frame by frame, so a frame's number does not depend on the chunk it came in (summation order).
+        self.frame_psnr.extend(psnr_from_mse(float(np.mean(d * d))) for d in diff)
+        ssims = [ssim_frame(s[t], r[t]) for t in range(s.shape[0])]
+        self.frame_ssim.extend(ssims)
+        self._ssim_sum += sum(ssims)
+        if self._prev is None:
+            self.frame_flicker.append(None)  # the first frame has no change to compare
+        else:
             s = np.concatenate([self._prev[0], s])
             r = np.concatenate([self._prev[1], r])
         if s.shape[0] > 1:
             change = np.diff(r.astype(np.float64), axis=0) - np.diff(s.astype(np.float64), axis=0)
-            self._flicker_sum += float(np.abs(change).mean(axis=(1, 2, 3)).sum())
+            pairs = np.abs(change).mean(axis=(1, 2, 3))
+            self.frame_flicker.extend(float(v) for v in pairs)
+            self._flicker_sum += float(pairs.sum())
             self._flicker_pairs += s.shape[0] - 1
         self._prev = (s[-1:], r[-1:])
         self.frames += source.shape[0]
@@ -116,3 +132,8 @@ class VideoMetrics:
 
     def summary(self) -> dict[str, float]:
         return {"frames": self.frames, "psnr": self.psnr, "ssim": self.ssim, "flicker": self.flicker}
+
+    def per_frame(self) -> dict[str, list]:
+        """{"psnr": [...], "ssim": [...], "flicker": [...]}, one entry per frame in stream order."""
+        return {"psnr": list(self.frame_psnr), "ssim": list(self.frame_ssim),
+                "flicker": list(self.frame_flicker)}

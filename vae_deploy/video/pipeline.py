@@ -96,9 +96,16 @@ class VideoOutputs:
     video: Path | None = None  # the reconstruction at the source resolution
     side_by_side: Path | None = None  # source | reconstruction, side by side
     latents: Path | None = None  # the .vaelat container
+    # The report page's videos (video/report.py): the frames the model saw (fitted, its working size, cropped
+    # to the content) and its reconstruction at that same size, where the metrics are measured.
+    model_input: Path | None = None
+    model_output: Path | None = None
+    # The codec of video and side_by_side: h264, hevc, av1 or ffv1; None: by suffix (video/writers.py).
+    codec: str | None = None
 
     def paths(self) -> list[Path]:
-        return [p for p in (self.video, self.side_by_side, self.latents) if p is not None]
+        return [p for p in (self.video, self.side_by_side, self.latents, self.model_input, self.model_output)
+                if p is not None]
 
 
 @dataclass
@@ -115,6 +122,7 @@ class StreamReport:
     ssim: float | None = None  # working resolution
     flicker: float | None = None  # working resolution (video/metrics.py)
     psnr_source: float | None = None  # dB, source frames vs output frames at the source resolution
+    per_frame: dict[str, list] = field(default_factory=dict)  # psnr, ssim, flicker per frame (VideoMetrics)
     compression_ratio: float | None = None  # raw uint8 bytes of a working frame / fp16 latent bytes
     latent_bytes: int = 0
     backend: str = ""
@@ -124,6 +132,7 @@ class StreamReport:
     source_size: list[int] = field(default_factory=list)  # (width, height)
     working_size: list[int] = field(default_factory=list)  # (width, height) of the working frame
     model_size: list[int] = field(default_factory=list)  # (width, height) fed to the model
+    latent_shape: list[int] = field(default_factory=list)  # (C, h, w) of one latent frame
     fit: str = ""
     expected_frames: int | None = None  # what the container promised (file sources)
     truncated: bool = False  # the source ended before expected_frames
@@ -137,6 +146,10 @@ class StreamReport:
 def _json_number(value):
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # JSON has no inf (PSNR of identical frames) or nan
+    if isinstance(value, dict):
+        return {k: _json_number(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_number(v) for v in value]
     return value
 
 
@@ -207,6 +220,7 @@ class _FrameWriter:
         self.source_values = 0
         self.latency = _Latencies()
         self.last_frame_at: float | None = None
+        self.working: tuple[VideoSink | None, VideoSink | None] = (None, None)  # model input, output
 
     def __call__(self, coded: _Coded) -> None:
         self.latency.seconds.append(coded.seconds)
@@ -233,6 +247,7 @@ class _FrameWriter:
             w, h = policy.content_size
             fitted = chunk.fitted[:, :, :h, :w].transpose(0, 2, 3, 1)
             self.metrics.update(fitted, recon[:, :, :h, :w].transpose(0, 2, 3, 1))
+        self._working(chunk, recon)
         need_out = self.video is not None or self.side is not None or (
             self.metrics is not None and chunk is not None and chunk.sources is not None)
         if not need_out:
@@ -249,6 +264,13 @@ class _FrameWriter:
                 self.source_sq_err += float(np.dot(diff.ravel(), diff.ravel()))
                 self.source_values += diff.size
 
+    def _working(self, chunk: _Chunk | None, recon: np.ndarray) -> None:
+        """The model's input and output at its working size, as the metrics see them (the report's videos)."""
+        w, h = self.policy.content_size
+        for sink, frames in zip(self.working, (None if chunk is None else chunk.fitted, recon), strict=True):
+            if sink is not None and frames is not None:
+                sink.write_all(_rgb_hwc(frames[:, :, :h, :w]))
+
     def fill(self, report: StreamReport, started: float) -> None:
         report.frames = self.frames
         end = self.last_frame_at or started
@@ -258,8 +280,15 @@ class _FrameWriter:
         if self.metrics is not None and self.metrics.frames:
             report.psnr, report.ssim = self.metrics.psnr, self.metrics.ssim
             report.flicker = self.metrics.flicker
+            report.per_frame = self.metrics.per_frame()
         if self.source_values:
             report.psnr_source = psnr_from_mse(self.source_sq_err / self.source_values / 255.0**2)
+
+
+def _rgb_hwc(frames: np.ndarray) -> np.ndarray:
+    """(T, C, H, W) float32 in [0, 1] -> (T, H, W, 3) uint8 (a one-channel model's frames as grey)."""
+    frames = np.clip(frames.transpose(0, 2, 3, 1) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return np.repeat(frames, 3, axis=-1) if frames.shape[-1] == 1 else frames
 
 
 # ---------------------------------------------------------------- outputs: atomic, kept on interrupt
@@ -314,7 +343,8 @@ def check_output_path(path: Path, what: str, video: bool = False) -> Path:
 
 @contextlib.contextmanager
 def _video_output(path: Path, fps: float, size: tuple[int, int], frames: int | None = None,
-                  source: str = "the source", hint: str = MAX_FRAMES_HINT) -> Iterator[VideoSink | ImageSink]:
+                  source: str = "the source", hint: str = MAX_FRAMES_HINT,
+                  codec: str | None = None) -> Iterator[VideoSink | ImageSink]:
     """A VideoSink, or an ImageSink when `path` names an image file, published to `path` only if the block
     ends without an error. `frames` (the source's frame count, when known) lets an image output refuse a
     longer source before any work; `source` and `hint` word that refusal.
@@ -322,7 +352,7 @@ def _video_output(path: Path, fps: float, size: tuple[int, int], frames: int | N
     VideoSink keeps a playable partial video after any exception; here an error discards it (the run
     failed) while an interrupt, handled by the caller, leaves the block normally and keeps the frames done.
     """
-    sink = open_sink(path, fps, size, frames, source, hint)
+    sink = open_sink(path, fps, size, frames, source, hint, codec)
     try:
         yield sink
     except BaseException:
@@ -381,6 +411,7 @@ def _fill_common(report: StreamReport, runner: Runner, info: VideoModelInfo, pol
     report.source_size, report.working_size = list(policy.source_size), list(policy.content_size)
     report.model_size = list(policy.model_size)
     lc, lh, lw = info.latent_shape(policy.model_size)
+    report.latent_shape = [lc, lh, lw]
     w, h = policy.content_size
     report.compression_ratio = compression_ratio((h, w, info.channels), lc * lh * lw / info.temporal_factor)
 
@@ -418,7 +449,8 @@ def run_video(runner: Runner, source: FrameSource, options: StreamOptions | None
     options, outputs = options or StreamOptions(), outputs or VideoOutputs()
     info = _model_info(runner, options)
     for path, what in ((outputs.video, "the video"), (outputs.side_by_side, "the side-by-side video"),
-                       (outputs.latents, "the latents")):
+                       (outputs.latents, "the latents"), (outputs.model_input, "the model's input video"),
+                       (outputs.model_output, "the model's output video")):
         if path is not None:
             check_output_path(path, what, video=path is not outputs.latents)
     policy = _plan(info, source, options)
@@ -440,14 +472,18 @@ def run_video(runner: Runner, source: FrameSource, options: StreamOptions | None
     with contextlib.ExitStack() as stack:
         video = side = latents = None
         if outputs.video is not None:
-            video = stack.enter_context(_video_output(outputs.video, fps, (w, h), known, source.description))
+            video = stack.enter_context(_video_output(outputs.video, fps, (w, h), known, source.description,
+                                                      codec=outputs.codec))
         if outputs.side_by_side is not None:
             side = stack.enter_context(_video_output(outputs.side_by_side, fps, (2 * w, h), known,
-                                                     source.description))
+                                                     source.description, codec=outputs.codec))
         if outputs.latents is not None:
             latents = stack.enter_context(_latent_output(outputs.latents, _header(info, policy, fps,
                                                                                   options.chunk, codec)))
         writer = _FrameWriter(policy, video, side, latents, options.measure, None, progress)
+        writer.working = tuple(  # type: ignore[assignment]
+            None if path is None else stack.enter_context(_video_output(path, fps, policy.content_size))
+            for path in (outputs.model_input, outputs.model_output))
         produce = _read_chunks(source, policy, options.chunk, options.max_frames, keep_sources, count,
                                info.first_frames)
         try:
@@ -555,7 +591,8 @@ def decode_latents(runner: Runner, path: Path | LatentReader, outputs: VideoOutp
         video = None
         if outputs.video is not None:
             video = stack.enter_context(_video_output(outputs.video, fps, policy.source_size,
-                                                      header.frame_count, str(path), hint=""))
+                                                      header.frame_count, str(path), hint="",
+                                                      codec=outputs.codec))
         writer = _FrameWriter(policy, video, None, None, False, header.frame_count, progress)
         try:
             chunks = reader.chunks(chunk // info.temporal_factor, info.first_latents)
@@ -570,7 +607,8 @@ def decode_latents(runner: Runner, path: Path | LatentReader, outputs: VideoOutp
 
 
 def _finish_outputs(report: StreamReport, outputs: VideoOutputs) -> None:
-    named = {"video": outputs.video, "side_by_side": outputs.side_by_side, "latents": outputs.latents}
+    named = {"video": outputs.video, "side_by_side": outputs.side_by_side, "latents": outputs.latents,
+             "model_input": outputs.model_input, "model_output": outputs.model_output}
     report.outputs = {k: str(v) for k, v in named.items() if v is not None}
     if outputs.latents is not None and Path(outputs.latents).is_file():
         report.latent_bytes = Path(outputs.latents).stat().st_size
