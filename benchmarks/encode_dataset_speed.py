@@ -148,39 +148,49 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray engine")
+    parser.add_argument("--engines-only", action="store_true",
+                        help="only the local engine at 2 workers and Ray starting its own, no serial loop (a "
+                             "large corpus, to see how far Ray's start-up is amortized); written to "
+                             "encode_dataset_speed_engines.{json,md}")
     args = parser.parse_args()
     cpus = os.cpu_count() or 2
-    configs = {"serial loop of encode": None}
-    splits = sorted({(w, max(1, cpus // w)) for w in (1, 2, cpus) if w <= cpus})
+    configs = {} if args.engines_only else {"serial loop of encode": None}
+    splits = sorted({(w, max(1, cpus // w)) for w in (1, 2, cpus) if w <= cpus and not (
+        args.engines_only and w != min(2, cpus))})
     for workers, threads in splits:
         configs[f"local, {workers} worker(s) x {threads} thread(s)"] = ("local", workers, threads)
     actors, actor_threads = min(2, cpus), max(1, cpus // min(2, cpus))
     if not args.no_ray:
         configs[f"ray, {actors} actor(s) x {actor_threads} thread(s)"] = ("ray", actors, actor_threads)
+    if not (args.no_ray or args.engines_only):
         configs[f"ray --address (running Ray), {actors} actor(s) x {actor_threads} thread(s)"] = (
             "ray-address", actors, actor_threads)
     work = Path(tempfile.mkdtemp(prefix="encode-dataset-speed-"))
     try:
         with contextlib.ExitStack() as stack:
-            ray_address, ray_start_s = (None, None) if args.no_ray else stack.enter_context(running_ray(cpus))
+            joins = any(spec and spec[0] == "ray-address" for spec in configs.values())
+            ray_address, ray_start_s = stack.enter_context(running_ray(cpus)) if joins else (None, None)
             seconds, identical, load = run_rounds(args, configs, work, ray_address)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     rows = []
-    base = float(np.median(seconds["serial loop of encode"]))
+    serial_s = seconds.get("serial loop of encode")
+    base = float(np.median(serial_s)) if serial_s else None
     for name, spec in configs.items():
         med = float(np.median(seconds[name]))
         workers = 1 if spec is None else spec[1]
         rows.append({"config": name, "seconds": med, "per_round": seconds[name],
-                     "videos_per_s": args.clips / med, "vs_serial": base / med, "workers": workers,
+                     "videos_per_s": args.clips / med, "vs_serial": base / med if base else None,
+                     "workers": workers,
                      "identical_to_serial": identical.get(name)})
     result = {"clips": args.clips, "frames": args.frames, "rounds": args.rounds, "cpus": cpus,
               "cpu": _cpu_model(), "load_average": load,
               "ray_start_seconds": ray_start_s, "python": platform.python_version(), "rows": rows,
               "command": " ".join(["benchmarks/encode_dataset_speed.py", *sys.argv[1:]])}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(RESULTS.with_suffix(".json"), result)
-    write_text_atomic(RESULTS.with_suffix(".md"), render(result))
+    results = RESULTS.with_name(RESULTS.name + "_engines") if args.engines_only else RESULTS
+    results.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(results.with_suffix(".json"), result)
+    write_text_atomic(results.with_suffix(".md"), render(result))
     print(render(result))
 
 
@@ -210,10 +220,13 @@ def render(r: dict) -> str:
     ]
     for row in r["rows"]:
         same = "-" if row["identical_to_serial"] is None else ("yes" if row["identical_to_serial"] else "NO")
+        vs_serial = "-" if row["vs_serial"] is None else f"{row['vs_serial']:.2f}x"
         lines.append(f"| {row['config']} | {row['seconds']:.1f} | {row['videos_per_s']:.3f} | "
-                     f"{row['vs_serial']:.2f}x | {same} |")
-    lines += ["", f"Best local split: {best['config']}, {best['vs_serial']:.2f}x the serial loop "
-                  f"(floor >= 1.0x)."]
+                     f"{vs_serial} | {same} |")
+    lines.append("")
+    if best["vs_serial"] is not None:
+        lines.append(f"Best local split: {best['config']}, {best['vs_serial']:.2f}x the serial loop "
+                     f"(floor >= 1.0x).")
     for ray in rays:
         same_workers = next((row for row in local if row["workers"] == ray["workers"]), None)
         if same_workers:

@@ -12,6 +12,7 @@ and propagates as KeyboardInterrupt; everything recorded so far stays in the ind
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -79,6 +80,16 @@ def _check_model(model: Path | None, backend: str, options: StreamOptions, out_d
     if real_out == real_model or real_model in real_out.parents:
         raise DataError(f"--out {out_dir} lies inside the model folder {model_dir}: writing there could "
                         f"replace the model's own files; give a folder outside it")
+
+
+def _remove_empty_folders(out_dir: Path) -> None:
+    """Remove the empty folders under `out_dir` (mirrored subfolders, shard parts folders) that a new batch
+    made before it failed or stopped with no video finished: they hold nothing, and would keep the folder.
+    (Only then: a batch that recorded videos keeps its folders, and a large one is not walked on a stop.)"""
+    for folder in sorted((p for p in out_dir.rglob("*") if p.is_dir()), key=lambda p: len(p.parts),
+                         reverse=True):
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only succeeds while empty
 
 
 def _engine(engine: str, settings: EncodeSettings, workers: int, address: str | None):
@@ -185,6 +196,7 @@ def encode_dataset_job(sources: list[str | Path], out_dir: Path, options: Stream
                 return _run(tasks, out_dir, layout, settings, engine, workers, threads, address, progress,
                             index_format)
             except BaseException:
-                if new_index and not read_index(out_dir / INDEX_FILE):
-                    (out_dir / INDEX_FILE).unlink(missing_ok=True)  # nothing was recorded: leave nothing
+                if new_index and not read_index(out_dir / INDEX_FILE):  # nothing recorded: leave nothing
+                    (out_dir / INDEX_FILE).unlink(missing_ok=True)
+                    _remove_empty_folders(out_dir)
                 raise

@@ -14,6 +14,7 @@ propagates as KeyboardInterrupt and nothing is written; after it, the job return
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -103,15 +104,18 @@ def run_job(source: str | Path, outputs: VideoOutputs, options: StreamOptions | 
                                                  "--metrics": metrics, "the report's source video":
                                                  outputs.model_input, "the report's decoded video":
                                                  outputs.model_output})
-    if report_dir is not None:
-        check_report_dir(report_dir)  # after the checks above: never a folder where it must not be
-    with open_model(model, backend, threads) as runner, open_source(source) as frames:
-        report = run_video(runner, frames, options, outputs, _bound(progress, _source_total(frames, options)))
-    report = _finish(report, metrics)
-    if report_dir is not None:
-        data = report.to_dict()
-        page = write_report(report_dir, data, model_summary(resolve_model(model), data))
-        report.outputs["report"] = str(page)
+    # a run that fails before the report's first video is written leaves no empty report folder
+    with removing_new_folders(report_dir) if report_dir is not None else contextlib.nullcontext():
+        if report_dir is not None:
+            check_report_dir(report_dir)  # after the checks above: never a folder where it must not be
+        with open_model(model, backend, threads) as runner, open_source(source) as frames:
+            report = run_video(runner, frames, options, outputs,
+                               _bound(progress, _source_total(frames, options)))
+        report = _finish(report, metrics)
+        if report_dir is not None:
+            data = report.to_dict()
+            page = write_report(report_dir, data, model_summary(resolve_model(model), data))
+            report.outputs["report"] = str(page)
     return report
 
 
