@@ -180,3 +180,19 @@ def tiny_kl_model(tmp_path_factory) -> Path:
     finally:
         torch.set_num_threads(threads)
     return root / "model"
+
+
+@pytest.fixture
+def vd(capsys, monkeypatch):
+    """`vae-deploy` through main() in this process (a test module may define its own)."""
+    from cli_support import invoke_main
+
+    return lambda *args: invoke_main(monkeypatch, capsys, *args)
+
+
+@pytest.fixture(scope="module")
+def carphone() -> Path:
+    """The packaged demo clip (carphone_pristine, 176x144, 120 frames)."""
+    from vae_deploy.video.samples import sample_video_path
+
+    return sample_video_path("carphone_pristine")

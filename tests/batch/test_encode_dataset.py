@@ -13,53 +13,17 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import pytest
+from batch_clips import SIZE
 from cli_support import assert_one_line_error, cli_process
 
-from vae_deploy.video.samples import sample_video_path
-
-SIZE = "64"
 GOOD = {"one.mp4": (0, 9), "a/two.mp4": (9, 21), "a/b/three.avi": (21, 28), "c/four.mp4": (28, 36)}
 BAD = ("a/cut.mp4", "c/notes.mp4")  # a clip with its tail cut off, a text file with a video suffix
 
 
-def _write(path: Path, frames, fourcc: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    h, w = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 30, (w, h))
-    for frame in frames:
-        writer.write(frame)
-    writer.release()
-
-
-@pytest.fixture(scope="module")
-def clips(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("clips")
-    capture = cv2.VideoCapture(str(sample_video_path("carphone_pristine")))
-    frames = [capture.read()[1] for _ in range(40)]
-    capture.release()
-    for name, (a, b) in GOOD.items():
-        _write(root / name, frames[a:b], "MJPG" if name.endswith(".avi") else "mp4v")
-    _write(root / "full.mp4", frames[:12], "mp4v")
-    data = (root / "full.mp4").read_bytes()
-    (root / "full.mp4").unlink()
-    (root / BAD[0]).write_bytes(data[: len(data) * 2 // 3])
-    (root / BAD[1]).write_text("not a video\n")
-    return root
-
-
-@pytest.fixture(scope="module")
-def serial(clips, tmp_path_factory) -> dict[str, bytes]:
-    """Each good clip through `vae-deploy encode`, one process per clip: the reference bytes."""
-    out = tmp_path_factory.mktemp("serial")
-    expected = {}
-    for name in GOOD:
-        target = out / "latents.vaelat"
-        result = cli_process("encode", clips / name, "-o", target, "--size", SIZE, "-q")
-        assert result.returncode == 0, result.stderr
-        expected[str(Path(name).with_suffix(".vaelat"))] = target.read_bytes()
-    return expected
+def reference_key(name: str) -> str:
+    """What the `serial` fixture (conftest.py) keys a clip's bytes by: its output path."""
+    return str(Path(name).with_suffix(".vaelat"))
 
 
 def _index(out: Path) -> dict[str, dict]:

@@ -13,24 +13,12 @@ import time
 import cv2
 import numpy as np
 import pytest
-from cli_support import assert_one_line_error, invoke_main
+from cli_support import assert_one_line_error
 from cli_support import cli_process as cli
 
 from vae_deploy.runtime.latents import LatentReader
 from vae_deploy.video.default_model import DEFAULT_MODEL_DIR
 from vae_deploy.video.io import open_source
-from vae_deploy.video.samples import sample_video_path
-
-
-@pytest.fixture
-def vd(capsys, monkeypatch):
-    """`vae-deploy` through main() in this process."""
-    return lambda *args: invoke_main(monkeypatch, capsys, *args)
-
-
-@pytest.fixture(scope="module")
-def carphone():
-    return sample_video_path("carphone_pristine")
 
 
 @pytest.fixture(scope="module")

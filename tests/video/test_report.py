@@ -11,23 +11,12 @@ from html.parser import HTMLParser
 import cv2
 import numpy as np
 import pytest
-from cli_support import assert_one_line_error, invoke_main
+from cli_support import assert_one_line_error
 
 from vae_deploy.runtime.manifest import read_manifest
 from vae_deploy.video.fit import fitted_clip
 from vae_deploy.video.io import open_source
 from vae_deploy.video.metrics import VideoMetrics, psnr, ssim_frame
-from vae_deploy.video.samples import sample_video_path
-
-
-@pytest.fixture
-def vd(capsys, monkeypatch):
-    return lambda *args: invoke_main(monkeypatch, capsys, *args)
-
-
-@pytest.fixture(scope="module")
-def carphone():
-    return sample_video_path("carphone_pristine")
 
 
 def read_video(path) -> np.ndarray:

@@ -13,7 +13,10 @@ reaches its output name. Between videos SIGTERM keeps its default action and end
 Python handler runs only in the main thread, and an idle worker's main thread waits on the pool's task
 queue lock, which `terminate()` itself holds; the signal landing on one of ONNX Runtime's threads would
 leave the worker (and the parent joining it) waiting for ever, and one landing in the pool's own code
-would print a traceback. What finished is already in the index.
+would print a traceback. What finished is already in the index. A stop that lands in a weakref or garbage
+collection callback is one Python prints ("Exception ignored in ...") and drops: the worker's unraisable
+hook delivers it again 10 ms later (SIGALRM, handled like SIGTERM during a video), so the video still ends
+through its interrupt path and nothing is printed.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sys
 from collections.abc import Iterable, Iterator
 
 from vae_deploy.batch.sources import VideoTask
@@ -29,6 +33,7 @@ from vae_deploy.batch.worker import EncodeSettings, VideoEncoder
 _encoder: VideoEncoder | None = None  # this worker process's encoder
 _on_sigterm = signal.SIG_DFL  # interrupts' handler: SIGTERM raises Terminated (set by _init_worker)
 _terminated = False  # a SIGTERM reached this worker during a video
+REDELIVER_S = 0.01  # a dropped stop comes again this much later (see the module docstring)
 
 
 def _init_worker(settings: EncodeSettings) -> None:
@@ -39,7 +44,15 @@ def _init_worker(settings: EncodeSettings) -> None:
     interrupts.install_sigterm_handler()
     _on_sigterm = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # idle until the first video (see the module docstring)
+    sys.unraisablehook = _redeliver_dropped_stop
     _encoder = VideoEncoder(settings)
+
+
+def _redeliver_dropped_stop(unraisable) -> None:
+    if _terminated and isinstance(unraisable.exc_value, KeyboardInterrupt):
+        signal.setitimer(signal.ITIMER_REAL, REDELIVER_S)  # SIGALRM -> _stop_video, outside the callback
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def _stop_video(signum, frame) -> None:
@@ -50,10 +63,13 @@ def _stop_video(signum, frame) -> None:
 
 def _encode(task: VideoTask) -> dict:
     signal.signal(signal.SIGTERM, _stop_video)
+    signal.signal(signal.SIGALRM, _stop_video)
     try:
         try:
             result = _encoder.encode(task)
         finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)  # runs a SIGTERM still pending first
     except KeyboardInterrupt:  # terminate(): the video's staging file is gone; end quietly, no traceback
         os._exit(128 + signal.SIGTERM)
