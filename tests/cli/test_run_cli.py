@@ -235,7 +235,8 @@ def test_the_packaged_default_model_reaches_26_db_on_a_clip_it_never_saw(package
 
 def test_ctrl_c_leaves_a_playable_video_and_exits_130(frame_model, carphone, tmp_path):
     frames = open_source(carphone).read(max_frames=40)
-    write_video(tmp_path / "long.avi", np.concatenate([frames] * 30))  # 1200 frames
+    # 3200 frames: a fast machine streams this model at about 300 frames/s, so seconds of frames remain
+    write_video(tmp_path / "long.avi", np.concatenate([frames] * 80))
     out = tmp_path / "out"
     out.mkdir()
     proc = subprocess.Popen(
@@ -256,7 +257,7 @@ def test_ctrl_c_leaves_a_playable_video_and_exits_130(frame_model, carphone, tmp
     assert sorted(p.name for p in out.iterdir()) == ["clip.vaelat", "m.json", "recon.mp4"]  # no temporaries
     done = read_video(out / "recon.mp4").shape[0]
     metrics = json.loads((out / "m.json").read_text())
-    assert metrics["interrupted"] and 0 < done == metrics["frames"] < 1200
+    assert metrics["interrupted"] and 0 < done == metrics["frames"] < 3200
     assert LatentReader(out / "clip.vaelat").header.frame_count == done
 
 
