@@ -51,7 +51,7 @@ if ! "${PIP[@]}" -c "$ROOT/constraints-edge.txt" "$WORK/src"; then
   exit 1
 fi
 "$PY" -m pip list --disable-pip-version-check 2>/dev/null \
-  | grep -iE '^(numpy|onnx|onnxruntime|opencv-python-headless|typer|click|rich|tomli|protobuf) ' || true
+  | grep -iE '^(numpy|onnx|onnxruntime|opencv-python-headless|av|typer|click|rich|tomli|protobuf) ' || true
 
 FAILED=()
 step() {  # step NAME COMMAND...: run COMMAND in $WORK, remember NAME when it fails
