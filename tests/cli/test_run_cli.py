@@ -233,6 +233,13 @@ def test_the_packaged_default_model_reaches_26_db_on_a_clip_it_never_saw(package
     assert packaged_demo["psnr"] >= 26.0
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """SIGINT's default action in the child, as a terminal's foreground job has it: a test run started in
+    the background of a non-interactive shell (`cmd &`, as CI runners may do) ignores SIGINT, and children
+    inherit that, so the Ctrl-C below would be ignored rather than tested."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_leaves_a_playable_video_and_exits_130(frame_model, carphone, tmp_path):
     frames = open_source(carphone).read(max_frames=40)
     # 3200 frames: a fast machine streams this model at about 300 frames/s, so seconds of frames remain
@@ -243,7 +250,7 @@ def test_ctrl_c_leaves_a_playable_video_and_exits_130(frame_model, carphone, tmp
         [sys.executable, "-m", "vae_deploy", "run", tmp_path / "long.avi", "--model", frame_model,
          "--chunk", "1", "--size", "64", "-o", out / "recon.mp4", "--latents", out / "clip.vaelat",
          "--metrics", out / "m.json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_as_in_a_terminal)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:  # wait until frames are being written
         if sum(p.stat().st_size for p in out.iterdir()) > 30_000:
