@@ -23,8 +23,11 @@ from pathlib import Path
 from vae_deploy.errors import OutputError, VaeDeployError
 
 _NAME_TRIES = 100
-# errno values that say "this output cannot be written" (as opposed to a problem with an input)
-_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+# errno values that say the output's folder takes no more bytes: every file written there fails alike
+FOLDER_UNWRITABLE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+# errno values that say "this output cannot be written" (as opposed to a problem with an input); a file
+# too large (EFBIG) is this file's problem alone
+_WRITE_ERRNOS = FOLDER_UNWRITABLE_ERRNOS | {errno.EFBIG}
 
 
 @contextlib.contextmanager

@@ -16,7 +16,6 @@ batch with that one line. A failed video leaves no staging file.
 
 from __future__ import annotations
 
-import errno
 import os
 import secrets
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 from vae_deploy.batch.index import FAILED, OK
 from vae_deploy.batch.sources import VideoTask
 from vae_deploy.errors import OutputError, VaeDeployError
+from vae_deploy.files import FOLDER_UNWRITABLE_ERRNOS
 from vae_deploy.runtime.latents import LatentReader
 from vae_deploy.runtime.registry import DEFAULT_BACKEND
 from vae_deploy.runtime.runner import Runner
@@ -34,8 +34,6 @@ from vae_deploy.video.pipeline import StreamOptions, encode_video
 
 FATAL = "fatal"  # a result key: the batch must stop (no runner, nothing can be written); the value: why
 FATAL_OUTPUT = "fatal_output"  # with FATAL: true when the output could not be written (OutputError's exit)
-# errno values that fail every video alike: the output folder takes no more bytes
-_UNWRITABLE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
 @dataclass
@@ -63,7 +61,7 @@ def _unwritable(exc: BaseException) -> OSError | None:
     `from None`) when it says the output folder takes no more bytes; None for any other failure."""
     chain: list[BaseException] = []
     while exc is not None and exc not in chain:  # (a chain may loop back on itself)
-        if isinstance(exc, OSError) and exc.errno in _UNWRITABLE:
+        if isinstance(exc, OSError) and exc.errno in FOLDER_UNWRITABLE_ERRNOS:
             return exc
         chain.append(exc)
         exc = exc.__cause__ or exc.__context__
