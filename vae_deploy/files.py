@@ -16,7 +16,6 @@ import os
 import secrets
 import shutil
 import stat
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,10 +67,15 @@ def unwritten_cause(folder: Path) -> str:
 def ensure_writable_dir(path: Path) -> Path:
     """Create `path` if needed and check that files can be written in it."""
     path = Path(path)
+    # The probe's name is known before it exists, so an interrupt (SIGTERM) landing between creating and
+    # closing it still removes it: NamedTemporaryFile left one behind when a stop came inside its setup.
+    probe = path / f".probe-{secrets.token_hex(6)}"
     try:
         path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-"):
-            pass
+        try:
+            os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        finally:
+            probe.unlink(missing_ok=True)
     except OSError as exc:
         raise VaeDeployError(f"cannot write to output folder {path}: {exc.strerror or exc}") from None
     return path
