@@ -381,7 +381,8 @@ CONFIG_CASES = [
      "holds a ['AutoencoderKL'], which vae-deploy does not adapt"),
     ("kl-sd", {"block_out_channels": [8, 8]}, "cannot load {src} as a diffusers AutoencoderKL: list index"),
     ("kl-sd", {"latent_channels": 8},
-     "AutoencoderKL: Error(s) in loading state_dict for AutoencoderKL: size mismatch for encoder.conv_out"),
+     "{src}/diffusion_pytorch_model.safetensors does not match config.json: 7 weights of another shape "
+     "(decoder.conv_in.weight (16, 4, 3, 3) for (16, 8, 3, 3), encoder.conv_out.bias (8,) for (16,), "),
     ("kl-sd", {"scaling_factor": "big"},
      "config.json has values vae-deploy cannot use (ValueError: could not convert string to float: 'big')"),
     ("wan2.1", {"latents_std": [0.0, 1.0, 1.0, 1.0]},
@@ -400,6 +401,77 @@ def test_export_of_a_diffusers_folder_with_a_config_it_cannot_use(vd, external_f
     result = vd("export", source, "--out", tmp_path / "out" / "m")
     assert_one_line_error(result, fragment.format(src=source), 2)
     assert_nothing_written(tmp_path, {"src"})
+
+
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+def drop(*keys):
+    return lambda weights, other: [weights.pop(k) for k in keys]
+
+
+def add_unused(weights, other):
+    weights["decoder.bogus.weight"] = torch.zeros(3)
+
+
+def reshape(key, shape):
+    return lambda weights, other: weights.__setitem__(key, torch.zeros(shape))
+
+
+def take_others(weights, other):
+    weights.clear()
+    weights.update(other)
+
+
+# (diffusers folder, how its weights change, the message after "<file> does not match config.json: ");
+# take_others: the weights of the other KL layout (kl-sd's under kl-sd3's config, saved under another one)
+WEIGHT_CASES = [
+    ("wan2.1", drop("decoder.conv_in.weight", "decoder.conv_in.bias"),
+     "2 missing weights (decoder.conv_in.bias, decoder.conv_in.weight)"),
+    ("wan2.1", add_unused, "1 unexpected weight (decoder.bogus.weight)"),
+    ("wan2.1", reshape("decoder.conv_in.bias", (3,)), "1 weight of another shape (decoder.conv_in.bias (3,) "
+                                                      "for (16,))"),
+    ("kl-sd", drop("decoder.conv_out.bias"), "1 missing weight (decoder.conv_out.bias)"),
+    ("tiny", add_unused, "1 unexpected weight (decoder.bogus.weight)"),
+    ("kl-sd3", take_others, "4 unexpected weights (post_quant_conv.bias, post_quant_conv.weight, "
+                            "quant_conv.bias, ...); 3 weights of another shape (decoder.conv_in.weight "
+                            "(16, 4, 3, 3) for (16, 16, 3, 3), encoder.conv_out.bias (8,) for (32,), "),
+]
+
+
+@pytest.mark.parametrize(("name", "change", "fragment"), WEIGHT_CASES,
+                         ids=["wan missing", "wan extra", "wan misshapen", "kl missing", "tiny extra",
+                              "kl weights of another config"])
+def test_export_of_weights_that_do_not_fill_the_config_names_the_first_keys(vd, external_folder, tmp_path,
+                                                                            name, change, fragment):
+    """diffusers leaves a missing (or misshapen) weight random and ignores an extra one, with a warning
+    vae-deploy silences; parity then passes against that same model. The export must refuse instead."""
+    from safetensors.torch import load_file, save_file
+
+    source = shutil.copytree(external_folder(name), tmp_path / "src")
+    weights = load_file(source / WEIGHTS)
+    change(weights, load_file(external_folder("kl-sd") / WEIGHTS))
+    save_file(weights, source / WEIGHTS)
+    result = vd("export", source, "--out", tmp_path / "out" / "m")
+    assert_one_line_error(result, f"{source / WEIGHTS} does not match config.json: {fragment}", 2)
+    assert_nothing_written(tmp_path, {"src"})
+
+
+def test_export_of_a_bin_only_folder_prints_no_diffusers_noise(external_folder, tmp_path):
+    """A valid folder saved as .bin (no safetensors): diffusers, left to guess the file, logged "An error
+    occurred while trying to fetch ..." though nothing was wrong; a real error still shows."""
+    source = tmp_path / "src"
+    external_zoo.build("tiny").save_pretrained(str(source), safe_serialization=False)
+    assert sorted(p.name for p in source.iterdir()) == ["config.json", "diffusion_pytorch_model.bin"]
+    result = cli_process("export", source, "--out", tmp_path / "m", "--real", "0", timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    state = torch.load(source / "diffusion_pytorch_model.bin", weights_only=True)
+    del state["decoder.layers.0.weight"]
+    torch.save(state, source / "diffusion_pytorch_model.bin")
+    broken = cli_process("export", source, "--out", tmp_path / "m2", "--real", "0", timeout=300)
+    assert_one_line_error(broken, "diffusion_pytorch_model.bin does not match config.json: 1 missing weight "
+                                  "(decoder.layers.0.weight)", 2)
 
 
 FACTORIES = '''\
@@ -438,7 +510,28 @@ class MeanOnly(NoDecode):
 
 def mean_only():
     return MeanOnly()
+
+
+def exits_ok():
+    import sys
+    sys.exit(0)
+
+
+def exits_3():
+    raise SystemExit(3)
+
+
+class ExitsWhenTraced(MeanOnly):
+    has_logvar = False
+
+    def decode(self, z):
+        raise SystemExit(0)
+
+
+def exits_when_traced():
+    return ExitsWhenTraced()
 '''
+EXITS_ON_IMPORT = "import sys\nsys.exit(0)\n"
 
 FROM_CASES = [
     ("no colon", ["--from", "user_factories"], "must be 'package.module:factory'"),
@@ -455,6 +548,14 @@ FROM_CASES = [
     ("both SOURCE and --from", ["{source}", "--from", "user_factories:no_decode"],
      "give either a SOURCE folder or --from"),
     ("neither SOURCE nor --from", [], "give the model to export"),
+    # sys.exit() in user code, with any code, fails the export instead of ending it (0 read as success)
+    ("a factory calling sys.exit(0)", ["--from", "user_factories:exits_ok"],
+     "--from user_factories:exits_ok: the factory called sys.exit(0) instead of returning a module"),
+    ("a factory raising SystemExit(3)", ["--from", "user_factories:exits_3"], "the factory called sys.exit(3)"),
+    ("a module calling sys.exit on import", ["--from", "exits_on_import:build"],
+     "--from exits_on_import:build: importing exits_on_import called sys.exit(0)"),
+    ("a module calling sys.exit when traced", ["--from", "user_factories:exits_when_traced"],
+     "the model's code called sys.exit(0) during the export; nothing was written"),
 ]
 
 
@@ -464,9 +565,11 @@ def test_export_from_an_entry_point_that_is_wrong(vd, external_folder, tmp_path,
     code = tmp_path / "code"
     code.mkdir()
     (code / "user_factories.py").write_text(FACTORIES)
+    (code / "exits_on_import.py").write_text(EXITS_ON_IMPORT)
     monkeypatch.syspath_prepend(str(code))
-    monkeypatch.delitem(sys.modules, "user_factories", raising=False)  # each test imports its own copy
-    request.addfinalizer(lambda: sys.modules.pop("user_factories", None))
+    for name in ("user_factories", "exits_on_import"):
+        monkeypatch.delitem(sys.modules, name, raising=False)  # each test imports its own copy
+        request.addfinalizer(lambda name=name: sys.modules.pop(name, None))
     source = str(external_folder("kl-sd"))
     result = vd("export", *(a.format(source=source) for a in args), "--out", tmp_path / "out" / "m")
     assert_one_line_error(result, fragment, 2)

@@ -14,6 +14,7 @@ which backends run here. The work is export/jobs.py's export_job; this module pa
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 from typing import Annotated
@@ -21,6 +22,7 @@ from typing import Annotated
 import typer
 
 from vae_deploy.cli.options import ParityBackendOption
+from vae_deploy.errors import ConfigError
 from vae_deploy.runtime.registry import DEFAULT_BACKEND
 
 
@@ -60,7 +62,7 @@ def export(
     from vae_deploy.export.jobs import export_job
 
     console = Console()
-    with train_extra("export"):
+    with train_extra("export"), _no_exit_from_user_code():
         result = export_job(source, out, profile, entry_point=entry_point, real=real, data_source=data_source,
                             data_dir=data_dir,
                             parity_backend=parity_backend, force=force, engine=engine,
@@ -71,6 +73,17 @@ def export(
         raise result.report.error()
     if result.engines is not None:
         _print_engines(console, out, result.engines)
+
+
+@contextlib.contextmanager
+def _no_exit_from_user_code():
+    """A --from module that calls sys.exit() while being traced or checked must fail the export, not end
+    it with its own exit code (0 would read as success) after the staged folder was dropped."""
+    try:
+        yield
+    except SystemExit as exc:
+        raise ConfigError(f"the model's code called sys.exit({exc.code!r}) during the export; nothing was "
+                          f"written") from None
 
 
 def _print_parity(console, out: Path, result) -> None:

@@ -89,12 +89,18 @@ def read_config(folder: Path, config_name: str = CONFIG_FILE) -> dict[str, Any]:
     return config
 
 
-def load_model(folder: Path, weights_name: str = WEIGHTS_FILE,
-               config_name: str = CONFIG_FILE) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model from config.json and load its weights; refuse weights that do not fit the config."""
+def load_model(folder: Path, weights_name: str = WEIGHTS_FILE, config_name: str = CONFIG_FILE,
+               entry_point: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model from config.json and load its weights; refuse weights that do not fit the config.
+
+    The config picks only among the registered kinds; a model built by a `--from` factory is rebuilt only
+    when the caller names that factory (`entry_point`): a folder never chooses code to import."""
     folder = Path(folder)
     config = read_config(folder, config_name)
-    model = build_model(config["kind"], config.get("model", {}))
+    try:
+        model = build_model(config["kind"], config.get("model", {}), entry_point=entry_point)
+    except ConfigError as exc:
+        raise ConfigError(f"{folder / config_name}: {exc}") from None
     weights = load_tensors(folder / weights_name)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in weights.items()}

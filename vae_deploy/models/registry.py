@@ -31,16 +31,24 @@ def register(name: str, config_cls: type, model_cls: type[nn.Module]) -> None:
 def get_kind(name: str) -> ModelKind:
     try:
         return MODEL_KINDS[name]
-    except KeyError:
+    except (KeyError, TypeError):  # TypeError: a config's kind that is a list or an object
         raise ConfigError(f"unknown model kind {name!r} (known: {', '.join(sorted(MODEL_KINDS))})") from None
 
 
-def build_model(name: str, config: dict | object) -> nn.Module:
-    """Instantiate model kind `name` from a config dataclass or a plain dict (checked key by key)."""
+def build_model(name: str, config: dict | object, entry_point: str | None = None) -> nn.Module:
+    """Instantiate model kind `name` from a config dataclass or a plain dict (checked key by key).
+
+    `entry_point`: the `--from` factory the user named, which an adapted model's config may then use
+    (models/adapters: a config alone never gets code imported)."""
     kind = get_kind(name)
     if isinstance(config, dict):
         config = from_dict(kind.config_cls, config, where="model")
-    return kind.model_cls(config)
+    if entry_point is None:
+        return kind.model_cls(config)
+    if kind.config_cls is not AdapterConfig:
+        raise ConfigError(f"a {name!r} model is built by vae-deploy itself: --from {entry_point} does not "
+                          f"apply to it")
+    return kind.model_cls(config, entry_point=entry_point)
 
 
 register("mlp", MLPVAEConfig, MLPVAE)

@@ -76,13 +76,29 @@ def _wrap(class_name: str, model: nn.Module) -> nn.Module:
     return importlib.import_module(family(class_name, "the config").module).wrap(model)
 
 
-def build_inner(config: AdapterConfig) -> nn.Module:
+def build_inner(config: AdapterConfig, entry_point: str | None = None) -> nn.Module:
     """The contract module `config` describes, with fresh (untrained) weights; the caller loads the saved
-    ones (the PyTorch reference of a model folder)."""
+    ones (the PyTorch reference of a model folder).
+
+    A config comes from a folder, so it only picks among the project's own families; an entry point it
+    records is imported only when the caller names that same one (`entry_point`, e.g. `verify --from`):
+    loading a folder never runs code the folder chooses."""
     if config.entry_point:
+        if entry_point != config.entry_point:
+            raise ConfigError(untrusted_entry_point(config.entry_point, entry_point))
         return call_factory(config.entry_point)
+    family(config.class_name, "the config")  # before diffusers is asked for any name
     model = _diffusers_class(config.class_name).from_config(dict(config.config))
     return _wrap(config.class_name, model.eval())
+
+
+def untrusted_entry_point(recorded: str, given: str | None) -> str:
+    """Why a model recorded as `--from recorded` is not rebuilt when the user named `given` (or nothing)."""
+    if given:
+        return (f"this model was exported with --from {recorded}, not --from {given}; vae-deploy imports "
+                f"only the factory a model records, and only when you name it")
+    return (f"the PyTorch reference of this model is built by the factory it was exported with (--from "
+            f"{recorded}); vae-deploy imports it only when you name it: --from package.module:factory")
 
 
 def diffusers_folder(path: Path) -> Path | None:
@@ -109,14 +125,22 @@ def load_diffusers_folder(folder: Path) -> AdaptedVAE:
     fam = family(class_name, f"{folder}/config.json")
     if not any((folder / name).is_file() for name in WEIGHT_FILES):
         raise ModelFormatError(f"{folder} has a config.json but no weights ({' or '.join(WEIGHT_FILES)})")
+    weights = next(folder / name for name in WEIGHT_FILES if (folder / name).is_file())
     cls = _diffusers_class(class_name)
     try:
-        model = cls.from_pretrained(str(folder), local_files_only=True)
+        # use_safetensors says which file: left to guess, diffusers logs an error for a .bin-only folder.
+        # low_cpu_mem_usage=False: the same path with or without accelerate (no advice to install it), and
+        # with ignore_mismatched_sizes the loading info lists every missing, unexpected and misshapen weight
+        # (diffusers only warns, leaving those weights random) for _check_weights to refuse.
+        model, info = cls.from_pretrained(str(folder), local_files_only=True, output_loading_info=True,
+                                          use_safetensors=weights.suffix == ".safetensors",
+                                          low_cpu_mem_usage=False, ignore_mismatched_sizes=True)
     except Exception as exc:  # noqa: BLE001 - a config the class cannot build fails anywhere (IndexError...)
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
         # "Error(s) in loading state_dict for ...:" says nothing alone; its next line names the tensor
         first = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]
         raise ModelFormatError(f"cannot load {folder} as a diffusers {class_name}: {first}") from None
+    _check_weights(weights, info)
     config = AdapterConfig(class_name=class_name, config={k: v for k, v in model.config.items()
                                                           if not k.startswith("_")})
     try:
@@ -130,6 +154,25 @@ def load_diffusers_folder(folder: Path) -> AdaptedVAE:
     return AdaptedVAE(config, inner=inner, kind=fam.kind)
 
 
+def _check_weights(weights: Path, info: dict) -> None:
+    """Refuse weights that do not fill the model config.json describes exactly: a missing weight would
+    stay random and an unexpected one is unused, yet parity would pass (it compares the graphs with that
+    same half-random model)."""
+    def listed(keys: list[str], one: str, many: str) -> str:
+        keys = sorted(keys)  # diffusers' order comes from sets: the same folder would name other keys
+        shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+        return f"{len(keys)} {one if len(keys) == 1 else many} ({shown})"
+
+    shapes = [f"{key} {tuple(found)} for {tuple(wanted)}"
+              for key, found, wanted in info.get("mismatched_keys", [])]
+    parts = [listed(list(keys), one, many) for keys, one, many in (
+        (info.get("missing_keys", []), "missing weight", "missing weights"),
+        (info.get("unexpected_keys", []), "unexpected weight", "unexpected weights"),
+        (shapes, "weight of another shape", "weights of another shape")) if keys]
+    if parts:
+        raise ModelFormatError(f"{weights} does not match config.json: {'; '.join(parts)}")
+
+
 def load_entry_point(spec: str) -> AdaptedVAE:
     """`--from package.module:factory`: the factory's module (weights and all) as an AdaptedVAE."""
     inner = call_factory(spec)
@@ -138,4 +181,4 @@ def load_entry_point(spec: str) -> AdaptedVAE:
 
 
 __all__ = ["ADAPTER_KINDS", "AdaptedVAE", "AdapterConfig", "FAMILIES", "build_inner", "diffusers_folder",
-           "kind_for", "load_diffusers_folder", "load_entry_point"]
+           "kind_for", "load_diffusers_folder", "load_entry_point", "untrusted_entry_point"]

@@ -83,6 +83,8 @@ def import_entry_point(spec: str) -> Callable[[], nn.Module]:
         raise ConfigError(f"--from {spec!r} must be 'package.module:factory'")
     try:
         module = importlib.import_module(module_name)
+    except SystemExit as exc:  # sys.exit() in user code must not end the export as if it had succeeded
+        raise ConfigError(f"--from {spec}: importing {module_name} called sys.exit({exc.code!r})") from None
     except Exception as exc:  # noqa: BLE001 - any error of the user's module is theirs to see, in one line
         raise ConfigError(f"--from {spec}: cannot import {module_name} ({type(exc).__name__}: {exc})"
                           ) from None
@@ -101,6 +103,9 @@ def call_factory(spec: str) -> nn.Module:
         module = import_entry_point(spec)()
     except ConfigError:
         raise
+    except SystemExit as exc:  # any code, 0 too: the export has no module, so it failed
+        raise ConfigError(f"--from {spec}: the factory called sys.exit({exc.code!r}) instead of returning a "
+                          f"module") from None
     except Exception as exc:  # noqa: BLE001 - the factory is user code
         raise ConfigError(f"--from {spec}: the factory raised {type(exc).__name__}: {exc}") from None
     if not isinstance(module, nn.Module):
@@ -151,14 +156,16 @@ def _pair(out: Any, has_logvar: bool, where: str) -> tuple[torch.Tensor, ...]:
 class AdaptedVAE(VideoVAE):
     """A contract module (the module docstring) as a VideoVAE; `kind` is the registry name of its family."""
 
-    def __init__(self, config: AdapterConfig, inner: nn.Module | None = None, kind: str | None = None):
+    def __init__(self, config: AdapterConfig, inner: nn.Module | None = None, kind: str | None = None,
+                 entry_point: str | None = None):
+        """`entry_point`: the factory the caller named, the only one build_inner may import."""
         super().__init__()
         from vae_deploy.models.adapters import build_inner, kind_for  # the family table, below this class
 
         self.config = config
         self.kind = kind or kind_for(config)
         self.where = where = config.entry_point or config.class_name
-        self.inner = inner if inner is not None else build_inner(config)
+        self.inner = inner if inner is not None else build_inner(config, entry_point)
         check_contract(self.inner, where)
         m = self.inner
         self.in_channels, self.latent_channels = int(m.in_channels), int(m.latent_channels)
