@@ -1,10 +1,13 @@
 """Atomic file output: every file is written to a temporary name beside its target and renamed when
 complete, so an interrupted run leaves either the previous file or a complete new one.
 
-Temporary names are unique per call (`.<stem>.<random>.part<suffix>`, created with O_EXCL like mkstemp),
-so two processes writing the same target never share a temporary file: each publishes a complete file of
-its own and the last rename wins. Outputs get the usual permissions (0666 less the umask), like any file
-the user creates. No third-party imports: usable from every layer."""
+Temporary names are unique per call (`.<stem>.<pid>-<random>.part<suffix>`, created with O_EXCL like
+mkstemp), so two processes writing the same target never share a temporary file: each publishes a complete
+file of its own and the last rename wins. A process killed outright (kill -9, the OOM killer) leaves its
+temporary file; the next writer of the same target removes those whose writer (the pid in the name) is no
+longer running on this machine, and nothing else (remove_stale_temporaries). Outputs get the usual
+permissions (0666 less the umask), like any file the user creates. No third-party imports: usable from
+every layer."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -81,6 +85,41 @@ def ensure_writable_dir(path: Path) -> Path:
     return path
 
 
+# .<stem>.<pid>-<12 hex>.part<suffix>: the temporary name AtomicFile gives a target <stem><suffix>
+_TEMPORARY = re.compile(r"\.(?P<stem>.+)\.(?P<pid>\d+)-[0-9a-f]{12}\.part(?P<suffix>\.[^.]*)?")
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` exists on this machine (one of another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists
+        return True
+    return True
+
+
+def stale_temporaries(folder: Path, names: set[str]) -> list[Path]:
+    """The temporary files in `folder` of targets named `names` whose writing process is gone."""
+    found = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return found
+    for entry in entries:
+        match = _TEMPORARY.fullmatch(entry.name)
+        if match and match["stem"] + (match["suffix"] or "") in names and not _running(int(match["pid"])) \
+                and entry.is_file(follow_symlinks=False):
+            found.append(Path(entry.path))
+    return found
+
+
+def remove_stale_temporaries(folder: Path, names: set[str]) -> None:
+    for path in stale_temporaries(folder, names):
+        path.unlink(missing_ok=True)
+
+
 class AtomicFile:
     """A fresh temporary file beside `target`: `publish()` renames it onto the target, `discard()` removes
     it. For writers that cannot run inside one `with atomic_path(...)` block (streams closed later)."""
@@ -88,7 +127,12 @@ class AtomicFile:
     def __init__(self, target: Path):
         self.target = Path(target)
         folder = ensure_writable_dir(self.target.parent)
-        self.tmp, self._mode = _create_unique(folder, f".{self.target.stem}.", f".part{self.target.suffix}")
+        # A hidden target is itself a staging name, unique to its writer: no earlier writer left anything
+        # of it, and its folder (a batch's, of many files) is not listed once per file.
+        if not self.target.name.startswith("."):
+            remove_stale_temporaries(folder, {self.target.name})
+        self.tmp, self._mode = _create_unique(folder, f".{self.target.stem}.{os.getpid()}-",
+                                              f".part{self.target.suffix}")
         self._done = False
 
     def publish(self) -> None:

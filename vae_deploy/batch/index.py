@@ -10,6 +10,9 @@
     truncated     the video ended before the frame count its container announced (encoded all that decoded)
     shard         --format webdataset: the shard the video belongs to (`output` is then its member name); null
                   for --format vaelat
+    source_size, source_mtime_ns, source_digest
+                  the source as it was encoded (sources.source_identity): a rerun redoes a video whose
+                  source no longer matches (replaced under the same name)
 
 How it is written: append + fsync, not a whole rewrite per video. A batch of millions of clips would
 rewrite the whole file after every clip (quadratic); appending one line (a single os.write on an O_APPEND
@@ -35,7 +38,8 @@ from vae_deploy.files import write_text_atomic, writing
 
 INDEX_FILE = "index.jsonl"
 OK, FAILED = "ok", "failed"
-FIELDS = ("source", "output", "status", "frames", "latent_shape", "seconds", "error", "truncated", "shard")
+FIELDS = ("source", "output", "status", "frames", "latent_shape", "seconds", "error", "truncated", "shard",
+          "source_size", "source_mtime_ns", "source_digest")
 
 
 def read_index(path: Path) -> dict[str, dict]:

@@ -35,7 +35,8 @@ def _schema():
 
     types = {"source": pa.string(), "output": pa.string(), "status": pa.string(), "frames": pa.int64(),
              "latent_shape": pa.list_(pa.int64()), "seconds": pa.float64(), "error": pa.string(),
-             "truncated": pa.bool_(), "shard": pa.string()}
+             "truncated": pa.bool_(), "shard": pa.string(), "source_size": pa.int64(),
+             "source_mtime_ns": pa.int64(), "source_digest": pa.string()}
     return pa.schema([(name, types[name]) for name in FIELDS])  # a new index field needs its type here
 
 

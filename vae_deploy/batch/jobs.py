@@ -1,32 +1,48 @@
 """`vae-deploy encode-dataset` as a function: encode_dataset_job(sources, out_dir, ...) -> BatchResult.
 
 Steps: collect the videos (sources.py); check the options, the model, backend and chunk once, here, so a
-mistake is one line rather than one failure per video; check the folder's layout (layouts.py: a rerun with
-another --format or --shard-size is refused); let the layout skip each video whose output is complete (an
-"ok" index entry and a .vaelat that opens with LatentReader, checksum included, or a shard holding it);
-hand the rest to an engine; record each result in the index as it comes back, and let the layout act on it
-(webdataset packs a shard when its last video finished); with --index parquet, copy the index to
-index.parquet at the end (index_parquet.py). An interrupt (Ctrl-C, SIGTERM) stops the engine
-and propagates as KeyboardInterrupt; everything recorded so far stays in the index (and finished parts).
+mistake is one line rather than one failure per video; check the folder's record (layouts.py: a rerun with
+another --format, --shard-size, model or latent option is refused); let the layout skip each video whose
+output is complete (an "ok" index entry from the same source and a .vaelat of this model that opens with
+LatentReader, checksum included, or a shard holding it); remove what killed workers or a killed batch left
+of this batch's outputs (staging and temporary files); hand the rest to an engine; record each result in
+the index as it comes back, and let the layout act on it (webdataset packs a shard when its last video
+finished); with --index parquet, copy the index to index.parquet at the end (index_parquet.py). An
+interrupt (Ctrl-C, SIGTERM) stops the engine and propagates as KeyboardInterrupt; everything recorded so
+far stays in the index (and finished parts). A worker that dies ends the batch the same way, with one line
+(WorkerDied).
+
+Folders: the parent makes the output folders of the videos to encode before handing them out, and records
+the ones it made; whenever the run ends, those still empty are removed (a stop before their video
+finished, a video that failed). A folder that existed before the batch is never removed, empty or not.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vae_deploy.batch.folder_lock import FolderLock
 from vae_deploy.batch.index import INDEX_FILE, OK, BatchIndex, read_index
-from vae_deploy.batch.index_parquet import check_index_format, write_parquet_index
-from vae_deploy.batch.layouts import DATASET_FILE, check_layout, layout_record, open_layout, write_layout
+from vae_deploy.batch.index_parquet import PARQUET_FILE, check_index_format, write_parquet_index
+from vae_deploy.batch.layouts import (
+    DATASET_FILE,
+    check_layout,
+    layout_record,
+    open_layout,
+    settings_record,
+    write_layout,
+)
+from vae_deploy.batch.shards import shard_name
 from vae_deploy.batch.sources import VideoTask, collect_videos
-from vae_deploy.batch.worker import FATAL, EncodeSettings, fatal_error
+from vae_deploy.batch.worker import FATAL, EncodeSettings, WorkerDied, fatal_error, staging_leftovers
 from vae_deploy.errors import ConfigError, DataError
-from vae_deploy.files import ensure_writable_dir, removing_new_folders
-from vae_deploy.runtime.manifest import read_manifest
+from vae_deploy.files import ensure_writable_dir, remove_stale_temporaries, removing_new_folders
+from vae_deploy.runtime.manifest import Manifest, read_manifest
 from vae_deploy.runtime.registry import DEFAULT_BACKEND, get_backend
 from vae_deploy.video.codec import VideoModelInfo
 from vae_deploy.video.default_model import resolve_model
@@ -71,7 +87,7 @@ class BatchResult:
         return line
 
 
-def _check_model(model: Path | None, backend: str, options: StreamOptions, out_dir: Path) -> None:
+def _check_model(model: Path | None, backend: str, options: StreamOptions, out_dir: Path) -> Manifest:
     model_dir = resolve_model(model)
     manifest = read_manifest(model_dir)
     VideoModelInfo.from_manifest(manifest).check_chunk(options.chunk)
@@ -80,16 +96,39 @@ def _check_model(model: Path | None, backend: str, options: StreamOptions, out_d
     if real_out == real_model or real_model in real_out.parents:
         raise DataError(f"--out {out_dir} lies inside the model folder {model_dir}: writing there could "
                         f"replace the model's own files; give a folder outside it")
+    return manifest
 
 
-def _remove_empty_folders(out_dir: Path) -> None:
-    """Remove the empty folders under `out_dir` (mirrored subfolders, shard parts folders) that a new batch
-    made before it failed or stopped with no video finished: they hold nothing, and would keep the folder.
-    (Only then: a batch that recorded videos keeps its folders, and a large one is not walked on a stop.)"""
-    for folder in sorted((p for p in out_dir.rglob("*") if p.is_dir()), key=lambda p: len(p.parts),
-                         reverse=True):
+def _make_folders(out_dir: Path, tasks: list[VideoTask]) -> list[Path]:
+    """Make the output folders of `tasks`; the ones made here, deepest first."""
+    made = []
+    for folder in sorted({t.output_path(out_dir).parent for t in tasks}):
+        missing = [p for p in (folder, *folder.parents) if p != out_dir and out_dir in p.parents
+                   and not p.exists()]
+        folder.mkdir(parents=True, exist_ok=True)
+        made += missing
+    return sorted(made, key=lambda p: len(p.parts), reverse=True)
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    for folder in folders:  # deepest first
         with contextlib.suppress(OSError):
-            folder.rmdir()  # only succeeds while empty
+            folder.rmdir()  # only succeeds while empty: what a video finished there stays
+
+
+def _remove_leftovers(out_dir: Path, tasks: list[VideoTask], shards: int = 0) -> None:
+    """What a killed worker or batch left of these outputs (the batch holds the folder's lock: they are its
+    own): staging files of `tasks`, temporary files of the index, dataset.json, index.parquet and the
+    `shards` shards."""
+    by_folder: dict[Path, set[str]] = defaultdict(set)
+    for task in tasks:
+        path = task.output_path(out_dir)
+        by_folder[path.parent].add(path.name)
+    for folder, names in by_folder.items():
+        for path in staging_leftovers(folder, names):
+            path.unlink(missing_ok=True)
+    remove_stale_temporaries(out_dir, {INDEX_FILE, DATASET_FILE, PARQUET_FILE,
+                                       *(shard_name(n) for n in range(shards))})
 
 
 def _engine(engine: str, settings: EncodeSettings, workers: int, address: str | None):
@@ -106,14 +145,14 @@ def _run(tasks: list[VideoTask], out_dir: Path, layout: dict, settings: EncodeSe
          workers: int, threads: int, address: str | None, progress: BatchProgress | None,
          index_format: str) -> BatchResult:
     index = BatchIndex(out_dir)
-    new_layout = check_layout(out_dir, layout)  # again, under the folder's lock
-    if new_layout:
+    existing = check_layout(out_dir, layout)  # again, under the folder's lock
+    if existing != layout:  # a new folder, or a record from before the model and options were in it
         write_layout(out_dir, layout)
     try:
         result = _run_indexed(index, tasks, out_dir, layout, settings, engine, workers, threads, address,
                               progress)
     except BaseException:
-        if new_layout and not index.entries:  # nothing was recorded: leave no layout either
+        if existing is None and not index.entries:  # nothing was recorded: leave no layout either
             (out_dir / DATASET_FILE).unlink(missing_ok=True)
         raise
     if index_format == "parquet":
@@ -128,24 +167,33 @@ def _run_indexed(index: BatchIndex, tasks: list[VideoTask], out_dir: Path, recor
                          workers=min(workers, len(tasks)), threads=threads)
     layout = open_layout(record, out_dir, tasks, index)  # record: what dataset.json holds
     todo = layout.todo()
+    _remove_leftovers(out_dir, todo, len(getattr(layout, "shards", ())))
     result.skipped = len(tasks) - len(todo)
     if progress is not None:
         progress(result.skipped, result.total)
     if not todo:
         return result
-    with _engine(engine, settings, min(workers, len(todo)), address) as running:
-        for entry in running.results(todo):
-            if FATAL in entry:
-                raise fatal_error(entry)
-            entry = layout.entry(entry)
-            index.record(entry)
-            layout.recorded(entry)
-            if entry["status"] == OK:
-                result.encoded += 1
-            else:
-                result.failed.append(entry)
-            if progress is not None:
-                progress(result.ok + len(result.failed), result.total)
+    made = _make_folders(out_dir, todo)
+    try:
+        with _engine(engine, settings, min(workers, len(todo)), address) as running:
+            for entry in running.results(todo):
+                if FATAL in entry:
+                    raise fatal_error(entry)
+                entry = layout.entry(entry)
+                index.record(entry)
+                layout.recorded(entry)
+                if entry["status"] == OK:
+                    result.encoded += 1
+                else:
+                    result.failed.append(entry)
+                if progress is not None:
+                    progress(result.ok + len(result.failed), result.total)
+    except WorkerDied as died:
+        if died.task is not None:  # what it was writing (the other workers' videos are finished)
+            _remove_leftovers(out_dir, [died.task])
+        raise
+    finally:
+        _remove_if_empty(made)
     return result
 
 
@@ -174,8 +222,9 @@ def encode_dataset_job(sources: list[str | Path], out_dir: Path, options: Stream
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"--out {out_dir} is a file; give a folder")
     tasks = collect_videos(list(sources))
-    _check_model(model, backend, options, out_dir)
-    check_layout(out_dir, layout)  # a folder of another layout: one line before anything is written
+    manifest = _check_model(model, backend, options, out_dir)
+    layout.update(settings_record(manifest.fingerprint, manifest.kind, options))
+    check_layout(out_dir, layout)  # a folder of another layout or model: one line before anything is written
     if engine == "ray":
         from vae_deploy.batch.ray_engine import ray_module
 
@@ -198,5 +247,4 @@ def encode_dataset_job(sources: list[str | Path], out_dir: Path, options: Stream
             except BaseException:
                 if new_index and not read_index(out_dir / INDEX_FILE):  # nothing recorded: leave nothing
                     (out_dir / INDEX_FILE).unlink(missing_ok=True)
-                    _remove_empty_folders(out_dir)
                 raise

@@ -7,9 +7,17 @@
     entry(result)   a worker's result as the index records it (`output`, `shard`)
     recorded(entry) after the index recorded it: webdataset packs a shard once its last video finished
 
-DIR/dataset.json records the layout (format, shard size) on a batch's first run; a rerun with another
---format or --shard-size is refused in one line instead of mixing two layouts in one folder. A folder
-from before dataset.json existed (an index, no dataset.json) holds the vaelat layout.
+DIR/dataset.json records what made the folder on a batch's first run: the layout (format, shard size), the
+model (Manifest.fingerprint, a sha256 over the hashes of the model's files, and its kind) and every option
+that changes the latents (SETTINGS: --size, --fit, --chunk, --max-frames, --fps, --raw-latents). A rerun
+that disagrees on any of them is refused in one line naming the setting, instead of mixing two models or
+two layouts in one folder. A folder from before dataset.json existed (an index, no dataset.json) holds the
+vaelat layout; a dataset.json from before it recorded the model and options is completed by the next run.
+Either way a video counts as complete only when its .vaelat header names this model.
+
+A video also counts as complete only while its source is the one encoded: its index entry's source
+identity (sources.source_identity: size and a digest of its first and last MiB) matches the file now. An
+entry from before identities were recorded is taken as it is.
 
 webdataset resume: workers write each finished .vaelat into its shard's parts folder
 (`DIR/shard-000003.parts/<key>.vaelat`). A video is complete when its index entry is "ok" and either its
@@ -35,7 +43,7 @@ from vae_deploy.batch.shards import (
     shard_members,
     shard_name,
 )
-from vae_deploy.batch.sources import LATENT_SUFFIX, VideoTask
+from vae_deploy.batch.sources import LATENT_SUFFIX, VideoTask, source_identity
 from vae_deploy.errors import ConfigError, DataError, VaeDeployError
 from vae_deploy.files import write_json_atomic
 from vae_deploy.runtime.latents import LatentHeader, LatentReader
@@ -59,9 +67,32 @@ def layout_record(output_format: str, shard_size: int | None) -> dict:
     return {"format": output_format, "shard_size": shard_size}
 
 
+# dataset.json keys that must agree between a folder and a rerun, after format and shard size (their flag
+# comes from the key: "max_frames" -> --max-frames); model_kind is recorded to name the model in messages
+SETTINGS = ("model_fingerprint", "size", "fit", "chunk", "max_frames", "fps", "raw_latents")
+
+
+def settings_record(model_fingerprint: str, model_kind: str, options) -> dict:
+    """What dataset.json holds of the model and of the StreamOptions that change the latents."""
+    return {"model_fingerprint": model_fingerprint, "model_kind": model_kind, "size": options.short_side,
+            "fit": options.fit, "chunk": options.chunk, "max_frames": options.max_frames, "fps": options.fps,
+            "raw_latents": options.raw_latents}
+
+
 def _options(record: dict) -> str:
     shard_size = record.get("shard_size")
     return f"--format {record.get('format')}" + (f" --shard-size {shard_size}" if shard_size else "")
+
+
+def _setting(key: str, record: dict) -> str:
+    """How one setting of a record reads on a command line."""
+    value = record.get(key)
+    if key == "model_fingerprint":
+        return f"the {record.get('model_kind')} model {str(value)[:12]}... (--model)"
+    flag = "--" + key.replace("_", "-")
+    if isinstance(value, bool):
+        return flag if value else f"no {flag}"
+    return f"{flag} {value}" if value is not None else f"no {flag}"
 
 
 def existing_layout(out_dir: Path) -> dict | None:
@@ -84,13 +115,22 @@ def existing_layout(out_dir: Path) -> dict | None:
     return record
 
 
-def check_layout(out_dir: Path, record: dict) -> bool:
-    """Refuse a folder laid out by other options; True when the folder has no layout yet (write it)."""
+def check_layout(out_dir: Path, record: dict) -> dict | None:
+    """Refuse a folder made by another layout, model or options (one line naming the first that differs);
+    the folder's record (None: no batch wrote there yet)."""
     existing = existing_layout(out_dir)
-    if existing is not None and existing != record:
-        raise ConfigError(f"{out_dir} holds a batch encoded with {_options(existing)} (see "
-                          f"{Path(out_dir) / DATASET_FILE}); rerun with those options or give another --out")
-    return existing is None
+    if existing is None:
+        return None
+    path = Path(out_dir) / DATASET_FILE
+    if _options(existing) != _options(record):
+        raise ConfigError(f"{out_dir} holds a batch encoded with {_options(existing)} (see {path}); rerun "
+                          f"with those options or give another --out")
+    for key in SETTINGS:
+        if key in existing and key in record and existing[key] != record[key]:
+            raise ConfigError(f"{out_dir} holds latents made with {_setting(key, existing)} (see {path}), "
+                              f"not {_setting(key, record)}: rerun with the same, or give another --out (or "
+                              f"remove {out_dir})")
+    return existing
 
 
 def write_layout(out_dir: Path, record: dict) -> Path:
@@ -100,9 +140,10 @@ def write_layout(out_dir: Path, record: dict) -> Path:
 
 
 def open_layout(record: dict, out_dir: Path, tasks: list[VideoTask], index: BatchIndex):
+    model = record["model_fingerprint"]
     if record["format"] == "webdataset":
-        return WebDatasetLayout(out_dir, tasks, index, record["shard_size"])
-    return VaelatLayout(out_dir, tasks, index)
+        return WebDatasetLayout(out_dir, tasks, index, record["shard_size"], model)
+    return VaelatLayout(out_dir, tasks, index, model)
 
 
 def _header(path: Path) -> LatentHeader | None:
@@ -113,19 +154,34 @@ def _header(path: Path) -> LatentHeader | None:
         return None
 
 
-def _reads_back(path: Path) -> bool:
-    return _header(path) is not None
+def _made_by(path: Path, model_fingerprint: str) -> bool:
+    """Whether the .vaelat at `path` reads back whole and was encoded by that model."""
+    header = _header(path)
+    return header is not None and header.model_fingerprint == model_fingerprint
+
+
+def _unchanged(entry: dict, task: VideoTask) -> bool:
+    """Whether the source of `task` is still the file its index entry was encoded from (module docstring)."""
+    if entry.get("source_digest") is None:
+        return True  # recorded before identities were
+    try:
+        now = source_identity(task.source)
+    except OSError:
+        return False
+    return (now["source_size"], now["source_digest"]) == (entry.get("source_size"), entry["source_digest"])
 
 
 class VaelatLayout:
-    """One .vaelat per video at its mirrored path; complete when indexed "ok" and the file reads back."""
+    """One .vaelat per video at its mirrored path; complete when indexed "ok" from the same source, and the
+    file reads back, made by this model."""
 
-    def __init__(self, out_dir: Path, tasks: list[VideoTask], index: BatchIndex):
-        self.out_dir, self.tasks, self.index = out_dir, tasks, index
+    def __init__(self, out_dir: Path, tasks: list[VideoTask], index: BatchIndex, model_fingerprint: str):
+        self.out_dir, self.tasks, self.index, self.model = out_dir, tasks, index, model_fingerprint
 
     def todo(self) -> list[VideoTask]:
         return [t for t in self.tasks
-                if not (self.index.is_ok(t.output) and _reads_back(t.output_path(self.out_dir)))]
+                if not (self.index.is_ok(t.output) and _unchanged(self.index.entries[t.output], t)
+                        and _made_by(t.output_path(self.out_dir), self.model))]
 
     def entry(self, result: dict) -> dict:
         return {**result, "shard": None}
@@ -137,13 +193,15 @@ class VaelatLayout:
 class WebDatasetLayout:
     """Shards of `shard_size` videos of the batch's order sorted by output path (module docstring)."""
 
-    def __init__(self, out_dir: Path, tasks: list[VideoTask], index: BatchIndex, shard_size: int):
-        self.out_dir, self.index = Path(out_dir), index
+    def __init__(self, out_dir: Path, tasks: list[VideoTask], index: BatchIndex, shard_size: int,
+                 model_fingerprint: str):
+        self.out_dir, self.index, self.model = Path(out_dir), index, model_fingerprint
         ordered = sorted(tasks, key=lambda t: t.output)
         self.shards = [ordered[i:i + shard_size] for i in range(0, len(ordered), shard_size)]
         self._member_of: dict[str, str] = {}  # a part's path (a worker's `output`) -> its member name
         self._shard_of: dict[str, int] = {}  # a member name -> its shard's number
         self._unfinished: dict[int, int] = {}  # shard number -> videos of it not finished in this run
+        self._encoded: set[int] = set()  # shards with a video encoded in this run (a replaced source's)
 
     @staticmethod
     def _member(task: VideoTask) -> str:
@@ -160,7 +218,8 @@ class WebDatasetLayout:
             for task in shard:
                 member, part = self._member(task), self._part(number, task)
                 self._member_of[part], self._shard_of[member] = member, number
-                if self.index.is_ok(member) and (member in members or _reads_back(self.out_dir / part)):
+                if self.index.is_ok(member) and _unchanged(self.index.entries[member], task) and (
+                        member in members or _made_by(self.out_dir / part, self.model)):
                     continue
                 pending.append(VideoTask(task.source, part))
             self._unfinished[number] = len(pending)
@@ -176,6 +235,8 @@ class WebDatasetLayout:
 
     def recorded(self, entry: dict) -> None:
         number = self._shard_of[entry["output"]]
+        if entry["status"] == "ok":
+            self._encoded.add(number)
         self._unfinished[number] -= 1
         if self._unfinished[number] == 0:
             self._pack(number)
@@ -186,7 +247,7 @@ class WebDatasetLayout:
         ok = [t for t in self.shards[number] if self.index.is_ok(self._member(t))]
         keys = [sample_key(t.output) for t in ok]
         wanted = [key + suffix for key in keys for suffix in (".json", LATENT_SUFFIX)]
-        if shard_members(target) != wanted:
+        if shard_members(target) != wanted or number in self._encoded:
             samples = []
             for task, key in zip(ok, keys, strict=True):
                 part = self.out_dir / self._part(number, task)

@@ -6,6 +6,11 @@ writes its .vaelat files into the output folder itself, so on a cluster that fol
 be on storage every node sees, and vae-deploy must be installed on every node. Actors ask for
 `num_cpus = threads`, and `num_gpus = 1` with a CUDA backend. Results come back to the caller, which
 alone writes the index. Ray is the optional extra `vae-deploy[ray]`.
+
+An actor that dies (kill -9, the OOM killer, its node lost) ends the batch as a dead local worker does
+(local.py): no new video is handed out, the other actors finish the videos they hold (recorded in the
+index), and WorkerDied names the dead actor's pid and video in one line. (ray.util.ActorPool raised Ray's
+own multi-line error at once and dropped the other actors' videos.)
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import socket
 from collections.abc import Iterable, Iterator
 
 from vae_deploy.batch.sources import VideoTask
-from vae_deploy.batch.worker import EncodeSettings, VideoEncoder
+from vae_deploy.batch.worker import EncodeSettings, VideoEncoder, WorkerDied
 from vae_deploy.errors import ConfigError, VaeDeployError
 
 INSTALL_HINT = "pip install 'vae-deploy[ray]'"
@@ -88,6 +93,9 @@ class _Actor:
     def encode(self, task: VideoTask) -> dict:
         return self.encoder.encode(task)
 
+    def pid(self) -> int:
+        return os.getpid()
+
 
 class RayEngine:
     name = "ray"
@@ -95,7 +103,7 @@ class RayEngine:
     def __init__(self, settings: EncodeSettings, workers: int, address: str | None = None):
         self.settings, self.workers, self.address = settings, workers, address
         self._ray = ray_module()
-        self._pool = None
+        self._actors = {}  # actor -> its process id
 
     def __enter__(self) -> RayEngine:
         ray = self._ray
@@ -115,14 +123,36 @@ class RayEngine:
                      include_dashboard=False, logging_level="ERROR", log_to_driver=False)
         gpus = 1 if self.settings.backend in GPU_BACKENDS else 0
         actor = ray.remote(num_cpus=threads, num_gpus=gpus)(_Actor)
-        from ray.util import ActorPool
-
-        self._pool = ActorPool([actor.remote(self.settings) for _ in range(self.workers)])
+        actors = [actor.remote(self.settings) for _ in range(self.workers)]
+        self._actors = dict(zip(actors, ray.get([a.pid.remote() for a in actors]), strict=True))  # -> pid
         return self
 
     def results(self, tasks: Iterable[VideoTask]) -> Iterator[dict]:
-        yield from self._pool.map_unordered(lambda a, task: a.encode.remote(task), list(tasks))
+        """Each task's result as it finishes (any order); WorkerDied once the videos in progress are done
+        when an actor died."""
+        ray = self._ray
+        pending, died = list(reversed(list(tasks))), None
+        running = {}  # a result's object ref -> (its actor, its task)
+        for actor in self._actors:
+            if pending:
+                task = pending.pop()
+                running[actor.encode.remote(task)] = (actor, task)
+        while running:
+            [ref], _ = ray.wait(list(running), num_returns=1)
+            actor, task = running.pop(ref)
+            try:
+                result = ray.get(ref)
+            except ray.exceptions.RayActorError:  # ActorDiedError, ActorUnavailableError...
+                died = died or WorkerDied(f"Ray actor pid {self._actors[actor]}",
+                                          "killed or crashed: out of memory?", task)
+                continue
+            yield result
+            if pending and died is None:
+                task = pending.pop()
+                running[actor.encode.remote(task)] = (actor, task)
+        if died is not None:
+            raise died
 
     def __exit__(self, *exc) -> None:
-        self._pool = None
+        self._actors = {}
         self._ray.shutdown()

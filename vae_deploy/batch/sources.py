@@ -1,17 +1,25 @@
 """Which videos a batch holds, and where each one's latents go.
 
 A SOURCE argument is a video file, a folder (searched recursively for the video suffixes of video/io.py,
-hidden files and folders skipped) or a `.txt` file listing one path per line (blank lines and `#` comments
+hidden files and folders skipped; symlinked subfolders are followed, each real folder once, so a link
+back up the tree is no loop) or a `.txt` file listing one path per line (blank lines and `#` comments
 skipped; relative paths are relative to the list's folder; a listed folder is searched like an argument).
 
 Each video's output mirrors its path relative to the folder it was found under: `clips/a/b.mp4` found
 under `clips/` -> `DIR/a/b.vaelat`. A file given directly is its name (`DIR/b.vaelat`); a relative path
 in a list keeps its folders (`sub/b.mp4` -> `DIR/sub/b.vaelat`). The same file reached twice is taken
 once; two different videos that would share an output are refused before any work.
+
+source_identity: what the index records of a video so that a rerun sees it was replaced. Size and mtime
+alone miss a replacement that keeps both (`cp -p`, rsync -t of a same-size file); hashing whole videos
+would make a rerun read the whole corpus. The sha256 of the size and the first and last MiB reads at most
+2 MiB a video (a rerun already reads every finished .vaelat whole to check its checksum), and a replaced
+video cannot keep it unless it differs only in its middle.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -32,15 +40,46 @@ class VideoTask:
         return Path(out_dir, *PurePosixPath(self.output).parts)
 
 
+IDENTITY_BYTES = 1 << 20  # source_identity hashes this much of a video's start and of its end
+
+
+def source_identity(path: str | Path) -> dict:
+    """The index fields that tell a rerun whether the video at `path` is still the one encoded (module
+    docstring): source_size, source_mtime_ns, source_digest."""
+    with open(path, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        digest = hashlib.sha256(str(st.st_size).encode() + b"\n")
+        digest.update(fh.read(IDENTITY_BYTES))
+        if st.st_size > IDENTITY_BYTES:
+            fh.seek(max(IDENTITY_BYTES, st.st_size - IDENTITY_BYTES))
+            digest.update(fh.read(IDENTITY_BYTES))
+    return {"source_size": st.st_size, "source_mtime_ns": st.st_mtime_ns, "source_digest": digest.hexdigest()}
+
+
 def _scan(folder: Path) -> list[tuple[Path, PurePosixPath]]:
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    seen = {_folder_id(folder)}  # real folders entered: a symlink to one of them (a loop, a twin) is skipped
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        kept = []
+        for d in sorted(d for d in dirnames if not d.startswith(".")):
+            key = _folder_id(Path(dirpath) / d)
+            if key is not None and key not in seen:
+                seen.add(key)
+                kept.append(d)
+        dirnames[:] = kept
         for name in sorted(filenames):
             path = Path(dirpath) / name
             if not name.startswith(".") and path.suffix.lower() in VIDEO_SUFFIXES and path.is_file():
                 found.append((path, PurePosixPath(*path.relative_to(folder).parts)))
     return found
+
+
+def _folder_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()  # through symlinks: the real folder
+    except OSError:  # a dangling link
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _entry(path: Path, relative: PurePosixPath, what: str) -> list[tuple[Path, PurePosixPath]]:

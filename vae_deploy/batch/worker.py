@@ -12,18 +12,26 @@ video would fail the same way: a runner that cannot open, and an output folder w
 (a full disk, a quota, a read-only filesystem: ENOSPC, EDQUOT, EROFS, under whatever error carried them).
 The result says so, naming --out as given rather than a staging name, and the engine's caller stops the
 batch with that one line. A failed video leaves no staging file.
+
+A worker killed outright (kill -9, the OOM killer) removes nothing: its staging file, or the latent writer's
+temporary file of it, stays. Only the batch holding the folder's lock, which owns every output of its
+layout, removes them (staging_leftovers: the exact names made for one of its outputs, nothing else), when
+a worker dies and at the start of every run. Each entry also records its source's identity
+(sources.source_identity), so that a rerun redoes a video replaced under the same name.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from vae_deploy.batch.index import FAILED, OK
-from vae_deploy.batch.sources import VideoTask
+from vae_deploy.batch.sources import LATENT_SUFFIX, VideoTask, source_identity
 from vae_deploy.errors import OutputError, VaeDeployError
 from vae_deploy.files import FOLDER_UNWRITABLE_ERRNOS
 from vae_deploy.runtime.latents import LatentReader
@@ -49,6 +57,44 @@ class EncodeSettings:
 
 def _staging(path: Path) -> Path:
     return path.with_name(f".{path.stem}.{secrets.token_hex(4)}.batch{path.suffix}")
+
+
+# A staging name, and the latent writer's temporary file of it (files.AtomicFile: .<name>.<pid>-<hex>.part)
+_STAGING = re.compile(r"\.(?P<stem>.+)\.[0-9a-f]{8}\.batch" + re.escape(LATENT_SUFFIX))
+_STAGING_TEMPORARY = re.compile(r"\.\.(?P<stem>.+)\.[0-9a-f]{8}\.batch\.(\d+-)?[0-9a-f]{12}\.part"
+                                + re.escape(LATENT_SUFFIX))
+
+
+def staging_leftovers(folder: Path, outputs: set[str]) -> list[Path]:
+    """The staging files (and their temporary files) in `folder` made for one of `outputs` (file names in
+    `folder`): what workers killed outright left behind. Nothing else matches."""
+    found = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return found
+    for entry in entries:
+        match = _STAGING.fullmatch(entry.name) or _STAGING_TEMPORARY.fullmatch(entry.name)
+        if match and match["stem"] + LATENT_SUFFIX in outputs and entry.is_file(follow_symlinks=False):
+            found.append(Path(entry.path))
+    return found
+
+
+class WorkerDied(VaeDeployError):
+    """A worker process or actor died outright while the batch ran (module docstring of local.py)."""
+
+    exit_code = 1
+
+    def __init__(self, worker: str, how: int | str | None, task: VideoTask | None):
+        if isinstance(how, int) and how < 0:  # multiprocessing's exitcode: -N for signal N
+            how = f"signal {-how}, killed: out of memory?" if -how == signal.SIGKILL else \
+                f"signal {-how}, {signal.Signals(-how).name}"
+        elif isinstance(how, int):
+            how = f"exit code {how}"
+        doing = f"while encoding {task.source}" if task is not None else "between videos"
+        super().__init__(f"{worker} died ({how or 'unknown cause'}) {doing}; finished videos are kept; "
+                         f"rerun to continue")
+        self.task = task
 
 
 def fatal_error(result: dict) -> VaeDeployError:
@@ -97,6 +143,7 @@ class VideoEncoder:
                  "latent_shape": None, "seconds": 0.0, "error": None, "truncated": False}
         out = task.output_path(Path(self.settings.out_dir))
         try:
+            entry.update(source_identity(task.source))  # before reading: a file replaced meanwhile is redone
             report, header = self._write(runner, task, out)
             entry.update(status=OK, frames=report.frames, truncated=report.truncated,
                          latent_shape=[header.latent_frames, *header.latent_shape])

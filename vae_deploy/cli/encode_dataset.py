@@ -2,8 +2,8 @@
 `--format webdataset`, WebDataset tar shards of --shard-size videos: batch/shards.py), plus DIR/index.jsonl.
 
 Thin: parses, calls vae_deploy/batch/jobs.py encode_dataset_job with a progress bar over videos, prints
-the summary. Exit 1 when any video failed (the index says why), 130 / 143 when stopped (what finished is
-in the index). No torch is imported.
+the summary. Exit 1 when any video failed (the index says why) or a worker died (one line), 130 / 143 when
+stopped (what finished is in the index). No torch is imported.
 """
 
 from __future__ import annotations
@@ -78,7 +78,9 @@ def encode_dataset(
             result = encode_dataset_job(sources, out, options, model, backend, engine, workers, threads,
                                         address, progress, output_format, shard_size, index_format)
     except KeyboardInterrupt:
-        interrupted(f"the videos finished are kept and listed in {out / 'index.jsonl'}")
+        index = out / "index.jsonl"  # (removed by a batch stopped before its first video finished)
+        interrupted(f"the videos finished are kept and listed in {index}" if index.exists() else
+                    "no video was finished; nothing was written")
     typer.echo(result.summary())
     if result.failed:
         raise SystemExit(1)
