@@ -3,15 +3,17 @@ export, through the real CLI in a process where `import torch` fails; and the Py
 one-line answer there."""
 
 import json
+import os
 import shutil
 
 import pytest
-from cli_support import assert_one_line_error, invoke_main
+from cli_support import assert_one_line_error, cli_process, invoke_main
 from torch_free_support import edge_cli
 
+from vae_deploy.errors import VaeDeployError
 from vae_deploy.export.golden import GOLDEN_FILE
-from vae_deploy.runtime import read_manifest
-from vae_deploy.runtime.manifest import write_manifest
+from vae_deploy.runtime import load_runner, read_manifest
+from vae_deploy.runtime.manifest import hash_files, write_manifest
 
 TRAIN_EXTRA = "pip install 'vae-deploy[train]'"
 
@@ -87,3 +89,108 @@ def test_torch_side_commands_name_the_extra_without_torch(mlp_checkpoint, tmp_pa
         assert_one_line_error(result, TRAIN_EXTRA, code=2)
         assert f"`vae-deploy {args[0]}` needs torch" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- a folder never picks code to import
+
+FACTORY = '''\
+import torch
+from torch import nn
+
+
+class Tiny(nn.Module):
+    in_channels, latent_channels, spatial_factor = 3, 4, 8
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.enc = nn.Conv2d(3, 8, 8, stride=8)
+        self.dec = nn.ConvTranspose2d(4, 3, 8, stride=8)
+
+    def encode(self, x):
+        return tuple(self.enc(x).chunk(2, dim=1))
+
+    def decode(self, z):
+        return torch.sigmoid(self.dec(z))
+
+
+def build():
+    return Tiny()
+'''
+# What a folder could name instead: importing it leaves a marker file (and build() would even work)
+EVIL = "from pathlib import Path\nPath({marker!r}).write_text('imported')\nfrom tiny_factory import build\n"
+
+
+@pytest.fixture(scope="module")
+def entry_point_model(tmp_path_factory):
+    """(a model folder exported with --from tiny_factory:build, the folder holding that module)."""
+    code = tmp_path_factory.mktemp("factory_code")
+    (code / "tiny_factory.py").write_text(FACTORY)
+    model = code.parent / "entry_point_model"
+    made = cli_process("export", "--from", "tiny_factory:build", "--out", model, "--real", "2",
+                       env={**os.environ, "PYTHONPATH": str(code)})
+    assert made.returncode == 0, made.stderr
+    return model, code
+
+
+def naming(model, tmp_path, entry_point: str, kind: str | None = None):
+    """A copy of `model` whose reference/ (and manifest) record `entry_point`, hashes recomputed: a folder
+    that passes every integrity check."""
+    folder = shutil.copytree(model, tmp_path / "named")
+    config_path = folder / "reference" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["model"]["entry_point"] = entry_point
+    config["kind"] = kind or config["kind"]
+    config_path.write_text(json.dumps(config))
+    manifest = read_manifest(folder, check_files=False)
+    manifest.model["entry_point"] = entry_point
+    manifest.files = hash_files(folder, list(manifest.files))
+    write_manifest(folder, manifest)
+    read_manifest(folder)  # valid
+    return folder
+
+
+def test_verify_never_calls_an_entry_point_the_folder_names(entry_point_model, tmp_path):
+    model, _ = entry_point_model
+    folder = naming(model, tmp_path, "os:abort")
+    auto = cli_process("verify", folder, "--real", "2")  # before: killed by SIGABRT
+    assert auto.returncode == 0, (auto.returncode, auto.stderr)
+    assert auto.stdout.splitlines()[0].startswith("reference: golden outputs stored at export (the factory "
+                                                  "of a --from model is imported only when named")
+    assert "parity ok" in auto.stdout
+    forced = cli_process("verify", folder, "--reference", "torch", "--real", "2")
+    assert_one_line_error(forced, "built by the factory it was exported with (--from os:abort); vae-deploy "
+                                  "imports it only when you name it", code=2)
+
+
+@pytest.mark.parametrize("kind", ["entry-point", "diffusers-autoencoder-kl"])
+def test_a_module_a_folder_names_is_never_imported(entry_point_model, tmp_path, kind):
+    model, code = entry_point_model
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    marker = tmp_path / "imported.txt"
+    (evil / "evil_vae.py").write_text(EVIL.format(marker=str(marker)))
+    folder = naming(model, tmp_path, "evil_vae:build", kind)
+    env = {**os.environ, "PYTHONPATH": f"{evil}{os.pathsep}{code}"}  # importable, were anything to try
+    for args, outcome in ((["--reference", "torch"], "vae-deploy imports it only when you name it"),
+                          (["--from", "tiny_factory:build"], "was exported with --from evil_vae:build, not "
+                                                             "--from tiny_factory:build"),
+                          ([], None)):
+        result = cli_process("verify", folder, "--real", "2", *args, env=env)
+        if outcome is None:  # auto: the golden outputs
+            assert result.returncode == 0 and "reference: golden outputs" in result.stdout, result.stderr
+        else:
+            assert_one_line_error(result, outcome, code=2)
+        assert not marker.exists(), args
+    with pytest.raises(VaeDeployError, match="only when you name it"):
+        load_runner(folder, "torch")
+    assert not marker.exists()
+
+
+def test_verify_from_the_named_factory_checks_against_pytorch(entry_point_model):
+    model, code = entry_point_model
+    result = cli_process("verify", model, "--from", "tiny_factory:build", "--real", "2",
+                         env={**os.environ, "PYTHONPATH": str(code)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "reference: PyTorch (the folder's reference/ checkpoint)"
+    assert "ort-cpu vs torch (fp32)" in result.stdout and "parity ok" in result.stdout

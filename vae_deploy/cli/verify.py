@@ -70,6 +70,10 @@ def verify(
     data_source: Annotated[str, typer.Option("--data-source", help="MNIST source for real inputs.")] = "auto",
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="MNIST folder for real inputs.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random inputs.")] = 0,
+    entry_point: Annotated[str | None, typer.Option(
+        "--from", help="For a model exported with --from: the package.module:factory it was exported with, "
+                       "which builds its PyTorch reference. A model folder never picks code to import: "
+                       "without this, such a model is verified against its golden outputs.")] = None,
 ) -> None:
     """Compare a backend with the PyTorch reference (or, without torch, with the outputs stored at export);
     exit 1 when parity fails."""
@@ -77,7 +81,7 @@ def verify(
     from vae_deploy.runtime.manifest import json_safe
 
     result = verify_job(model_dir, backend, reference, parse_sizes(batch_sizes, "--batch-sizes"), real,
-                        data_source, data_dir, seed)
+                        data_source, data_dir, seed, entry_point)
     report = result.report
     if json_out:
         typer.echo(json.dumps(json_safe(report.to_dict()), indent=2))

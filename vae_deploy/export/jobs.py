@@ -32,6 +32,7 @@ from vae_deploy.runtime.registry import DEFAULT_BACKEND, get_backend
 from vae_deploy.runtime.runner import module_available
 
 ENGINE_PRECISIONS = ("fp32", "fp16", "int8")
+ENTRY_POINT_KIND = "entry-point"  # models/adapters/contract.py's, without importing torch here
 REFERENCES = ("auto", "torch", "golden")
 
 
@@ -101,9 +102,12 @@ class VerifyResult:
     note: str  # one line saying which reference was used and why
 
 
-def choose_reference(choice: str, model_dir: Path, manifest: Manifest) -> tuple[str, str]:
+def choose_reference(choice: str, model_dir: Path, manifest: Manifest,
+                     entry_point: str | None = None) -> tuple[str, str]:
     """("torch" | "golden", the line saying so) for the reference `choice` (one of REFERENCES): auto is
-    torch where it is installed (and diffusers, for a diffusers model), else the folder's golden outputs."""
+    torch where it is installed (and diffusers, for a diffusers model), else the folder's golden outputs.
+    A model exported with --from is rebuilt by its factory, which is imported only when the user names it
+    (`entry_point`): without it, auto takes the golden outputs."""
     from vae_deploy.runtime.torch_runner import TorchRunner
 
     if choice not in REFERENCES:
@@ -111,6 +115,8 @@ def choose_reference(choice: str, model_dir: Path, manifest: Manifest) -> tuple[
     torch_missing = TorchRunner.unavailable_reason()
     if torch_missing is None and "diffusers" in manifest.producer and not module_available("diffusers"):
         torch_missing = "diffusers is not installed"  # the reference of a diffusers model is built with it
+    if torch_missing is None and manifest.kind == ENTRY_POINT_KIND and not entry_point:
+        torch_missing = "the factory of a --from model is imported only when named: verify --from"
     if choice == "torch" or (choice == "auto" and torch_missing is None):
         return "torch", "reference: PyTorch (the folder's reference/ checkpoint)"
     if not has_golden(manifest):
@@ -128,14 +134,15 @@ def choose_reference(choice: str, model_dir: Path, manifest: Manifest) -> tuple[
 
 def verify_job(model_dir: Path, backend: str = DEFAULT_BACKEND, reference: str = "auto",
                batch_sizes: tuple[int, ...] | None = None, real: int = 1000, data_source: str = "auto",
-               data_dir: Path | None = None, seed: int = 0) -> VerifyResult:
+               data_dir: Path | None = None, seed: int = 0, entry_point: str | None = None) -> VerifyResult:
     """Compare `backend` with the reference `choose_reference` picks. Against torch: `real` real inputs
     and random inputs at `batch_sizes` (None: the export profile's) drawn with `seed`; against the golden
-    outputs: the inputs stored with them. Writes nothing."""
+    outputs: the inputs stored with them. `entry_point`: the --from factory the user names, the only code
+    the torch reference of a --from model may import. Writes nothing."""
     manifest = read_manifest(model_dir)
     sizes = batch_sizes or tuple(manifest.export_profile.get("parity_batch_sizes",
                                                              ExportProfile().parity_batch_sizes))
-    source, note = choose_reference(reference, model_dir, manifest)
+    source, note = choose_reference(reference, model_dir, manifest, entry_point)
     if source == "golden":
         cases = read_golden(model_dir, manifest)
         with get_backend(backend)(model_dir, manifest=manifest) as runner:
@@ -143,6 +150,7 @@ def verify_job(model_dir: Path, backend: str = DEFAULT_BACKEND, reference: str =
     else:
         inputs = real_inputs_for(manifest.kind, real, data_source, data_dir, manifest.graph("encoder"))
         with get_backend(backend)(model_dir, manifest=manifest) as runner, \
-                get_backend("torch")(model_dir, manifest=manifest) as torch_reference:
+                get_backend("torch")(model_dir, manifest=manifest,
+                                     **({"entry_point": entry_point} if entry_point else {})) as torch_reference:
             report = check_parity(runner, torch_reference, inputs, sizes, seed=seed)
     return VerifyResult(report, source, note)

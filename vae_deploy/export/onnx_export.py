@@ -354,7 +354,10 @@ def _write_folder(source: ModelSource, specs: dict[str, GraphSpec], work: Path, 
         opset=profile.opset, preprocessing=preprocessing, producer=_producer(model),
         files=hash_files(work, files), export_profile=profile.to_dict(),
     )
-    with get_backend("torch")(work, manifest=manifest) as ref:
+    # A --from model's reference is rebuilt by the factory the user named for this export, and only then
+    entry_point = getattr(model.config, "entry_point", None) or None
+    with get_backend("torch")(work, manifest=manifest, **({"entry_point": entry_point} if entry_point else {})
+                              ) as ref:
         log(f"storing the reference's outputs for torch-free checks -> {out_dir / GOLDEN_FILE}")
         files.append(write_golden(work, ref, real_inputs))
         log(f"checking parity: {parity_backend} vs torch")

@@ -41,7 +41,7 @@ from vae_deploy.runtime.runner import check_options, module_available
 from vae_deploy.runtime.spec import GraphSpec
 
 OPTIONS = ("precision", "channels_last", "compile", "cuda_graph", "graph_cache", "tf32", "cudnn_benchmark",
-           "fp16_guard", "device_id", "threads")
+           "fp16_guard", "device_id", "threads", "entry_point")
 
 
 class TorchState(DeviceState):
@@ -120,7 +120,8 @@ class TorchCudaRunner(DeviceRunner):
 
         torch = self._torch
         reference = self.model_dir / REFERENCE_DIR
-        model, config = load_model(reference)
+        # entry_point: a --from factory the user named (verify --from); the folder alone never picks one
+        model, config = load_model(reference, entry_point=self.options.get("entry_point"))
         if config["kind"] != self.manifest.kind:
             raise ModelFormatError(f"{reference} holds a {config['kind']!r} model but the manifest says "
                                    f"{self.manifest.kind!r}")

@@ -40,7 +40,8 @@ class TorchRunner(Runner):
         if "threads" in self.options:
             torch.set_num_threads(int(self.options["threads"]))
         reference = self.model_dir / REFERENCE_DIR
-        model, config = load_model(reference)
+        # entry_point: a --from factory the user named (verify --from); the folder alone never picks one
+        model, config = load_model(reference, entry_point=self.options.get("entry_point"))
         if config["kind"] != self.manifest.kind:
             raise ModelFormatError(f"{reference} holds a {config['kind']!r} model but the manifest says "
                                    f"{self.manifest.kind!r}")
