@@ -58,6 +58,25 @@ def test_bad_keys_are_refused_by_name(table, key, value, message):
         recipe_from_dict(tables)
 
 
+@pytest.mark.parametrize(("line", "message"), [
+    ("lr = nan", "train: lr must be a finite number, got nan"),
+    ("lr = inf", "train: lr must be a finite number, got inf"),
+    ("lr = -inf", "train: lr must be a finite number, got -inf"),
+    ("lr = 0.0", "train: lr must be positive, got 0.0"),
+    ("lr_final = nan", "train: lr_final must be a finite number, got nan"),
+    ("kl_weight = inf", "train: kl_weight must be a finite number, got inf"),
+    ("kl_weight = -1.0", "train: kl_weight must be at least 0, got -1.0"),
+    ("max_minutes = nan", "train: max_minutes must be a finite number, got nan"),
+])
+def test_non_finite_or_negative_numbers_in_a_recipe_file_are_refused_by_key(tmp_path, line, message):
+    """TOML spells nan and inf; a nan lr passed `lr <= 0` (every comparison with nan is False)."""
+    path = tmp_path / "r.toml"
+    path.write_text(f'[model]\nkind = "mlp"\n[data]\nkind = "mnist"\n[train]\n{line}\n')
+    with pytest.raises(ConfigError) as caught:
+        load_recipe(path)
+    assert str(caught.value) == f"{path}: {message}"
+
+
 def test_unknown_table_and_missing_kind():
     with pytest.raises(ConfigError, match="unknown recipe table optimizer"):
         recipe_from_dict({**BASE, "optimizer": {}})

@@ -11,6 +11,7 @@ Relative paths inside a recipe (data_dir) are relative to the current directory,
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,8 +44,16 @@ class TrainConfig:
     # run where the designs share parts (VideoVAE.warm_start_from); relative to the current directory
 
     def __post_init__(self):
+        # TOML has nan and inf, and every comparison with nan is False: the range checks below would pass
+        # a nan lr (training then makes nan weights), so each real-valued key must be finite first.
+        for key in ("lr", "lr_final", "kl_weight", "max_minutes"):
+            value = getattr(self, key)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{key} must be a finite number, got {value}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be at least 1")
+        if self.kl_weight < 0:
+            raise ValueError(f"kl_weight must be at least 0, got {self.kl_weight}")
         if self.lr_final is not None and not 0 <= self.lr_final <= self.lr:
             raise ValueError(f"lr_final must be between 0 and lr ({self.lr}), got {self.lr_final}")
         if self.lr <= 0:
