@@ -194,3 +194,13 @@ def test_verify_from_the_named_factory_checks_against_pytorch(entry_point_model)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0] == "reference: PyTorch (the folder's reference/ checkpoint)"
     assert "ort-cpu vs torch (fp32)" in result.stdout and "parity ok" in result.stdout
+
+
+def test_verify_refuses_batch_sizes_over_the_graphs_cap_instead_of_checking_2(tiny_video_model, run):
+    """Video graphs are checked at batches of at most 2 (GraphSpec.max_parity_batch); --batch-sizes 100000
+    was silently checked at 2."""
+    model = tiny_video_model("frame")
+    result = run("verify", model, "--batch-sizes", "1,100000", "--real", "0")
+    assert_one_line_error(result, "--batch-sizes 100000 is over what this model's graphs are checked at: at "
+                                  "most 2", code=2)
+    assert run("verify", model, "--batch-sizes", "1,2", "--real", "0").returncode == 0

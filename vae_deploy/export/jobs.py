@@ -143,6 +143,10 @@ def verify_job(model_dir: Path, backend: str = DEFAULT_BACKEND, reference: str =
     sizes = batch_sizes or tuple(manifest.export_profile.get("parity_batch_sizes",
                                                              ExportProfile().parity_batch_sizes))
     source, note = choose_reference(reference, model_dir, manifest, entry_point)
+    caps = [g.max_parity_batch for g in manifest.graphs.values() if g.max_parity_batch]
+    if batch_sizes and caps and max(batch_sizes) > min(caps):  # silently checking batch 2 instead misleads
+        raise ConfigError(f"--batch-sizes {max(batch_sizes)} is over what this model's graphs are checked "
+                          f"at: at most {min(caps)} (video graphs run a batch of whole clips)")
     if source == "golden":
         cases = read_golden(model_dir, manifest)
         with get_backend(backend)(model_dir, manifest=manifest) as runner:
