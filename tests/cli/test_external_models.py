@@ -551,7 +551,8 @@ FROM_CASES = [
     # sys.exit() in user code, with any code, fails the export instead of ending it (0 read as success)
     ("a factory calling sys.exit(0)", ["--from", "user_factories:exits_ok"],
      "--from user_factories:exits_ok: the factory called sys.exit(0) instead of returning a module"),
-    ("a factory raising SystemExit(3)", ["--from", "user_factories:exits_3"], "the factory called sys.exit(3)"),
+    ("a factory raising SystemExit(3)", ["--from", "user_factories:exits_3"],
+     "the factory called sys.exit(3)"),
     ("a module calling sys.exit on import", ["--from", "exits_on_import:build"],
      "--from exits_on_import:build: importing exits_on_import called sys.exit(0)"),
     ("a module calling sys.exit when traced", ["--from", "user_factories:exits_when_traced"],

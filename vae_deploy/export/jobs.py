@@ -153,8 +153,8 @@ def verify_job(model_dir: Path, backend: str = DEFAULT_BACKEND, reference: str =
             report = check_golden(runner, cases)
     else:
         inputs = real_inputs_for(manifest.kind, real, data_source, data_dir, manifest.graph("encoder"))
+        reference_options = {"entry_point": entry_point} if entry_point else {}
         with get_backend(backend)(model_dir, manifest=manifest) as runner, \
-                get_backend("torch")(model_dir, manifest=manifest,
-                                     **({"entry_point": entry_point} if entry_point else {})) as torch_reference:
+                get_backend("torch")(model_dir, manifest=manifest, **reference_options) as torch_reference:
             report = check_parity(runner, torch_reference, inputs, sizes, seed=seed)
     return VerifyResult(report, source, note)

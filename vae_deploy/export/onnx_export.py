@@ -45,7 +45,13 @@ from vae_deploy.export.validate import ParityReport, check_parity
 from vae_deploy.files import atomic_path
 from vae_deploy.runtime.engine_cache import ENGINE_DIR
 from vae_deploy.runtime.latent_space import latent_normalization_record
-from vae_deploy.runtime.manifest import REFERENCE_DIR, Manifest, hash_files, write_manifest
+from vae_deploy.runtime.manifest import (
+    REFERENCE_DIR,
+    Manifest,
+    external_data_files,
+    hash_files,
+    write_manifest,
+)
 from vae_deploy.runtime.registry import DEFAULT_BACKEND, get_backend
 from vae_deploy.runtime.spec import GraphSpec, TensorSpec, random_inputs
 
@@ -348,6 +354,8 @@ def _write_folder(source: ModelSource, specs: dict[str, GraphSpec], work: Path, 
                         opset=profile.opset, preprocessing=preprocessing)
         specs = _quantize(work, fp32, profile, out_dir, log)
     files = [spec.file for spec in specs.values()]
+    # a graph over 2 GB keeps its tensors in external data files: hashed like the graph (runtime/manifest.py)
+    files += sorted({name for spec in specs.values() for name in external_data_files(work, spec.file)})
     files += [f"{REFERENCE_DIR}/{name}" for name in source.write_reference(work / REFERENCE_DIR)]
     manifest = Manifest(
         kind=config["kind"], model=to_dict(model.config), graphs=specs, precision=profile.precision,

@@ -15,6 +15,8 @@ Export writes it, the runtime reads it; no torch here. manifest.json (schema_ver
     files                     relative path -> sha256, for every file of the folder the manifest vouches for
     export_profile            the profile the graphs were exported with
     parity                    the parity report measured at export time (export/validate.py)
+    cpu_requirements          what the graphs need of the CPU for their parity (int8: runtime/cpu_features.py;
+                              {} for nothing special); checked when ort-cpu loads the folder
 
 Loading checks the schema version and every listed file's hash, so a tampered, truncated or swapped file
 is refused before anything runs.
@@ -51,6 +53,7 @@ class Manifest:
     files: dict[str, str] = field(default_factory=dict)  # relative posix path -> sha256
     export_profile: dict[str, Any] = field(default_factory=dict)
     parity: dict[str, Any] = field(default_factory=dict)
+    cpu_requirements: dict[str, Any] = field(default_factory=dict)  # runtime/cpu_features.py
     schema_version: int = SCHEMA_VERSION
     format: str = FORMAT
 
@@ -91,6 +94,7 @@ class Manifest:
             "files": self.files,
             "export_profile": self.export_profile,
             "parity": self.parity,
+            "cpu_requirements": self.cpu_requirements,
         }
 
 
@@ -158,8 +162,42 @@ def _safe_member(folder: Path, name: str) -> Path:
     return folder.joinpath(*rel.parts)
 
 
+def external_data_files(folder: Path, graph_file: str) -> list[str]:
+    """The files (relative posix paths in the model folder) that the ONNX graph `graph_file` reads
+    tensors from (ONNX external data, which large graphs need): onnxruntime opens them beside the graph,
+    so the manifest must vouch for them like for the graph itself."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    path = _safe_member(Path(folder), graph_file)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends: a broken graph file
+        raise ModelFormatError(f"{path} is not a readable ONNX graph ({type(exc).__name__}: {exc})") from None
+
+    def tensors(graph):
+        yield from graph.initializer
+        yield from (sparse.values for sparse in graph.sparse_initializer)
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    yield from tensors(sub)
+
+    names = set()
+    for tensor in tensors(model.graph):
+        if uses_external_data(tensor):
+            location = PurePosixPath(PurePosixPath(graph_file).parent, ExternalDataInfo(tensor).location)
+            _safe_member(Path(folder), str(location))  # refuses a path out of the folder
+            names.add(str(location))
+    return sorted(names)
+
+
 def verify_files(folder: Path, manifest: Manifest) -> None:
-    """Every listed file exists and has its recorded sha256; every graph file is listed."""
+    """Every listed file exists and has its recorded sha256; every graph file is listed, and so is every
+    file a graph reads its tensors from (ONNX external data)."""
     folder = Path(folder)
     # Every name first, so nothing outside the folder is ever opened.
     paths = {name: _safe_member(folder, name) for name in manifest.files}
@@ -176,6 +214,11 @@ def verify_files(folder: Path, manifest: Manifest) -> None:
             raise ModelFormatError(f"{path} does not match the manifest (sha256 {actual[:12]}..., expected "
                                    f"{digest[:12]}...): the file was modified or replaced after export; "
                                    f"re-export the model")
+    for graph in manifest.graphs.values():  # the graph files are hash-checked by now
+        unlisted = [name for name in external_data_files(folder, graph.file) if name not in manifest.files]
+        if unlisted:
+            raise ModelFormatError(f"{folder / graph.file} reads tensors from {', '.join(unlisted)}, which "
+                                   f"{MANIFEST_FILE} does not vouch for (no sha256): re-export the model")
 
 
 def read_manifest(folder: Path, check_files: bool = True) -> Manifest:
