@@ -8,6 +8,7 @@ import struct
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 from cli_support import assert_one_line_error, invoke_main
@@ -215,3 +216,86 @@ def test_a_header_json_cannot_end_in_a_traceback(vd, encoded, frame_model, tmp_p
     bad.write_bytes(MAGIC + payload + text + struct.pack("<Q8s", len(text), MAGIC))
     result = vd("decode", bad, "-o", tmp_path / "out.mkv", "--model", frame_model)
     assert_one_line_error(result, "raw.vaelat has a corrupt header")
+
+
+# ---------------------------------------------------------------- forged sizes: refused before any frame
+
+
+def forge_sizes(encoded, path, source_size, frames=None, **fit) -> None:
+    """`encoded` with the header's source size (and fit fields) replaced, keeping a valid checksum; with
+    `frames`, only that many latent frames (the payload cut and its checksum recomputed)."""
+    import hashlib
+
+    payload, header = split(encoded)
+    header["source_size"] = header["fit"]["source_size"] = list(source_size)
+    header["fit"].update(fit)
+    if frames is not None:
+        payload = payload[:len(payload) // header["latent_frames"] * frames]
+        header["frame_count"] = header["latent_frames"] = frames
+        header["payload_sha256"] = hashlib.sha256(payload).hexdigest()
+    assemble(path, payload, header)
+
+
+FORGED_SIZES = {
+    # the issue's file: decoded with exit 0 at 10 GB (15000) or ended in "unexpected ArgumentError" (16384)
+    "15000x15000": (([15000, 15000],), {}, "source_size must be 2 integers (width, height) from 1 to 8192"),
+    "16384x16384": (([16384, 16384],), {}, "source_size must be 2 integers (width, height) from 1 to 8192"),
+    # the fit of a 4000x400 source at short side 32 is 320x32, not the file's 40x32 (176x144's)
+    "source-its-latents-cannot-make": (([4000, 400],), {},
+                                       "a 4000x400 source at short side 32 (snap) is fitted to 320x32"),
+    # 176x144 at short side 64 is 80x64, not 40x32
+    "short-side-its-latents-cannot-make": (([176, 144],), {"short_side": 64},
+                                           "at short side 64 (snap) is fitted to 80x64"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FORGED_SIZES))
+def test_decode_refuses_sizes_its_latents_cannot_make_before_any_frame(vd, encoded, frame_model, tmp_path,
+                                                                       case):
+    """A header's checksum covers the latents, not the sizes: sizes over the limit `run` applies (8192 per
+    side) or that the file's own fit record does not give from its source size are one line, no output."""
+    (source,), fit, message = FORGED_SIZES[case]
+    bad = tmp_path / "forged.vaelat"
+    forge_sizes(encoded, bad, source, frames=1, **fit)
+    assert bad.stat().st_size < 4096
+    result = vd("decode", bad, "-o", tmp_path / "out.mkv", "--model", frame_model, "-q")
+    assert_one_line_error(result, message)
+    assert str(bad) in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["forged.vaelat"]
+
+
+def test_the_largest_header_decode_accepts_is_one_run_would_write(vd, frame_model, tmp_path):
+    """The edge of the limit: an 8192x16 source at its own size (the most pixels per side `run` reads and
+    feeds the model) encodes and decodes, and a header claiming one pixel more is refused."""
+    frames = np.zeros((2, 16, 8192, 3), np.uint8)
+    frames[:, :, ::64] = 255
+    (tmp_path / "wide").mkdir()
+    for i, frame in enumerate(frames):
+        cv2.imwrite(str(tmp_path / "wide" / f"{i}.png"), frame)
+    made = vd("encode", tmp_path / "wide", "-o", tmp_path / "wide.vaelat", "--model", frame_model, "--size",
+              0, "-q")
+    assert made.returncode == 0, made.stderr
+    dec = vd("decode", tmp_path / "wide.vaelat", "-o", tmp_path / "wide.mkv", "--model", frame_model, "-q")
+    assert dec.returncode == 0, dec.stderr
+    assert read_video(tmp_path / "wide.mkv").shape == (2, 16, 8192, 3)
+    forge_sizes(tmp_path / "wide.vaelat", tmp_path / "wider.vaelat", [8193, 16])
+    result = vd("decode", tmp_path / "wider.vaelat", "-o", tmp_path / "wider.mkv", "--model", frame_model)
+    assert_one_line_error(result, "source_size must be 2 integers (width, height) from 1 to 8192")
+    assert not (tmp_path / "wider.mkv").exists()
+
+
+def test_a_header_rate_below_what_a_video_holds_decodes_at_25_with_one_note(vd, encoded, frame_model, tmp_path):
+    """fps 1e-6 in a header (not covered by the checksum): written at 25 frames/s with one note line, where
+    FFmpeg wrote 24 without a word."""
+    import av
+
+    payload, header = split(encoded)
+    header["fps"] = 1e-6
+    assemble(tmp_path / "slow.vaelat", payload, header)
+    result = vd("decode", tmp_path / "slow.vaelat", "-o", tmp_path / "out.mp4", "--model", frame_model, "-q")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"note: {tmp_path / 'slow.vaelat'} gives a frame rate of 1e-06, below the 0.002 frames/s a video file "
+        f"holds: writing 25 frames/s (--fps sets another)"]
+    with av.open(str(tmp_path / "out.mp4")) as container:
+        assert container.streams.video[0].average_rate == 25

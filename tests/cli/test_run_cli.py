@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from cli_support import assert_one_line_error
 from cli_support import cli_process as cli
+from external_zoo import external_folder, external_model  # noqa: F401 (pytest fixtures)
 
 from vae_deploy.runtime.latents import LatentReader
 from vae_deploy.video.default_model import DEFAULT_MODEL_DIR
@@ -310,3 +311,98 @@ def test_run_encode_decode_demo_work_without_torch(frame_model, carphone, tmp_pa
         str(frame_model), "demo", "--out-dir", str(demo), "-q"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert (demo / "reconstruction.mp4").is_file() and (demo / "metrics.json").is_file()
+
+
+# ---------------------------------------------------------------- outputs onto a folder's own images
+
+
+@pytest.mark.parametrize("option", ["--out", "--side-by-side", "--latents", "--metrics"])
+def test_an_output_onto_an_image_the_folder_source_reads_is_refused(vd, frame_model, tmp_path, option):
+    """`run FOLDER --out FOLDER/its_only_image.png` overwrote the input: the distinct-output check skipped
+    inputs that are folders. Any output that is one of the folder's images is refused in one line."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    image = folder / "its_only_image.png"
+    cv2.imwrite(str(image), np.full((48, 64, 3), 90, np.uint8))
+    before = image.read_bytes()
+    result = vd("run", folder, "--model", frame_model, option, image)
+    assert_one_line_error(result, f"{option} {image} is one of the images of the input {folder}")
+    assert image.read_bytes() == before
+    assert sorted(p.name for p in folder.iterdir()) == ["its_only_image.png"]
+
+
+def test_a_new_image_in_the_folder_source_is_refused_and_other_files_there_are_written(vd, frame_model,
+                                                                                       tmp_path):
+    """A new image in the folder would become a frame of the next run: refused; a video or the metrics
+    there are not read as frames, and are written."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "0.png"), np.full((48, 64, 3), 90, np.uint8))
+    result = vd("run", folder, "--model", frame_model, "--out", folder / "recon.PNG")
+    assert_one_line_error(result, "is one of the images of the input")
+    ok = vd("run", folder, "--model", frame_model, "--out", folder / "recon.mkv", "--metrics",
+            folder / "m.json", "-q")
+    assert ok.returncode == 0, ok.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["0.png", "m.json", "recon.mkv"]
+
+
+# ---------------------------------------------------------------- latents beyond fp16
+
+
+@pytest.fixture(scope="module")
+def overflowing_kl(tiny_kl_model, tmp_path_factory):
+    """The tiny diffusers AutoencoderKL with a manifest whose latent normalization scales by 1e6 (a
+    latents_std of 1e-6): its normalized latents are far beyond float16's 65504. The manifest is not among
+    the files it vouches for, so the folder still loads."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("overflow") / "model"
+    shutil.copytree(tiny_kl_model, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    norm = manifest["preprocessing"]["latent_normalization"]
+    norm["scale"] = [1e6] * len(norm["scale"])
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def test_encode_refuses_latents_that_overflow_fp16_and_publishes_nothing(vd, overflowing_kl, carphone,
+                                                                         tmp_path):
+    """Stored as fp16 they were inf, and `encode` exited 0 with a file that decodes to garbage. A real
+    process: numpy's overflow warning must not add a line."""
+    result = cli("encode", carphone, "-o", tmp_path / "c.vaelat", "--model", overflowing_kl, "--max-frames", 2)
+    assert_one_line_error(result, "latents overflow fp16: the normalized latents reach ")
+    assert "beyond float16's 65504" in result.stderr
+    run = vd("run", carphone, "--model", overflowing_kl, "--max-frames", 2, "--out", tmp_path / "r.mkv",
+             "--latents", tmp_path / "r.vaelat")
+    assert_one_line_error(run, "latents overflow fp16")
+    assert list(tmp_path.iterdir()) == []
+    raw = vd("encode", carphone, "-o", tmp_path / "raw.vaelat", "--model", overflowing_kl, "--max-frames", 2,
+             "--raw-latents", "-q")  # the encoder's own latents fit
+    assert raw.returncode == 0, raw.stderr
+
+
+def test_encode_dataset_records_an_overflowing_video_as_failed_and_publishes_no_file(overflowing_kl, carphone,
+                                                                                     tmp_path):
+    """The batch encoder writes through the same codec and writer: the video fails with the same reason."""
+    result = cli("encode-dataset", carphone, "--model", overflowing_kl, "--out", tmp_path / "lat", "--workers",
+                 1, "--max-frames", 2, "-q")
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    entries = [json.loads(line) for line in (tmp_path / "lat" / "index.jsonl").read_text().splitlines()]
+    assert [e["status"] for e in entries] == ["failed"] and "latents overflow fp16" in entries[0]["error"]
+    assert list((tmp_path / "lat").rglob("*.vaelat")) == []
+
+
+# ---------------------------------------------------------------- --chunk advice on a Wan model
+
+
+def test_a_chunk_below_wans_temporal_factor_suggests_one_chunk_size(vd, external_model, carphone, tmp_path):
+    """`--chunk 1` on Wan (4 frames per latent frame) said "use 4 or 4"; it names 4 once. A chunk between
+    two multiples names both."""
+    wan = external_model("wan2.1").model_dir
+    one = vd("run", carphone, "--model", wan, "--chunk", 1, "--out", tmp_path / "o.mp4")
+    assert_one_line_error(one, "--chunk 1 is not a multiple of the model's temporal factor 4", 2)
+    assert one.stderr.strip().endswith("; use 4"), one.stderr
+    five = vd("encode", carphone, "--model", wan, "--chunk", 5, "-o", tmp_path / "o.vaelat")
+    assert_one_line_error(five, "--chunk 5 is not a multiple of the model's temporal factor 4", 2)
+    assert five.stderr.strip().endswith("; use 4 or 8"), five.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -135,3 +135,17 @@ def test_latents_get_the_mode_of_any_new_file(tmp_path):
     (tmp_path / "plain.txt").write_text("")  # 0666 less the umask, as every new file
     mode = stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
     assert stat.S_IMODE((tmp_path / "clip.vaelat").stat().st_mode) == mode
+
+
+@pytest.mark.parametrize("value", [1e5, np.inf, np.nan], ids=["beyond-65504", "inf", "nan"])
+def test_the_writer_refuses_latents_that_are_not_finite_in_fp16(tmp_path, value):
+    """The last guard of every .vaelat (encode, run --latents, encode-dataset): a chunk that is not finite in
+    fp16 is refused, the file is not published and no temporary is left."""
+    latents = np.zeros((2, 4, 3, 5), np.float32)
+    latents[1, 2, 1, 3] = value
+    with LatentWriter(tmp_path / "clip.vaelat", _header()) as writer:
+        writer.write(latents[:1])
+        with pytest.raises(DataError, match="latents overflow fp16"):
+            writer.write(latents[1:])
+        writer.abort()
+    assert list(tmp_path.iterdir()) == []

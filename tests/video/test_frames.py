@@ -66,3 +66,21 @@ def test_the_readme_example_runs(tmp_path):
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 15  # 120 frames in chunks of 8
     assert lines[0] == "latents (8, 4, 16, 20) float16, frames (8, 144, 176, 3) uint8"
+
+
+def test_latents_that_overflow_fp16_are_refused_not_handed_back_as_inf(tiny_kl_model, tmp_path):
+    """A normalization scaling by 1e6 makes the fp16 latents inf; push() raises instead of returning them."""
+    import json
+
+    from vae_deploy.errors import DataError
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_kl_model, model)
+    manifest = json.loads((model / "manifest.json").read_text())
+    scale = manifest["preprocessing"]["latent_normalization"]["scale"]
+    manifest["preprocessing"]["latent_normalization"]["scale"] = [1e6] * len(scale)
+    (model / "manifest.json").write_text(json.dumps(manifest))
+    with FrameStream.open(model, frame_size=(64, 48), chunk=1) as stream:
+        with pytest.raises(DataError, match=r"latents overflow fp16: the normalized latents reach \S+, beyond "
+                                            r"float16's 65504"):
+            stream.push(np.full((48, 64, 3), 128, np.uint8))

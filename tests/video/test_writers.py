@@ -179,3 +179,79 @@ def test_frame_rates_become_exact_rationals():
     assert writers.frame_rate(30000 / 1001) == NTSC
     assert writers.frame_rate(25.0) == 25 and writers.frame_rate(12.5) == Fraction(25, 2)
     assert writers.frame_rate(24000 / 1001) == Fraction(24000, 1001)
+
+
+# ---------------------------------------------------------------- the slowest frame rate a file holds
+
+# Every writer: PyAV for .mp4/.m4v/.mov/.mkv and --codec, OpenCV's Motion JPEG for .avi.
+RATE_OUTPUTS = [("o.mp4", None), ("o.m4v", None), ("o.mov", "hevc"), ("o.mkv", None), ("h.mkv", "h264"),
+                ("o.avi", None), ("f.avi", "ffv1")]
+
+
+@pytest.mark.parametrize("name, codec", RATE_OUTPUTS, ids=[f"{n}-{c}" for n, c in RATE_OUTPUTS])
+def test_the_slowest_frame_rate_is_written_and_read_back_exactly(clip_frames, tmp_path, name, codec):
+    """MIN_OUTPUT_FPS (one frame per 500 s) goes into every container and comes back as 1/500, read by PyAV
+    and by OpenCV (which reads the sources)."""
+    from vae_deploy.video.io import MIN_OUTPUT_FPS
+
+    path = write(tmp_path / name, clip_frames[:3], MIN_OUTPUT_FPS, codec=codec)
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].average_rate == Fraction(1, 500)
+    assert open_source(path).fps == pytest.approx(MIN_OUTPUT_FPS, rel=1e-9)
+    assert open_source(path).read().shape[0] == 3
+
+
+@pytest.mark.parametrize("fps", [0.0004, 1e-300, 0.0019])
+def test_a_frame_rate_below_the_slowest_is_refused_not_written_as_24(clip_frames, tmp_path, fps):
+    """Fraction(0.0004).limit_denominator(1001) is 0, and FFmpeg wrote such a file at 24 frames/s."""
+    from vae_deploy.errors import DataError
+
+    with pytest.raises(DataError, match=r"must be a frame rate of at least 0.002 and at most 1000"):
+        write(tmp_path / "slow.mp4", clip_frames[:3], fps)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_refuses_fps_below_the_slowest_in_one_line(tmp_path):
+    result = cli_process("run", sample_video_path(DEMO_CLIP), "--out", tmp_path / "o.mp4", "--fps", "0.0004",
+                         "--max-frames", "2")
+    assert_one_line_error(result, "--fps must be a frame rate of at least 0.002 and at most 1000 frames/s, "
+                                  "got 0.0004", 2)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _avi_at(path, fps: Fraction, frames) -> None:
+    """A real FFV1 .avi whose stream says `fps` (written by PyAV directly: vae-deploy refuses such rates; AVI
+    stores the rate as two integers, so OpenCV reads it back as written)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("ffv1", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "bgr0"
+        for i, frame in enumerate(frames):
+            image = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            image.pts = i
+            container.mux(stream.encode(image))
+        container.mux(stream.encode(None))
+
+
+def test_a_source_rate_below_the_slowest_is_written_at_25_with_one_note(clip_frames, tmp_path):
+    """A source whose container says 1e-6 frames/s: outputs are written at 25 frames/s (as for a source
+    without a rate), said in one note line, and read back at 25; --fps still sets the rate."""
+    source = tmp_path / "slow.avi"
+    _avi_at(source, Fraction(1, 10**6), clip_frames[:4])
+    assert open_source(source).fps == pytest.approx(1e-6)
+    model = default_model_dir()
+    result = cli_process("run", source, "--model", model, "--out", tmp_path / "o.mp4", "--latents",
+                         tmp_path / "o.vaelat", "-q")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"note: video {source} gives a frame rate of 1e-06, below the 0.002 frames/s a video file holds: "
+        f"writing 25 frames/s (--fps sets another)"]
+    with av.open(str(tmp_path / "o.mp4")) as container:
+        assert container.streams.video[0].average_rate == 25
+    decoded = cli_process("decode", tmp_path / "o.vaelat", "--model", model, "-o", tmp_path / "d.mp4", "-q")
+    assert decoded.returncode == 0 and decoded.stderr == "", decoded.stderr  # the file says 25
+    with av.open(str(tmp_path / "d.mp4")) as container:
+        assert container.streams.video[0].average_rate == 25
+    given = cli_process("run", source, "--model", model, "--out", tmp_path / "g.mp4", "--fps", "0.5", "-q")
+    assert given.returncode == 0 and given.stderr == "", given.stderr
+    with av.open(str(tmp_path / "g.mp4")) as container:
+        assert container.streams.video[0].average_rate == Fraction(1, 2)

@@ -47,7 +47,10 @@ MAGIC = b"VAELAT01"
 FORMAT = "vae-deploy-latents"
 VERSION = 2
 READABLE_VERSIONS = (1, 2)
-MAX_FRAME_SIDE = 16384  # pixels per side of a source or working frame a header may claim
+# Pixels per side of a source or working frame a header may claim: the limit `run` applies to the frames
+# it reads and feeds the model (video/fit.py MAX_MODEL_SIDE). A header is not covered by the checksum, so
+# a forged one claiming 15000x15000 output frames made `decode` of a 22 KB file take 10 GB.
+MAX_FRAME_SIDE = 8192
 _TRAILER = struct.Struct("<Q8s")
 _HASH_BLOCK = 1 << 20
 
@@ -88,7 +91,12 @@ class LatentWriter:
         if latents.ndim != 4 or tuple(latents.shape[1:]) != shape:
             raise InputShapeError(f"latent chunk must be (T, {', '.join(map(str, shape))}), "
                                   f"got {latents.shape}")
-        data = np.ascontiguousarray(latents, dtype=np.float16).tobytes()
+        with np.errstate(over="ignore"):  # refused just below, in one line
+            data = np.ascontiguousarray(latents, dtype=np.float16)
+        if not np.isfinite(data).all():  # beyond fp16's 65504, or NaN: a file that decodes to garbage
+            raise DataError(f"latents overflow fp16 (or are NaN): {self.path} would hold non-finite "
+                            f"latents; nothing is written")
+        data = data.tobytes()
         with writing(self.path):
             self._fh.write(data)
         self._digest.update(data)

@@ -27,11 +27,27 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vae_deploy.errors import ConfigError, InputShapeError, ModelFormatError
+from vae_deploy.errors import ConfigError, DataError, InputShapeError, ModelFormatError
 from vae_deploy.runtime.latent_space import LATENT_SPACES, NORMALIZED, RAW, LatentNormalization
 from vae_deploy.runtime.manifest import Manifest
 from vae_deploy.runtime.runner import Runner
 from vae_deploy.video.fit import DEFAULT_SHORT_SIDE
+
+
+def check_finite_latents(latents: np.ndarray, stored_from: np.ndarray, space: str) -> None:
+    """Refuse fp16 latents that are not finite: a value beyond float16's range (65504) rounds to inf, and a
+    file of infinities decodes to garbage while `encode` would exit 0 (a normalization with a tiny
+    latents_std or a huge scaling_factor does it). `stored_from` is the float32 array they were rounded
+    from, for the message."""
+    if np.isfinite(latents).all():
+        return
+    if not np.isfinite(stored_from).all():
+        raise DataError("the encoder returned non-finite latents (NaN or inf): the model is broken")
+    peak = float(np.abs(stored_from).max())
+    advice = ("check the manifest's latent normalization (scale, shift), or store --raw-latents"
+              if space == NORMALIZED else "this model's latents do not fit the fp16 a .vaelat file stores")
+    raise DataError(f"latents overflow fp16: the {space} latents reach {peak:.3g}, beyond float16's "
+                    f"{float(np.finfo(np.float16).max):g}; {advice}")
 
 
 @dataclass(frozen=True)
@@ -87,9 +103,11 @@ class VideoModelInfo:
         if chunk < 1:
             raise ConfigError(f"--chunk must be a positive number of frames, got {chunk}")
         if chunk % f:
+            below = chunk - chunk % f  # the nearest multiples; 0 is not a chunk (--chunk 1 for f = 4: use 4)
+            nearest = " or ".join(str(c) for c in (below, below + f) if c >= f)
             raise ConfigError(f"--chunk {chunk} is not a multiple of the model's temporal factor {f} (this "
                               f"{self.kind} model turns every {f} frames into one latent frame); use "
-                              f"{max(f, chunk - chunk % f)} or {chunk - chunk % f + f}")
+                              f"{nearest}")
 
     def latent_shape(self, model_size: tuple[int, int]) -> tuple[int, int, int]:
         """(C_lat, h, w) of one latent frame for model input `model_size` (width, height)."""
@@ -131,7 +149,10 @@ class VideoCodec:
         mu = self.stream.encode(frames[None])[0][0]  # the mean: reconstruction never samples
         if self.normalization is not None:
             mu = self.normalization.normalize(mu)
-        return mu.astype(np.float16)
+        with np.errstate(over="ignore"):  # an overflow is refused below, in one line, not warned about
+            latents = mu.astype(np.float16)
+        check_finite_latents(latents, mu, self.latent_space)
+        return latents
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
         """fp16 latents (t, C_lat, h, w) -> frames (t * f, C, H, W) float32 (fewer in a first chunk with

@@ -37,8 +37,10 @@ from vae_deploy.errors import ConfigError, DataError
 from vae_deploy.runtime.spec import GraphSpec
 
 DEFAULT_SHORT_SIDE = 128  # working short side when neither the user nor the model's manifest gives one
-# Largest side of the frame fed to the model. Above it a single chunk's tensors need tens of GB, and OpenCV
-# fails inside its resize ("out of memory") rather than saying so: refuse it up front, in one line.
+# Largest side of the frame fed to the model, and of the source frames (outputs are written at their size).
+# Above it a single chunk's tensors need tens of GB, OpenCV fails inside its resize ("out of memory") and
+# FFmpeg refuses 16384-pixel frames ("Invalid argument") rather than saying so: refuse it up front, in one
+# line. A .vaelat header claims at most these sizes too (runtime/latents.py MAX_FRAME_SIDE).
 MAX_MODEL_SIDE = 8192
 
 
@@ -146,6 +148,8 @@ def plan_fit(source_size: tuple[int, int], short_side: int, multiple: int, chann
     w, h = source_size
     if w < 1 or h < 1:
         raise DataError(f"frames of {w}x{h} pixels hold no picture")
+    if max(w, h) > MAX_MODEL_SIDE:
+        raise DataError(f"frames of {w}x{h} pixels are over the limit of {MAX_MODEL_SIDE} pixels per side")
     scale = short_side / min(w, h) if short_side else 1.0
     cw, ch, mw, mh = FIT_MODES[mode](w * scale, h * scale, multiple)
     if max(mw, mh) > MAX_MODEL_SIDE:

@@ -321,6 +321,11 @@ FOURCC_BY_SUFFIX = OPENCV_FOURCC_BY_SUFFIX
 # MPEG-4 part 2 stores the frame rate as a time base of at most 65535 ticks per second, and a frame rate
 # of inf makes OpenCV's writer loop forever; 1000 frames/s is far above any real video.
 MAX_OUTPUT_FPS = 1000.0
+# PyAV's writer stores a rate as a fraction with a denominator of at most 1001 (writers.frame_rate): below
+# 1/2002 that is 0 and FFmpeg silently wrote 24 frames/s instead. OpenCV's FFmpeg writers (.avi, and the
+# fallbacks) refuse 0.001 and below. One frame per 500 s is written and read back exactly by every writer
+# and container (tests/video/test_writers.py).
+MIN_OUTPUT_FPS = 0.002
 # The encoders refuse frames of 1 pixel (mp4v, FFV1) and Motion JPEG crashed the process on a 4x4 video
 # (OpenCV 5.0); a video output must be at least this many pixels on each side.
 MIN_OUTPUT_SIDE = 16
@@ -336,8 +341,9 @@ def fourcc_for(path: Path) -> str:
 
 
 def check_output_fps(fps: float, what: str = "--fps") -> float:
-    if not (math.isfinite(fps) and 0 < fps <= MAX_OUTPUT_FPS):
-        raise DataError(f"{what} must be a frame rate above 0 and at most {MAX_OUTPUT_FPS:g}, got {fps:g}")
+    if not (math.isfinite(fps) and MIN_OUTPUT_FPS <= fps <= MAX_OUTPUT_FPS):
+        raise DataError(f"{what} must be a frame rate of at least {MIN_OUTPUT_FPS:g} and at most "
+                        f"{MAX_OUTPUT_FPS:g} frames/s, got {fps:g}")
     return float(fps)
 
 

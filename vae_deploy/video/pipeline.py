@@ -44,7 +44,9 @@ from vae_deploy.runtime.runner import Runner
 from vae_deploy.video.codec import VideoCodec, VideoModelInfo
 from vae_deploy.video.fit import FitPolicy, plan_fit
 from vae_deploy.video.io import (
+    IMAGE_SUFFIXES,
     MAX_FRAMES_HINT,
+    MIN_OUTPUT_FPS,
     FrameSource,
     ImageSink,
     VideoSink,
@@ -53,6 +55,7 @@ from vae_deploy.video.io import (
     open_sink,
 )
 from vae_deploy.video.metrics import VideoMetrics, compression_ratio, psnr_from_mse
+from vae_deploy.video.writers import note
 
 DEFAULT_CHUNK = 8  # frames per model call: long enough to amortize a call, short enough for low latency
 DEFAULT_FPS = 25.0  # output frame rate when the source does not say (an image folder)
@@ -309,6 +312,17 @@ def _inside(path: Path, folder: Path) -> bool:
     return Path(os.path.realpath(folder)) in Path(os.path.realpath(path)).parents
 
 
+def _read_from_folder(path: Path, folder: Path) -> bool:
+    """True when an image folder source (video/io.py ImageFolderSource) reads `path`, or would once it is
+    written: an image file directly in the folder, or a link to one of its images."""
+    path = Path(path)
+    if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and _same_file(path.parent,
+                                                                                             folder):
+        return True
+    return path.exists() and any(_same_file(path, image) for image in folder.iterdir()
+                                 if image.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def check_distinct_outputs(outputs: dict[str, Path | None], inputs: dict[str, Path | str | None],
                            folders: dict[str, Path | None] | None = None) -> None:
     """Refuse, before any work, an output that would destroy an input or another output: an output that is
@@ -324,6 +338,10 @@ def check_distinct_outputs(outputs: dict[str, Path | None], inputs: dict[str, Pa
             if source is not None and Path(source).is_file() and _same_file(path, Path(source)):
                 raise DataError(f"{name} {path} is {what}: writing it would destroy the input; give "
                                 f"another file name")
+            if source is not None and Path(source).is_dir() and _read_from_folder(path, Path(source)):
+                raise DataError(f"{name} {path} is one of the images of {what} {source}, which are read as "
+                                f"frames: writing it would destroy or add to the input; give a path outside "
+                                f"that folder")
         for what, folder in (folders or {}).items():
             if folder is not None and _inside(path, Path(folder)):
                 raise DataError(f"{name} {path} lies inside {what} {folder}: writing there could replace "
@@ -439,6 +457,19 @@ def _header(info: VideoModelInfo, policy: FitPolicy, fps: float, chunk: int,
                         fit=policy.to_dict(), chunk=chunk, latent_space=codec.latent_space)
 
 
+def _output_fps(given: float | None, found: float | None, what: str) -> float:
+    """The frame rate outputs are written at: --fps (checked by StreamOptions), else the source's or the
+    latent file's, else DEFAULT_FPS. A found rate below what a video file holds (MIN_OUTPUT_FPS) counts as
+    unknown, with one note line: FFmpeg would otherwise store 24 frames/s without a word."""
+    if given is not None:
+        return given
+    if found is not None and found < MIN_OUTPUT_FPS:
+        note(f"{what} gives a frame rate of {found:g}, below the {MIN_OUTPUT_FPS:g} frames/s a video file "
+             f"holds: writing {DEFAULT_FPS:g} frames/s (--fps sets another)")
+        return DEFAULT_FPS
+    return found or DEFAULT_FPS
+
+
 def _latent_space(options: StreamOptions) -> str:
     return RAW if options.raw_latents else NORMALIZED
 
@@ -454,7 +485,7 @@ def run_video(runner: Runner, source: FrameSource, options: StreamOptions | None
         if path is not None:
             check_output_path(path, what, video=path is not outputs.latents)
     policy = _plan(info, source, options)
-    fps = options.fps or source.fps or DEFAULT_FPS
+    fps = _output_fps(options.fps, source.fps, source.description)
     codec = VideoCodec(runner, info, _latent_space(options))
     report = StreamReport(source=source.description)
     _fill_common(report, runner, info, policy, options.chunk, fps)
@@ -503,7 +534,7 @@ def encode_video(runner: Runner, source: FrameSource, path: Path, options: Strea
     info = _model_info(runner, options)
     check_output_path(path, "the latents")
     policy = _plan(info, source, options)
-    fps = options.fps or source.fps or DEFAULT_FPS
+    fps = _output_fps(options.fps, source.fps, source.description)
     codec = VideoCodec(runner, info, _latent_space(options))
     report = StreamReport(source=source.description)
     _fill_common(report, runner, info, policy, options.chunk, fps)
@@ -558,7 +589,33 @@ def open_latents(path: Path | LatentReader, info: VideoModelInfo) -> LatentReade
     if header.latent_space == NORMALIZED and info.normalization is None:
         raise DataError(f"{path} has a bad header: its latents are normalized, but this model has no latent "
                         f"normalization")
+    _check_sizes(path, header, policy, info)
     return reader
+
+
+def _check_sizes(path: Path, header: LatentHeader, policy: FitPolicy, info: VideoModelInfo) -> None:
+    """The sizes a header claims must be the ones `encode` would have recorded: its source size fitted by
+    its own fit record (mode, short side) with this model's multiple gives its working and model sizes, and
+    those give its latent shape. The checksum covers only the latents, so without this a 22 KB file could
+    claim any output size (a 15000x15000 claim took 10 GB to decode); checked before anything is
+    allocated."""
+    w, h = header.source_size
+    try:
+        planned = plan_fit((w, h), policy.short_side, info.spatial_factor, info.channels, policy.mode)
+    except VaeDeployError as exc:
+        raise DataError(f"{path} has a bad header: {exc}") from None
+    if (planned.content_size, planned.model_size) != (policy.content_size, policy.model_size):
+        asked = f"short side {policy.short_side}" if policy.short_side else "the source's own size"
+        raise DataError(f"{path} has a bad header: a {w}x{h} source at {asked} ({policy.mode}) is fitted to "
+                        f"{_size(planned.content_size)} ({_size(planned.model_size)} for the model), not the "
+                        f"{_size(policy.content_size)} ({_size(policy.model_size)}) its fit record claims")
+    if list(info.latent_shape(policy.model_size)) != list(header.latent_shape):
+        raise DataError(f"{path} holds latents of shape {header.latent_shape}, but its fit record implies "
+                        f"{list(info.latent_shape(policy.model_size))}: the file is inconsistent")
+
+
+def _size(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"
 
 
 def decode_latents(runner: Runner, path: Path | LatentReader, outputs: VideoOutputs,
@@ -572,12 +629,9 @@ def decode_latents(runner: Runner, path: Path | LatentReader, outputs: VideoOutp
     reader = open_latents(path, info)
     path, header = reader.path, reader.header
     policy = FitPolicy.from_dict(header.fit)
-    if list(info.latent_shape(policy.model_size)) != list(header.latent_shape):
-        raise DataError(f"{path} holds latents of shape {header.latent_shape}, but its fit record implies "
-                        f"{list(info.latent_shape(policy.model_size))}: the file is inconsistent")
     chunk = header.chunk or options.chunk
     info.check_chunk(chunk)
-    fps = options.fps or header.fps or DEFAULT_FPS
+    fps = _output_fps(options.fps, header.fps, str(path))
     codec = VideoCodec(runner, info, header.latent_space)
     report = StreamReport(source=str(path))
     _fill_common(report, runner, info, policy, chunk, fps)
