@@ -4,6 +4,7 @@ one-line answer there."""
 
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -14,6 +15,7 @@ from vae_deploy.errors import VaeDeployError
 from vae_deploy.export.golden import GOLDEN_FILE
 from vae_deploy.runtime import load_runner, read_manifest
 from vae_deploy.runtime.manifest import hash_files, write_manifest
+from vae_deploy.video.samples import sample_video_path
 
 TRAIN_EXTRA = "pip install 'vae-deploy[train]'"
 
@@ -116,6 +118,16 @@ class Tiny(nn.Module):
 
 def build():
     return Tiny()
+
+
+class NanDecoder(Tiny):
+    def decode(self, z):
+        y = torch.sigmoid(self.dec(z))
+        return y + torch.sqrt(y - 0.5)  # NaN wherever y < 0.5, in PyTorch and in onnxruntime alike
+
+
+def build_nan():
+    return NanDecoder()
 '''
 # What a folder could name instead: importing it leaves a marker file (and build() would even work)
 EVIL = "from pathlib import Path\nPath({marker!r}).write_text('imported')\nfrom tiny_factory import build\n"
@@ -204,3 +216,27 @@ def test_verify_refuses_batch_sizes_over_the_graphs_cap_instead_of_checking_2(ti
     assert_one_line_error(result, "--batch-sizes 100000 is over what this model's graphs are checked at: at "
                                   "most 2", code=2)
     assert run("verify", model, "--batch-sizes", "1,2", "--real", "0").returncode == 0
+
+
+def test_nan_outputs_fail_parity_by_name_and_a_failed_folder_runs_with_one_warning(entry_point_model,
+                                                                                   tmp_path):
+    """NaN outputs printed "PSNR nan" and, as max() skips NaN, the export's worst-case table showed the
+    failing output with error 0 and PSNR inf; the folder (written so verify can show why) ran silently."""
+    _, code = entry_point_model
+    model = tmp_path / "nan_model"
+    made = cli_process("export", "--from", "tiny_factory:build_nan", "--out", model, "--real", "2",
+                       env={**os.environ, "PYTHONPATH": str(code)})
+    assert_one_line_error(made, "(worst decoder/video, real batch 1: NaN or inf values, needs abs<=0.0001)",
+                          code=1)
+    assert not re.search(r"\bnan\b", made.stdout)
+    assert re.search(r"decoder/video\s*│\s*inf\s*│\s*inf\s*│\s*-inf", made.stdout), made.stdout
+    assert read_manifest(model).parity["passed"] is False
+    checked = cli_process("verify", model, "--reference", "golden")
+    assert_one_line_error(checked, "NaN or inf values", code=1)
+    assert not re.search(r"\bnan\b", checked.stdout)
+    run = cli_process("run", sample_video_path("carphone_pristine"), "--model", model, "--out",
+                      tmp_path / "o.mp4", "--max-frames", "2", "-q")
+    assert run.returncode == 0, run.stderr
+    warnings = [line for line in run.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: {model} failed its parity check at export, so its outputs may be wrong "
+                        f"(`vae-deploy verify {model}` shows where)"]

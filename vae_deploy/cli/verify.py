@@ -12,7 +12,6 @@ The work is export/jobs.py's verify_job; this module parses the options and prin
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Annotated
 
@@ -24,7 +23,7 @@ from vae_deploy.runtime.registry import DEFAULT_BACKEND
 
 def _fmt(value: float, kind: str) -> str:
     if kind == "db":
-        return "inf" if math.isinf(value) else f"{value:.1f}"
+        return f"{value:.1f}"  # inf, or -inf for NaN or inf outputs (export/validate.py compare)
     return f"{value:.2e}"
 
 

@@ -99,11 +99,12 @@ class ParityReport:
     def error(self) -> ParityError:
         """The one-line error of a failed report: how many comparisons failed and the worst of them."""
         worst = max(self.failures(), key=lambda c: c.max_abs)
-        psnr = "inf" if math.isinf(worst.psnr_db) else f"{worst.psnr_db:.1f}"
+        measured = ("NaN or inf values" if math.isinf(worst.max_abs) else  # compare()'s mark for them
+                    f"max abs {worst.max_abs:.2e}, PSNR {worst.psnr_db:.1f} dB")
         return ParityError(
             f"parity failed: {len(self.failures())} of {len(self.comparisons)} comparisons over tolerance "
-            f"(worst {worst.graph}/{worst.output}, {worst.case} batch {worst.batch}: "
-            f"max abs {worst.max_abs:.2e}, PSNR {psnr} dB, needs {worst.limit})")
+            f"(worst {worst.graph}/{worst.output}, {worst.case} batch {worst.batch}: {measured}, needs "
+            f"{worst.limit})")
 
     def to_dict(self) -> dict:
         return {"backend": self.backend, "reference": self.reference, "precision": self.precision,
@@ -120,6 +121,10 @@ def compare(spec: TensorSpec, got: np.ndarray, ref: np.ndarray) -> tuple[float, 
     a, r = got.astype(np.float64), ref.astype(np.float64)
     if a.shape != r.shape:
         raise ValueError(f"{spec.name}: backend shape {a.shape} vs reference {r.shape}")
+    if not (np.isfinite(a).all() and np.isfinite(r).all()):
+        # NaN or inf from either side is a broken output, the worst there is: NaN errors would print as
+        # "PSNR nan" and drop out of max()/min() (a failing output shown with error 0 and PSNR inf)
+        return math.inf, math.inf, -math.inf
     diff = np.abs(a - r)
     max_abs = float(diff.max()) if diff.size else 0.0
     max_rel = float((diff / np.maximum(np.abs(r), REL_FLOOR)).max()) if diff.size else 0.0

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -238,6 +239,20 @@ def read_manifest(folder: Path, check_files: bool = True) -> Manifest:
     if check_files:
         verify_files(folder, manifest)
     return manifest
+
+
+_WARNED: set[str] = set()  # folders warned about in this process
+
+
+def warn_failed_parity(folder: Path, manifest: Manifest) -> None:
+    """One `warning:` line on stderr (once per folder and process) when the folder's manifest records a
+    failed parity check: export still writes such a folder so that `verify` can show the details, and a
+    command that streams through it should not pass its possibly wrong outputs off as fine."""
+    if manifest.parity.get("passed", True) is not False or str(folder) in _WARNED:
+        return
+    _WARNED.add(str(folder))
+    print(f"warning: {folder} failed its parity check at export, so its outputs may be wrong "
+          f"(`vae-deploy verify {folder}` shows where)", file=sys.stderr)
 
 
 def hash_files(folder: Path, names: list[str]) -> dict[str, str]:

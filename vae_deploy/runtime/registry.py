@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vae_deploy.errors import MissingBackendError
+from vae_deploy.runtime.manifest import warn_failed_parity
 from vae_deploy.runtime.runner import Runner
 
 DEFAULT_BACKEND = "ort-cpu"
@@ -83,8 +84,11 @@ def available_backends() -> list[str]:
 
 
 def load_runner(model_dir: Path | str, backend: str = DEFAULT_BACKEND, **options: Any) -> Runner:
-    """Open a model folder with the named backend (checks the manifest and file hashes first)."""
-    return get_backend(backend)(model_dir, **options)
+    """Open a model folder with the named backend (checks the manifest and file hashes first); a folder
+    whose parity check failed at export opens with one warning line (runtime/manifest.py)."""
+    runner = get_backend(backend)(model_dir, **options)
+    warn_failed_parity(runner.model_dir, runner.manifest)
+    return runner
 
 
 register_backend("ort-cpu", "vae_deploy.runtime.ort_runner:OrtCpuRunner",
