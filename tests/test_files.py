@@ -75,3 +75,41 @@ def test_outputs_honour_the_umask_and_the_umask_is_never_changed(tmp_path, umask
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert _mode(tmp_path / "a.json") == _mode(tmp_path / "w.safetensors") == 0o666 & ~umask
+
+
+def test_the_next_writer_removes_a_killed_writers_temporary_file_and_nothing_else(tmp_path):
+    """kill -9 inside atomic_path leaves the temporary file (its name holds the writer's pid); the next write
+    of the same target removes it, and keeps a running writer's, another target's and the user's files."""
+    script = textwrap.dedent("""
+        import sys, time
+        from pathlib import Path
+        from vae_deploy.files import atomic_path
+        with atomic_path(Path(sys.argv[1])) as tmp:
+            tmp.write_text("half")
+            print(tmp.name, flush=True)
+            time.sleep(600)
+    """)
+
+    def writing(target):
+        process = subprocess.Popen([sys.executable, "-c", script, str(target)], stdout=subprocess.PIPE,
+                                   text=True)
+        return process, tmp_path / process.stdout.readline().strip()
+
+    running, live = writing(tmp_path / "out.json")
+    try:
+        killed, stale = writing(tmp_path / "out.json")
+        killed_other, other_target = writing(tmp_path / "out.json.bak")
+        for process in (killed, killed_other):
+            process.kill()
+            process.wait()
+        users = [tmp_path / ".out.notes", tmp_path / ".out.123-abc.part.json", tmp_path / "out.part.json"]
+        for path in users:
+            path.write_text("mine")
+        assert stale.is_file() and stale.name.startswith(f".out.{killed.pid}-")
+        write_text_atomic(tmp_path / "out.json", "{}")
+        assert not stale.exists()
+        assert live.is_file() and other_target.is_file() and all(p.is_file() for p in users)
+        assert (tmp_path / "out.json").read_text() == "{}"
+    finally:
+        running.kill()
+        running.wait()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -176,3 +177,22 @@ def test_ray_engine_joins_a_running_cluster(clips, serial, ray_head, tmp_path, m
     assert_one_line_error(refused, f"cannot connect to the Ray cluster at {ray_head}: the cluster asks for "
                                    "its authentication token: set RAY_AUTH_MODE=token", 2)
     assert not (tmp_path / "refused").exists()
+
+
+def test_symlinked_subfolders_are_followed_and_each_real_video_encoded_once(clips, serial, tmp_path):
+    """A symlinked subfolder is walked like a real one (it was skipped without a word); a link back up the
+    tree is no loop, and a second link to a folder already walked adds nothing."""
+    root, elsewhere, out = tmp_path / "corpus", tmp_path / "elsewhere", tmp_path / "latents"
+    (root / "a").mkdir(parents=True)
+    elsewhere.mkdir()
+    shutil.copyfile(clips / "one.mp4", root / "a" / "one.mp4")
+    shutil.copyfile(clips / "a" / "two.mp4", elsewhere / "two.mp4")
+    (root / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (root / "a" / "loop").symlink_to(root, target_is_directory=True)
+    (root / "twin").symlink_to(root / "a", target_is_directory=True)
+    result = _encode_dataset(root, "--out", out, "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "encoded 2 of 2 videos"
+    assert sorted(_index(out)) == ["a/one.vaelat", "linked/two.vaelat"]
+    assert (out / "a/one.vaelat").read_bytes() == serial["one.vaelat"]
+    assert (out / "linked/two.vaelat").read_bytes() == serial["a/two.vaelat"]

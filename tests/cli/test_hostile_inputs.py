@@ -243,6 +243,18 @@ BAD_INPUT_CASES = [
     Case("train --nproc resuming a one-process run", ["train", "{recipe}", "--nproc", "2", "--resume",
                                                       "--out", "{one_process_run}"],
          "trained on 1 process(es), this is 2", None),
+    # issue 22: outputs onto a folder source's images, frame rates no file holds
+    Case("run --out onto an image of its folder source", ["run", "{one_by_one}", "--model", "{model}", "--out",
+                                                          "{one_by_one}/0.png"],
+         "is one of the images of the input"),
+    Case("run --latents as a new image in its folder source", ["run", "{one_by_one}", "--model", "{model}",
+                                                               "--latents", "{one_by_one}/3.png"],
+         "is one of the images of the input"),
+    Case("fps below one frame per 500 s", ["run", "{clip}", "--model", "{model}", "--fps", "0.0004", "--out",
+                                           "{out}/o.mp4"], "at least 0.002", absent=["o.mp4"]),
+    Case("decode at fps 1e-300", ["decode", "{latents}", "--model", "{model}", "--fps", "1e-300", "-o",
+                                  "{out}/o.mp4"], "--fps must be a frame rate of at least 0.002",
+         absent=["o.mp4"]),
 ]
 
 
@@ -563,3 +575,252 @@ def test_sigterm_during_training_keeps_the_finished_epochs(inputs, tmp_path):
     resumed = cli("train", recipe, "--out", out, "--resume", "--epochs", finished + 1, "--threads", "1")
     assert resumed.returncode == 0, resumed.stderr
     assert len((out / "metrics.jsonl").read_text().splitlines()) == finished + 1
+
+
+# ---------------------------------------------------------------- encode-dataset: kill -9, reruns (issue 22)
+
+
+def start_batch(corpus: Path, out: Path, *args) -> subprocess.Popen:
+    """encode-dataset in a session of its own, so that a test that fails can end it and its workers."""
+    return subprocess.Popen([sys.executable, "-m", "vae_deploy", "encode-dataset", str(corpus), "--out",
+                             str(out), "--size", CORPUS_SIZE, "-q", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def wait_for(condition, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None and not condition():
+        time.sleep(0.05)
+    assert process.poll() is None and condition(), "the batch ended before the condition held"
+
+
+def finish(process: subprocess.Popen, timeout: float) -> subprocess.CompletedProcess:
+    """The process's result once it exits; the whole session killed and the test failed when it does not
+    exit within `timeout` seconds (a batch waiting for ever on a dead worker)."""
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail(f"the batch was still running {timeout} s later")
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def test_kill_9_of_an_encode_dataset_worker_ends_the_batch_in_seconds_keeping_the_finished(corpus, tmp_path):
+    """The OOM killer's way: SIGKILL to one of two workers. The batch ends within seconds with one line
+    naming the worker, the index keeps every finished video, nothing of the killed video is left, and a
+    rerun does the rest. (multiprocessing.Pool replaced the worker, lost its video and waited for ever.)"""
+    import psutil
+
+    out = tmp_path / "lat"
+    process = start_batch(corpus, out, "--workers", "2")
+    wait_for(lambda: ok_outputs(out), process)
+    workers = [p for p in psutil.Process(process.pid).children() if "spawn_main" in " ".join(p.cmdline())]
+    assert len(workers) == 2, workers
+    workers[0].kill()
+    killed = time.monotonic()
+    result = finish(process, timeout=60)
+    assert time.monotonic() - killed < 30
+    assert_one_line_error(result, f"error: worker pid {workers[0].pid} died (signal 9, killed: out of "
+                                  f"memory?) ", 1)
+    assert result.stderr.strip().endswith("; finished videos are kept; rerun to continue"), result.stderr
+    done = ok_outputs(out)
+    assert 1 <= len(done) < CORPUS_CLIPS
+    for output in done:
+        LatentReader(out / output)  # whole, checksum included
+    assert leftovers(out) == []
+    rerun = cli("encode-dataset", corpus, "--out", out, "--workers", "2", "--size", CORPUS_SIZE, "-q")
+    assert rerun.returncode == 0, rerun.stderr
+    assert rerun.stdout.strip() == f"encoded {CORPUS_CLIPS} of {CORPUS_CLIPS} videos ({len(done)} already " \
+                                   f"done)"
+
+
+def test_kill_9_of_a_ray_actor_ends_the_batch_in_one_line_after_the_other_finishes(corpus, tmp_path):
+    """SIGKILL to one of two Ray actors: the other actor's video in progress is still recorded, the index is
+    kept and the batch ends with one line and exit 1 (it was Ray's 8-line ActorDiedError, the other
+    actor's video abandoned)."""
+    pytest.importorskip("ray")
+    import psutil
+
+    out = tmp_path / "lat"
+    process = start_batch(corpus, out, "--engine", "ray", "--workers", "2")
+    wait_for(lambda: ok_outputs(out), process, timeout=180)
+    actors = [p for p in psutil.Process(process.pid).children(recursive=True)
+              if p.cmdline() and p.cmdline()[0].startswith("ray::_Actor")]
+    assert len(actors) == 2, actors
+    finished = len(ok_outputs(out))
+    actors[0].kill()
+    result = finish(process, timeout=120)
+    assert_one_line_error(result, f"error: Ray actor pid {actors[0].pid} died (killed or crashed: out of "
+                                  f"memory?) while encoding {corpus}", 1)
+    assert finished < len(ok_outputs(out)) < CORPUS_CLIPS  # the other actor's video is in the index
+    assert leftovers(out) == []
+
+
+@pytest.fixture(scope="module")
+def small_clips(tmp_path_factory) -> Path:
+    """Three short clips (a subfolder among them): a batch that takes a second or two."""
+    folder = tmp_path_factory.mktemp("small_clips")
+    (folder / "sub").mkdir()
+    for i, name in enumerate(["a.avi", "b.avi", "sub/c.avi"]):
+        write_video(folder / name, 6 + i, size=(48, 32))
+    return folder
+
+
+def test_encode_dataset_reruns_refuse_another_model_or_option_and_redo_a_replaced_source(inputs, small_clips,
+                                                                                         tmp_path):
+    """A rerun into the same --out with another model, --size, --chunk or --raw-latents is refused in one
+    line naming the setting, the folder untouched (it used to add the other model's latents and count the
+    rest as done). A source replaced by other frames, keeping its size and mtime, is encoded again."""
+    clips, out = tmp_path / "clips", tmp_path / "lat"
+    shutil.copytree(small_clips, clips)
+    args = ["--out", out, "--workers", "1", "-q"]
+    first = cli("encode-dataset", clips, "--model", inputs["model"], *args)
+    assert first.returncode == 0, first.stderr
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    for other, says in [(["--model", inputs["causal"]], "latents made with the frame model "),
+                        (["--model", inputs["model"], "--size", "64"], "made with no --size "),
+                        (["--model", inputs["model"], "--chunk", "4"], "made with --chunk 8 "),
+                        (["--model", inputs["model"], "--raw-latents"], "made with no --raw-latents ")]:
+        refused = cli("encode-dataset", clips, *other, *args)
+        assert_one_line_error(refused, says, 2)
+        assert f"give another --out (or remove {out})" in refused.stderr
+        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+    # b.avi replaced by write_video's frames in reverse: another video of the same size, its mtime put back
+    replaced = clips / "b.avi"
+    stat = replaced.stat()
+    ramp = np.linspace(0, 255, 48, dtype=np.float32)[None, :, None]
+    writer = cv2.VideoWriter(str(replaced), cv2.VideoWriter_fourcc(*"MJPG"), 25, (48, 32))
+    for i in reversed(range(7)):
+        frame = (ramp + 3 * i + np.arange(3, dtype=np.float32) * 40) % 256
+        writer.write(np.broadcast_to(frame, (32, 48, 3)).astype(np.uint8))
+    writer.release()
+    os.utime(replaced, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (replaced.stat().st_size, replaced.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    rerun = cli("encode-dataset", clips, "--model", inputs["model"], *args)
+    assert rerun.returncode == 0, rerun.stderr
+    assert rerun.stdout.strip() == "encoded 3 of 3 videos (2 already done)"
+    serial = cli("encode", replaced, "--model", inputs["model"], "-o", tmp_path / "b.vaelat", "-q")
+    assert serial.returncode == 0, serial.stderr
+    assert (out / "b.vaelat").read_bytes() == (tmp_path / "b.vaelat").read_bytes() != before[out / "b.vaelat"]
+
+
+def test_encode_dataset_rerun_into_a_folder_without_a_model_record_redoes_other_models_latents(
+        inputs, small_clips, tmp_path):
+    """A folder written before dataset.json named the model: the .vaelat headers do, and a rerun with
+    another model encodes everything again instead of counting the other model's files as done."""
+    out = tmp_path / "lat"
+    first = cli("encode-dataset", small_clips, "--model", inputs["model"], "--out", out, "--workers", "1",
+                "-q")
+    assert first.returncode == 0, first.stderr
+    (out / "dataset.json").write_text('{"format": "vaelat"}\n')
+    rerun = cli("encode-dataset", small_clips, "--model", inputs["causal"], "--out", out, "--workers", "1",
+                "-q")
+    assert rerun.returncode == 0, rerun.stderr
+    assert rerun.stdout.strip() == "encoded 3 of 3 videos"
+    kinds = {LatentReader(p).header.model_kind for p in out.rglob("*.vaelat")}
+    assert kinds == {json.loads((out / "dataset.json").read_text())["model_kind"]} != {"frame"}
+
+
+def test_sigterm_during_the_first_video_leaves_a_populated_out_as_it_was(corpus, tmp_path):
+    """--out already held empty folders of the user's and a git repository: a batch stopped before any
+    video finished removes only what it made (it removed every empty folder under --out) and does not name
+    an index that does not exist."""
+    out = tmp_path / "lat"
+    (out / "keep" / "empty").mkdir(parents=True)
+    (out / "logs").mkdir()
+    made = subprocess.run(["git", "init", "-q", str(out)], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    folders = sorted(p for p in out.rglob("*") if p.is_dir())
+    assert [p for p in folders if not any(p.iterdir())]  # empty folders to lose, git's own among them
+    sources = tmp_path / "sources"
+    shutil.copytree(corpus, sources / "nested")  # the batch makes lat/nested/ for them
+    process = start_batch(sources, out, "--workers", "1")
+    wait_for(lambda: any(p.name.endswith(".part.vaelat") for p in (out / "nested").glob(".*")), process)
+    process.send_signal(signal.SIGTERM)
+    result = finish(process, timeout=120)
+    assert result.returncode == 143, result.stderr
+    if ok_outputs(out):  # (a video finished first on a fast machine)
+        assert result.stderr.strip() == f"terminated (SIGTERM): the videos finished are kept and listed in " \
+                                        f"{out / 'index.jsonl'}"
+    else:
+        assert result.stderr.strip() == "terminated (SIGTERM): no video was finished; nothing was written"
+        assert sorted(p for p in out.rglob("*") if p.is_dir()) == folders  # lat/nested/ removed too
+        assert sorted(p.name for p in out.iterdir()) == [".git", "keep", "logs"]
+    assert all(p.is_dir() for p in folders)
+    assert leftovers(out) == [".git"]
+
+
+def test_kill_9_of_encode_dataset_then_a_rerun_leaves_no_temporary_file(corpus, tmp_path):
+    """A batch killed outright (kill -9 of its session) leaves its video's temporary file, a hidden
+    `.….part.vaelat` that rglob("*.vaelat") would count; the next batch on that --out removes it and
+    nothing else, and completes."""
+    out = tmp_path / "lat"
+    process = start_batch(corpus, out, "--workers", "1")
+    wait_for(lambda: ok_outputs(out) and leftovers(out), process)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.communicate()
+    time.sleep(0.5)  # the worker, killed with its session, is gone
+    assert leftovers(out), "no temporary file was left to clean"
+    done = ok_outputs(out)
+    rerun = cli("encode-dataset", corpus, "--out", out, "--workers", "1", "--size", CORPUS_SIZE, "-q")
+    assert rerun.returncode == 0, rerun.stderr
+    assert rerun.stdout.strip() == f"encoded {CORPUS_CLIPS} of {CORPUS_CLIPS} videos ({len(done)} already " \
+                                   f"done)"
+    assert leftovers(out) == []
+    assert sorted(p.name for p in out.rglob("*.vaelat")) == [f"clip{i}.vaelat" for i in range(CORPUS_CLIPS)]
+
+
+# ---------------------------------------------------------------- issue 22: forged .vaelat sizes, fp16 overflow
+
+
+def forged_latents(latents: Path, path: Path, source_size: list[int], **fit) -> Path:
+    """`latents` with the header's source size (and fit fields) replaced; the checksum (of the latents,
+    untouched) stays valid."""
+    import struct
+
+    data = latents.read_bytes()
+    length = struct.unpack("<Q", data[-16:-8])[0]
+    header = json.loads(data[-16 - length:-16])
+    header["source_size"] = header["fit"]["source_size"] = source_size
+    header["fit"].update(fit)
+    text = json.dumps(header).encode()
+    path.write_bytes(data[:-16 - length] + text + struct.pack("<Q", len(text)) + data[-8:])
+    return path
+
+
+@pytest.mark.parametrize("source_size, fit, fragment", [
+    ([15000, 15000], {}, "source_size must be 2 integers (width, height) from 1 to 8192"),
+    ([16384, 16384], {}, "source_size must be 2 integers (width, height) from 1 to 8192"),
+    ([4000, 400], {}, "a 4000x400 source at short side 32 (snap) is fitted to 320x32"),
+    ([176, 144], {"mode": "pad"}, "a 176x144 source at short side 32 (pad) is fitted to 39x32"),
+], ids=["15000-square", "16384-square", "source-the-latents-cannot-make", "fit-mode-the-latents-cannot-make"])
+def test_forged_sizes_in_a_vaelat_are_one_line_and_nothing_is_written(vd, inputs, tmp_path, source_size, fit,
+                                                                      fragment):
+    bad = forged_latents(inputs["latents"], tmp_path / "forged.vaelat", source_size, **fit)
+    result = vd("decode", bad, "--model", inputs["model"], "-o", tmp_path / "o.mkv")
+    assert_one_line_error(result, fragment)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["forged.vaelat"]
+
+
+def test_latents_overflowing_fp16_are_one_line_and_nothing_is_written(inputs, tiny_kl_model, tmp_path):
+    """A normalization of scale 1e6 (latents_std 1e-6): encode, run --latents and encode-dataset refuse."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_kl_model, model)
+    manifest = json.loads((model / "manifest.json").read_text())
+    norm = manifest["preprocessing"]["latent_normalization"]
+    norm["scale"] = [1e6] * len(norm["scale"])
+    (model / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "out"
+    out.mkdir()
+    for args in (["encode", inputs["clip"], "-o", out / "o.vaelat"],
+                 ["run", inputs["clip"], "--latents", out / "o.vaelat", "--out", out / "o.mp4"]):
+        result = cli(*args, "--model", model, "--max-frames", "2")
+        assert_one_line_error(result, "latents overflow fp16")
+    batch = cli("encode-dataset", inputs["clip"], "--model", model, "--max-frames", "2", "--workers", "1",
+                "-q", "--out", out / "lat")
+    assert batch.returncode == 1 and "Traceback" not in batch.stderr, batch.stderr
+    assert "latents overflow fp16" in (out / "lat" / "index.jsonl").read_text()
+    assert sorted(p.name for p in out.iterdir()) == ["lat"] and not list(out.rglob("*.vaelat"))
+    assert leftovers(out) == []

@@ -119,8 +119,9 @@ class RayEngine:
         else:
             # address="local": a Ray of its own even when one already runs here (ray.init() would join
             # that one, and refuse num_cpus); joining a running Ray is what --address is for.
-            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, self.workers * threads),
-                     include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+            with _quiet_stderr():  # Ray's C++ core says which log level it took from the environment
+                ray.init(address="local", num_cpus=max(os.cpu_count() or 1, self.workers * threads),
+                         include_dashboard=False, logging_level="ERROR", log_to_driver=False)
         gpus = 1 if self.settings.backend in GPU_BACKENDS else 0
         actor = ray.remote(num_cpus=threads, num_gpus=gpus)(_Actor)
         actors = [actor.remote(self.settings) for _ in range(self.workers)]
