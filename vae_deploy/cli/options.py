@@ -34,7 +34,8 @@ ModelOption = Annotated[Path | None, typer.Option(
 ChunkOption = Annotated[int, typer.Option(
     "--chunk", help="Frames per model call; a multiple of the model's temporal factor.")]
 SizeOption = Annotated[int | None, typer.Option(
-    "--size", help="Working short side in pixels (default: the model's; 0: the source's own size).")]
+    "--size", help="Working short side in pixels (default: the model's; 0: the source's own size). Memory "
+                   "grows with the frame's area: the packaged model needs about 1 KB per pixel at --chunk 1.")]
 FitOption = Annotated[str, typer.Option(
     "--fit", help="How frames reach the model's size multiple: snap (resize) or pad (keep aspect).")]
 MaxFramesOption = Annotated[int | None, typer.Option(
