@@ -332,3 +332,37 @@ def test_more_ranks_than_the_data_allows_is_one_error_line(tmp_path):
 def _gloo_available():
     if not torch.distributed.is_available():
         pytest.skip("this torch has no torch.distributed")
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_rank_killed_under_the_nproc_launcher_is_one_line_naming_it(tmp_path, rank):
+    """kill -9 of one rank: the others end on a gloo error ("Connection closed by peer") or torchrun's
+    SIGTERM, which the launcher printed as such (a raw gloo error, or "terminated" though the user stopped
+    nothing). Now one line names the rank that died and says the finished epochs are kept."""
+    recipe = mnist_recipe(tmp_path, "long", 32, epochs=1000, valid_holdout=3000)
+    out = tmp_path / "run"
+    launcher = subprocess.Popen([sys.executable, "-m", "vae_deploy", "train", str(recipe), "--out", str(out),
+                                 "--nproc", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        metrics = RunFolder(out).metrics
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and launcher.poll() is None and not metrics.exists():
+            time.sleep(0.1)
+        (torchrun_pid,) = _children(launcher.pid)
+        pid = _rank_pid(torchrun_pid, rank)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        _, err = launcher.communicate(timeout=90)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+    assert launcher.returncode not in (0, None)
+    result = subprocess.CompletedProcess(launcher.args, launcher.returncode, "",
+                                         "\n".join(line for line in err.splitlines()
+                                                   if not line.startswith("epoch ")))  # rank 0's progress
+    assert_one_line_error(result, f"training rank {rank} was killed (SIGKILL), which ended the others; the "
+                                  f"finished epochs are kept: rerun with --resume to continue")
+    assert len(metrics.read_text().splitlines()) >= 1 and RunFolder(out).state.is_file()
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]

@@ -22,6 +22,9 @@ from vae_deploy.training.trainer import TrainResult, train
 
 DEBUG_VARIABLE = "VAE_DEPLOY_DEBUG"  # cli/app.py's: show tracebacks (here: torchrun's failure report)
 TORCH_LOG_LINE = re.compile(r"[IWEF]\d{4} [\d:.]+ +\d+ \S*torch/")  # torchrun's log lines (glog style)
+STOP_LINE = re.compile(r"(terminated|interrupted)\b.*: ")  # a rank's stop line (cli/app.py _stopped)
+# torch.distributed prefixes what a rank's uncaught exception prints (a stop landing in its error handling)
+RANK_TRACEBACK_LINE = re.compile(r"\[rank\d+\]:")
 RUNS_DIR = Path("runs")  # where a run folder goes by default: runs/<recipe name>
 STOP_TIMEOUT_S = 60.0  # after passing a stop on to torchrun: its ranks' grace (30 s) and some, then kill it
 
@@ -54,37 +57,59 @@ def launch_distributed(nproc: int, train_args: list[str]) -> int:
     # Otherwise the ranks' output goes through; torchrun's own logging and failure report (a traceback) do
     # not, and the `error:` line every rank prints for the same bad input is printed once.
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    errors: set[str] = set()
+    errors: list[str] = []
     with subprocess.Popen(command, stderr=None if debug else subprocess.PIPE, text=True, env=env) as process:
         try:
             if debug:
                 return process.wait()
             assert process.stderr is not None
-            _relay_stderr(process.stderr, errors)
+            report = _relay_stderr(process.stderr, errors)
         except KeyboardInterrupt as stop:
             _stop_ranks(process, signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
             raise  # the CLI prints the one `terminated` / `interrupted` line and exits 143 / 130
+    killed = _killed_rank(report)
+    if killed is not None:
+        # The others' last words (a gloo "Connection closed by peer", or the SIGTERM torchrun sent them)
+        # are the consequence: say what happened instead
+        rank, signame = killed
+        errors = [f"error: training rank {rank} was killed ({signame}), which ended the others; the "
+                  f"finished epochs are kept: rerun with --resume to continue\n"]
+    sys.stderr.writelines(errors)
     if process.returncode != 0 and not errors:
         sys.stderr.write(f"error: a training process failed (torchrun exit code {process.returncode}); "
                          f"rerun with {DEBUG_VARIABLE}=1 for torchrun's report\n")
     return process.returncode
 
 
-def _relay_stderr(stream, errors: set[str]) -> None:
-    """Pass the ranks' stderr through, without torchrun's logging and failure report, and each distinct
-    `error:` line once (collected in `errors`)."""
+def _relay_stderr(stream, errors: list[str]) -> str:
+    """Pass the ranks' stderr through, without torchrun's logging, keeping back into `errors` each
+    distinct `error:` line, the ranks' stop lines and tracebacks (printed once the cause is known); returns
+    torchrun's failure report (a ChildFailedError traceback: which rank failed, how), "" when none."""
     for line in stream:
         if line.startswith("Traceback (most recent call last):"):
-            stream.read()  # torchrun's ChildFailedError: the ranks already said what failed
-            return
+            return stream.read()
         if TORCH_LOG_LINE.match(line):
             continue
-        if line.startswith("error: "):
-            if line in errors:
-                continue
-            errors.add(line)
+        if line.startswith("error: ") or STOP_LINE.match(line) or RANK_TRACEBACK_LINE.match(line):
+            if line not in errors or RANK_TRACEBACK_LINE.match(line):
+                errors.append(line)
+            continue
         sys.stderr.write(line)
         sys.stderr.flush()
+    return ""
+
+
+def _killed_rank(report: str) -> tuple[int, str] | None:
+    """(rank, signal name) when torchrun's report says the first failure was a rank killed by a signal (a
+    negative exit code: kill -9, the OOM killer), else None."""
+    found = re.search(r"Root Cause.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*-(\d+)", report, re.DOTALL)
+    if found is None:
+        return None
+    number = int(found.group(2))
+    try:
+        return int(found.group(1)), signal.Signals(number).name
+    except ValueError:
+        return int(found.group(1)), f"signal {number}"
 
 
 def _stop_ranks(process: subprocess.Popen, signum: int) -> None:
