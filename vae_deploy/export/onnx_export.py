@@ -38,7 +38,13 @@ from vae_deploy.errors import ModelFormatError
 from vae_deploy.export.golden import GOLDEN_FILE, write_golden
 from vae_deploy.export.profile import ExportProfile
 from vae_deploy.export.publish import staged_folder
-from vae_deploy.export.quantize import calibration_clips, calibration_feeds, check_quantizable, quantize_graph
+from vae_deploy.export.quantize import (
+    calibration_clips,
+    calibration_feeds,
+    check_quantizable,
+    cpu_requirements,
+    quantize_graph,
+)
 from vae_deploy.export.sources import ModelSource, open_source
 from vae_deploy.export.specs import graph_specs
 from vae_deploy.export.validate import ParityReport, check_parity
@@ -361,6 +367,7 @@ def _write_folder(source: ModelSource, specs: dict[str, GraphSpec], work: Path, 
         kind=config["kind"], model=to_dict(model.config), graphs=specs, precision=profile.precision,
         opset=profile.opset, preprocessing=preprocessing, producer=_producer(model),
         files=hash_files(work, files), export_profile=profile.to_dict(),
+        cpu_requirements=cpu_requirements(profile.quantization) if profile.precision == "int8" else {},
     )
     # A --from model's reference is rebuilt by the factory the user named for this export, and only then
     entry_point = getattr(model.config, "entry_point", None) or None

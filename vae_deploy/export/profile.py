@@ -68,6 +68,13 @@ class QuantizationSettings:
     short_side: int = 0  # working short side of the calibration frames; 0 = the model's own (manifest)
     op_types: list[str] = field(default_factory=lambda: ["Conv"])  # ONNX op types quantized; others stay fp32
     per_channel: bool = True  # one weight scale per output channel (the accurate choice for convs)
+    # Integer types of activations and weights, and 7-bit weights (reduce_range). What they ask of the CPU is
+    # recorded in the manifest (runtime/cpu_features.py): uint8 x int8 with 8-bit weights saturates on x86
+    # CPUs without VNNI; 7-bit weights hold on every x86-64 CPU at the same speed (uint8 weights hold too,
+    # but ran no faster than fp32 here: benchmarks/results/int8_cpu_parity.md).
+    activation_type: Literal["uint8", "int8"] = "uint8"
+    weight_type: Literal["uint8", "int8"] = "int8"
+    reduce_range: bool = True
     average_ranges: bool = True  # each activation's range = the mean over calibration calls of each call's
     # min and max (ORT's CalibMovingAverage, which averages within one calibration pass), instead of the
     # extremes over all calls: a rare extreme value saturates rather than coarsening every other value's

@@ -2,8 +2,10 @@
 precision = "int8", e.g. export/cpu-int8.toml).
 
 ONNX Runtime's own tool does the work (onnxruntime.quantization: quant_pre_process, then quantize_static in
-the QDQ format, int8 weights per output channel, uint8 activations), the tool Optimum's ORTQuantizer also
-drives. What it needs from us is calibration
+the QDQ format; the profile's default: int8 weights of 7 bits per output channel, uint8 activations), the
+tool Optimum's ORTQuantizer also drives. 7 bits, because ONNX Runtime's x86 kernels for CPUs without VNNI
+add pairs of uint8 x int8 products into int16, which 8-bit weights overflow (runtime/cpu_features.py); the
+manifest records what the graphs need of the CPU (`cpu_requirements`). What it needs from us is calibration
 data: real frames at the model's working resolution, fitted exactly as `vae-deploy run` fits them
 (video/fit.py), and, for the decoder, what the encoder makes of them, rounded to fp16 like the latents the
 pipeline hands over, with the streaming state carried from chunk to chunk, so that the state inputs
@@ -24,6 +26,7 @@ import numpy as np
 
 from vae_deploy.errors import ConfigError
 from vae_deploy.export.profile import QuantizationSettings
+from vae_deploy.runtime.cpu_features import int8_requirements
 from vae_deploy.runtime.manifest import Manifest
 from vae_deploy.runtime.runner import Runner
 from vae_deploy.runtime.spec import GraphSpec
@@ -101,6 +104,12 @@ class _FeedReader:
         self._next = 0
 
 
+def cpu_requirements(settings: QuantizationSettings) -> dict:
+    """What graphs quantized with `settings` need of the CPU for their parity, for the manifest
+    (runtime/cpu_features.py: U8S8 with 8-bit weights needs VNNI on x86; 7-bit or uint8 weights, nothing)."""
+    return int8_requirements(settings.activation_type, settings.weight_type, settings.reduce_range)
+
+
 def quantize_graph(path: Path, feeds: list[Feeds], settings: QuantizationSettings) -> None:
     """Replace the fp32 graph at `path` by its statically quantized QDQ version."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -111,9 +120,11 @@ def quantize_graph(path: Path, feeds: list[Feeds], settings: QuantizationSetting
         prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(path), str(prepared))
         quantized = Path(scratch) / "quantized.onnx"
+        types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
         quantize_static(str(prepared), str(quantized), _FeedReader(feeds), quant_format=QuantFormat.QDQ,
-                        per_channel=settings.per_channel, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, op_types_to_quantize=list(settings.op_types),
+                        per_channel=settings.per_channel, reduce_range=settings.reduce_range,
+                        activation_type=types[settings.activation_type],
+                        weight_type=types[settings.weight_type], op_types_to_quantize=list(settings.op_types),
                         calibrate_method=CalibrationMethod.MinMax,
                         extra_options={"CalibMovingAverage": settings.average_ranges})
         quantized.replace(path)

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from vae_deploy.errors import ParityError
+from vae_deploy.runtime.cpu_features import cpu_problem
 from vae_deploy.runtime.fp16_guard import Fp16Guard, inspect_arrays, upcast_to_fp32
 from vae_deploy.runtime.ort_session import CPU, build_session
 from vae_deploy.runtime.runner import Runner, module_available
@@ -82,3 +84,11 @@ class OrtRunner(Runner):
 class OrtCpuRunner(OrtRunner):
     name = "ort-cpu"
     install_hint = "onnxruntime"
+
+    def _load(self) -> None:
+        # An int8 graph whose products saturate on this CPU runs, but out of parity: refuse it up front,
+        # naming the cause (runtime/cpu_features.py), rather than stream wrong frames.
+        problem = cpu_problem(self.manifest)
+        if problem:
+            raise ParityError(problem)
+        super()._load()
