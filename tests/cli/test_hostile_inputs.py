@@ -824,3 +824,67 @@ def test_latents_overflowing_fp16_are_one_line_and_nothing_is_written(inputs, ti
     assert "latents overflow fp16" in (out / "lat" / "index.jsonl").read_text()
     assert sorted(p.name for p in out.iterdir()) == ["lat"] and not list(out.rglob("*.vaelat"))
     assert leftovers(out) == []
+
+
+# ---------------------------------------------------------------- issue 22: nothing wrong, nothing lost
+
+ISSUE_22_RECIPE = '[model]\nkind = "mlp"\n[data]\nkind = "mnist"\nsource = "mnist-5k"\n[train]\nlr = nan\n'
+
+
+def _issue_22_case(name: str, root: Path, external_folder, tiny_video_model) -> tuple[list, str]:
+    """(the command line, its error fragment) of an issue-22 case, its inputs made under `root`."""
+    from safetensors.torch import load_file, save_file
+
+    weights_file = "diffusion_pytorch_model.safetensors"
+    changes = {  # a diffusers folder's weights that do not fill its config.json
+        "missing weights": ("wan2.1", lambda w: [w.pop(k) for k in ("decoder.conv_in.weight",
+                                                                    "decoder.conv_in.bias")],
+                            "does not match config.json: 2 missing weights (decoder.conv_in.bias, "
+                            "decoder.conv_in.weight)"),
+        "extra weights": ("kl-sd", lambda w: w.__setitem__("bogus.weight", w["decoder.conv_out.bias"]),
+                          "does not match config.json: 1 unexpected weight (bogus.weight)"),
+        "misshapen weights": ("tiny", lambda w: w.__setitem__("encoder.layers.0.bias",
+                                                              w["encoder.layers.0.bias"][:3]),
+                              "does not match config.json: 1 weight of another shape (encoder.layers.0.bias "
+                              "(3,) for (8,))"),
+    }
+    if name in changes:
+        family, change, fragment = changes[name]
+        source = shutil.copytree(external_folder(family), root / "src")
+        weights = load_file(source / weights_file)
+        change(weights)
+        save_file({k: v.clone() for k, v in weights.items()}, source / weights_file)
+        return ["export", source, "--out", root / "out" / "m"], fragment
+    if name == "factory that exits":
+        (root / "exiting_factory.py").write_text("import sys\n\n\ndef build():\n    sys.exit(0)\n")
+        return (["export", "--from", "exiting_factory:build", "--out", root / "out" / "m"],
+                "the factory called sys.exit(0) instead of returning a module")
+    if name == "entry point named by a folder":
+        folder = shutil.copytree(tiny_video_model("frame"), root / "model")
+        config = json.loads((folder / "reference" / "config.json").read_text())
+        config.update(kind="entry-point", model={"entry_point": "os:abort"})
+        (folder / "reference" / "config.json").write_text(json.dumps(config))
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["files"]["reference/config.json"] = sha256(folder / "reference" / "config.json")
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        return (["verify", folder, "--reference", "torch", "--real", "0"],
+                "(--from os:abort); vae-deploy imports it only when you name it")
+    (root / "nan_lr.toml").write_text(ISSUE_22_RECIPE)
+    return (["train", root / "nan_lr.toml", "--out", root / "out" / "run"],
+            "lr must be a finite number, got nan")
+
+
+@pytest.mark.parametrize("name", ["missing weights", "extra weights", "misshapen weights",
+                                  "factory that exits", "entry point named by a folder", "non-finite lr"])
+def test_issue_22_inputs_get_one_line_and_write_nothing(external_folder, tiny_video_model, tmp_path, name):
+    """Each used to end in exit 0 (an export of half-random weights with parity passed, a factory's
+    sys.exit(0)), a SIGABRT (verify calling the os:abort a folder named) or a training run of nan weights.
+    Real processes: the os:abort case must not take the test process with it."""
+    args, fragment = _issue_22_case(name, tmp_path, external_folder, tiny_video_model)
+    before = {p.relative_to(tmp_path): sha256(p) for p in tmp_path.rglob("*") if p.is_file()}
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    result = cli(*args, cwd=tmp_path, env={**os.environ, "PYTHONPATH": path})
+    assert_one_line_error(result, fragment)
+    assert not (tmp_path / "out").exists()
+    assert {p.relative_to(tmp_path): sha256(p) for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert leftovers(tmp_path) == []
