@@ -87,6 +87,9 @@ def build_inner(config: AdapterConfig, entry_point: str | None = None) -> nn.Mod
         if entry_point != config.entry_point:
             raise ConfigError(untrusted_entry_point(config.entry_point, entry_point))
         return call_factory(config.entry_point)
+    if entry_point:
+        raise ConfigError(f"this model is a diffusers {config.class_name}, not one exported with --from: "
+                          f"--from {entry_point} does not apply to it")
     family(config.class_name, "the config")  # before diffusers is asked for any name
     model = _diffusers_class(config.class_name).from_config(dict(config.config))
     return _wrap(config.class_name, model.eval())
@@ -123,9 +126,9 @@ def load_diffusers_folder(folder: Path) -> AdaptedVAE:
     data = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     class_name = data["_class_name"]
     fam = family(class_name, f"{folder}/config.json")
-    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+    weights = next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), None)
+    if weights is None:
         raise ModelFormatError(f"{folder} has a config.json but no weights ({' or '.join(WEIGHT_FILES)})")
-    weights = next(folder / name for name in WEIGHT_FILES if (folder / name).is_file())
     cls = _diffusers_class(class_name)
     try:
         # use_safetensors says which file: left to guess, diffusers logs an error for a .bin-only folder.
