@@ -62,7 +62,8 @@ from vae_deploy.video.codec import VideoCodec, VideoModelInfo  # noqa: E402
 from vae_deploy.video.default_model import DEFAULT_MODEL_DIR, DEMO_CLIP  # noqa: E402
 from vae_deploy.video.fit import plan_fit  # noqa: E402
 from vae_deploy.video.io import FrameSource, open_source  # noqa: E402
-from vae_deploy.video.pipeline import StreamOptions, VideoOutputs, run_video, runner_options  # noqa: E402
+from vae_deploy.video.model_open import runner_options  # noqa: E402
+from vae_deploy.video.pipeline import StreamOptions, VideoOutputs, run_video  # noqa: E402
 from vae_deploy.video.samples import sample_video_path  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"

@@ -96,7 +96,7 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where or cls.__name__}: {exc}") from None
+        raise ConfigError(f"{where or cls.__name__}: {exc}") from exc
 
 
 def to_dict(obj: Any) -> dict:
@@ -119,13 +119,13 @@ def read_toml(path: Path) -> dict:
     try:
         with open(path, "rb") as fh:
             return tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"file not found: {path}") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path} is a folder, not a TOML file") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path} is not a TOML file (not UTF-8 text)") from None
+    except FileNotFoundError as err:
+        raise ConfigError(f"file not found: {path}") from err
+    except IsADirectoryError as err:
+        raise ConfigError(f"{path} is a folder, not a TOML file") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not a TOML file (not UTF-8 text)") from err
     except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc

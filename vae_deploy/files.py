@@ -41,7 +41,7 @@ def writing(target: Path) -> Iterator[None]:
         yield
     except OSError as exc:
         if exc.errno in _WRITE_ERRNOS:
-            raise OutputError(f"cannot write {target}: {exc.strerror.lower()}") from None
+            raise OutputError(f"cannot write {target}: {exc.strerror.lower()}") from exc
         raise
 
 
@@ -81,7 +81,7 @@ def ensure_writable_dir(path: Path) -> Path:
         finally:
             probe.unlink(missing_ok=True)
     except OSError as exc:
-        raise VaeDeployError(f"cannot write to output folder {path}: {exc.strerror or exc}") from None
+        raise VaeDeployError(f"cannot write to output folder {path}: {exc.strerror or exc}") from exc
     return path
 
 

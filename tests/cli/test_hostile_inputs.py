@@ -306,8 +306,10 @@ def test_an_unexpected_error_is_one_line_with_a_debug_hint(vd, inputs, tmp_path,
     result = vd("run", inputs["clip"], "--model", inputs["model"])
     assert_one_line_error(result, "unexpected ZeroDivisionError: a bug (rerun with VAE_DEPLOY_DEBUG=1", 1)
     monkeypatch.setenv("VAE_DEPLOY_DEBUG", "1")
-    with pytest.raises(ZeroDivisionError):
-        vd("run", inputs["clip"], "--model", inputs["model"])
+    loud = vd("run", inputs["clip"], "--model", inputs["model"])
+    assert loud.returncode == 1 and loud.stderr.startswith("Traceback"), loud.stderr
+    assert "ZeroDivisionError: a bug\n" in loud.stderr
+    assert loud.stderr.strip().splitlines()[-1] == "error: unexpected ZeroDivisionError: a bug"
 
 
 # ---------------------------------------------------------------- a full disk

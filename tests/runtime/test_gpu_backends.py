@@ -31,11 +31,12 @@ from vae_deploy.runtime.device_runner import DeviceStream
 from vae_deploy.runtime.fp16_guard import Fp16FallbackWarning, bad_values, inspect_arrays, upcast_to_fp32
 from vae_deploy.runtime.ort_cuda import OrtState
 from vae_deploy.runtime.ort_session import cuda_provider_options
+from vae_deploy.runtime.registry import BACKENDS, runner_class
 from vae_deploy.runtime.spec import TensorSpec
 from vae_deploy.runtime.torch_cuda_runner import TorchState
 from vae_deploy.video.metrics import psnr_from_mse
 
-GPU_BACKENDS = ("ort-cuda", "torch-cuda", "tensorrt")
+GPU_BACKENDS = tuple(name for name in BACKENDS if runner_class(name).uses_gpu)  # what each class declares
 NO_GPU = cuda_device.unavailable_reason() is not None
 
 

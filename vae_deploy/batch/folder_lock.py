@@ -58,7 +58,7 @@ class FolderLock:
             os.close(fd)
             if exc.errno in _BUSY:
                 raise VaeDeployError(f"{who} is writing to {folder}" + (f" (pid {pid})" if pid else "")
-                                     + "; wait for it to finish or give another --out") from None
+                                     + "; wait for it to finish or give another --out") from exc
             return  # a filesystem that cannot lock folders: run unlocked (see the module docstring)
         self._fd = fd
         # a holder dropped without close() (an exception's traceback keeps it alive a while) still unlocks

@@ -43,7 +43,7 @@ from vae_deploy.batch.worker import FATAL, EncodeSettings, WorkerDied, fatal_err
 from vae_deploy.errors import ConfigError, DataError
 from vae_deploy.files import ensure_writable_dir, remove_stale_temporaries, removing_new_folders
 from vae_deploy.runtime.manifest import Manifest, read_manifest
-from vae_deploy.runtime.registry import DEFAULT_BACKEND, get_backend
+from vae_deploy.runtime.registry import DEFAULT_BACKEND, get_backend, runner_class
 from vae_deploy.video.codec import VideoModelInfo
 from vae_deploy.video.default_model import resolve_model
 from vae_deploy.video.pipeline import StreamOptions
@@ -229,9 +229,10 @@ def encode_dataset_job(sources: list[str | Path], out_dir: Path, options: Stream
         from vae_deploy.batch.ray_engine import ray_module
 
         ray_module(address)  # missing Ray, an unreachable address: one line, before any output
-    # ort-cpu gets the CPUs split between workers; other backends take --threads only when it is given
-    runner_threads = threads if threads is not None or backend != "ort-cpu" else \
-        threads_per_worker(workers, None)
+    # A backend with stream_threads (ort-cpu) gets the CPUs split between workers; the others take
+    # --threads only when it is given (Runner.thread_options)
+    runner_threads = runner_class(backend).thread_options(threads, threads_per_worker(workers, None)
+                                                          ).get("threads")
     settings = EncodeSettings(str(out_dir), options, None if model is None else str(model), backend,
                               runner_threads)
     threads = threads_per_worker(workers, threads)

@@ -100,16 +100,16 @@ def existing_layout(out_dir: Path) -> dict | None:
     path = Path(out_dir) / DATASET_FILE
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    except FileNotFoundError as err:
         entries = read_index(Path(out_dir) / INDEX_FILE)
         if not entries:
             return None
         if any(e.get("shard") for e in entries.values()):
             raise DataError(f"{out_dir} holds shards but no {DATASET_FILE} saying their size; encode into "
-                            f"another --out") from None
+                            f"another --out") from err
         return {"format": "vaelat"}  # written before dataset.json existed: only vaelat did
     except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
+        raise DataError(f"cannot read {path}: {exc}") from exc
     if not isinstance(record, dict) or record.get("format") not in FORMATS:
         raise DataError(f"{path} is not a layout vae-deploy wrote (no known format in it)")
     return record

@@ -23,10 +23,10 @@ from collections.abc import Iterable, Iterator
 from vae_deploy.batch.sources import VideoTask
 from vae_deploy.batch.worker import EncodeSettings, VideoEncoder, WorkerDied
 from vae_deploy.errors import ConfigError, VaeDeployError
+from vae_deploy.runtime.registry import runner_class
 
 INSTALL_HINT = "pip install 'vae-deploy[ray]'"
 CONNECT_TIMEOUT_S = 10.0  # how long an --address gets to accept a TCP connection
-GPU_BACKENDS = ("ort-cuda", "tensorrt", "torch-cuda")
 # `ray start` turns token authentication on (Ray >= 2.59 for a local cluster); a driver sends the token
 # only when RAY_AUTH_MODE=token is set in its environment.
 TOKEN_HINT = ("the cluster asks for its authentication token: set RAY_AUTH_MODE=token, with the token in "
@@ -39,8 +39,8 @@ def ray_module(address: str | None = None):
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     try:
         import ray
-    except ImportError:
-        raise VaeDeployError(f"--engine ray needs Ray, which is not installed: {INSTALL_HINT}") from None
+    except ImportError as err:
+        raise VaeDeployError(f"--engine ray needs Ray, which is not installed: {INSTALL_HINT}") from err
     if address is not None:
         check_address(address)
     return ray
@@ -60,7 +60,7 @@ def check_address(address: str) -> None:
             pass
     except OSError as exc:
         reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-        raise VaeDeployError(f"cannot reach the Ray cluster at {address}: {reason}") from None
+        raise VaeDeployError(f"cannot reach the Ray cluster at {address}: {reason}") from exc
 
 
 def _asks_for_token(exc: BaseException) -> bool:
@@ -115,14 +115,14 @@ class RayEngine:
             except Exception as exc:  # Ray raises ConnectionError, RuntimeError... by version
                 reason = TOKEN_HINT if _asks_for_token(exc) else str(exc)
                 raise VaeDeployError(f"cannot connect to the Ray cluster at {self.address}: {reason}") \
-                    from None
+                    from exc
         else:
             # address="local": a Ray of its own even when one already runs here (ray.init() would join
             # that one, and refuse num_cpus); joining a running Ray is what --address is for.
             with _quiet_stderr():  # Ray's C++ core says which log level it took from the environment
                 ray.init(address="local", num_cpus=max(os.cpu_count() or 1, self.workers * threads),
                          include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-        gpus = 1 if self.settings.backend in GPU_BACKENDS else 0
+        gpus = 1 if runner_class(self.settings.backend).uses_gpu else 0  # the runner class declares it
         actor = ray.remote(num_cpus=threads, num_gpus=gpus)(_Actor)
         actors = [actor.remote(self.settings) for _ in range(self.workers)]
         self._actors = dict(zip(actors, ray.get([a.pid.remote() for a in actors]), strict=True))  # -> pid

@@ -97,7 +97,7 @@ def _list_file(path: Path) -> list[tuple[Path, PurePosixPath]]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read the list of videos {path}: {exc}") from None
+        raise DataError(f"cannot read the list of videos {path}: {exc}") from exc
     for number, line in enumerate(lines, 1):
         line = line.strip()
         if not line or line.startswith("#"):

@@ -38,6 +38,7 @@ from vae_deploy.runtime.latents import LatentReader
 from vae_deploy.runtime.registry import DEFAULT_BACKEND
 from vae_deploy.runtime.runner import Runner
 from vae_deploy.video.io import open_source
+from vae_deploy.video.model_open import open_model
 from vae_deploy.video.pipeline import StreamOptions, encode_video
 
 FATAL = "fatal"  # a result key: the batch must stop (no runner, nothing can be written); the value: why
@@ -121,8 +122,6 @@ class VideoEncoder:
 
     def _open(self) -> Runner:
         if self._runner is None:
-            from vae_deploy.video.jobs import open_model
-
             s = self.settings
             self._runner = open_model(None if s.model is None else Path(s.model), s.backend, s.threads)
         return self._runner

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import traceback
 from typing import NoReturn
 
 import typer
@@ -50,7 +51,7 @@ app.command("decode")(decode.decode)
 app.command("demo")(demo.demo)
 
 
-DEBUG_VARIABLE = "VAE_DEPLOY_DEBUG"  # set to 1 to see the traceback of an unexpected error
+DEBUG_VARIABLE = "VAE_DEPLOY_DEBUG"  # set to 1 to see the traceback of any error, with its causes
 
 
 def _usage_error_types() -> tuple[type[BaseException], ...]:
@@ -76,10 +77,24 @@ def _os_error_line(exc: OSError) -> str:
     return f"{exc.strerror or exc}{where}"
 
 
+def _debugging() -> bool:
+    return os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+
+
+def _fail(exc: BaseException, line: str, code: int) -> NoReturn:
+    """One `error:` line and exit `code`; with VAE_DEPLOY_DEBUG=1 the full traceback first, with the chain
+    of causes (the library error under a one-line message), for expected errors as for bugs."""
+    if _debugging():
+        traceback.print_exception(type(exc), exc, exc.__traceback__)
+    print(f"error: {line}", file=sys.stderr)
+    sys.exit(code)
+
+
 def main() -> None:
     """Console entry point. A user error prints `error: ...` on stderr and exits non-zero; a usage mistake
     gets Typer's usage message and exit 2; Ctrl-C and SIGTERM keep finished work and exit 130 / 143; any
-    other failure is one line naming the error (the traceback with VAE_DEPLOY_DEBUG=1)."""
+    other failure is one line naming the error. VAE_DEPLOY_DEBUG=1 adds the traceback before any error line,
+    expected or not."""
     interrupts.install_sigterm_handler()
     try:
         # Without standalone mode Typer returns the exit code instead of exiting (130 for a Ctrl-C it caught)
@@ -88,8 +103,7 @@ def main() -> None:
     except SystemExit:
         raise
     except VaeDeployError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        _fail(exc, str(exc), exc.exit_code)
     except KeyboardInterrupt:
         _stopped()
     except typer.Exit as exc:
@@ -101,14 +115,10 @@ def main() -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except Exception as exc:
-        if os.environ.get(DEBUG_VARIABLE, "") not in ("", "0"):
-            raise
         if isinstance(exc, OSError):  # a full disk, a read-only folder, a vanished file
-            print(f"error: {_os_error_line(exc)}", file=sys.stderr)
-        else:
-            print(f"error: unexpected {type(exc).__name__}: {exc} (rerun with {DEBUG_VARIABLE}=1 for the "
-                  f"traceback)", file=sys.stderr)
-        sys.exit(1)
+            _fail(exc, _os_error_line(exc), 1)
+        hint = "" if _debugging() else f" (rerun with {DEBUG_VARIABLE}=1 for the traceback)"
+        _fail(exc, f"unexpected {type(exc).__name__}: {exc}{hint}", 1)
     if isinstance(code, int) and code != 0:
         if code == 130:  # Typer's value for a KeyboardInterrupt it caught (also SIGTERM's Terminated)
             _stopped()

@@ -36,4 +36,4 @@ def train_extra(command: str, needs: tuple[str, ...] = ("torch", "safetensors"))
         top = (exc.name or "").partition(".")[0]
         if top not in TRAIN_MODULES:
             raise
-        raise MissingBackendError(_message(command, top)) from None
+        raise MissingBackendError(_message(command, top)) from exc

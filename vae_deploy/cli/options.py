@@ -66,8 +66,8 @@ def parse_sizes(text: str | None, option: str) -> tuple[int, ...] | None:
         return None
     try:
         sizes = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise ConfigError(f"{option} must be comma-separated integers, got {text!r}") from None
+    except ValueError as err:
+        raise ConfigError(f"{option} must be comma-separated integers, got {text!r}") from err
     if not sizes or min(sizes) < 1:
         raise ConfigError(f"{option} must list positive integers, got {text!r}")
     return sizes

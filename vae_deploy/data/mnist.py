@@ -112,7 +112,7 @@ def _parse_csv(path: Path, layout: CsvLayout, split: str) -> MnistSplit:
         table = np.loadtxt(path, delimiter=",", dtype=np.int64, skiprows=1 if layout.header else 0, ndmin=2)
     except (ValueError, OSError, EOFError) as exc:
         # np.loadtxt raises ValueError for a short last row, gzip EOFError/OSError for a cut archive.
-        raise DataError(f"{path} is corrupt or truncated: {str(exc).splitlines()[0]}") from None
+        raise DataError(f"{path} is corrupt or truncated: {str(exc).splitlines()[0]}") from exc
     if table.shape[1] != PIXELS + 1:
         raise DataError(f"{path} has {table.shape[1]} columns per row, an MNIST CSV has {PIXELS + 1}")
     if table.shape[0] != expected:
@@ -216,9 +216,9 @@ def _load_folder(split: str, data_dir: Path | None) -> MnistSplit:
         raise DataError(f"MNIST data folder {data_dir} does not exist: {_HOW_TO_GET}")
     try:
         from torchvision.datasets import MNIST
-    except ImportError:
+    except ImportError as err:
         raise DataError("reading a torchvision-style MNIST folder needs torchvision: "
-                        "pip install 'vae-deploy[train]'") from None
+                        "pip install 'vae-deploy[train]'") from err
     root = _torchvision_root(data_dir)
     raw = root / "MNIST" / "raw"
     try:
@@ -227,12 +227,12 @@ def _load_folder(split: str, data_dir: Path | None) -> MnistSplit:
         if "not found" in str(exc):
             missing = [name for pair in _RAW_FILES.values() for name in pair if not (raw / name).is_file()]
             raise DataError(f"no MNIST data in {data_dir}: missing {', '.join(missing)} in {raw}; "
-                            f"{_HOW_TO_GET}") from None
-        raise DataError(f"MNIST {split} files in {raw} are corrupt or truncated: {exc}") from None
+                            f"{_HOW_TO_GET}") from exc
+        raise DataError(f"MNIST {split} files in {raw} are corrupt or truncated: {exc}") from exc
     except (AssertionError, ValueError, TypeError, KeyError, IndexError, OSError) as exc:
         # torchvision's idx reader asserts on a bad header and fails to reshape a cut file.
         raise DataError(f"MNIST {split} files in {raw} are corrupt or truncated "
-                        f"({type(exc).__name__}: {exc})") from None
+                        f"({type(exc).__name__}: {exc})") from exc
     images = dataset.data.numpy()
     labels = dataset.targets.numpy().astype(np.int64)
     if images.shape[0] != labels.shape[0]:

@@ -113,7 +113,7 @@ def read_golden(folder: Path, manifest: Manifest) -> list[Case]:
                 cases.append(Case(entry["graph"], entry["case"], inputs, outputs))
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
         raise ModelFormatError(f"{path} is not readable golden data ({type(exc).__name__}: {exc}): "
-                               f"re-export the model") from None
+                               f"re-export the model") from exc
     if not cases:
         raise ModelFormatError(f"{path} holds no cases: re-export the model")
     return cases

@@ -100,14 +100,14 @@ def staged_folder(target: Path, overwrite: bool = True, carry: tuple[str, ...] =
             parent.mkdir(parents=True, exist_ok=True)
             staging = _unique_dir(parent, f".{target.name}.")
         except OSError as exc:
-            raise VaeDeployError(f"cannot write to output folder {parent}: {exc.strerror or exc}") from None
+            raise VaeDeployError(f"cannot write to output folder {parent}: {exc.strerror or exc}") from exc
         try:
             yield staging
             check_target(target, overwrite)  # something may have appeared there meanwhile
             swap_in(staging, target, carry)
         except OutputError as exc:
             # A write into the staging folder failed (a full disk): name the file as the user knows it.
-            raise OutputError(str(exc).replace(str(staging), str(target))) from None
+            raise OutputError(str(exc).replace(str(staging), str(target))) from exc
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)

@@ -54,4 +54,4 @@ def real_inputs_for(kind: str, n: int, source: str, data_dir: Path | None,
     try:
         return loader(n, source, data_dir)
     except DataError as exc:
-        raise DataError(f"{exc} (or pass --real 0 to check on random inputs only)") from None
+        raise DataError(f"{exc} (or pass --real 0 to check on random inputs only)") from exc

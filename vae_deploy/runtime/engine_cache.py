@@ -126,9 +126,9 @@ def profile_ranges(export_profile: dict[str, Any]) -> Ranges:
     dynamic = export_profile.get("dynamic") or {}
     try:
         return {k: (int(v["min"]), int(v["opt"]), int(v["max"])) for k, v in dynamic.items()}
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError) as err:
         raise ModelFormatError(f"the manifest's export profile has malformed dynamic ranges: {dynamic}"
-                               ) from None
+                               ) from err
 
 
 # ---------------------------------------------------------------- store and find
@@ -168,8 +168,8 @@ def find_engine(model_dir: Path, key: EngineKey) -> Path:
     if sidecar.is_file() and engine.is_file():
         try:
             record = json.loads(sidecar.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            raise StaleEngineError(f"{sidecar} is unreadable; {rebuild}") from None
+        except (OSError, json.JSONDecodeError) as err:
+            raise StaleEngineError(f"{sidecar} is unreadable; {rebuild}") from err
         if record.get("digest") != key.digest() or record.get("key") != key.to_dict():
             raise StaleEngineError(f"{sidecar} does not describe this engine's key; {rebuild}")
         if sha256_file(engine) != record.get("engine_sha256"):

@@ -58,7 +58,7 @@ class LatentNormalization:
         try:
             checked = latent_normalization_record(record, channels)
         except (ConfigError, TypeError, ValueError, AttributeError) as exc:
-            raise ModelFormatError(f"the manifest's latent_normalization is malformed: {exc}") from None
+            raise ModelFormatError(f"the manifest's latent_normalization is malformed: {exc}") from exc
         return cls(np.asarray(checked["scale"], np.float32), np.asarray(checked["shift"], np.float32))
 
     def _shape(self, a: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:

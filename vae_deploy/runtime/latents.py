@@ -158,7 +158,7 @@ class LatentReader:
             try:
                 raw = json.loads(fh.read(header_len))
             except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, huge numbers, deep nesting
-                raise DataError(f"{self.path} has a corrupt header: {exc}") from None
+                raise DataError(f"{self.path} has a corrupt header: {exc}") from exc
             self.header = _parse_header(self.path, raw)
             frame_shape = tuple(self.header.latent_shape)
             expected = self.header.latent_frames * math.prod(frame_shape) * 2

@@ -32,7 +32,6 @@ from vae_deploy.runtime.device_runner import DeviceRunner, DeviceState
 from vae_deploy.runtime.fp16_guard import inspect_arrays
 from vae_deploy.runtime.ort_runner import OrtRunner
 from vae_deploy.runtime.ort_session import CUDA, first_line, import_ort
-from vae_deploy.runtime.runner import check_options
 from vae_deploy.runtime.spec import GraphSpec, eval_dim
 
 
@@ -52,7 +51,7 @@ def _run_bound(session, binding, run_options, graph: str) -> None:
     try:
         session.run_with_iobinding(binding, run_options)
     except Exception as exc:  # onnxruntime's pybind exception types
-        raise VaeDeployError(f"onnxruntime failed to run the {graph}: {first_line(exc)[:300]}") from None
+        raise VaeDeployError(f"onnxruntime failed to run the {graph}: {first_line(exc)[:300]}") from exc
 
 
 class CudaGraphWarning(UserWarning):
@@ -258,11 +257,10 @@ class OrtDeviceRunner(DeviceRunner, OrtRunner):
     """
 
     device_type = "cuda"
-    OPTIONS = ("threads", "spinning", "optimization", "fp16_guard", "device_id", "prefer_nhwc",
-               "conv_algo_search", "fuse_conv_bias", "cuda_graph", "graph_cache", "tf32")
+    OPTIONS = {**OrtRunner.OPTIONS, "device_id": int, "prefer_nhwc": bool, "conv_algo_search": str,
+               "fuse_conv_bias": bool, "cuda_graph": bool, "graph_cache": int, "tf32": bool}
 
     def _load(self) -> None:
-        check_options(self.name, self.options, self.OPTIONS)
         self.device_id = int(self.options.get("device_id", 0))
         self._graph_mode = bool(self.options.get("cuda_graph", False))
         capacity = int(self.options.get("graph_cache", 8))
@@ -365,7 +363,8 @@ class OrtDeviceRunner(DeviceRunner, OrtRunner):
 
 class OrtCudaRunner(OrtDeviceRunner):
     name = "ort-cuda"
-    install_hint = "onnxruntime-gpu"
+    install_hint = "onnxruntime-gpu with a CUDA device (pip install onnxruntime-gpu)"
+    uses_gpu = True
     execution_provider = CUDA
 
     @classmethod

@@ -25,6 +25,7 @@ class OrtRunner(Runner):
     is loaded (`_load_graph`) and run; the session building and the fallback's fp32 graph are shared."""
 
     execution_provider = CPU  # ort_session.CPU or ort_session.CUDA
+    OPTIONS = {"threads": int, "spinning": bool, "optimization": str, "fp16_guard": bool}
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -83,7 +84,8 @@ class OrtRunner(Runner):
 
 class OrtCpuRunner(OrtRunner):
     name = "ort-cpu"
-    install_hint = "onnxruntime"
+    install_hint = "onnxruntime (pip install onnxruntime)"
+    stream_threads = True
 
     def _load(self) -> None:
         # An int8 graph whose products saturate on this CPU runs, but out of parity: refuse it up front,

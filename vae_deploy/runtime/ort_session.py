@@ -155,7 +155,7 @@ def build_session(source: str | bytes, spec: GraphSpec, model_file: Path, *, bac
         if not wrap_errors:
             raise
         error = MissingBackendError if provider == CUDA else ModelFormatError
-        raise error(f"onnxruntime ({backend}) cannot load {where}: {first_line(exc)}") from None
+        raise error(f"onnxruntime ({backend}) cannot load {where}: {first_line(exc)}") from exc
     check_names(spec, model_file, session)
     if provider == CUDA and CUDA not in session.get_providers():
         # ORT falls back to CPU when the CUDA libraries fail to load; a CUDA backend must not.

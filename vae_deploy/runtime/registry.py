@@ -1,8 +1,11 @@
 """Backends by name, imported lazily: "module:Class" strings, so listing or choosing a backend never
 imports onnxruntime, TensorRT or torch until that backend is used (Polygraphy's lazy imports).
 
-Every backend is one `register_backend` line at the end of this module; DEFAULT_BACKEND is the one the
-commands use unless told otherwise.
+Every backend is one `register_backend` line at the end of this module; what else the package needs to know
+about it (its options, install hint, whether it uses a GPU, its streaming thread default) its Runner class
+declares (runtime/runner.py). Runner modules import their heavy library only when a runner is built, so
+`runner_class` can read those declarations on any install. DEFAULT_BACKEND is the one the commands use
+unless told otherwise.
 """
 
 from __future__ import annotations
@@ -23,48 +26,50 @@ DEFAULT_BACKEND = "ort-cpu"
 class Backend:
     name: str
     target: str  # "package.module:Class"
-    install_hint: str  # what to install when it is missing
     description: str = ""
 
 
 BACKENDS: dict[str, Backend] = {}
 
 
-def register_backend(name: str, target: str, install_hint: str, description: str = "") -> None:
-    BACKENDS[name] = Backend(name, target, install_hint, description)
+def register_backend(name: str, target: str, description: str = "") -> None:
+    BACKENDS[name] = Backend(name, target, description)
 
 
-def _import(backend: Backend) -> type[Runner]:
-    module_name, _, class_name = backend.target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise MissingBackendError(_missing(backend, str(exc))) from None
-    except Exception as exc:  # noqa: BLE001 - a broken install fails any way (OSError for a missing .so, ...)
-        raise MissingBackendError(_missing(backend, f"its import failed ({type(exc).__name__}: {exc})")
-                                  ) from None
-    return getattr(module, class_name)
-
-
-def _missing(backend: Backend, reason: str) -> str:
-    others = [n for n in available_backends() if n != backend.name]
-    return (f"backend {backend.name!r} is not available: {reason}; install {backend.install_hint} "
-            f"(available here: {', '.join(others) or 'none'})")
-
-
-def get_backend(name: str) -> type[Runner]:
-    """The runner class for `name`; MissingBackendError says what to install and what is available."""
+def runner_class(name: str) -> type[Runner]:
+    """The runner class registered as `name`, whether or not it can run here (what it declares: uses_gpu,
+    OPTIONS, stream_threads, install_hint). An unknown name is a MissingBackendError listing the known."""
     backend = BACKENDS.get(name)
     if backend is None:
         raise MissingBackendError(f"unknown backend {name!r} (known: {', '.join(BACKENDS)}; available here: "
                                   f"{', '.join(available_backends()) or 'none'})")
-    cls = _import(backend)
+    module_name, _, class_name = backend.target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:  # noqa: BLE001 - a broken install fails any way (OSError for a missing .so, ...)
+        raise MissingBackendError(_missing(name, f"its module {module_name} failed to import "
+                                                 f"({type(err).__name__}: {err}); reinstall vae-deploy")
+                                  ) from err
+    return getattr(module, class_name)
+
+
+def _missing(name: str, reason: str, install_hint: str = "") -> str:
+    others = [n for n in available_backends() if n != name]
+    install = f"; install {install_hint}" if install_hint else ""
+    return (f"backend {name!r} is not available: {reason}{install} "
+            f"(available here: {', '.join(others) or 'none'})")
+
+
+def get_backend(name: str) -> type[Runner]:
+    """The runner class for `name`, usable here; MissingBackendError says what to install and what is
+    available."""
+    cls = runner_class(name)
     try:
         reason = cls.unavailable_reason()
-    except Exception as exc:  # noqa: BLE001 - probing a broken library (e.g. torch importing lazily here)
-        reason = f"probing it failed ({type(exc).__name__}: {exc})"
+    except Exception as err:  # noqa: BLE001 - probing a broken library (e.g. torch importing lazily here)
+        reason = f"probing it failed ({type(err).__name__}: {err})"
     if reason:
-        raise MissingBackendError(_missing(backend, reason))
+        raise MissingBackendError(_missing(name, reason, cls.install_hint))
     return cls
 
 
@@ -92,17 +97,12 @@ def load_runner(model_dir: Path | str, backend: str = DEFAULT_BACKEND, **options
 
 
 register_backend("ort-cpu", "vae_deploy.runtime.ort_runner:OrtCpuRunner",
-                 "onnxruntime (pip install onnxruntime)", "ONNX Runtime, CPU execution provider")
+                 "ONNX Runtime, CPU execution provider")
 register_backend("ort-cuda", "vae_deploy.runtime.ort_cuda:OrtCudaRunner",
-                 "onnxruntime-gpu with a CUDA device (pip install onnxruntime-gpu)",
                  "ONNX Runtime, CUDA execution provider")
 register_backend("torch", "vae_deploy.runtime.torch_runner:TorchRunner",
-                 "the PyTorch side (pip install 'vae-deploy[train]')",
                  "the PyTorch model from the folder's reference/ checkpoint: the parity reference")
 register_backend("torch-cuda", "vae_deploy.runtime.torch_cuda_runner:TorchCudaRunner",
-                 "PyTorch with CUDA and an NVIDIA GPU (pip install 'vae-deploy[train]' with a CUDA torch)",
                  "the PyTorch model on the GPU, eager or torch.compile'd (the verified GPU fast path)")
 register_backend("tensorrt", "vae_deploy.runtime.tensorrt_runner:TensorRTRunner",
-                 "TensorRT 10.x or 11.x and an NVIDIA GPU (pip install 'tensorrt>=10,<12'; engines from "
-                 "`vae-deploy export --engine`)",
                  "TensorRT engines from the model folder's engines/ cache (unverified in this project's CI)")

@@ -5,7 +5,12 @@ streaming state; a backend implements only `_load()` (build sessions/engines), `
 `_close()`. Arrays are numpy at this boundary; GPU backends keep device buffers inside
 (runtime/device_runner.py). The checks that backends with their own plumbing reuse are public functions
 here: named_inputs, check_outputs, check_held_state (a stream's state against the next chunk) and
-check_options (unknown runner options).
+check_options (unknown or ill-typed runner options).
+
+What the rest of the package needs to know about a backend is declared on its class, in one place, so that
+adding a backend is its module and one registry line: OPTIONS (the options it takes, checked here before
+`_load`), uses_gpu (the Ray engine gives its actors a GPU), stream_threads (the streaming commands give it a
+thread count: `thread_options`) and install_hint (what the registry says to install).
 
 Layout: whatever the graph spec says (images NCHW float32 in [0, 1] for the MLP, video NTCHW); latents as
 the encoder's first output.
@@ -37,10 +42,18 @@ class Runner:
     """Base class: create from a model folder, call `encode`/`decode`, `open_stream()`, `close()`."""
 
     name = "base"  # registry name of the backend
-    install_hint = ""  # what to install when the backend is missing
+    install_hint = ""  # what to install when the backend is missing (the registry's error names it)
+    uses_gpu = False  # runs on a GPU: each Ray actor of encode-dataset then asks for one
+    # Whether the streaming commands set its thread count when --threads is left out: ONNX Runtime's own
+    # default (a spinning thread per core) fights the reading and writing stages for the cores.
+    stream_threads = False
+    # The options a backend takes, name -> type (or tuple of types); others are refused before _load, so a
+    # misspelled option (threds=1) is an error, not silently ignored.
+    OPTIONS: Mapping[str, type | tuple[type, ...]] = {}
 
     def __init__(self, model_dir: Path | str, manifest: Manifest | None = None, **options: Any):
         self.model_dir = Path(model_dir)
+        check_options(self.name, options, self.OPTIONS)
         # A manifest handed in (export measuring parity before writing manifest.json) is trusted as is.
         self.manifest = manifest if manifest is not None else read_manifest(self.model_dir)
         self.options = options
@@ -53,6 +66,14 @@ class Runner:
     def unavailable_reason(cls) -> str | None:
         """Why this backend cannot run here (missing library or device), or None. Must be cheap."""
         return None
+
+    @classmethod
+    def thread_options(cls, threads: int | None, cpus: int) -> dict[str, int]:
+        """Runner options for streaming: `threads` when given; else, for a backend with `stream_threads`,
+        `cpus` (the CPUs the caller leaves this runner, at least 1); else none (the backend's own choice)."""
+        if threads is not None:
+            return {"threads": threads}
+        return {"threads": max(1, cpus)} if cls.stream_threads else {}
 
     def _load(self) -> None:
         raise NotImplementedError
@@ -220,11 +241,19 @@ class Stream:
         return next(iter(self.step("decoder", chunk).values()))
 
 
-def check_options(backend: str, options: Mapping[str, Any], known: Sequence[str]) -> None:
-    """Refuse runner options a backend does not know (a typo would otherwise be ignored silently)."""
+def check_options(backend: str, options: Mapping[str, Any], known: Mapping[str, type | tuple[type, ...]]
+                  ) -> None:
+    """Refuse runner options a backend does not know (a typo would otherwise be ignored silently) and values
+    of another type, in one line naming the valid options."""
     unknown = sorted(set(options) - set(known))
     if unknown:
-        raise ConfigError(f"{backend}: unknown option(s) {', '.join(unknown)} (known: {', '.join(known)})")
+        raise ConfigError(f"{backend}: unknown option {', '.join(map(repr, unknown))} (valid options: "
+                          f"{', '.join(known) or 'none'})")
+    for name, value in options.items():
+        if not isinstance(value, known[name]):
+            types = known[name] if isinstance(known[name], tuple) else (known[name],)
+            raise ConfigError(f"{backend}: option {name!r} must be {' or '.join(t.__name__ for t in types)}, "
+                              f"got {type(value).__name__} {value!r}")
 
 
 def check_held_state(spec: GraphSpec, env: dict[str, int], held: Sequence[tuple[int, ...]]) -> None:

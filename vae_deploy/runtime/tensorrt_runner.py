@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from vae_deploy.errors import ConfigError, InputShapeError, MissingBackendError, ModelFormatError
+from vae_deploy.errors import InputShapeError, MissingBackendError, ModelFormatError
 from vae_deploy.runtime import cuda_device
 from vae_deploy.runtime.device_runner import DeviceRunner, DeviceState
 from vae_deploy.runtime.engine_cache import (
@@ -52,7 +52,6 @@ from vae_deploy.runtime.fp16_guard import Fp16Guard, inspect_arrays
 from vae_deploy.runtime.runner import module_available, named_inputs
 from vae_deploy.runtime.spec import GraphSpec
 
-OPTIONS = ("precision", "ranges", "fp16_guard", "device_id")
 SUPPORTED_MAJORS = (10, 11)
 INSTALL = "TensorRT 10 or 11 for your CUDA version (pip install 'tensorrt>=10,<12')"
 
@@ -162,17 +161,15 @@ class _Engine:
 
 class TensorRTRunner(DeviceRunner):
     name = "tensorrt"
-    install_hint = INSTALL
+    install_hint = f"{INSTALL} and an NVIDIA GPU; engines from `vae-deploy export --engine`"
+    uses_gpu = True
+    OPTIONS = {"precision": str, "ranges": dict, "fp16_guard": bool, "device_id": int}
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
         return tensorrt_unavailable_reason()
 
     def _load(self) -> None:
-        unknown = sorted(set(self.options) - set(OPTIONS))
-        if unknown:
-            raise ConfigError(f"{self.name}: unknown option(s) {', '.join(unknown)} (known: "
-                              f"{', '.join(OPTIONS)})")
         trt = import_tensorrt(f"backend {self.name!r}")
         self._trt = trt
         self.device_id = int(self.options.get("device_id", 0))

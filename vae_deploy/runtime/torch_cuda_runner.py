@@ -37,11 +37,8 @@ from vae_deploy.runtime import cuda_device
 from vae_deploy.runtime.device_runner import DeviceRunner, DeviceState
 from vae_deploy.runtime.fp16_guard import Fp16Guard, bad_values
 from vae_deploy.runtime.manifest import REFERENCE_DIR
-from vae_deploy.runtime.runner import check_options, module_available
+from vae_deploy.runtime.runner import module_available
 from vae_deploy.runtime.spec import GraphSpec
-
-OPTIONS = ("precision", "channels_last", "compile", "cuda_graph", "graph_cache", "tf32", "cudnn_benchmark",
-           "fp16_guard", "device_id", "threads", "entry_point")
 
 
 class TorchState(DeviceState):
@@ -69,7 +66,11 @@ class _Captured:
 
 class TorchCudaRunner(DeviceRunner):
     name = "torch-cuda"
-    install_hint = "PyTorch with CUDA (pip install 'vae-deploy[train]' with a CUDA build of torch)"
+    install_hint = "PyTorch with CUDA and an NVIDIA GPU (pip install 'vae-deploy[train]' with a CUDA torch)"
+    uses_gpu = True
+    OPTIONS = {"precision": str, "channels_last": bool, "compile": (bool, str), "cuda_graph": bool,
+               "graph_cache": int, "tf32": bool, "cudnn_benchmark": bool, "fp16_guard": bool,
+               "device_id": int, "threads": int, "entry_point": str}
     # The device logic (state, precision, guard, compile) does not depend on the device; tests run it with
     # device_type "cpu" where there is no GPU (no CUDA graphs there).
     device_type = "cuda"
@@ -86,7 +87,6 @@ class TorchCudaRunner(DeviceRunner):
     def _load(self) -> None:
         import torch
 
-        check_options(self.name, self.options, OPTIONS)
         if self.device_type == "cuda" and not torch.cuda.is_available():
             raise MissingBackendError(f"backend 'torch-cuda' needs a CUDA build of torch and a GPU; this "
                                       f"torch ({torch.__version__}) sees no CUDA device; use --backend torch")

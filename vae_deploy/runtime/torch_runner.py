@@ -18,6 +18,8 @@ from vae_deploy.runtime.runner import Runner, module_available, named_inputs
 class TorchRunner(Runner):
     name = "torch"
     install_hint = "the PyTorch side (pip install 'vae-deploy[train]')"
+    # entry_point: a --from factory the user named (verify --from); the folder alone never picks one
+    OPTIONS = {"threads": int, "entry_point": str}
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -34,13 +36,12 @@ class TorchRunner(Runner):
         except Exception as exc:  # noqa: BLE001 - installed but broken (a missing .so, a half upgrade)
             raise MissingBackendError(f"backend 'torch' is installed but cannot be imported "
                                       f"({type(exc).__name__}: {exc}); reinstall it: {self.install_hint}"
-                                      ) from None
+                                      ) from exc
 
         self._torch = torch
         if "threads" in self.options:
             torch.set_num_threads(int(self.options["threads"]))
         reference = self.model_dir / REFERENCE_DIR
-        # entry_point: a --from factory the user named (verify --from); the folder alone never picks one
         model, config = load_model(reference, entry_point=self.options.get("entry_point"))
         if config["kind"] != self.manifest.kind:
             raise ModelFormatError(f"{reference} holds a {config['kind']!r} model but the manifest says "

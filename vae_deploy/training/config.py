@@ -141,7 +141,7 @@ def load_recipe(path: Path) -> TrainRecipe:
     except ConfigError as exc:
         if str(path) in str(exc):
             raise
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(f"{path}: {exc}") from exc
 
 
 def recipe_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:

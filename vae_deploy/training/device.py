@@ -13,8 +13,8 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown torch device {name!r} (use auto, cpu, cuda or cuda:N)") from None
+    except RuntimeError as err:
+        raise ConfigError(f"unknown torch device {name!r} (use auto, cpu, cuda or cuda:N)") from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MissingBackendError(f"device {name!r} asked for, but torch sees no CUDA GPU here")
     return device

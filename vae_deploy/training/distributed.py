@@ -60,8 +60,8 @@ class World:
             size = int(os.environ.get("WORLD_SIZE", "1"))
             rank = int(os.environ.get("RANK", "0"))
             local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
-        except ValueError:
-            raise ConfigError("WORLD_SIZE, RANK and LOCAL_RANK must be integers (set by torchrun)") from None
+        except ValueError as err:
+            raise ConfigError("WORLD_SIZE, RANK and LOCAL_RANK must be integers (set by torchrun)") from err
         if size < 1 or not 0 <= rank < size:
             raise ConfigError(f"RANK {rank} does not fit WORLD_SIZE {size}")
         if size > 1 and not os.environ.get("MASTER_ADDR"):

@@ -73,6 +73,6 @@ class RunFolder:
             if line.strip():
                 try:
                     records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    raise DataError(f"{self.metrics} line {number} is not JSON") from None
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{self.metrics} line {number} is not JSON") from err
         return records

@@ -75,7 +75,7 @@ def warm_start(model: nn.Module, source_folder: Path) -> None:
     try:
         source, _ = load_model(source_folder)
     except ModelFormatError as exc:
-        raise ModelFormatError(f"train.init_from: {exc} (train the run it names first)") from None
+        raise ModelFormatError(f"train.init_from: {exc} (train the run it names first)") from exc
     model.warm_start_from(source)
 
 
@@ -242,7 +242,7 @@ class Trainer:
             self.optimizer.load_state_dict(stored["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise ConfigError(f"{self.run.state} does not fit the recipe's model: {str(exc).splitlines()[0]}"
-                              ) from None
+                              ) from exc
         _set_rng_state(stored["rng"])
         self.next_epoch = int(stored["epoch"]) + 1
         self.step = int(stored["step"])

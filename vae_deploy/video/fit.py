@@ -130,7 +130,7 @@ class FitPolicy:
         try:
             policy = cls(**data)
         except TypeError as exc:
-            raise DataError(f"the fit record is malformed: {exc}") from None
+            raise DataError(f"the fit record is malformed: {exc}") from exc
         if policy.mode not in FIT_MODES:
             raise DataError(f"unknown fit mode {policy.mode!r} (known: {', '.join(FIT_MODES)})")
         return policy

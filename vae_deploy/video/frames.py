@@ -31,6 +31,7 @@ from vae_deploy.runtime.registry import DEFAULT_BACKEND
 from vae_deploy.runtime.runner import Runner
 from vae_deploy.video.codec import VideoCodec, VideoModelInfo
 from vae_deploy.video.fit import FitPolicy, plan_fit
+from vae_deploy.video.model_open import open_model
 from vae_deploy.video.pipeline import DEFAULT_CHUNK
 
 
@@ -61,8 +62,6 @@ class FrameStream:
     def open(cls, model_dir: Path | str | None, frame_size: tuple[int, int], backend: str = DEFAULT_BACKEND,
              threads: int | None = None, **options) -> FrameStream:
         """A stream on a model folder (None: the packaged default model); closing it closes the runner."""
-        from vae_deploy.video.jobs import open_model
-
         runner = open_model(None if model_dir is None else Path(model_dir), backend, threads)
         try:
             return cls(runner, frame_size, owns_runner=True, **options)

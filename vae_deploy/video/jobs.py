@@ -26,11 +26,11 @@ from vae_deploy.runtime.benchmark import Timing, bench_runner, bench_stream
 from vae_deploy.runtime.latents import LatentReader
 from vae_deploy.runtime.manifest import Manifest, read_manifest
 from vae_deploy.runtime.registry import DEFAULT_BACKEND, load_runner
-from vae_deploy.runtime.runner import Runner
 from vae_deploy.video.codec import VideoModelInfo
 from vae_deploy.video.default_model import DEMO_CLIP, default_model_dir, resolve_model
 from vae_deploy.video.fit import plan_fit
 from vae_deploy.video.io import FrameSource, open_source
+from vae_deploy.video.model_open import open_model, runner_options
 from vae_deploy.video.pipeline import (
     DEFAULT_CHUNK,
     StreamOptions,
@@ -41,7 +41,6 @@ from vae_deploy.video.pipeline import (
     decode_latents,
     encode_video,
     run_video,
-    runner_options,
 )
 from vae_deploy.video.report import DECODED_VIDEO, SOURCE_VIDEO, check_report_dir, model_summary, write_report
 from vae_deploy.video.samples import sample_video_path
@@ -54,11 +53,6 @@ DEMO_OUTPUTS = VideoOutputs(video=Path("reconstruction.mp4"), side_by_side=Path(
 DEMO_METRICS = Path("metrics.json")
 # The source aspect the frame size of a video model's bench stands for: 16:9, the shape of most video.
 BENCH_SOURCE_SIZE = (1920, 1080)
-
-
-def open_model(model: Path | None, backend: str = DEFAULT_BACKEND, threads: int | None = None) -> Runner:
-    """The model folder (None: the packaged default model) with `backend`, set up for streaming."""
-    return load_runner(resolve_model(model), backend, **runner_options(backend, threads))
 
 
 def check_outputs(inputs: dict[str, Path | str | None], model: Path | None,

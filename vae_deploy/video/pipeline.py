@@ -62,20 +62,6 @@ DEFAULT_FPS = 25.0  # output frame rate when the source does not say (an image f
 Progress = Callable[[int], None]  # called with the number of frames finished so far
 
 
-def runner_options(backend: str, threads: int | None = None) -> dict:
-    """Runner options for streaming with `backend`; `threads` None picks the pipeline's default.
-
-    ort-cpu gets one intra-op thread fewer than the machine has CPUs (at least one): the reading and
-    writing stages need a core too, and ORT's default (a spinning thread per core) fighting them for it ran
-    a chunk about 2x slower than one thread on the 2-core machine of benchmarks/results/pipeline_speed.md.
-    """
-    if threads is not None:
-        return {"threads": threads}
-    if backend == "ort-cpu":
-        return {"threads": max(1, (os.cpu_count() or 2) - 1)}
-    return {}
-
-
 @dataclass
 class StreamOptions:
     chunk: int = DEFAULT_CHUNK  # frames per model call; a multiple of the model's temporal factor
@@ -574,7 +560,7 @@ def open_latents(path: Path | LatentReader, info: VideoModelInfo) -> LatentReade
     try:
         policy = FitPolicy.from_dict(header.fit)
     except DataError as exc:
-        raise DataError(f"{path} has a bad header: fit: {exc}") from None
+        raise DataError(f"{path} has a bad header: fit: {exc}") from exc
     if policy.channels != info.channels:
         raise DataError(f"{path} has a bad header: fit.channels is {policy.channels}, this model takes "
                         f"{info.channels}")
@@ -603,7 +589,7 @@ def _check_sizes(path: Path, header: LatentHeader, policy: FitPolicy, info: Vide
     try:
         planned = plan_fit((w, h), policy.short_side, info.spatial_factor, info.channels, policy.mode)
     except VaeDeployError as exc:
-        raise DataError(f"{path} has a bad header: {exc}") from None
+        raise DataError(f"{path} has a bad header: {exc}") from exc
     if (planned.content_size, planned.model_size) != (policy.content_size, policy.model_size):
         asked = f"short side {policy.short_side}" if policy.short_side else "the source's own size"
         raise DataError(f"{path} has a bad header: a {w}x{h} source at {asked} ({policy.mode}) is fitted to "

@@ -96,8 +96,8 @@ def register_task(cls: type[Task]) -> type[Task]:
 def get_task(kind: str) -> type[Task]:
     try:
         return TASKS[kind]
-    except KeyError:
-        raise ConfigError(f"unknown data kind {kind!r} (known: {', '.join(sorted(TASKS))})") from None
+    except KeyError as err:
+        raise ConfigError(f"unknown data kind {kind!r} (known: {', '.join(sorted(TASKS))})") from err
 
 
 def build_task(kind: str, config: Any, train: Any, device: torch.device) -> Task:

@@ -1,0 +1,28 @@
+"""Opening a model folder for streaming: the packaged default model when none is named, with the backend's
+streaming options. Below video/jobs.py (the commands as functions), so that FrameStream and the batch
+workers open a model as the commands do without importing the commands."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from vae_deploy.runtime.registry import DEFAULT_BACKEND, load_runner, runner_class
+from vae_deploy.runtime.runner import Runner
+from vae_deploy.video.default_model import resolve_model
+
+
+def runner_options(backend: str, threads: int | None = None) -> dict:
+    """Runner options for streaming with `backend`; `threads` None picks the pipeline's default.
+
+    A backend that declares `stream_threads` (ort-cpu) gets one intra-op thread fewer than the machine has
+    CPUs (at least one): the reading and writing stages need a core too, and ORT's default (a spinning
+    thread per core) fighting them for it ran a chunk about 2x slower than one thread on the 2-core machine
+    of benchmarks/results/pipeline_speed.md.
+    """
+    return runner_class(backend).thread_options(threads, (os.cpu_count() or 2) - 1)
+
+
+def open_model(model: Path | None, backend: str = DEFAULT_BACKEND, threads: int | None = None) -> Runner:
+    """The model folder (None: the packaged default model) with `backend`, set up for streaming."""
+    return load_runner(resolve_model(model), backend, **runner_options(backend, threads))
