@@ -1,6 +1,7 @@
 """The CLI is the top layer and thin: nothing below it imports it, and the options every command shares are
 defined once (cli/options.py), so a backend option always offers every registered backend and the same
-default."""
+default. The layer rule for every other layer is tests/test_layers.py; this file also covers benchmarks/
+and scripts/, which must not import the CLI either."""
 
 from __future__ import annotations
 
