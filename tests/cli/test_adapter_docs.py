@@ -18,7 +18,7 @@ from cli_support import assert_one_line_error, invoke_main
 from cli_support import cli_process as cli
 from safetensors.torch import save_file
 
-from vae_deploy.models.adapters.contract import ENTRY_POINT_KIND
+from vae_deploy.models.families import ENTRY_POINT_KIND
 from vae_deploy.video.samples import sample_video_path
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "adapters.md"

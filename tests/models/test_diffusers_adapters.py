@@ -26,6 +26,7 @@ from vae_deploy.models.adapters import (
 from vae_deploy.models.adapters.contract import check_contract
 from vae_deploy.models.adapters.diffusers_kl import wrap as wrap_kl
 from vae_deploy.models.adapters.diffusers_tiny import wrap as wrap_tiny
+from vae_deploy.models.registry import build_model
 
 TOL = 1e-5  # our graph-ready computation against diffusers' public API, and chunked against whole, in fp32
 ONNX_TOL = 1e-4
@@ -111,7 +112,7 @@ def test_loaded_model_keeps_the_contract_with_the_configs_sizes(loaded, name):
                           "tiny": "diffusers-autoencoder-tiny"}[name]
     assert (model.in_channels, model.latent_channels) == (3, theirs.config.latent_channels)
     assert model.spatial_factor == (8 if name == "tiny" else 2)  # tiny: TAESD's 4 stages; KL: 2 blocks
-    assert not model.causal and model.temporal_factor == 1
+    assert not model.traits.causal and model.temporal_factor == 1
     assert model.has_logvar == (name != "tiny")
     video, _ = _inputs(model)
     with torch.no_grad():
@@ -127,7 +128,7 @@ def test_encode_and_decode_equal_diffusers_public_api(loaded, name):
     with torch.no_grad():
         ours = model.encode(video)
         decoded = model.decode(z)
-        refs = model.reference_encoder(video), model.reference_decoder(z)
+        refs = model.reference_encode(video), model.reference_decode(z)
         if name == "tiny":
             want = (theirs.encode(frames * 2 - 1).latents,)
         else:
@@ -231,7 +232,7 @@ def test_build_inner_from_the_config_rebuilds_the_loaded_model(loaded):
     for name in NAMES:
         model, _ = loaded[name]
         config = AdapterConfig(class_name=model.config.class_name, config=model.config.config)
-        rebuilt = AdaptedVAE(config).eval()
+        rebuilt = build_model(model.kind, config).eval()  # the kind's record: what a checkpoint does
         rebuilt.load_state_dict(model.state_dict())
         video, z = _inputs(model)
         with torch.no_grad():

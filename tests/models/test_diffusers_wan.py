@@ -20,6 +20,7 @@ from torch import nn
 from vae_deploy.errors import ConfigError, InputShapeError
 from vae_deploy.models.adapters import AdaptedVAE, AdapterConfig, load_diffusers_folder
 from vae_deploy.models.adapters.diffusers_wan import wrap
+from vae_deploy.models.registry import build_model
 from vae_deploy.runtime.spec import SymDim, as_dim, eval_dim
 
 TOL = 1e-5  # streamed PyTorch against diffusers' public API, fp32
@@ -118,7 +119,7 @@ def _stream_decode(model: AdaptedVAE, z: torch.Tensor, chunks: list[int]) -> tor
 @pytest.mark.parametrize("name", NAMES)
 def test_loaded_wan_keeps_the_causal_contract_with_the_configs_factors(loaded, name):
     model, theirs = loaded[name]
-    assert model.kind == "diffusers-autoencoder-kl-wan" and model.causal
+    assert model.kind == "diffusers-autoencoder-kl-wan" and model.traits.causal
     assert (model.in_channels, model.latent_channels) == (3, 4)
     assert model.spatial_factor == {"wan2.1": 8, "wan2.2": 16}[name] == theirs.config.scale_factor_spatial
     assert (model.temporal_factor, model.first_frames) == (4, 1)
@@ -144,7 +145,7 @@ def test_nearest_replaces_nearest_exact_and_changes_no_output(loaded):
         model, theirs = loaded[name]
         video, z = _inputs(model)
         with torch.no_grad():
-            ours = model.reference_decoder(z)[0]
+            ours = model.reference_decode(z)[0]
         assert _max_abs(ours, _theirs(theirs, video, z)[2]) == 0.0, name
 
 
@@ -180,8 +181,8 @@ def test_adapted_encode_and_decode_of_a_clip_equal_the_references(loaded, name):
     with torch.no_grad():
         mean, logvar = model.encode(video)
         frames = model.decode(z)
-        ref_mean, ref_logvar = model.reference_encoder(video)
-        (ref_frames,) = model.reference_decoder(z)
+        ref_mean, ref_logvar = model.reference_encode(video)
+        (ref_frames,) = model.reference_decode(z)
     err = {"mean": _max_abs(mean, want_mean), "logvar": _max_abs(logvar, want_logvar),
            "frames": _max_abs(frames, want_frames), "reference mean": _max_abs(ref_mean, want_mean),
            "reference logvar": _max_abs(ref_logvar, want_logvar),
@@ -315,7 +316,8 @@ def test_onnx_graphs_of_the_four_methods_stream_like_diffusers_at_two_sizes(load
 def test_build_inner_from_the_config_rebuilds_the_loaded_model(loaded):
     for name in NAMES:
         model, _ = loaded[name]
-        rebuilt = AdaptedVAE(AdapterConfig(class_name="AutoencoderKLWan", config=model.config.config)).eval()
+        config = AdapterConfig(class_name="AutoencoderKLWan", config=model.config.config)
+        rebuilt = build_model(model.kind, config).eval()  # the kind's record: what a checkpoint does
         rebuilt.load_state_dict(model.state_dict())
         video, z = _inputs(model)
         with torch.no_grad():

@@ -22,6 +22,7 @@ import typer
 
 from vae_deploy.cli.options import ParityBackendOption
 from vae_deploy.errors import ConfigError
+from vae_deploy.models.families import family_names  # torch-free: the help lists the table itself
 from vae_deploy.runtime.registry import DEFAULT_BACKEND
 
 
@@ -29,8 +30,8 @@ def export(
     out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
     source: Annotated[Path | None, typer.Argument(
         help="What to export: a training run or checkpoint folder (model.safetensors + config.json), or a "
-             "local diffusers model folder (AutoencoderKL, AutoencoderTiny, AutoencoderKLWan; a pipeline "
-             "folder's vae/ is found too).", show_default=False)] = None,
+             f"local diffusers model folder ({family_names()}; a pipeline folder's vae/ is found too).",
+        show_default=False)] = None,
     entry_point: Annotated[str | None, typer.Option(
         "--from", help="Instead of SOURCE: package.module:factory returning a torch module that keeps the "
                        "adapter contract (docs/adapters.md).")] = None,

@@ -1,12 +1,13 @@
-"""Graph specs per model kind: a registry kind -> function(model config) -> {"encoder": GraphSpec, ...}.
+"""Graph specs per model kind: a kind's record (models/registry.py `ModelKind.specs`) names one of the spec
+builders registered here, function(kind, model config, model) -> {"encoder": GraphSpec, ...}.
 
 The dataclasses themselves (TensorSpec, StateSpec, GraphSpec, Tolerance) live in runtime/spec.py because
 the manifest carries them to a torch-free runtime; this module decides what each model kind's graphs are.
 
-Two builders:
-- `mlp_specs`: the seed VAE. encoder: images (batch, 1, 28, 28) -> mu, logvar (batch, latent);
+Two builders, registered by name (models name them, never import them: export is above models):
+- "mlp", `mlp_specs`: the seed VAE. encoder: images (batch, 1, 28, 28) -> mu, logvar (batch, latent);
   decoder: z (batch, latent) -> images. No state.
-- `streaming_video_specs`: any video model with the step form (models/streaming.py), i.e. exposing
+- "video", `streaming_video_specs`: any video model with the step form (models/streaming.py), i.e. exposing
   `encode_step(chunk, *past) -> (mu, logvar, *present)`, `decode_step(z, *past) -> (frames, *present)`,
   `encoder_state_shapes(batch, height, width)`, `decoder_state_shapes(batch, latent_h, latent_w)`,
   `spatial_factor`, `temporal_factor`, `latent_channels` and `in_channels`. The state shapes are
@@ -27,27 +28,24 @@ __all__ = ["GraphSpec", "StateSpec", "SymDim", "TensorSpec", "Tolerance", "graph
 # (kind, model config, the model when the caller has it built already) -> graphs
 SpecBuilder = Callable[[str, Any, Any], dict[str, GraphSpec]]
 
-SPEC_BUILDERS: dict[str, SpecBuilder] = {}
+SPEC_BUILDERS: dict[str, SpecBuilder] = {}  # the name a ModelKind's `specs` gives -> builder
 GRAPH_NAMES = ("encoder", "decoder")  # every model; first-rule models add encoder_first, decoder_first
 FIRST_GRAPH_NAMES = ("encoder_first", "decoder_first")
 
 
-def register_spec(kind: str, builder: SpecBuilder) -> None:
-    SPEC_BUILDERS[kind] = builder
+def register_spec(name: str, builder: SpecBuilder) -> None:
+    SPEC_BUILDERS[name] = builder
 
 
 def graph_specs(kind: str, config: Any, model: Any = None) -> dict[str, GraphSpec]:
     """The graph specs of model kind `kind` with config `config` (`model`: that model, if built already)."""
-    builder = SPEC_BUILDERS.get(kind)
-    if builder is None:
-        # An external VAE (models/adapters/) is a video model with the step form like our own designs.
-        # Registered here, not at import, so that this module imports without torch.
-        from vae_deploy.models.adapters import ADAPTER_KINDS
+    # The kinds' table imports torch, so it is read here, not at import: this module imports without torch.
+    from vae_deploy.models.registry import model_kinds
 
-        if kind in ADAPTER_KINDS:
-            builder = streaming_video_specs
+    record = model_kinds().get(kind) if isinstance(kind, str) else None
+    builder = SPEC_BUILDERS.get(record.specs) if record is not None else None
     if builder is None:
-        known = ", ".join(sorted(SPEC_BUILDERS))
+        known = ", ".join(sorted(k for k, r in model_kinds().items() if r.specs in SPEC_BUILDERS))
         raise ConfigError(f"no export spec for model kind {kind!r} (known: {known})")
     specs = builder(kind, config, model)
     if tuple(specs)[:2] != GRAPH_NAMES or not set(tuple(specs)[2:]) <= set(FIRST_GRAPH_NAMES):
@@ -74,7 +72,7 @@ def mlp_specs(kind: str, config: Any, model: Any = None) -> dict[str, GraphSpec]
     return {"encoder": encoder, "decoder": decoder}
 
 
-register_spec("mlp", mlp_specs)
+register_spec("mlp", mlp_specs)  # models/mlp.py's kind names it
 
 
 # ---------------------------------------------------------------- video models with the step form
@@ -169,5 +167,4 @@ def streaming_video_specs(kind: str, config: Any, model: Any = None) -> dict[str
     return specs
 
 
-for _kind in ("frame", "temporal", "causal3d"):  # the video kinds of issue 4 (models/frame.py, ...)
-    register_spec(_kind, streaming_video_specs)
+register_spec("video", streaming_video_specs)  # every kind with the step form, adapted VAEs too

@@ -44,6 +44,7 @@ from vae_deploy.models.frame import (
     level_widths,
     require_frame_vae,
 )
+from vae_deploy.models.registry import ModelKind, register_kind
 from vae_deploy.models.streaming import VideoVAE
 
 TEMPORAL_FACTORS = (1, 2, 4)
@@ -274,3 +275,6 @@ class Causal3DVAE(VideoVAE):
         present: list[torch.Tensor] = []
         frames = self.decoder(z, iter(past), present)
         return (frames, *present)
+
+
+register_kind(ModelKind("causal3d", Causal3DVAEConfig, Causal3DVAE, specs="video"))  # the streaming step form

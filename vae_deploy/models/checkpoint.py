@@ -46,7 +46,7 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelFormatError(f"{path} is not a readable safetensors file: {exc}") from None
+        raise ModelFormatError(f"{path} is not a readable safetensors file: {exc}") from exc
 
 
 def read_metadata(path: Path) -> dict[str, str]:
@@ -78,7 +78,7 @@ def read_config(folder: Path, config_name: str = CONFIG_FILE) -> dict[str, Any]:
     try:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelFormatError(f"{path} is not valid JSON: {exc}") from None
+        raise ModelFormatError(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(config, dict) or config.get("format") != CHECKPOINT_FORMAT:
         raise ModelFormatError(f"{path} is not a vae-deploy checkpoint config")
     if config.get("version") != CHECKPOINT_VERSION:
@@ -100,7 +100,7 @@ def load_model(folder: Path, weights_name: str = WEIGHTS_FILE, config_name: str 
     try:
         model = build_model(config["kind"], config.get("model", {}), entry_point=entry_point)
     except ConfigError as exc:
-        raise ConfigError(f"{folder / config_name}: {exc}") from None
+        raise ConfigError(f"{folder / config_name}: {exc}") from exc
     weights = load_tensors(folder / weights_name)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in weights.items()}

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from vae_deploy.errors import ConfigError
+from vae_deploy.models.registry import ModelKind, register_kind
 from vae_deploy.models.streaming import VideoVAE
 
 # Activation by name (configs are plain data); all are elementwise, so streaming is unaffected.
@@ -197,3 +198,6 @@ class FrameVAE(VideoVAE):
         self.check_latents(z)
         self.check_state(past, [], "decoder")
         return (per_frame(self.decoder, z),)
+
+
+register_kind(ModelKind("frame", FrameVAEConfig, FrameVAE, specs="video"))  # the streaming step form

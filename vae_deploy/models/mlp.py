@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from vae_deploy.models.noise import eps_like
+from vae_deploy.models.registry import ModelKind, register_kind
 
 
 @dataclass
@@ -80,3 +81,6 @@ class MLPVAE(nn.Module):
         mu, logvar = self.encode(x)
         z = self.reparameterize(mu, logvar)
         return self.decode(z), mu, logvar
+
+
+register_kind(ModelKind("mlp", MLPVAEConfig, MLPVAE, specs="mlp"))  # images in, flat latents out

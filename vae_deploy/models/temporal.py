@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from vae_deploy.models.frame import FrameDecoder, FrameEncoder, FrameVAEConfig, per_frame, require_frame_vae
+from vae_deploy.models.registry import ModelKind, register_kind
 from vae_deploy.models.streaming import VideoVAE
 
 
@@ -182,3 +183,6 @@ class TemporalVAE(VideoVAE):
         self.check_state(past, self.decoder_state_shapes(z.shape[0], z.shape[3], z.shape[4]), "decoder")
         refined, *present = self.temporal(z, *past)
         return (per_frame(self.decoder, refined), *present)
+
+
+register_kind(ModelKind("temporal", TemporalVAEConfig, TemporalVAE, specs="video"))  # the streaming step form

@@ -14,6 +14,9 @@ from vae_deploy.errors import MissingBackendError, ModelFormatError
 from vae_deploy.runtime.manifest import REFERENCE_DIR
 from vae_deploy.runtime.runner import Runner, module_available, named_inputs
 
+# The adapter contract's whole-clip reference hooks (models/adapters/contract.py ReferenceHooks), by graph.
+REFERENCE_HOOKS = {"encoder": "reference_encode", "decoder": "reference_decode"}
+
 
 class TorchRunner(Runner):
     name = "torch"
@@ -57,9 +60,10 @@ class TorchRunner(Runner):
 
     def full_sequence(self, graph: str, inputs) -> dict[str, np.ndarray]:
         """A model with its own whole-clip computation (an adapted diffusers model's `vae.encode(x)`,
-        models/adapters/contract.py `reference_<graph>`) is the reference for whole clips; the rest go the
+        models/adapters/contract.py `ReferenceHooks`) is the reference for whole clips; the rest go the
         Runner's way (one step from the zero state, or the first rule then one step)."""
-        own = getattr(self.model, f"reference_{graph}", None)
+        hook = REFERENCE_HOOKS.get(graph, "")
+        own = getattr(self.model, hook, None) if hook else None
         if own is None:
             return super().full_sequence(graph, inputs)
         torch = self._torch
@@ -74,7 +78,7 @@ class TorchRunner(Runner):
             result = (result,)
         names = [t.name for t in spec.outputs]
         if len(result) != len(names):
-            raise ModelFormatError(f"{self.manifest.kind}.reference_{graph} returned {len(result)} tensors, "
+            raise ModelFormatError(f"{self.manifest.kind}.{hook} returned {len(result)} tensors, "
                                    f"the {graph} graph has {len(names)} data outputs ({', '.join(names)})")
         return {n: t.numpy() for n, t in zip(names, result, strict=True)}
 

@@ -1,56 +1,36 @@
-"""External VAEs: the families vae-deploy adapts, one module each, and how a source folder or an entry point
-becomes an `AdaptedVAE` (contract.py).
+"""External VAEs: how a diffusers folder or a `--from` entry point becomes an `AdaptedVAE` (contract.py), and
+the registration of their model kinds from the family table (models/families.py).
 
-A family module (diffusers_kl.py, ...) exposes `wrap(diffusers_model) -> module keeping the contract`;
-this table maps a diffusers config's `_class_name` to it. The next family is one more module and one more
-row. diffusers is imported only here, when a diffusers model is built or loaded (the `diffusers` extra).
-Weights load from local files only: nothing is ever downloaded.
+A family module (diffusers_kl.py, ...) exposes `wrap(diffusers_model) -> module keeping the contract`; the
+table maps a diffusers config's `_class_name` to it. diffusers is imported only here, when a diffusers
+model is built or loaded (the `diffusers` extra). Weights load from local files only: nothing is ever
+downloaded.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 from torch import nn
 
 from vae_deploy.errors import ConfigError, MissingBackendError, ModelFormatError, VaeDeployError
-from vae_deploy.models.adapters.contract import (
-    ENTRY_POINT_KIND,
-    AdaptedVAE,
-    AdapterConfig,
-    call_factory,
-    check_contract,
-)
+from vae_deploy.models.adapters.contract import AdaptedVAE, AdapterConfig
+from vae_deploy.models.families import ADAPTER_KINDS, ENTRY_POINT_KIND, FAMILIES, Family, family_names
+from vae_deploy.models.registry import ModelKind, register_kind
 
 DIFFUSERS_HINT = "pip install 'vae-deploy[diffusers]'"
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
 
-@dataclass(frozen=True)
-class Family:
-    class_name: str  # diffusers' class, as config.json's _class_name spells it
-    kind: str  # the model kind manifests and checkpoints record
-    module: str  # the module whose wrap() adapts it
-
-
-FAMILIES = {f.class_name: f for f in (
-    Family("AutoencoderKL", "diffusers-autoencoder-kl", "vae_deploy.models.adapters.diffusers_kl"),
-    Family("AutoencoderTiny", "diffusers-autoencoder-tiny", "vae_deploy.models.adapters.diffusers_tiny"),
-    Family("AutoencoderKLWan", "diffusers-autoencoder-kl-wan", "vae_deploy.models.adapters.diffusers_wan"),
-)}
-ADAPTER_KINDS = tuple(f.kind for f in FAMILIES.values()) + (ENTRY_POINT_KIND,)
-
-
 def family(class_name: str, where: str) -> Family:
     try:
         return FAMILIES[class_name]
-    except (KeyError, TypeError):  # TypeError: a config.json whose _class_name is a list or an object
+    except (KeyError, TypeError) as err:  # TypeError: a config.json whose _class_name is a list or an object
         raise ConfigError(f"{where} holds a {class_name!r}, which vae-deploy does not adapt (supported: "
-                          f"{', '.join(sorted(FAMILIES))}; others through --from package.module:factory)"
-                          ) from None
+                          f"{family_names()}; others through --from package.module:factory)") from err
 
 
 def kind_for(config: AdapterConfig) -> str:
@@ -61,8 +41,8 @@ def _diffusers_class(class_name: str):
     try:
         import diffusers
         from diffusers.utils import logging as diffusers_logging
-    except ImportError:
-        raise MissingBackendError(f"diffusers models need diffusers ({DIFFUSERS_HINT})") from None
+    except ImportError as err:
+        raise MissingBackendError(f"diffusers models need diffusers ({DIFFUSERS_HINT})") from err
     # Its info-level advice (install accelerate, config keys a class ignores) would bury our one-line output.
     diffusers_logging.set_verbosity_error()
     cls = getattr(diffusers, class_name, None)
@@ -74,6 +54,49 @@ def _diffusers_class(class_name: str):
 
 def _wrap(class_name: str, model: nn.Module) -> nn.Module:
     return importlib.import_module(family(class_name, "the config").module).wrap(model)
+
+
+def import_entry_point(spec: str) -> Callable[[], nn.Module]:
+    """"package.module:factory" -> the factory; one ConfigError line for each way it can be wrong."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"--from {spec!r} must be 'package.module:factory'")
+    try:
+        module = importlib.import_module(module_name)
+    except SystemExit as exc:  # sys.exit() in user code must not end the export as if it had succeeded
+        raise ConfigError(f"--from {spec}: importing {module_name} called sys.exit({exc.code!r})") from exc
+    except Exception as exc:  # noqa: BLE001 - any error of the user's module is theirs to see, in one line
+        raise ConfigError(f"--from {spec}: cannot import {module_name} ({type(exc).__name__}: {exc})"
+                          ) from exc
+    factory = module
+    for part in attr.split("."):
+        factory = getattr(factory, part, None)
+        if factory is None:
+            raise ConfigError(f"--from {spec}: {module_name} has no {attr}")
+    if not callable(factory):
+        raise ConfigError(f"--from {spec}: {attr} is not callable")
+    return factory
+
+
+def call_factory(spec: str) -> nn.Module:
+    try:
+        module = import_entry_point(spec)()
+    except ConfigError:
+        raise
+    except SystemExit as exc:  # any code, 0 too: the export has no module, so it failed
+        raise ConfigError(f"--from {spec}: the factory called sys.exit({exc.code!r}) instead of returning a "
+                          f"module") from exc
+    except Exception as exc:  # noqa: BLE001 - the factory is user code
+        raise ConfigError(f"--from {spec}: the factory raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(module, nn.Module):
+        raise ConfigError(f"--from {spec}: the factory returned a {type(module).__name__}, not a torch "
+                          f"module")
+    return module
+
+
+def build_adapted(config: AdapterConfig, entry_point: str | None = None) -> AdaptedVAE:
+    """The registry's builder of every adapter kind (build_model): the wrapped module with fresh weights."""
+    return AdaptedVAE(config, build_inner(config, entry_point), kind_for(config))
 
 
 def build_inner(config: AdapterConfig, entry_point: str | None = None) -> nn.Module:
@@ -142,7 +165,7 @@ def load_diffusers_folder(folder: Path) -> AdaptedVAE:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
         # "Error(s) in loading state_dict for ...:" says nothing alone; its next line names the tensor
         first = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]
-        raise ModelFormatError(f"cannot load {folder} as a diffusers {class_name}: {first}") from None
+        raise ModelFormatError(f"cannot load {folder} as a diffusers {class_name}: {first}") from exc
     _check_weights(weights, info)
     config = AdapterConfig(class_name=class_name, config={k: v for k, v in model.config.items()
                                                           if not k.startswith("_")})
@@ -153,8 +176,8 @@ def load_diffusers_folder(folder: Path) -> AdaptedVAE:
     except (ValueError, TypeError, ArithmeticError) as exc:  # config values the adapter reads: a scaling
         # factor that is no number, a latents_std of 0
         raise ModelFormatError(f"cannot adapt {folder} as a diffusers {class_name}: its config.json has "
-                               f"values vae-deploy cannot use ({type(exc).__name__}: {exc})") from None
-    return AdaptedVAE(config, inner=inner, kind=fam.kind)
+                               f"values vae-deploy cannot use ({type(exc).__name__}: {exc})") from exc
+    return AdaptedVAE(config, inner, fam.kind)
 
 
 def _check_weights(weights: Path, info: dict) -> None:
@@ -178,10 +201,14 @@ def _check_weights(weights: Path, info: dict) -> None:
 
 def load_entry_point(spec: str) -> AdaptedVAE:
     """`--from package.module:factory`: the factory's module (weights and all) as an AdaptedVAE."""
-    inner = call_factory(spec)
-    check_contract(inner, f"--from {spec}")
-    return AdaptedVAE(AdapterConfig(entry_point=spec), inner=inner.eval(), kind=ENTRY_POINT_KIND)
+    return AdaptedVAE(AdapterConfig(entry_point=spec), call_factory(spec).eval(), ENTRY_POINT_KIND)
 
 
-__all__ = ["ADAPTER_KINDS", "AdaptedVAE", "AdapterConfig", "FAMILIES", "build_inner", "diffusers_folder",
-           "kind_for", "load_diffusers_folder", "load_entry_point", "untrusted_entry_point"]
+# One record per adapter kind: the family chosen by the config, the graphs those of the step form.
+for _kind in ADAPTER_KINDS:
+    register_kind(ModelKind(_kind, AdapterConfig, AdaptedVAE, specs="video", build=build_adapted))
+
+
+__all__ = ["ADAPTER_KINDS", "ENTRY_POINT_KIND", "FAMILIES", "AdaptedVAE", "AdapterConfig", "Family",
+           "build_adapted", "build_inner", "call_factory", "diffusers_folder", "kind_for",
+           "load_diffusers_folder", "load_entry_point", "untrusted_entry_point"]

@@ -1,60 +1,18 @@
-"""The adapter contract: how a VAE that vae-deploy did not train enters export, and the wrapper that turns
-any module keeping it into the streaming step form every exporter and runner already handles.
+"""The adapter contract as typed protocols, the one check of it, and the wrapper that turns any module keeping
+it into the streaming step form every exporter and runner already handles.
 
-A module keeps the contract when it has (layout: images NCHW, video NTCHW, float32 in [0, 1] at this
-boundary, whatever range the model uses inside; latents N[T]Chw in the model's raw latent space):
-
-    in_channels: int              image channels (3 for RGB)
-    latent_channels: int
-    spatial_factor: int           frame height and width must be multiples of it; latents are H/s x W/s
-
-  a frame VAE (every frame on its own, no state):
-    encode(images NCHW) -> mean, or (mean, logvar)
-    decode(z NChw) -> images NCHW
-
-  a causal video VAE (frames in order, its cache carried as explicit state tensors):
-    temporal_factor: int          frames per latent frame in the steady state (Wan: 4)
-    first_frames: int             frames the FIRST latent frame covers when the first chunk has its own rule
-                                  (Wan: 1, so clips hold 1 + 4k frames); 0 when every latent frame covers
-                                  temporal_factor frames
-    encoder_state_shapes(batch, height, width) -> [shape, ...]
-    decoder_state_shapes(batch, latent_h, latent_w) -> [shape, ...]
-                                  the steady-state shapes of the past/present tensors, using only + - * //
-                                  on their arguments (export calls them with symbols to record formulas)
-    encode_step(video (N, k*tf, C, H, W), *past) -> (mean, logvar, *present)
-    decode_step(z (N, t, Cl, h, w), *past) -> (video (N, t*tf, C, H, W), *present)
-                                  from zero past tensors when first_frames is 0
-    encode_first(video (N, first_frames, C, H, W)) -> (mean, logvar, *present)     only with first_frames
-    decode_first(z (N, 1, Cl, h, w)) -> (video (N, first_frames, C, H, W), *present)
-                                  the first chunk's rule; `present` has the steady-state shapes, so the
-                                  step that follows takes it as `past`
-
-  optional, either kind:
-    has_logvar: bool = True       False: the encoder gives the mean only (AutoencoderTiny), and the tuples
-                                  above hold no logvar
-    output_clamped: bool = False  True when decoded frames are clamped to [0, 1] (Wan clamps; AutoencoderKL
-                                  does not), so a value outside it is a fault the fp16 guard acts on
-    latent_normalization: dict    {"scale": s, "shift": m}, each a number or one per latent channel: the
-                                  space a diffusion model works in is (z - m) * s (runtime/latent_space.py)
-    reference_encode(video NTCHW) -> mean | (mean, logvar)
-    reference_decode(z NTChw) -> video
-                                  the model's own whole-clip computation (diffusers' `vae.encode(x)`), the
-                                  reference that streamed graphs are checked against; without them the
-                                  reference is the first rule then one step over the rest of the clip
-
-`AdaptedVAE` wraps such a module as a `VideoVAE` (models/streaming.py): a frame VAE becomes a stateless
-video model (frames folded into the batch), a causal one keeps its steps. Its state_dict is the wrapped
-module's under `inner.`, which is what a model folder's reference/ stores, and `AdapterConfig` says how
-to build the wrapped module again without weights (a diffusers class from its config, or the entry point),
-so the PyTorch reference loads like any checkpoint (models/checkpoint.py).
+docs/adapters.md is the user's description of the contract (layouts, tables, a worked example); the
+protocols below are its checked form. A module is either a `FrameVAEModule` (every frame on its own) or a
+`CausalVAEModule` (frames in order, its cache carried as explicit state tensors), the latter with a
+`FirstChunkRule` when `first_frames` > 0. `check_contract` refuses a module that keeps neither, in one line
+naming what it lacks, and reads its `Traits` once; `AdaptedVAE` wraps it as a `VideoVAE`
+(models/streaming.py). This module knows nothing of the diffusers families (models/families.py).
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -62,7 +20,144 @@ from torch import nn
 from vae_deploy.errors import ConfigError, InputShapeError
 from vae_deploy.models.streaming import VideoVAE
 
-ENTRY_POINT_KIND = "entry-point"
+Tensor = torch.Tensor
+
+
+@runtime_checkable
+class VAEModule(Protocol):
+    """What every contract module has. Layout at the boundary: images NCHW, video NTCHW, float32 in [0, 1];
+    latents in the model's raw latent space."""
+
+    in_channels: int  # image channels (3 for RGB)
+    latent_channels: int
+    spatial_factor: int  # frame height and width must be multiples of it; latents are H/s x W/s
+
+
+@runtime_checkable
+class FrameVAEModule(VAEModule, Protocol):
+    """Every frame on its own, no state; vae-deploy folds a clip's frames into the batch."""
+
+    def encode(self, images: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        """(N, C, H, W) -> (mean, logvar), each (N, latent_channels, H/s, W/s); the mean alone when
+        has_logvar is False."""
+
+    def decode(self, z: Tensor) -> Tensor:
+        """(N, latent_channels, h, w) -> images (N, C, h*s, w*s)."""
+
+
+@runtime_checkable
+class CausalVAEModule(VAEModule, Protocol):
+    """Frames in order; the cache is explicit state: `past` tensors in, `present` tensors out."""
+
+    temporal_factor: int  # frames per latent frame in the steady state (Wan: 4)
+
+    def encoder_state_shapes(self, batch: Any, height: Any, width: Any) -> list[tuple]:
+        """The encoder's state shapes, with only + - * // on the arguments (export passes symbols)."""
+
+    def decoder_state_shapes(self, batch: Any, latent_h: Any, latent_w: Any) -> list[tuple]:
+        """The decoder's state shapes, as above."""
+
+    def encode_step(self, video: Tensor, *past: Tensor) -> tuple[Tensor, ...]:
+        """(N, k*tf, C, H, W) and the past state -> (mean, logvar, *present)."""
+
+    def decode_step(self, z: Tensor, *past: Tensor) -> tuple[Tensor, ...]:
+        """(N, t, Cl, h, w) and the past state -> (video (N, t*tf, C, H, W), *present)."""
+
+
+@runtime_checkable
+class FirstChunkRule(Protocol):
+    """A causal VAE whose first chunk has its own rule (Wan: frame 0 alone). Without it (first_frames 0) a
+    stream starts from all-zero past tensors."""
+
+    first_frames: int  # frames the first latent frame covers (Wan: 1, so clips hold 1 + 4k frames)
+
+    def encode_first(self, video: Tensor) -> tuple[Tensor, ...]:
+        """(N, first_frames, C, H, W) -> (mean, logvar, *present), present in the steady shapes."""
+
+    def decode_first(self, z: Tensor) -> tuple[Tensor, ...]:
+        """(N, 1, Cl, h, w) -> (video (N, first_frames, C, H, W), *present)."""
+
+
+class ReferenceHooks(Protocol):
+    """Optional, either kind: the model's own whole-clip computation (diffusers' `vae.encode(x)`), the
+    reference the streamed graphs are checked against. The same names on the module and on AdaptedVAE."""
+
+    def reference_encode(self, video: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        """(N, T, C, H, W) -> mean or (mean, logvar)."""
+
+    def reference_decode(self, z: Tensor) -> Tensor:
+        """(N, t, Cl, h, w) -> video."""
+
+
+def members(protocol: type) -> tuple[str, ...]:
+    """A protocol's attributes and methods, its bases' first, in the order they are written."""
+    names: list[str] = []
+    for base in reversed(protocol.__mro__):
+        if base is Protocol or not getattr(base, "_is_protocol", False):
+            continue
+        for name in (*base.__dict__.get("__annotations__", {}), *vars(base)):
+            if not name.startswith("_") and name not in names:
+                names.append(name)
+    return tuple(names)
+
+
+@dataclass(frozen=True)
+class Traits:
+    """What export and the runtime need to know of a contract module, read once by `check_contract`."""
+
+    causal: bool  # a CausalVAEModule (else a FrameVAEModule)
+    in_channels: int
+    latent_channels: int
+    spatial_factor: int
+    temporal_factor: int = 1  # 1 for a frame VAE
+    first_frames: int = 0  # > 0: the FirstChunkRule applies
+    has_logvar: bool = True  # False: the encoder gives the mean only, and the tuples hold no logvar
+    output_clamped: bool = False  # decoded frames clamped to [0, 1], so a value outside is a fault
+    # {"scale": s, "shift": m}, each a number or one per latent channel: the diffusion model's space is
+    # (z - m) * s (runtime/latent_space.py); None when the model has none
+    latent_normalization: dict | None = field(default=None, hash=False)
+
+
+def _int(module: Any, name: str, where: str, least: int, default: int | None = None) -> int:
+    value = getattr(module, name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ConfigError(f"{where}: {name} must be an integer >= {least}, got {value!r}")
+    return value
+
+
+def _lacks(module: Any, protocol: type) -> list[str]:
+    """The members of `protocol` that `module` lacks (a method must be callable)."""
+    attributes = set().union(*(b.__dict__.get("__annotations__", {}) for b in protocol.__mro__))
+    return [name for name in members(protocol)
+            if getattr(module, name, None) is None or (name not in attributes
+                                                       and not callable(getattr(module, name)))]
+
+
+def check_contract(module: Any, where: str) -> Traits:
+    """The module's Traits; a module that keeps neither protocol is refused in one line naming what it
+    lacks. Any causal member makes it a causal VAE (the frame methods alone would be a frame VAE)."""
+    causal = any(hasattr(module, name) for name in ("encode_step", "decode_step", "encoder_state_shapes",
+                                                    "decoder_state_shapes"))
+    protocol, what = (CausalVAEModule, "a causal video VAE") if causal else (FrameVAEModule, "a frame VAE")
+    missing = _lacks(module, protocol)
+    first = _int(module, "first_frames", where, least=0, default=0) if causal and not missing else 0
+    if first:
+        missing += _lacks(module, FirstChunkRule)
+        what += f" with first_frames {first}"
+    if missing:
+        raise ConfigError(f"{where} is {what} without {', '.join(missing)} (see the adapter contract in "
+                          f"docs/adapters.md)")
+    norm = getattr(module, "latent_normalization", None)
+    if norm is not None and (not isinstance(norm, dict) or set(norm) - {"scale", "shift"}):
+        raise ConfigError(f"{where}: latent_normalization must be a dict with 'scale' and/or 'shift', "
+                          f"got {norm!r}")
+    return Traits(
+        causal=causal, in_channels=_int(module, "in_channels", where, 1),
+        latent_channels=_int(module, "latent_channels", where, 1),
+        spatial_factor=_int(module, "spatial_factor", where, 1),
+        temporal_factor=_int(module, "temporal_factor", where, 1) if causal else 1, first_frames=first,
+        has_logvar=bool(getattr(module, "has_logvar", True)),
+        output_clamped=bool(getattr(module, "output_clamped", False)), latent_normalization=norm)
 
 
 @dataclass
@@ -76,76 +171,9 @@ class AdapterConfig:
             raise ValueError("an adapter config names either a diffusers class_name or an entry_point")
 
 
-def import_entry_point(spec: str) -> Callable[[], nn.Module]:
-    """"package.module:factory" -> the factory; one ConfigError line for each way it can be wrong."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigError(f"--from {spec!r} must be 'package.module:factory'")
-    try:
-        module = importlib.import_module(module_name)
-    except SystemExit as exc:  # sys.exit() in user code must not end the export as if it had succeeded
-        raise ConfigError(f"--from {spec}: importing {module_name} called sys.exit({exc.code!r})") from None
-    except Exception as exc:  # noqa: BLE001 - any error of the user's module is theirs to see, in one line
-        raise ConfigError(f"--from {spec}: cannot import {module_name} ({type(exc).__name__}: {exc})"
-                          ) from None
-    factory = module
-    for part in attr.split("."):
-        factory = getattr(factory, part, None)
-        if factory is None:
-            raise ConfigError(f"--from {spec}: {module_name} has no {attr}")
-    if not callable(factory):
-        raise ConfigError(f"--from {spec}: {attr} is not callable")
-    return factory
-
-
-def call_factory(spec: str) -> nn.Module:
-    try:
-        module = import_entry_point(spec)()
-    except ConfigError:
-        raise
-    except SystemExit as exc:  # any code, 0 too: the export has no module, so it failed
-        raise ConfigError(f"--from {spec}: the factory called sys.exit({exc.code!r}) instead of returning a "
-                          f"module") from None
-    except Exception as exc:  # noqa: BLE001 - the factory is user code
-        raise ConfigError(f"--from {spec}: the factory raised {type(exc).__name__}: {exc}") from None
-    if not isinstance(module, nn.Module):
-        raise ConfigError(f"--from {spec}: the factory returned a {type(module).__name__}, not a torch "
-                          f"module")
-    return module
-
-
-def _int_attr(module: nn.Module, name: str, where: str, least: int = 1, default: int | None = None) -> int:
-    value = getattr(module, name, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise ConfigError(f"{where}: {name} must be an integer >= {least}, got {value!r}")
-    return value
-
-
-def check_contract(module: nn.Module, where: str) -> None:
-    """Refuse a module that does not keep the contract, naming the first thing it lacks."""
-    for name in ("in_channels", "latent_channels", "spatial_factor"):
-        _int_attr(module, name, where)
-    causal = hasattr(module, "encode_step") or hasattr(module, "decode_step")
-    methods = ["encode_step", "decode_step", "encoder_state_shapes", "decoder_state_shapes"] if causal \
-        else ["encode", "decode"]
-    if causal:
-        _int_attr(module, "temporal_factor", where)
-        if _int_attr(module, "first_frames", where, least=0, default=0):
-            methods += ["encode_first", "decode_first"]
-    missing = [m for m in methods if not callable(getattr(module, m, None))]
-    if missing:
-        kind = "a causal video VAE" if causal else "a frame VAE"
-        raise ConfigError(f"{where} is {kind} without {', '.join(missing)} (see the adapter contract in "
-                          f"docs/adapters.md)")
-    norm = getattr(module, "latent_normalization", None)
-    if norm is not None and (not isinstance(norm, dict) or set(norm) - {"scale", "shift"}):
-        raise ConfigError(f"{where}: latent_normalization must be a dict with 'scale' and/or 'shift', "
-                          f"got {norm!r}")
-
-
-def _pair(out: Any, has_logvar: bool, where: str) -> tuple[torch.Tensor, ...]:
+def _pair(out: Any, has_logvar: bool, where: str) -> tuple[Tensor, ...]:
     """An encoder's result as (mean, logvar) or (mean,)."""
-    out = (out,) if isinstance(out, torch.Tensor) else tuple(out)
+    out = (out,) if isinstance(out, Tensor) else tuple(out)
     if has_logvar and len(out) < 2:
         # Else the graph would name two outputs of one, and the exporter fail without saying why.
         raise ConfigError(f"{where}: encode gave a mean only; a module whose encoder has no logvar sets "
@@ -154,59 +182,54 @@ def _pair(out: Any, has_logvar: bool, where: str) -> tuple[torch.Tensor, ...]:
 
 
 class AdaptedVAE(VideoVAE):
-    """A contract module (the module docstring) as a VideoVAE; `kind` is the registry name of its family."""
+    """A contract module as a VideoVAE: a frame VAE becomes a stateless video model (frames folded into the
+    batch), a causal one keeps its steps.
 
-    def __init__(self, config: AdapterConfig, inner: nn.Module | None = None, kind: str | None = None,
-                 entry_point: str | None = None):
-        """`entry_point`: the factory the caller named, the only one build_inner may import."""
+    `config` says how to build `inner` again without weights (a diffusers class from its config, or the
+    entry point; models/adapters/__init__.py does that), so the PyTorch reference of a model folder loads like
+    any checkpoint: the state_dict is the wrapped module's under `inner.`. `kind` is the registry name."""
+
+    def __init__(self, config: AdapterConfig, inner: nn.Module, kind: str):
         super().__init__()
-        from vae_deploy.models.adapters import build_inner, kind_for  # the family table, below this class
-
-        self.config = config
-        self.kind = kind or kind_for(config)
-        self.where = where = config.entry_point or config.class_name
-        self.inner = inner if inner is not None else build_inner(config, entry_point)
-        check_contract(self.inner, where)
-        m = self.inner
-        self.in_channels, self.latent_channels = int(m.in_channels), int(m.latent_channels)
-        self.spatial_factor = int(m.spatial_factor)
-        self.causal = hasattr(m, "encode_step")
-        self.temporal_factor = int(getattr(m, "temporal_factor", 1)) if self.causal else 1
-        self.first_frames = int(getattr(m, "first_frames", 0) or 0) if self.causal else 0
-        self.has_logvar = bool(getattr(m, "has_logvar", True))
-        self.latent_normalization = getattr(m, "latent_normalization", None)
-        self.output_clamped = bool(getattr(m, "output_clamped", False))
+        self.config, self.kind, self.inner = config, kind, inner
+        self.where = f"--from {config.entry_point}" if config.entry_point else config.class_name
+        self.traits = t = check_contract(inner, self.where)
+        # The attributes VideoVAE, the specs (export/specs.py) and the runtime read, from the one record.
+        self.in_channels, self.latent_channels = t.in_channels, t.latent_channels
+        self.spatial_factor, self.temporal_factor = t.spatial_factor, t.temporal_factor
+        self.first_frames, self.has_logvar = t.first_frames, t.has_logvar
+        self.output_clamped, self.latent_normalization = t.output_clamped, t.latent_normalization
 
     # ---- state shapes (none for frame VAEs)
     def encoder_state_shapes(self, batch, height, width) -> list[tuple]:
-        return list(self.inner.encoder_state_shapes(batch, height, width)) if self.causal else []
+        return list(self.inner.encoder_state_shapes(batch, height, width)) if self.traits.causal else []
 
     def decoder_state_shapes(self, batch, latent_h, latent_w) -> list[tuple]:
-        return list(self.inner.decoder_state_shapes(batch, latent_h, latent_w)) if self.causal else []
+        return list(self.inner.decoder_state_shapes(batch, latent_h, latent_w)) if self.traits.causal else []
 
     # ---- the step form
-    def encode_step(self, chunk: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if self.causal:
+    def encode_step(self, chunk: Tensor, *past: Tensor) -> tuple[Tensor, ...]:
+        if self.traits.causal:
             return tuple(self.inner.encode_step(chunk, *past))
         n, t = chunk.shape[:2]
         outs = _pair(self.inner.encode(chunk.reshape(n * t, *chunk.shape[2:])), self.has_logvar, self.where)
         return tuple(o.reshape(n, t, *o.shape[1:]) for o in outs)
 
-    def decode_step(self, z: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if self.causal:
+    def decode_step(self, z: Tensor, *past: Tensor) -> tuple[Tensor, ...]:
+        if self.traits.causal:
             return tuple(self.inner.decode_step(z, *past))
         n, t = z.shape[:2]
         frames = self.inner.decode(z.reshape(n * t, *z.shape[2:]))
         return (frames.reshape(n, t, *frames.shape[1:]),)
 
-    def encode_first(self, chunk: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def encode_first(self, chunk: Tensor) -> tuple[Tensor, ...]:
         return tuple(self.inner.encode_first(chunk))
 
-    def decode_first(self, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def decode_first(self, z: Tensor) -> tuple[Tensor, ...]:
         return tuple(self.inner.decode_first(z))
 
     # ---- whole clips: the first rule, then one step over the rest (or the model's own whole-clip path)
-    def check_video(self, video: torch.Tensor, what: str = "video") -> None:
+    def check_video(self, video: Tensor, what: str = "video") -> None:
         if not self.first_frames:
             return super().check_video(video, what)
         if torch.jit.is_tracing():
@@ -221,21 +244,21 @@ class AdaptedVAE(VideoVAE):
         finally:
             self.temporal_factor = saved
 
-    def encode(self, video: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def encode(self, video: Tensor) -> tuple[Tensor, ...]:
         """Whole clip (N, T, C, H, W) -> (mean, logvar), or (mean,) for encoders without a logvar."""
         self.check_video(video)
+        outs = 2 if self.has_logvar else 1
         if not self.first_frames:
             n, _, _, h, w = video.shape
             state = self.init_encoder_state(n, h, w, video.device, video.dtype)
-            return self.encode_step(video, *state)[:2 if self.has_logvar else 1]
-        outs = 2 if self.has_logvar else 1
+            return self.encode_step(video, *state)[:outs]
         head = self.encode_first(video[:, :self.first_frames])
         if video.shape[1] == self.first_frames:
             return head[:outs]
         tail = self.encode_step(video[:, self.first_frames:], *head[outs:])
         return tuple(torch.cat([a, b], dim=1) for a, b in zip(head[:outs], tail[:outs], strict=True))
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: Tensor) -> Tensor:
         self.check_latents(z)
         if not self.first_frames:
             return super().decode(z)
@@ -244,16 +267,18 @@ class AdaptedVAE(VideoVAE):
             return head
         return torch.cat([head, self.decode_step(z[:, 1:], *state)[0]], dim=1)
 
-    def reference_encoder(self, video: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The whole-clip reference the streamed encoder graphs are checked against."""
+    # ---- the parity reference (ReferenceHooks): the module's own, else the whole-clip paths above
+    def reference_encode(self, video: Tensor) -> tuple[Tensor, ...]:
         own = getattr(self.inner, "reference_encode", None)
-        if own is None:
-            return self.encode(video)
-        return _pair(own(video), self.has_logvar, self.where)
+        return self.encode(video) if own is None else _pair(own(video), self.has_logvar, self.where)
 
-    def reference_decoder(self, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def reference_decode(self, z: Tensor) -> tuple[Tensor, ...]:
         own = getattr(self.inner, "reference_decode", None)
         return (own(z),) if own is not None else (self.decode(z),)
 
-    def forward(self, video: torch.Tensor):
+    def forward(self, video: Tensor):
         raise NotImplementedError(f"{self.kind} models are exported, not trained, by vae-deploy")
+
+
+__all__ = ["AdaptedVAE", "AdapterConfig", "CausalVAEModule", "FirstChunkRule", "FrameVAEModule",
+           "ReferenceHooks", "Traits", "VAEModule", "check_contract", "members"]

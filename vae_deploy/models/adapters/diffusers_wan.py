@@ -5,20 +5,11 @@ sees one latent frame at a time, the first under its own rule (`first_chunk`, 1 
 per latent frame. Between calls every causal convolution keeps the last frames of its input in a Python
 list (`feat_cache`, one slot per `WanCausalConv3d`, filled in call order through `feat_idx`). This module
 runs diffusers' own encoder and decoder modules on that list, built from the `past` tensors, and reads it
-back as `present` tensors of fixed shapes:
-
-- causal-conv slots hold the last 2 frames of their input, the stride-2 time convs of `downsample3d` the
-  last frame;
-- after the first chunk a slot holds fewer frames (1), or the marker "Rep" (`upsample3d`, which skips its
-  time conv on the first latent frame). A causal conv zero-pads the frames its cache lacks, so zero frames in
-  front (and all-zero tensors for "Rep") reproduce diffusers exactly;
-- a present tensor is the last F frames of (past, what diffusers cached). That equals diffusers' own update
-  for every chunk length (diffusers keeps x[-2:], or past[-1] + x when x has one frame), and it stays right
-  in a traced graph run at another chunk length than the one traced, where diffusers' Python branch on the
-  frame count was frozen.
-
-Slots diffusers never touches (the 1x1x1 shortcut convs) are not state. Which slots are used, and their
-channels, frames and spatial scale, come from one small probe run in `wrap()`.
+back as `present` tensors of fixed shapes (causal_cache.py, which the next causal family can use as well):
+causal-conv slots hold the last 2 frames of their input, the stride-2 time convs of `downsample3d` the
+last frame; after the first chunk a slot may hold the marker "Rep" (`upsample3d`, which skips its time conv
+on the first latent frame), which the next chunk treats as zero frames, as diffusers does. Which slots are
+used, and their shapes, come from one small probe run in `wrap()`.
 """
 
 from __future__ import annotations
@@ -27,6 +18,7 @@ import torch
 from torch import nn
 
 from vae_deploy.errors import ConfigError, InputShapeError
+from vae_deploy.models.adapters.causal_cache import CacheState, filled
 
 FIRST_FRAMES = 1  # diffusers encodes frame 0 alone and decodes the first latent frame to 1 frame
 STEP_FRAMES = 4  # frames per encoder call after the first in diffusers' own encode (`iter_`)
@@ -37,20 +29,6 @@ def _diffusers_wan():
     from diffusers.models.autoencoders import autoencoder_kl_wan
 
     return autoencoder_kl_wan
-
-
-class _Slot:
-    """One state tensor: feat_cache index, channels, frames, and its height/width as base * num // den
-    (base: the frame size for the encoder, the latent size for the decoder)."""
-
-    __slots__ = ("index", "channels", "frames", "num", "den")
-
-    def __init__(self, index: int, channels: int, frames: int, num: int, den: int):
-        self.index, self.channels, self.frames, self.num, self.den = index, channels, frames, num, den
-
-    def shape(self, batch, height, width) -> tuple:
-        num, den = self.num, self.den
-        return (batch, self.channels, self.frames, height * num // den, width * num // den)
 
 
 class WanVAE(nn.Module):
@@ -90,19 +68,14 @@ class WanVAE(nn.Module):
         # latents_std` (line 448); pipeline_wan.py line 672 inverts it before decoding.
         self.latent_normalization = {"shift": [float(m) for m in mean],
                                      "scale": [1.0 / float(s) for s in std]}
-        wan = _diffusers_wan()
-        self.enc_slots_total = sum(isinstance(m, wan.WanCausalConv3d) for m in vae.encoder.modules())
-        self.dec_slots_total = sum(isinstance(m, wan.WanCausalConv3d) for m in vae.decoder.modules())
-        self.enc_slots: list[_Slot] = []
-        self.dec_slots: list[_Slot] = []
-        self._probe()
+        self.enc_state, self.dec_state = self._probe()
 
     # ---- the contract's state shapes
     def encoder_state_shapes(self, batch, height, width) -> list[tuple]:
-        return [s.shape(batch, height, width) for s in self.enc_slots]
+        return self.enc_state.shapes(batch, height, width)
 
     def decoder_state_shapes(self, batch, latent_h, latent_w) -> list[tuple]:
-        return [s.shape(batch, latent_h, latent_w) for s in self.dec_slots]
+        return self.dec_state.shapes(batch, latent_h, latent_w)
 
     # ---- between the contract's layout and diffusers'
     def _model_input(self, video: torch.Tensor) -> torch.Tensor:
@@ -126,28 +99,6 @@ class WanVAE(nn.Module):
         out = torch.clamp(out, min=-1.0, max=1.0)
         return ((out + 1) / 2).permute(0, 2, 1, 3, 4)
 
-    # ---- the cache list and the state tensors
-    @staticmethod
-    def _cache(total: int, slots: list[_Slot], past: tuple[torch.Tensor, ...]) -> list:
-        if len(past) != len(slots):
-            raise InputShapeError(f"AutoencoderKLWan step: {len(slots)} state tensors expected, "
-                                  f"got {len(past)}")
-        cache: list = [None] * total
-        for slot, p in zip(slots, past, strict=True):
-            cache[slot.index] = p
-        return cache
-
-    @staticmethod
-    def _present(cache: list, slots: list[_Slot], past: list[torch.Tensor]) -> list[torch.Tensor]:
-        present = []
-        for slot, p in zip(slots, past, strict=True):
-            held = cache[slot.index]
-            if isinstance(held, torch.Tensor):
-                present.append(torch.cat([p, held], dim=2)[:, :, -slot.frames:])
-            else:  # "Rep": upsample3d's first chunk, which the next chunk treats as zero frames
-                present.append(p)
-        return present
-
     def _check_frames(self, x: torch.Tensor, what: str, ok: bool, want: str) -> None:
         # a wrong length would not fail inside diffusers, only give other latents (Wan 2.2's AvgDown3D pads)
         if not torch.jit.is_tracing() and not ok:
@@ -158,10 +109,9 @@ class WanVAE(nn.Module):
         """Frame 0 alone (N, 1, C, H, W) -> (mean, logvar, *present), the first chunk of diffusers' encode."""
         self._check_frames(video, "encode_first", video.shape[1] == FIRST_FRAMES, f"{FIRST_FRAMES} frame")
         n, _, _, h, w = video.shape
-        cache: list = [None] * self.enc_slots_total
+        cache = self.enc_state.empty()
         out = self.vae.encoder(self._model_input(video), feat_cache=cache, feat_idx=[0])
-        zeros = [video.new_zeros(s) for s in self.encoder_state_shapes(n, h, w)]
-        return (*self._latents(out), *self._present(cache, self.enc_slots, zeros))
+        return (*self._latents(out), *self.enc_state.present(cache, self.enc_state.zeros(video, n, h, w)))
 
     def encode_step(self, video: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """4k frames after the first -> (mean, logvar, *present); 4 frames at a time is diffusers' own walk,
@@ -169,27 +119,26 @@ class WanVAE(nn.Module):
         tf = self.temporal_factor
         self._check_frames(video, "encode_step", video.shape[1] > 0 and video.shape[1] % tf == 0,
                            f"a positive multiple of {tf} frames")
-        cache = self._cache(self.enc_slots_total, self.enc_slots, past)
+        cache = self.enc_state.cache(past)
         out = self.vae.encoder(self._model_input(video), feat_cache=cache, feat_idx=[0])
-        return (*self._latents(out), *self._present(cache, self.enc_slots, list(past)))
+        return (*self._latents(out), *self.enc_state.present(cache, list(past)))
 
     # ---- decoder
     def decode_first(self, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The first latent frame (N, 1, Cl, h, w) -> (video (N, 1, C, H, W), *present)."""
         self._check_frames(z, "decode_first", z.shape[1] == 1, "1 latent frame")
         n, _, _, h, w = z.shape
-        cache: list = [None] * self.dec_slots_total
+        cache = self.dec_state.empty()
         x = self.vae.post_quant_conv(z.permute(0, 2, 1, 3, 4))
         out = self.vae.decoder(x, feat_cache=cache, feat_idx=[0], first_chunk=True)
-        zeros = [z.new_zeros(s) for s in self.decoder_state_shapes(n, h, w)]
-        return (self._video(out), *self._present(cache, self.dec_slots, zeros))
+        return (self._video(out), *self.dec_state.present(cache, self.dec_state.zeros(z, n, h, w)))
 
     def decode_step(self, z: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """t later latent frames -> (video (N, 4t, C, H, W), *present)."""
-        cache = self._cache(self.dec_slots_total, self.dec_slots, past)
+        cache = self.dec_state.cache(past)
         x = self.vae.post_quant_conv(z.permute(0, 2, 1, 3, 4))
         out = self.vae.decoder(x, feat_cache=cache, feat_idx=[0])
-        return (self._video(out), *self._present(cache, self.dec_slots, list(past)))
+        return (self._video(out), *self.dec_state.present(cache, list(past)))
 
     # ---- the parity reference: diffusers' public whole-clip API
     def reference_encode(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,55 +150,39 @@ class WanVAE(nn.Module):
         return ((sample + 1) / 2).permute(0, 2, 1, 3, 4)
 
     # ---- which cache slots are state, and their shapes
-    def _probe(self) -> None:
+    def _probe(self) -> tuple[CacheState, CacheState]:
         """Run diffusers' own walk (first chunk, then one steady chunk) at one latent pixel by two, and record
-        every slot the steady chunk leaves filled: channels, frames, and its size relative to the frame
-        (encoder) or latent (decoder) size."""
+        every slot the steady chunk leaves filled (causal_cache.py): the encoder's relative to the frame
+        size, the decoder's relative to the latent size."""
+        wan = _diffusers_wan()
         param = next(self.vae.parameters())
         s, tf = self.spatial_factor, self.temporal_factor
         with torch.no_grad():
             video = torch.zeros(1, FIRST_FRAMES + tf, self.in_channels, s, 2 * s, device=param.device,
                                 dtype=param.dtype)
-            cache: list = [None] * self.enc_slots_total
+            cache: list = [None] * sum(isinstance(m, wan.WanCausalConv3d) for m in self.vae.encoder.modules())
             self.vae.encoder(self._model_input(video[:, :FIRST_FRAMES]), feat_cache=cache, feat_idx=[0])
-            first = [i for i, c in enumerate(cache) if c is not None]
+            first = filled(cache)
             out = self.vae.encoder(self._model_input(video[:, FIRST_FRAMES:]), feat_cache=cache, feat_idx=[0])
             if tuple(out.shape[2:]) != (1, 1, 2):
                 raise ConfigError(f"AutoencoderKLWan: a {tf}-frame {s}x{2 * s} chunk encodes to "
                                   f"{tuple(out.shape[2:])} latents, not (1, 1, 2): a layout vae-deploy "
                                   f"does not stream")
-            self.enc_slots = self._slots(cache, first, base=s, scale=lambda size: (1, s // size))
+            encoder = CacheState.from_probe("AutoencoderKLWan encoder", cache, first, base=s,
+                                            scale=lambda size: (1, s // size))
 
             z = torch.zeros(1, self.latent_channels, 2, 1, 2, device=param.device, dtype=param.dtype)
-            cache = [None] * self.dec_slots_total
+            cache = [None] * sum(isinstance(m, wan.WanCausalConv3d) for m in self.vae.decoder.modules())
             x = self.vae.post_quant_conv(z)
             self.vae.decoder(x[:, :, :1], feat_cache=cache, feat_idx=[0], first_chunk=True)
-            first = [i for i, c in enumerate(cache) if c is not None]
+            first = filled(cache)
             out = self.vae.decoder(x[:, :, 1:], feat_cache=cache, feat_idx=[0])
             if out.shape[2] != tf:
                 raise ConfigError(f"AutoencoderKLWan: one latent frame decodes to {out.shape[2]} frames, not "
                                   f"{tf}")
-            self.dec_slots = self._slots(cache, first, base=1, scale=lambda size: (size, 1))
-
-    @staticmethod
-    def _slots(cache: list, first: list[int], base: int, scale) -> list[_Slot]:
-        """The filled slots of `cache` after a steady chunk at height `base` (width 2 * base); `scale(h)`
-        gives (num, den) with base * num // den == h."""
-        used = [i for i, c in enumerate(cache) if isinstance(c, torch.Tensor)]
-        if used != first:
-            raise ConfigError(f"AutoencoderKLWan: the first chunk fills cache slots {first}, later chunks "
-                              f"{used}; vae-deploy needs the same slots in both")
-        slots = []
-        for i in used:
-            _, channels, frames, h, w = cache[i].shape
-            if w != 2 * h:
-                raise ConfigError(f"AutoencoderKLWan: cache slot {i} is {h}x{w} for a 1x2 layout")
-            num, den = scale(h)
-            if base * num // den != h:
-                raise ConfigError(f"AutoencoderKLWan: cache slot {i} is {h} high, not a power-of-two scale "
-                                  f"of {base}")
-            slots.append(_Slot(i, int(channels), int(frames), num, den))
-        return slots
+            decoder = CacheState.from_probe("AutoencoderKLWan decoder", cache, first, base=1,
+                                            scale=lambda size: (size, 1))
+        return encoder, decoder
 
 
 def _nearest_for_export(vae: nn.Module) -> None:
