@@ -20,7 +20,7 @@ from vae_deploy.data.mnist import MnistSplit, load_mnist
 from vae_deploy.errors import ConfigError
 from vae_deploy.models.losses import bce_reconstruction, vae_loss
 from vae_deploy.training import plots
-from vae_deploy.training.tasks import Task, register_task
+from vae_deploy.training.tasks.base import Task, register_task
 
 IMAGE_SHAPE = (1, 28, 28)
 

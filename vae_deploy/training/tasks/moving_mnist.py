@@ -22,7 +22,7 @@ import torch
 
 from vae_deploy.data.moving_mnist import MovingMnist, MovingMnistConfig
 from vae_deploy.models.streaming import VideoVAE
-from vae_deploy.training.tasks import register_task
+from vae_deploy.training.tasks.base import register_task
 from vae_deploy.training.tasks.video import VideoTaskBase
 from vae_deploy.training.video_evaluation import EvalClip
 

@@ -27,7 +27,7 @@ from vae_deploy.data.video import VideoDataConfig, load_clip_sets, load_test_set
 from vae_deploy.errors import ConfigError
 from vae_deploy.models.losses import bce_reconstruction, mse_reconstruction, vae_loss
 from vae_deploy.models.streaming import VideoVAE, reparameterize
-from vae_deploy.training.tasks import Task, register_task
+from vae_deploy.training.tasks.base import Task, register_task
 from vae_deploy.training.video_evaluation import EvalClip, evaluate_clips
 from vae_deploy.video.io import open_source
 
