@@ -30,6 +30,7 @@ LAYERS = [
 ]
 LEVEL = {name: i for i, names in enumerate(LAYERS) for name in names}
 
+
 def _module_name(path: Path) -> str:
     parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
@@ -89,8 +90,8 @@ def test_no_module_imports_back_from_its_own_package_init():
     graph = _graph()
     back = {(src, dst) for src, targets in graph.items() for dst in targets
             if dst != "vae_deploy" and src.startswith(dst + ".") and not _is_init(src)}
-    # A module that imports a name back from its own package's __init__ makes a cycle: the package imports it
-    # in turn (the adapters' family table and the training tasks' registry each moved to a module of their own).
+    # A module that imports a name back from its own package's __init__ makes a cycle: the package imports
+    # it in turn (the adapters' family table and the training tasks' registry have modules of their own).
     assert not back, sorted(back)
 
 
