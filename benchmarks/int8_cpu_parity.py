@@ -13,7 +13,8 @@ into a scratch folder. Then, per variant:
    the CPUID ONNX Runtime sees is MODEL's, so its int8 kernels take that CPU's path; Haswell and EPYC-Rome
    have AVX2 and FMA, no AVX-512, no VNNI). Emulated timings mean nothing and are not taken.
 3. speed on this CPU: one chunk of 8 frames of the real clip at the model's working size through encode ->
-   fp16 latents -> decode (video/codec.py, the pipeline's code), the fp32 folder (the packaged model) and
+   fp16 latents -> decode (video/latent_codec.py, the pipeline's code), the fp32 folder (the packaged model)
+   and
    each int8 folder, ort-cpu at 1 thread and at 2 threads without spinning. Rounds alternate over every case;
    each round keeps the median of `calls` timed calls after a warm-up; the figure is the median of rounds.
 4. quality on this CPU: `run --metrics` (video/pipeline.py run_video) of carphone_pristine (the default
@@ -47,9 +48,9 @@ from vae_deploy.files import write_json_atomic, write_text_atomic  # noqa: E402
 from vae_deploy.runtime import load_runner, read_manifest  # noqa: E402
 from vae_deploy.runtime.benchmark import time_calls  # noqa: E402
 from vae_deploy.runtime.cpu_features import cpu_flags  # noqa: E402
-from vae_deploy.video.codec import VideoCodec  # noqa: E402
 from vae_deploy.video.default_model import DEFAULT_MODEL_DIR  # noqa: E402
 from vae_deploy.video.io import open_source  # noqa: E402
+from vae_deploy.video.latent_codec import LatentCodec  # noqa: E402
 from vae_deploy.video.model_open import runner_options  # noqa: E402
 from vae_deploy.video.pipeline import StreamOptions, VideoOutputs, run_video  # noqa: E402
 from vae_deploy.video.samples import sample_video_path  # noqa: E402
@@ -126,8 +127,8 @@ def speed(folders: dict[str, Path], rounds: int, calls: int) -> dict:
                    for key, (folder, opts) in cases.items()}
         for _ in range(rounds):
             for key, runner in runners.items():
-                codec = VideoCodec(runner)
-                seconds = time_calls(lambda c=codec: c.decode(c.encode(chunk)), calls, warmup=1)
+                latent_codec = LatentCodec(runner)
+                seconds = time_calls(lambda c=latent_codec: c.decode(c.encode(chunk)), calls, warmup=1)
                 per_round[key].append(float(np.median(seconds)))
     ms = {f"{name} | {opt}": float(np.median(v)) * 1e3 for (name, opt), v in per_round.items()}
     return {"chunk_shape": list(chunk.shape), "ms_per_chunk": ms}

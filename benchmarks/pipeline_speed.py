@@ -10,8 +10,9 @@ run` fits it (working short side from the manifest). Sections:
 1. parity: the exported streaming graphs on ort-cpu, fed in chunks of 1, 4 and 8 frames with the state
    carried, against the PyTorch reference's full-sequence output (the folder's reference/ checkpoint):
    max abs error of mu and of the decoded frames (floor: <= 1e-4, fp32).
-2. backends: one chunk (8 frames) through encode -> fp16 latents -> decode (video/codec.py, the pipeline's
-   own code), ONNX Runtime CPU in several SessionOptions settings against PyTorch eager at 1 and 2 threads.
+2. backends: one chunk (8 frames) through encode -> fp16 latents -> decode (video/latent_codec.py, the
+   pipeline's own code), ONNX Runtime CPU in several SessionOptions settings against PyTorch eager at 1 and 2
+   threads.
    Rounds alternate over every case; each round keeps the median of `calls` timed calls after a warm-up;
    the figure is the median over rounds (floor: best ort-cpu >= 1.5x faster than best torch). The same
    model exported with export/cpu-int8.toml (ONNX Runtime static quantization, calibrated on the training
@@ -58,10 +59,10 @@ sys.path.insert(0, str(ROOT))
 from vae_deploy.files import write_json_atomic, write_text_atomic  # noqa: E402
 from vae_deploy.runtime import load_runner, read_manifest  # noqa: E402
 from vae_deploy.runtime.benchmark import time_calls  # noqa: E402
-from vae_deploy.video.codec import VideoCodec, VideoModelInfo  # noqa: E402
 from vae_deploy.video.default_model import DEFAULT_MODEL_DIR, DEMO_CLIP  # noqa: E402
 from vae_deploy.video.fit import plan_fit  # noqa: E402
 from vae_deploy.video.io import FrameSource, open_source  # noqa: E402
+from vae_deploy.video.latent_codec import LatentCodec, VideoModelInfo  # noqa: E402
 from vae_deploy.video.model_open import runner_options  # noqa: E402
 from vae_deploy.video.pipeline import StreamOptions, VideoOutputs, run_video  # noqa: E402
 from vae_deploy.video.samples import sample_video_path  # noqa: E402
@@ -189,8 +190,8 @@ def backends(model_dir: Path, clip: np.ndarray, rounds: int, calls: int, int8_di
                 if runner.name == "torch":
                     torch.set_num_threads(cases[name][2]["threads"])  # a global: set before each case
                 with eager_channels_last(name not in NCHW_CASES):
-                    codec = VideoCodec(runner)
-                    seconds = time_calls(lambda c=codec: c.decode(c.encode(chunk)), calls, warmup=1)
+                    latent_codec = LatentCodec(runner)
+                    seconds = time_calls(lambda c=latent_codec: c.decode(c.encode(chunk)), calls, warmup=1)
                 per_round[name].append(float(np.median(seconds)))
     ms = {name: float(np.median(v)) * 1e3 for name, v in per_round.items()}
     ort = {k: v for k, v in ms.items() if k.startswith("ort") and k not in INT8_CASES}
@@ -216,13 +217,13 @@ def pipeline(model_dir: Path, clip_path: Path, clip: np.ndarray, rounds: int, ou
     seconds: dict[str, list[float]] = {"pure": [], "out": [], "out+metrics": []}
     reports = {}
     with load_runner(model_dir, "ort-cpu", **runner_options("ort-cpu")) as runner:
-        codec = VideoCodec(runner)
-        codec.decode(codec.encode(clip[:CHUNK]))  # warm-up: first-call allocations
+        latent_codec = LatentCodec(runner)
+        latent_codec.decode(latent_codec.encode(clip[:CHUNK]))  # warm-up: first-call allocations
         for _ in range(rounds):
-            codec = VideoCodec(runner)
+            latent_codec = LatentCodec(runner)
             start = time.perf_counter()
             for i in range(0, clip.shape[0], CHUNK):
-                codec.decode(codec.encode(clip[i:i + CHUNK]))
+                latent_codec.decode(latent_codec.encode(clip[i:i + CHUNK]))
             seconds["pure"].append(time.perf_counter() - start)
             for name, measure in (("out", False), ("out+metrics", True)):
                 with open_source(clip_path) as source:

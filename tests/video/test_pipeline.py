@@ -155,15 +155,15 @@ def test_encode_then_decode_gives_exactly_the_frames_of_run(tiny_video_model, ca
 
 def test_temporal_padding_repeats_the_last_frame(tiny_video_model, carphone_frames):
     """The last partial group of a factor-2 model encodes like the same frames with the last one repeated."""
-    from vae_deploy.video.codec import VideoCodec
+    from vae_deploy.video.latent_codec import LatentCodec
 
     policy = plan_fit((176, 144), 32, 8, 3)
     fitted = np.stack([policy.fit(f) for f in carphone_frames[:5]])
     with load_runner(tiny_video_model("causal3d-t2"), "ort-cpu") as runner:
-        codec = VideoCodec(runner)
-        odd = np.concatenate([codec.encode(fitted[:4]), codec.encode(fitted[4:])])
+        latent_codec = LatentCodec(runner)
+        odd = np.concatenate([latent_codec.encode(fitted[:4]), latent_codec.encode(fitted[4:])])
         with pytest.raises(Exception, match="last \\(partial\\) group was already encoded"):
-            codec.encode(fitted[:2])
+            latent_codec.encode(fitted[:2])
         padded = np.concatenate([fitted, fitted[4:5]])
         mu, _ = runner.encode(padded[None])
     assert odd.shape == (3, 4, 4, 5)

@@ -1,4 +1,4 @@
-"""Batch encoding of video collections: `vae-deploy encode-dataset` (issue 16).
+"""Batch encoding of video collections: `vae-deploy encode-dataset`.
 
     sources.py     which videos a batch holds, and where each one's .vaelat goes
     index.py       DIR/index.jsonl: one line per video (status, frames, latent shape, seconds, error)

@@ -44,8 +44,8 @@ from vae_deploy.errors import ConfigError, DataError
 from vae_deploy.files import ensure_writable_dir, remove_stale_temporaries, removing_new_folders
 from vae_deploy.runtime.manifest import Manifest, read_manifest
 from vae_deploy.runtime.registry import DEFAULT_BACKEND, get_backend, runner_class
-from vae_deploy.video.codec import VideoModelInfo
 from vae_deploy.video.default_model import resolve_model
+from vae_deploy.video.latent_codec import VideoModelInfo
 from vae_deploy.video.pipeline import StreamOptions
 
 ENGINES = ("local", "ray")

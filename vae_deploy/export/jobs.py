@@ -74,16 +74,17 @@ def export_job(source: Path | None, out: Path, profile: str | Path | None = None
         check_engine_request(engine_precision)
     from vae_deploy.export.onnx_export import export_model  # torch from here on
     from vae_deploy.export.profile import load_profile
-    from vae_deploy.export.sources import open_source
+    from vae_deploy.export.sources import open_model_source
     from vae_deploy.export.specs import graph_specs
 
     chosen = load_profile(profile)
-    model = open_source(source, entry_point)
-    log(f"exporting {model.kind} from {model.description}")
-    encoder = graph_specs(model.kind, model.model.config, model.model)["encoder"]
-    inputs = real_inputs_for(model.kind, real, data_source, data_dir, encoder)
-    manifest, report = export_model(model, out, chosen, real_inputs=inputs, parity_backend=parity_backend,
-                                    log=log, overwrite=force)
+    model_source = open_model_source(source, entry_point)
+    log(f"exporting {model_source.kind} from {model_source.description}")
+    module = model_source.module
+    encoder = graph_specs(model_source.kind, module.config, module)["encoder"]
+    inputs = real_inputs_for(model_source.kind, real, data_source, data_dir, encoder)
+    manifest, report = export_model(model_source, out, chosen, real_inputs=inputs,
+                                    parity_backend=parity_backend, log=log, overwrite=force)
     result = ExportResult(manifest, report, chosen.name)
     if on_exported is not None:
         on_exported(result)

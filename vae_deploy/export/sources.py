@@ -30,7 +30,7 @@ from vae_deploy.models.checkpoint import (
 
 @dataclass
 class ModelSource:
-    model: nn.Module  # in eval mode
+    module: nn.Module  # the PyTorch model, in eval mode
     config: dict[str, Any]  # the checkpoint config: kind, model (its config as a dict), extras (recipe)
     description: str  # what it was loaded from, for log lines
     checkpoint_dir: Path | None = None  # a vae-deploy checkpoint folder, copied into reference/ as it is
@@ -46,11 +46,16 @@ class ModelSource:
                 with atomic_path(folder / name) as tmp:
                     shutil.copyfile(self.checkpoint_dir / name, tmp)
         else:
-            save_model(folder, self.model, extra={"source": self.description})
+            save_model(folder, self.module, extra={"source": self.description})
         return [WEIGHTS_FILE, CONFIG_FILE]
 
+    @property
+    def model(self) -> nn.Module:
+        """Old name of `module`, kept while export/onnx_export.py (being edited elsewhere) still reads it."""
+        return self.module
 
-def open_source(source: Path | None, entry_point: str | None = None) -> ModelSource:
+
+def open_model_source(source: Path | None, entry_point: str | None = None) -> ModelSource:
     """The model `export` was pointed at (module docstring); one error line when it is none of them."""
     from vae_deploy.models.adapters import diffusers_folder, load_diffusers_folder, load_entry_point
 
@@ -76,6 +81,9 @@ def open_source(source: Path | None, entry_point: str | None = None) -> ModelSou
                         f"diffusers model folder (config.json with _class_name, or a pipeline's vae/)")
     model, config = load_model(source)
     return ModelSource(model.eval(), config, f"checkpoint {source}", checkpoint_dir=source)
+
+
+open_source = open_model_source  # old name, kept while export/onnx_export.py (edited elsewhere) imports it
 
 
 def _adapted(model: nn.Module, description: str) -> ModelSource:

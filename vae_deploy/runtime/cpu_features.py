@@ -3,7 +3,7 @@
 Why: ONNX Runtime's x86 int8 kernels (MLAS) multiply uint8 activations by int8 weights. With VNNI
 (AVX-512 VNNI, AVX-VNNI: vpdpbusd) the products add up in int32. Without it (AVX2, AVX-512 without VNNI)
 they go through vpmaddubsw, which adds each pair of products into a saturating int16: with full 8-bit
-weights a pair can reach 2 x 255 x 127 > 32767, and the graph loses parity (issue 22: the default model's
+weights a pair can reach 2 x 255 x 127 > 32767, and the graph loses parity (the default model's
 encoder mu fell to 27 dB where 35 dB is the rule). int8 activations with 8-bit weights ("S8S8") fail the
 same way (the same 27.4 dB under emulation), so they are no way out. 7-bit weights (reduce_range:
 2 x 255 x 64 fits) and uint8 weights (U8U8, another kernel) hold on CPUs with and without VNNI:

@@ -29,8 +29,8 @@ import numpy as np
 
 from vae_deploy.runtime.registry import DEFAULT_BACKEND
 from vae_deploy.runtime.runner import Runner
-from vae_deploy.video.codec import VideoCodec, VideoModelInfo
 from vae_deploy.video.fit import FitPolicy, plan_fit
+from vae_deploy.video.latent_codec import LatentCodec, VideoModelInfo
 from vae_deploy.video.model_open import open_model
 from vae_deploy.video.pipeline import DEFAULT_CHUNK
 
@@ -53,7 +53,7 @@ class FrameStream:
         self.policy: FitPolicy = plan_fit(tuple(frame_size), short, self.info.spatial_factor,
                                           self.info.channels, fit)
         self.chunk = chunk
-        self._codec = VideoCodec(runner, self.info)
+        self._latent_codec = LatentCodec(runner, self.info)
         self._pending: list[np.ndarray] = []
         self._first = self.info.first_frames  # extra frames of the first chunk (a model's first rule)
         self._owns_runner = owns_runner
@@ -81,8 +81,8 @@ class FrameStream:
     def _code(self) -> list[CodedChunk]:
         fitted = np.stack(self._pending)
         self._pending, self._first = [], 0
-        latents = self._codec.encode(fitted)
-        recon = self._codec.decode(latents)[:fitted.shape[0]]  # frames decoded from end padding are dropped
+        latents = self._latent_codec.encode(fitted)
+        recon = self._latent_codec.decode(latents)[:fitted.shape[0]]  # drop frames decoded from end padding
         return [CodedChunk(latents, np.stack([self.policy.unfit(r) for r in recon]))]
 
     def close(self) -> None:

@@ -247,7 +247,7 @@ def _camera(index: int, fps: float | None) -> FrameSource:
                          unavailable=f"camera {index} is not available (no such device, or it is busy)")
 
 
-def _stream(url: str, fps: float | None) -> FrameSource:
+def _network_source(url: str, fps: float | None) -> FrameSource:
     if " ! " in url:  # a GStreamer pipeline description
         opener = lambda: cv2.VideoCapture(url, cv2.CAP_GSTREAMER)  # noqa: E731
     else:
@@ -289,7 +289,7 @@ def _is_stream(spec: object) -> bool:
 # Which kind of source a spec names, tried in order (a registry, not an if/elif chain over kinds).
 SOURCE_KINDS: list[tuple[str, Callable[[object], bool], Callable[..., FrameSource]]] = [
     ("camera", _is_camera, lambda spec, fps: _camera(int(spec), fps)),
-    ("stream", _is_stream, _stream),
+    ("stream", _is_stream, _network_source),
     ("path", lambda spec: isinstance(spec, (str, Path)), _path),
 ]
 

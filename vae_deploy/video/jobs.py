@@ -26,10 +26,10 @@ from vae_deploy.runtime.benchmark import Timing, bench_runner, bench_stream
 from vae_deploy.runtime.latents import LatentReader
 from vae_deploy.runtime.manifest import Manifest, read_manifest
 from vae_deploy.runtime.registry import DEFAULT_BACKEND, load_runner
-from vae_deploy.video.codec import VideoModelInfo
 from vae_deploy.video.default_model import DEMO_CLIP, default_model_dir, resolve_model
 from vae_deploy.video.fit import plan_fit
 from vae_deploy.video.io import FrameSource, open_source
+from vae_deploy.video.latent_codec import VideoModelInfo
 from vae_deploy.video.model_open import open_model, runner_options
 from vae_deploy.video.pipeline import (
     DEFAULT_CHUNK,

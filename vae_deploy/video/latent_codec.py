@@ -115,7 +115,7 @@ class VideoModelInfo:
         return self.latent_channels, h // self.spatial_factor, w // self.spatial_factor
 
 
-class VideoCodec:
+class LatentCodec:
     """One video through one runner's streaming session (see the module docstring)."""
 
     def __init__(self, runner: Runner, info: VideoModelInfo | None = None, latent_space: str = NORMALIZED):

@@ -1,7 +1,7 @@
 """Streaming a video through an exported model: read -> fit -> encode -> fp16 latents -> decode -> write.
 
 Layout: source frames RGB uint8 (H, W, 3); model frames (T, C, H', W') float32 in [0, 1] (video/fit.py);
-latents (t, C_lat, h, w) float16 (video/codec.py).
+latents (t, C_lat, h, w) float16 (video/latent_codec.py).
 
 Three entry points, one per command, built from the same parts so their results agree exactly:
 
@@ -41,7 +41,6 @@ from vae_deploy.files import ensure_writable_dir
 from vae_deploy.runtime.latent_space import NORMALIZED, RAW
 from vae_deploy.runtime.latents import LatentHeader, LatentReader, LatentWriter
 from vae_deploy.runtime.runner import Runner
-from vae_deploy.video.codec import VideoCodec, VideoModelInfo
 from vae_deploy.video.fit import FitPolicy, plan_fit
 from vae_deploy.video.io import (
     IMAGE_SUFFIXES,
@@ -54,6 +53,7 @@ from vae_deploy.video.io import (
     check_sink_path,
     open_sink,
 )
+from vae_deploy.video.latent_codec import LatentCodec, VideoModelInfo
 from vae_deploy.video.metrics import VideoMetrics, compression_ratio, psnr_from_mse
 from vae_deploy.video.writers import note
 
@@ -380,7 +380,8 @@ class _Interrupted(Exception):
     """Raised inside the outputs' block when an interrupt left nothing worth keeping."""
 
 
-def _stream(produce: Iterator, transform: Callable, writer: _FrameWriter, depth: int) -> tuple[bool, float]:
+def _run_stream_stages(produce: Iterator, transform: Callable, writer: _FrameWriter,
+                       depth: int) -> tuple[bool, float]:
     """Run the stages; (interrupted, start time). An interrupt before any frame is written discards."""
     from vae_deploy.video.stages import run_stages
 
@@ -436,11 +437,11 @@ def _finish_source(report: StreamReport, source: FrameSource, count: int, option
 
 
 def _header(info: VideoModelInfo, policy: FitPolicy, fps: float, chunk: int,
-            codec: VideoCodec) -> LatentHeader:
+            latent_codec: LatentCodec) -> LatentHeader:
     return LatentHeader(model_fingerprint=info.fingerprint, model_kind=info.kind,
                         latent_shape=list(info.latent_shape(policy.model_size)), fps=fps, frame_count=0,
                         source_size=list(policy.source_size), working_size=list(policy.content_size),
-                        fit=policy.to_dict(), chunk=chunk, latent_space=codec.latent_space)
+                        fit=policy.to_dict(), chunk=chunk, latent_space=latent_codec.latent_space)
 
 
 def _output_fps(given: float | None, found: float | None, what: str) -> float:
@@ -472,7 +473,7 @@ def run_video(runner: Runner, source: FrameSource, options: StreamOptions | None
             check_output_path(path, what, video=path is not outputs.latents)
     policy = _plan(info, source, options)
     fps = _output_fps(options.fps, source.fps, source.description)
-    codec = VideoCodec(runner, info, _latent_space(options))
+    latent_codec = LatentCodec(runner, info, _latent_space(options))
     report = StreamReport(source=source.description)
     _fill_common(report, runner, info, policy, options.chunk, fps)
     keep_sources = outputs.side_by_side is not None or options.measure
@@ -480,8 +481,8 @@ def run_video(runner: Runner, source: FrameSource, options: StreamOptions | None
 
     def transform(chunk: _Chunk) -> _Coded:
         start = time.perf_counter()
-        latents = codec.encode(chunk.fitted)
-        recon = codec.decode(latents)[:chunk.fitted.shape[0]]  # drop frames decoded from padding
+        latents = latent_codec.encode(chunk.fitted)
+        recon = latent_codec.decode(latents)[:chunk.fitted.shape[0]]  # drop frames decoded from padding
         return _Coded(chunk, latents, recon, time.perf_counter() - start)
 
     w, h = policy.source_size
@@ -495,8 +496,8 @@ def run_video(runner: Runner, source: FrameSource, options: StreamOptions | None
             side = stack.enter_context(_video_output(outputs.side_by_side, fps, (2 * w, h), known,
                                                      source.description, codec=outputs.codec))
         if outputs.latents is not None:
-            latents = stack.enter_context(_latent_output(outputs.latents, _header(info, policy, fps,
-                                                                                  options.chunk, codec)))
+            header = _header(info, policy, fps, options.chunk, latent_codec)
+            latents = stack.enter_context(_latent_output(outputs.latents, header))
         writer = _FrameWriter(policy, video, side, latents, options.measure, None, progress)
         writer.working = tuple(  # type: ignore[assignment]
             None if path is None else stack.enter_context(_video_output(path, fps, policy.content_size))
@@ -504,7 +505,7 @@ def run_video(runner: Runner, source: FrameSource, options: StreamOptions | None
         produce = _read_chunks(source, policy, options.chunk, options.max_frames, keep_sources, count,
                                info.first_frames)
         try:
-            report.interrupted, started = _stream(produce, transform, writer, options.queue_chunks)
+            report.interrupted, started = _run_stream_stages(produce, transform, writer, options.queue_chunks)
         except _Interrupted:
             raise KeyboardInterrupt from None
     writer.fill(report, started)
@@ -521,22 +522,22 @@ def encode_video(runner: Runner, source: FrameSource, path: Path, options: Strea
     check_output_path(path, "the latents")
     policy = _plan(info, source, options)
     fps = _output_fps(options.fps, source.fps, source.description)
-    codec = VideoCodec(runner, info, _latent_space(options))
+    latent_codec = LatentCodec(runner, info, _latent_space(options))
     report = StreamReport(source=source.description)
     _fill_common(report, runner, info, policy, options.chunk, fps)
     count = [0]
 
     def transform(chunk: _Chunk) -> _Coded:
         start = time.perf_counter()
-        latents = codec.encode(chunk.fitted)
+        latents = latent_codec.encode(chunk.fitted)
         return _Coded(chunk, latents, None, time.perf_counter() - start)
 
-    with _latent_output(path, _header(info, policy, fps, options.chunk, codec)) as latents:
+    with _latent_output(path, _header(info, policy, fps, options.chunk, latent_codec)) as latents:
         writer = _FrameWriter(policy, None, None, latents, False, None, progress)
         produce = _read_chunks(source, policy, options.chunk, options.max_frames, False, count,
                                info.first_frames)
         try:
-            report.interrupted, started = _stream(produce, transform, writer, options.queue_chunks)
+            report.interrupted, started = _run_stream_stages(produce, transform, writer, options.queue_chunks)
         except _Interrupted:
             raise KeyboardInterrupt from None
     writer.fill(report, started)
@@ -618,13 +619,13 @@ def decode_latents(runner: Runner, path: Path | LatentReader, outputs: VideoOutp
     chunk = header.chunk or options.chunk
     info.check_chunk(chunk)
     fps = _output_fps(options.fps, header.fps, str(path))
-    codec = VideoCodec(runner, info, header.latent_space)
+    latent_codec = LatentCodec(runner, info, header.latent_space)
     report = StreamReport(source=str(path))
     _fill_common(report, runner, info, policy, chunk, fps)
 
     def transform(latents: np.ndarray) -> _Coded:
         start = time.perf_counter()
-        recon = codec.decode(latents)
+        recon = latent_codec.decode(latents)
         return _Coded(None, None, recon, time.perf_counter() - start)
 
     with contextlib.ExitStack() as stack:
@@ -636,7 +637,7 @@ def decode_latents(runner: Runner, path: Path | LatentReader, outputs: VideoOutp
         writer = _FrameWriter(policy, video, None, None, False, header.frame_count, progress)
         try:
             chunks = reader.chunks(chunk // info.temporal_factor, info.first_latents)
-            report.interrupted, started = _stream(chunks, transform, writer, options.queue_chunks)
+            report.interrupted, started = _run_stream_stages(chunks, transform, writer, options.queue_chunks)
         except _Interrupted:
             raise KeyboardInterrupt from None
     writer.fill(report, started)
