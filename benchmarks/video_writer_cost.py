@@ -63,11 +63,12 @@ if sys.argv[3] == "mp4v":
 from pathlib import Path
 from vae_deploy.video.default_model import default_model_dir
 from vae_deploy.video.jobs import run_job
+from vae_deploy.video.model_open import ModelChoice
 from vae_deploy.video.pipeline import StreamOptions, VideoOutputs
 out = Path(sys.argv[2])
 start = time.perf_counter()
-report = run_job(sys.argv[1], VideoOutputs(out / "recon.mp4", out / "side.mp4"), StreamOptions(measure=False),
-                 model=default_model_dir())
+report = run_job(sys.argv[1], VideoOutputs(out / "recon.mp4", out / "side.mp4"),
+                 options=StreamOptions(measure=False), model=ModelChoice(default_model_dir()))
 seconds = time.perf_counter() - start
 print(report.frames, seconds)
 """
@@ -108,12 +109,13 @@ def psnr_of_writers(work: Path) -> dict:
     from vae_deploy.video.io import VideoSink, open_source
     from vae_deploy.video.jobs import run_job
     from vae_deploy.video.metrics import psnr
+    from vae_deploy.video.model_open import ModelChoice
     from vae_deploy.video.pipeline import StreamOptions, VideoOutputs
     from vae_deploy.video.samples import sample_video_path
 
     lossless = work / "demo_recon.mkv"
     run_job(sample_video_path("carphone_pristine"), VideoOutputs(video=lossless),
-            StreamOptions(measure=False), model=default_model_dir())
+            options=StreamOptions(measure=False), model=ModelChoice(default_model_dir()))
     given = open_source(lossless).read()
     result = {}
     for name, kwargs in (("h264", {}), ("mp4v", {"fourcc": "mp4v"})):

@@ -32,7 +32,8 @@ def _wan(folder):
 @pytest.mark.parametrize("build", [_kl, _wan], ids=["autoencoder-kl", "wan"])
 def test_fp16_export_decodes_real_frames_above_the_floor(tmp_path, build):
     build(tmp_path / "src")
-    result = export_job(tmp_path / "src", tmp_path / "m", "gpu-fp16", real=16, parity_backend="ort-cpu")
+    result = export_job(tmp_path / "src", tmp_path / "m", profile="gpu-fp16", real=16,
+                        parity_backend="ort-cpu")
     assert result.report.passed, result.report.error()
     manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
     assert manifest["precision"] == "fp16"

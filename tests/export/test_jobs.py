@@ -14,7 +14,7 @@ from vae_deploy.runtime import read_manifest
 def exported(mlp_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("jobs") / "model"
     events = []
-    result = export_job(mlp_checkpoint, out, "cpu-fp32", real=0, log=events.append,
+    result = export_job(mlp_checkpoint, out, profile="cpu-fp32", real=0, log=events.append,
                         on_exported=lambda r: events.append(("exported", r)))
     return out, result, events
 

@@ -16,6 +16,7 @@ from vae_deploy.video.default_model import DEFAULT_MODEL_DIR
 from vae_deploy.video.frames import FrameStream
 from vae_deploy.video.io import open_source
 from vae_deploy.video.jobs import encode_job
+from vae_deploy.video.model_open import ModelChoice
 from vae_deploy.video.pipeline import StreamOptions
 from vae_deploy.video.samples import sample_video_path
 
@@ -28,7 +29,8 @@ def test_pushed_frames_give_what_encode_stores(tiny_video_model, tmp_path, name)
     partial chunk comes out of flush(); the frames come back at the pushed size."""
     model, clip = tiny_video_model(name), sample_video_path("carphone_pristine")
     frames = open_source(clip).read(max_frames=21)
-    encode_job(clip, tmp_path / "clip.vaelat", StreamOptions(chunk=4, max_frames=21, measure=False), model)
+    encode_job(clip, tmp_path / "clip.vaelat", options=StreamOptions(chunk=4, max_frames=21, measure=False),
+               model=ModelChoice(model))
     stored = np.asarray(LatentReader(tmp_path / "clip.vaelat").latents)
     pushed, flushed = [], []
     # The same runner settings as the jobs (threads change float summation order, hence fp16 rounding).

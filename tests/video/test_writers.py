@@ -20,6 +20,7 @@ from vae_deploy.video.default_model import DEMO_CLIP, default_model_dir
 from vae_deploy.video.io import VideoSink, open_source
 from vae_deploy.video.jobs import run_job
 from vae_deploy.video.metrics import psnr
+from vae_deploy.video.model_open import ModelChoice
 from vae_deploy.video.pipeline import StreamOptions, VideoOutputs
 from vae_deploy.video.samples import sample_video_path
 
@@ -31,8 +32,8 @@ def demo_reconstruction(tmp_path_factory):
     """The reconstruction frames of `vae-deploy demo` (the packaged model on the demo clip), kept exact by
     writing them as lossless .mkv; and the clip's frame rate."""
     out = tmp_path_factory.mktemp("demo") / "recon.mkv"
-    run_job(sample_video_path(DEMO_CLIP), VideoOutputs(video=out), StreamOptions(measure=False),
-            model=default_model_dir())
+    run_job(sample_video_path(DEMO_CLIP), VideoOutputs(video=out), options=StreamOptions(measure=False),
+            model=ModelChoice(default_model_dir()))
     source = open_source(out)
     return source.read(), source.fps
 

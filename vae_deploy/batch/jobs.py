@@ -43,9 +43,10 @@ from vae_deploy.batch.worker import FATAL, EncodeSettings, WorkerDied, fatal_err
 from vae_deploy.errors import ConfigError, DataError
 from vae_deploy.files import ensure_writable_dir, remove_stale_temporaries, removing_new_folders
 from vae_deploy.runtime.manifest import Manifest, read_manifest
-from vae_deploy.runtime.registry import DEFAULT_BACKEND, get_backend, runner_class
+from vae_deploy.runtime.registry import get_backend, runner_class
 from vae_deploy.video.default_model import resolve_model
 from vae_deploy.video.latent_codec import VideoModelInfo
+from vae_deploy.video.model_open import DEFAULT_MODEL, ModelChoice
 from vae_deploy.video.pipeline import StreamOptions
 
 ENGINES = ("local", "ray")
@@ -197,15 +198,17 @@ def _run_indexed(index: BatchIndex, tasks: list[VideoTask], out_dir: Path, recor
     return result
 
 
-def encode_dataset_job(sources: list[str | Path], out_dir: Path, options: StreamOptions | None = None,
-                       model: Path | None = None, backend: str = DEFAULT_BACKEND, engine: str = "local",
-                       workers: int | None = None, threads: int | None = None, address: str | None = None,
-                       progress: BatchProgress | None = None, output_format: str = "vaelat",
-                       shard_size: int | None = None, index_format: str = "jsonl") -> BatchResult:
-    """Encode every video of `sources` into `out_dir` (one .vaelat each at mirrored paths, or WebDataset
-    tar shards of `shard_size` videos with output_format "webdataset") and index them (index.jsonl, plus
-    index.parquet with index_format "parquet")."""
+def encode_dataset_job(sources: list[str | Path], out_dir: Path, *, options: StreamOptions | None = None,
+                       model: ModelChoice = DEFAULT_MODEL, engine: str = "local", workers: int | None = None,
+                       address: str | None = None, progress: BatchProgress | None = None,
+                       output_format: str = "vaelat", shard_size: int | None = None,
+                       index_format: str = "jsonl") -> BatchResult:
+    """Encode every video of `sources` with `model` (its threads: per worker, None to split the CPUs) into
+    `out_dir` (one .vaelat each at mirrored paths, or WebDataset tar shards of `shard_size` videos with
+    output_format "webdataset") and index them (index.jsonl, plus index.parquet with index_format
+    "parquet")."""
     options = options or StreamOptions(measure=False)
+    backend, threads = model.backend, model.threads
     layout = layout_record(output_format, shard_size)
     check_index_format(index_format)
     if engine not in ENGINES:
@@ -222,7 +225,7 @@ def encode_dataset_job(sources: list[str | Path], out_dir: Path, options: Stream
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"--out {out_dir} is a file; give a folder")
     tasks = collect_videos(list(sources))
-    manifest = _check_model(model, backend, options, out_dir)
+    manifest = _check_model(model.folder, backend, options, out_dir)
     layout.update(settings_record(manifest.fingerprint, manifest.kind, options))
     check_layout(out_dir, layout)  # a folder of another layout or model: one line before anything is written
     if engine == "ray":
@@ -233,8 +236,7 @@ def encode_dataset_job(sources: list[str | Path], out_dir: Path, options: Stream
     # --threads only when it is given (Runner.thread_options)
     runner_threads = runner_class(backend).thread_options(threads, threads_per_worker(workers, None)
                                                           ).get("threads")
-    settings = EncodeSettings(str(out_dir), options, None if model is None else str(model), backend,
-                              runner_threads)
+    settings = EncodeSettings(str(out_dir), options, ModelChoice(model.folder, backend, runner_threads))
     threads = threads_per_worker(workers, threads)
     with removing_new_folders(out_dir):  # a batch that fails before any video leaves no empty folder
         ensure_writable_dir(out_dir)

@@ -107,7 +107,7 @@ class RayEngine:
 
     def __enter__(self) -> RayEngine:
         ray = self._ray
-        threads = self.settings.threads or 1
+        threads = self.settings.model.threads or 1
         if self.address is not None:
             try:
                 with _quiet_stderr():  # Ray's C++ core prints a line per failed retry: we print one
@@ -122,7 +122,7 @@ class RayEngine:
             with _quiet_stderr():  # Ray's C++ core says which log level it took from the environment
                 ray.init(address="local", num_cpus=max(os.cpu_count() or 1, self.workers * threads),
                          include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-        gpus = 1 if runner_class(self.settings.backend).uses_gpu else 0  # the runner class declares it
+        gpus = 1 if runner_class(self.settings.model.backend).uses_gpu else 0  # the runner class declares it
         actor = ray.remote(num_cpus=threads, num_gpus=gpus)(_Actor)
         actors = [actor.remote(self.settings) for _ in range(self.workers)]
         self._actors = dict(zip(actors, ray.get([a.pid.remote() for a in actors]), strict=True))  # -> pid

@@ -35,10 +35,9 @@ from vae_deploy.batch.sources import LATENT_SUFFIX, VideoTask, source_identity
 from vae_deploy.errors import OutputError, VaeDeployError
 from vae_deploy.files import FOLDER_UNWRITABLE_ERRNOS
 from vae_deploy.runtime.latents import LatentReader
-from vae_deploy.runtime.registry import DEFAULT_BACKEND
 from vae_deploy.runtime.runner import Runner
 from vae_deploy.video.io import open_source
-from vae_deploy.video.model_open import open_model
+from vae_deploy.video.model_open import DEFAULT_MODEL, ModelChoice, open_model
 from vae_deploy.video.pipeline import StreamOptions, encode_video
 
 FATAL = "fatal"  # a result key: the batch must stop (no runner, nothing can be written); the value: why
@@ -51,9 +50,7 @@ class EncodeSettings:
 
     out_dir: str
     options: StreamOptions
-    model: str | None = None
-    backend: str = DEFAULT_BACKEND
-    threads: int | None = None  # per worker
+    model: ModelChoice = DEFAULT_MODEL  # its threads: per worker
 
 
 def _staging(path: Path) -> Path:
@@ -122,8 +119,7 @@ class VideoEncoder:
 
     def _open(self) -> Runner:
         if self._runner is None:
-            s = self.settings
-            self._runner = open_model(None if s.model is None else Path(s.model), s.backend, s.threads)
+            self._runner = open_model(self.settings.model)
         return self._runner
 
     def close(self) -> None:

@@ -46,8 +46,8 @@ def bench(
     """Time encode and decode: median and p95 ms per call (video: per chunk), warm-up excluded."""
     from vae_deploy.video.jobs import bench_job
 
-    result = bench_job(model_dir, backend, parse_sizes(batch_sizes, "--batch-sizes"), chunk, size, repeats,
-                       warmup, threads)
+    result = bench_job(model_dir, backend=backend, batch_sizes=parse_sizes(batch_sizes, "--batch-sizes"),
+                       chunk=chunk, size=size, repeats=repeats, warmup=warmup, threads=threads)
     if json_out:
         typer.echo(json.dumps({"backend": backend, "model_dir": str(model_dir), "kind": result.kind,
                                "timed": result.timed, "runner_options": result.runner_options,

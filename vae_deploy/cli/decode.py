@@ -42,11 +42,12 @@ def decode(
 ) -> None:
     """Decode a latent file to a video at the source's size and frame rate."""
     from vae_deploy.video.jobs import decode_job
+    from vae_deploy.video.model_open import ModelChoice
 
     try:
         with progress_bar("decode", quiet) as progress:
-            report = decode_job(latents, out, model, backend, fps, threads, metrics, progress,
-                                codec=codec)
+            report = decode_job(latents, out, model=ModelChoice(model, backend, threads), fps=fps,
+                                metrics=metrics, progress=progress, codec=codec)
     except KeyboardInterrupt:
         interrupted()
     print_report(report, "decoded")

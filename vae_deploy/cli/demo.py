@@ -39,7 +39,8 @@ def demo(
 
     try:
         with progress_bar("demo", quiet) as progress:
-            report = demo_job(out_dir, backend, threads, progress, log=typer.echo, codec=codec)
+            report = demo_job(out_dir, backend=backend, threads=threads, progress=progress, log=typer.echo,
+                              codec=codec)
     except KeyboardInterrupt:
         interrupted()
     print_report(report, "ran")

@@ -50,13 +50,15 @@ def encode(
 ) -> None:
     """Encode a video into a latent file (fp16 latents plus what decoding needs)."""
     from vae_deploy.video.jobs import encode_job
+    from vae_deploy.video.model_open import ModelChoice
     from vae_deploy.video.pipeline import StreamOptions
 
     try:
         options = StreamOptions(chunk=chunk, short_side=size, fit=fit, max_frames=max_frames, fps=fps,
                                 measure=False, raw_latents=raw_latents)
         with progress_bar("encode", quiet) as progress:
-            report = encode_job(source, out, options, model, backend, threads, metrics, progress)
+            report = encode_job(source, out, options=options, model=ModelChoice(model, backend, threads),
+                                metrics=metrics, progress=progress)
     except KeyboardInterrupt:
         interrupted()
     print_report(report, "encoded")

@@ -69,14 +69,18 @@ def encode_dataset(
 ) -> None:
     """Encode a collection of videos into latent files, on worker processes or a Ray cluster; resumable."""
     from vae_deploy.batch.jobs import encode_dataset_job
+    from vae_deploy.video.model_open import ModelChoice
     from vae_deploy.video.pipeline import StreamOptions
 
     try:
         options = StreamOptions(chunk=chunk, short_side=size, fit=fit, max_frames=max_frames, fps=fps,
                                 measure=False, raw_latents=raw_latents)
         with progress_bar("encode-dataset", quiet, unit="videos") as progress:
-            result = encode_dataset_job(sources, out, options, model, backend, engine, workers, threads,
-                                        address, progress, output_format, shard_size, index_format)
+            choice = ModelChoice(model, backend, threads)
+            result = encode_dataset_job(sources, out, options=options, model=choice, engine=engine,
+                                        workers=workers, address=address, progress=progress,
+                                        output_format=output_format, shard_size=shard_size,
+                                        index_format=index_format)
     except KeyboardInterrupt:
         index = out / "index.jsonl"  # (removed by a batch stopped before its first video finished)
         interrupted(f"the videos finished are kept and listed in {index}" if index.exists() else

@@ -63,8 +63,8 @@ def export(
 
     console = Console()
     with train_extra("export"), _no_exit_from_user_code():
-        result = export_job(source, out, profile, entry_point=entry_point, real=real, data_source=data_source,
-                            data_dir=data_dir,
+        result = export_job(source, out, profile=profile, entry_point=entry_point, real=real,
+                            data_source=data_source, data_dir=data_dir,
                             parity_backend=parity_backend, force=force, engine=engine,
                             engine_precision=engine_precision,
                             log=lambda msg: console.print(msg, highlight=False),

@@ -65,14 +65,16 @@ def run(
 ) -> None:
     """Encode and decode a video chunk by chunk; write the reconstruction, latents and metrics."""
     from vae_deploy.video.jobs import run_job
+    from vae_deploy.video.model_open import ModelChoice
     from vae_deploy.video.pipeline import StreamOptions, VideoOutputs
 
     try:
         options = StreamOptions(chunk=chunk, short_side=size, fit=fit, max_frames=max_frames, fps=fps,
                                 measure=metrics is not None or report is not None, raw_latents=raw_latents)
         with progress_bar("run", quiet) as progress:
-            result = run_job(source, VideoOutputs(out, side_by_side, latents, codec=codec), options, model,
-                             backend, threads, metrics, progress, report_dir=report)
+            result = run_job(source, VideoOutputs(out, side_by_side, latents, codec=codec), options=options,
+                             model=ModelChoice(model, backend, threads), metrics=metrics, progress=progress,
+                             report_dir=report)
     except KeyboardInterrupt:
         interrupted()
     print_report(result, "ran")

@@ -79,8 +79,9 @@ def verify(
     from vae_deploy.export.jobs import verify_job
     from vae_deploy.runtime.manifest import json_safe
 
-    result = verify_job(model_dir, backend, reference, parse_sizes(batch_sizes, "--batch-sizes"), real,
-                        data_source, data_dir, seed, entry_point)
+    result = verify_job(model_dir, backend=backend, reference=reference,
+                        batch_sizes=parse_sizes(batch_sizes, "--batch-sizes"), real=real,
+                        data_source=data_source, data_dir=data_dir, seed=seed, entry_point=entry_point)
     report = result.report
     if json_out:
         typer.echo(json.dumps(json_safe(report.to_dict()), indent=2))

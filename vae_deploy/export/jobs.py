@@ -54,7 +54,7 @@ def check_engine_request(precision: str | None) -> None:
     require_tensorrt()
 
 
-def export_job(source: Path | None, out: Path, profile: str | Path | None = None, *,
+def export_job(source: Path | None, out: Path, *, profile: str | Path | None = None,
                entry_point: str | None = None, real: int = 1000,
                data_source: str = "auto", data_dir: Path | None = None, parity_backend: str = DEFAULT_BACKEND,
                force: bool = False, engine: bool = False, engine_precision: str | None = None,
@@ -133,7 +133,7 @@ def choose_reference(choice: str, model_dir: Path, manifest: Manifest,
     return "golden", f"reference: golden outputs stored at export ({why})"
 
 
-def verify_job(model_dir: Path, backend: str = DEFAULT_BACKEND, reference: str = "auto",
+def verify_job(model_dir: Path, *, backend: str = DEFAULT_BACKEND, reference: str = "auto",
                batch_sizes: tuple[int, ...] | None = None, real: int = 1000, data_source: str = "auto",
                data_dir: Path | None = None, seed: int = 0, entry_point: str | None = None) -> VerifyResult:
     """Compare `backend` with the reference `choose_reference` picks. Against torch: `real` real inputs

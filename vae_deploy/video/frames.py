@@ -31,7 +31,7 @@ from vae_deploy.runtime.registry import DEFAULT_BACKEND
 from vae_deploy.runtime.runner import Runner
 from vae_deploy.video.fit import FitPolicy, plan_fit
 from vae_deploy.video.latent_codec import LatentCodec, VideoModelInfo
-from vae_deploy.video.model_open import open_model
+from vae_deploy.video.model_open import ModelChoice, open_model
 from vae_deploy.video.pipeline import DEFAULT_CHUNK
 
 
@@ -62,7 +62,7 @@ class FrameStream:
     def open(cls, model_dir: Path | str | None, frame_size: tuple[int, int], backend: str = DEFAULT_BACKEND,
              threads: int | None = None, **options) -> FrameStream:
         """A stream on a model folder (None: the packaged default model); closing it closes the runner."""
-        runner = open_model(None if model_dir is None else Path(model_dir), backend, threads)
+        runner = open_model(ModelChoice(None if model_dir is None else Path(model_dir), backend, threads))
         try:
             return cls(runner, frame_size, owns_runner=True, **options)
         except BaseException:

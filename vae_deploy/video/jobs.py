@@ -30,7 +30,7 @@ from vae_deploy.video.default_model import DEMO_CLIP, default_model_dir, resolve
 from vae_deploy.video.fit import plan_fit
 from vae_deploy.video.io import FrameSource, open_source
 from vae_deploy.video.latent_codec import VideoModelInfo
-from vae_deploy.video.model_open import open_model, runner_options
+from vae_deploy.video.model_open import DEFAULT_MODEL, ModelChoice, open_model, runner_options
 from vae_deploy.video.pipeline import (
     DEFAULT_CHUNK,
     StreamOptions,
@@ -82,18 +82,18 @@ def _finish(report: StreamReport, metrics: Path | None) -> StreamReport:
     return report
 
 
-def run_job(source: str | Path, outputs: VideoOutputs, options: StreamOptions | None = None,
-            model: Path | None = None, backend: str = DEFAULT_BACKEND, threads: int | None = None,
-            metrics: Path | None = None, progress: JobProgress | None = None,
-            report_dir: Path | None = None) -> StreamReport:
-    """`vae-deploy run`: encode and decode SOURCE, writing the outputs asked for and the metrics; with
-    `report_dir`, also the report page and its two videos there (video/report.py; quality is measured)."""
+def run_job(source: str | Path, outputs: VideoOutputs, *, options: StreamOptions | None = None,
+            model: ModelChoice = DEFAULT_MODEL, metrics: Path | None = None,
+            progress: JobProgress | None = None, report_dir: Path | None = None) -> StreamReport:
+    """`vae-deploy run`: encode and decode SOURCE with `model`, writing the outputs asked for and the
+    metrics; with `report_dir`, also the report page and its two videos there (video/report.py; quality is
+    measured)."""
     options = options or StreamOptions()
     if report_dir is not None:
         options = dataclasses.replace(options, measure=True)
         outputs = dataclasses.replace(outputs, model_input=Path(report_dir) / SOURCE_VIDEO,
                                       model_output=Path(report_dir) / DECODED_VIDEO)
-    check_outputs({"the input": source}, model, {"--out": outputs.video, "--side-by-side":
+    check_outputs({"the input": source}, model.folder, {"--out": outputs.video, "--side-by-side":
                                                  outputs.side_by_side, "--latents": outputs.latents,
                                                  "--metrics": metrics, "the report's source video":
                                                  outputs.model_input, "the report's decoded video":
@@ -102,43 +102,43 @@ def run_job(source: str | Path, outputs: VideoOutputs, options: StreamOptions | 
     with removing_new_folders(report_dir) if report_dir is not None else contextlib.nullcontext():
         if report_dir is not None:
             check_report_dir(report_dir)  # after the checks above: never a folder where it must not be
-        with open_model(model, backend, threads) as runner, open_source(source) as frames:
+        with open_model(model) as runner, open_source(source) as frames:
             report = run_video(runner, frames, options, outputs,
                                _bound(progress, _source_total(frames, options)))
         report = _finish(report, metrics)
         if report_dir is not None:
             data = report.to_dict()
-            page = write_report(report_dir, data, model_summary(resolve_model(model), data))
+            page = write_report(report_dir, data, model_summary(resolve_model(model.folder), data))
             report.outputs["report"] = str(page)
     return report
 
 
-def encode_job(source: str | Path, out: Path, options: StreamOptions | None = None, model: Path | None = None,
-               backend: str = DEFAULT_BACKEND, threads: int | None = None, metrics: Path | None = None,
+def encode_job(source: str | Path, out: Path, *, options: StreamOptions | None = None,
+               model: ModelChoice = DEFAULT_MODEL, metrics: Path | None = None,
                progress: JobProgress | None = None) -> StreamReport:
-    """`vae-deploy encode`: SOURCE's latents into the .vaelat file `out`."""
+    """`vae-deploy encode`: SOURCE's latents with `model` into the .vaelat file `out`."""
     options = options or StreamOptions(measure=False)
-    check_outputs({"the input": source}, model, {"--out": out, "--metrics": metrics})
-    with open_model(model, backend, threads) as runner, open_source(source) as frames:
+    check_outputs({"the input": source}, model.folder, {"--out": out, "--metrics": metrics})
+    with open_model(model) as runner, open_source(source) as frames:
         report = encode_video(runner, frames, out, options, _bound(progress, _source_total(frames, options)))
     return _finish(report, metrics)
 
 
-def decode_job(latents: Path, out: Path, model: Path | None = None, backend: str = DEFAULT_BACKEND,
-               fps: float | None = None, threads: int | None = None, metrics: Path | None = None,
-               progress: JobProgress | None = None, codec: str | None = None) -> StreamReport:
-    """`vae-deploy decode`: a .vaelat file back to video at the source's size and frame rate (`codec`:
-    None for the suffix's, video/writers.py)."""
+def decode_job(latents: Path, out: Path, *, model: ModelChoice = DEFAULT_MODEL, fps: float | None = None,
+               metrics: Path | None = None, progress: JobProgress | None = None,
+               codec: str | None = None) -> StreamReport:
+    """`vae-deploy decode`: a .vaelat file back to video with `model`, at the source's size and frame rate
+    (`codec`: None for the suffix's, video/writers.py)."""
     options = StreamOptions(fps=fps)
-    check_outputs({"the input": latents}, model, {"--out": out, "--metrics": metrics})
+    check_outputs({"the input": latents}, model.folder, {"--out": out, "--metrics": metrics})
     reader = LatentReader(latents)  # refuses a damaged file (its checksum is read once) before loading
-    with open_model(model, backend, threads) as runner:
+    with open_model(model) as runner:
         report = decode_latents(runner, reader, VideoOutputs(video=out, codec=codec), options,
                                 _bound(progress, reader.header.frame_count))
     return _finish(report, metrics)
 
 
-def demo_job(out_dir: Path, backend: str = DEFAULT_BACKEND, threads: int | None = None,
+def demo_job(out_dir: Path, *, backend: str = DEFAULT_BACKEND, threads: int | None = None,
              progress: JobProgress | None = None,
              log: Callable[[str], None] = lambda line: None, codec: str | None = None) -> StreamReport:
     """`vae-deploy demo`: the packaged model on the packaged clip, every output in `out_dir` (`codec`: the
@@ -152,7 +152,7 @@ def demo_job(out_dir: Path, backend: str = DEFAULT_BACKEND, threads: int | None 
     log(f"demo: the packaged model ({model}) on {clip.name}, its validation clip (it chose the model's "
         f"epochs and recipe; never trained on)")
     with removing_new_folders(out_dir):  # a demo that fails writing its first file leaves no empty folder
-        return run_job(clip, outputs, StreamOptions(), backend=backend, threads=threads,
+        return run_job(clip, outputs, options=StreamOptions(), model=ModelChoice(None, backend, threads),
                        metrics=out_dir / DEMO_METRICS, progress=progress, report_dir=out_dir)
 
 
@@ -180,7 +180,7 @@ def _video_case(manifest: Manifest, chunk: int | None, size: int | None
     return (1, frames, info.channels, h, w), what
 
 
-def bench_job(model_dir: Path, backend: str = DEFAULT_BACKEND, batch_sizes: tuple[int, ...] | None = None,
+def bench_job(model_dir: Path, *, backend: str = DEFAULT_BACKEND, batch_sizes: tuple[int, ...] | None = None,
               chunk: int | None = None, size: int | None = None, repeats: int = 50, warmup: int = 5,
               threads: int | None = None) -> BenchResult:
     """`vae-deploy bench`: a video model timed as `run` streams it (batch 1, chunks of `chunk` frames at

@@ -5,6 +5,7 @@ workers open a model as the commands do without importing the commands."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from vae_deploy.runtime.registry import DEFAULT_BACKEND, load_runner, runner_class
@@ -23,6 +24,20 @@ def runner_options(backend: str, threads: int | None = None) -> dict:
     return runner_class(backend).thread_options(threads, (os.cpu_count() or 2) - 1)
 
 
-def open_model(model: Path | None, backend: str = DEFAULT_BACKEND, threads: int | None = None) -> Runner:
-    """The model folder (None: the packaged default model) with `backend`, set up for streaming."""
-    return load_runner(resolve_model(model), backend, **runner_options(backend, threads))
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which model a job streams and how: the model folder (None: the packaged default model), the backend
+    and its intra-op threads (None: the job's default, runner_options)."""
+
+    folder: Path | None = None
+    backend: str = DEFAULT_BACKEND
+    threads: int | None = None
+
+
+DEFAULT_MODEL = ModelChoice()  # the packaged default model on the default backend
+
+
+def open_model(choice: ModelChoice) -> Runner:
+    """The chosen model folder with its backend, set up for streaming."""
+    return load_runner(resolve_model(choice.folder), choice.backend,
+                       **runner_options(choice.backend, choice.threads))
