@@ -32,7 +32,7 @@ def test_graphs_follow_their_specs(mlp_model_dir):
         model = onnx.load(str(path))
         onnx.checker.check_model(model, full_check=True)
         opsets = [(o.domain, o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")]
-        assert opsets == [("", 17)]
+        assert opsets == [("", 18)]
         inputs, outputs = _io(path)
         f32 = onnx.TensorProto.FLOAT
         assert inputs == [(t.name, f32, list(t.shape)) for t in spec.all_inputs]

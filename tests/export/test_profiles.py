@@ -23,7 +23,7 @@ SHIPPED = ["cpu-fp32", "cpu-int8", "gpu-fp16", "jetson-orin-fp16"]
                                                  ("gpu-fp16", "fp16"), ("jetson-orin-fp16", "fp16")])
 def test_shipped_profiles(name, precision):
     profile = load_profile(PROFILE_DIR / f"{name}.toml")
-    assert profile.name == name and profile.precision == precision and profile.opset == 17
+    assert profile.name == name and profile.precision == precision and profile.opset == 18
     assert profile.keep_io_types and profile.tensorrt.workspace_mb >= 256
     assert set(profile.dynamic) == {"batch", "frames", "height", "width"}
     assert max(profile.parity_batch_sizes) <= profile.dynamic["batch"].max

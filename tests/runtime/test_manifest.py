@@ -25,7 +25,7 @@ def _edit_manifest(folder, edit):
 
 def test_manifest_records_the_contract(mlp_model_dir):
     m = read_manifest(mlp_model_dir)
-    assert m.schema_version == SCHEMA_VERSION and m.kind == "mlp" and m.precision == "fp32" and m.opset == 17
+    assert m.schema_version == SCHEMA_VERSION and m.kind == "mlp" and m.precision == "fp32" and m.opset == 18
     assert m.model["latent_dim"] == 2
     assert set(m.files) == {"encoder.onnx", "decoder.onnx", "golden.npz", "reference/model.safetensors",
                             "reference/config.json"}

@@ -1,10 +1,12 @@
 """Checkpoint -> model folder: encoder.onnx + decoder.onnx + reference/ + manifest.json (runtime/manifest.py).
 
 Steps, each driven by the kind's graph specs (export/specs.py):
-1. torch.onnx.export of each graph's model method, inputs/outputs named and dynamic axes set from the spec.
-   We use the legacy TorchScript exporter (dynamo=False): the dynamo exporter needs onnxscript, which the
-   train extra does not install, and the legacy one takes `dynamic_axes` (including symbolic state shapes
-   such as "height//8") directly.
+1. torch.onnx.export of each graph's model method, inputs/outputs named and dynamic axes set from the spec,
+   with the torch.export-based exporter (dynamo=True, onnxscript: the train extra): every symbolic axis of
+   the spec is a Dim.AUTO dynamic shape and the example inputs are sized so that torch.export neither fixes
+   nor merges any of them (export_env); the spec's axis names are then written onto the graph
+   (declare_io_shapes). The legacy TorchScript exporter remains for graphs LEGACY_GRAPHS names and for
+   profiles asking for an opset below 18 (choose_exporter); the manifest records each graph's exporter.
 2. fp16 profiles: onnxconverter_common's convert_float_to_float16, with keep_io_types so callers keep
    float32 arrays unless the profile asks otherwise. int8 profiles: once both fp32 graphs exist, ONNX
    Runtime static quantization calibrated on real frames streamed through them (export/quantize.py).
@@ -22,6 +24,9 @@ The folder is built under a temporary name beside the target and swapped in at t
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import replace
@@ -34,7 +39,7 @@ from torch import nn
 
 import vae_deploy
 from vae_deploy.config_io import to_dict
-from vae_deploy.errors import ModelFormatError
+from vae_deploy.errors import ModelFormatError, VaeDeployError
 from vae_deploy.export.golden import GOLDEN_FILE, write_golden
 from vae_deploy.export.profile import ExportProfile
 from vae_deploy.export.publish import staged_folder
@@ -59,7 +64,7 @@ from vae_deploy.runtime.manifest import (
     write_manifest,
 )
 from vae_deploy.runtime.registry import DEFAULT_BACKEND, get_backend
-from vae_deploy.runtime.spec import GraphSpec, TensorSpec, random_inputs
+from vae_deploy.runtime.spec import GraphSpec, TensorSpec, dim_symbols, eval_dim, random_inputs
 
 _ONNX_DTYPES = {"float32": onnx.TensorProto.FLOAT, "float16": onnx.TensorProto.FLOAT16}
 
@@ -77,31 +82,137 @@ class GraphModule(nn.Module):
         return tuple(out) if isinstance(out, (tuple, list)) else out
 
 
-def trace_inputs(spec: GraphSpec, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Example inputs at the spec's example dims (batch 2: a batch of 1 invites the tracer to specialize)."""
-    env = spec.example_env()
-    data = random_inputs(spec, env["batch"], np.random.default_rng(seed))
+def trace_inputs(spec: GraphSpec, seed: int = 0, env: dict[str, int] | None = None
+                 ) -> tuple[torch.Tensor, ...]:
+    """Example inputs at the spec's example dims, or at `env` (symbol values)."""
+    env = env or spec.example_env()
+    dims = {k: v for k, v in env.items() if k != "batch"}
+    data = random_inputs(spec, env["batch"], np.random.default_rng(seed), **dims)
     state = spec.zero_state(env)
     arrays = [a.astype(np.float32) for a in data] + [state[s.input].astype(np.float32) for s in spec.state]
     return tuple(torch.from_numpy(a) for a in arrays)
 
 
-def export_graph(model: nn.Module, spec: GraphSpec, path: Path, opset: int) -> None:
-    """torch.onnx.export of `model.<spec.method>` to `path` (atomically), names and axes from `spec`."""
+# Exporters a graph can go through (recorded per graph in the manifest: GraphSpec.exporter).
+DYNAMO, TORCHSCRIPT = "dynamo", "torchscript"
+EXPORTERS = (DYNAMO, TORCHSCRIPT)
+# Graphs torch.export cannot capture yet, as (model kind or adapter family, graph name) -> the failing op; they
+# keep the legacy TorchScript exporter, and only they. Empty: every graph of every kind goes through dynamo.
+LEGACY_GRAPHS: dict[tuple[str, str], str] = {}
+
+
+# The dynamo exporter writes opset 18 and up natively. Below that it converts its opset-18 graph down with
+# onnx's version converter, which keeps Split's opset-18 `num_outputs` attribute (every torch.chunk, e.g. the
+# encoders' mu/logvar split) and so writes graphs the ONNX checker refuses; a profile asking for an older
+# opset therefore gets the legacy exporter, which writes any opset from 7 on.
+DYNAMO_MIN_OPSET = 18
+
+
+def choose_exporter(kind: str, spec: GraphSpec, opset: int = DYNAMO_MIN_OPSET) -> str:
+    """The exporter of graph `spec` of a model of kind `kind` at `opset`: dynamo, unless LEGACY_GRAPHS names
+    the graph or the opset is older than the dynamo exporter writes."""
+    if (kind, spec.name) in LEGACY_GRAPHS or opset < DYNAMO_MIN_OPSET:
+        return TORCHSCRIPT
+    return DYNAMO
+
+
+def export_env(spec: GraphSpec) -> dict[str, int]:
+    """Symbol values for the dynamo exporter's example inputs.
+
+    torch.export specializes a dimension of size 0 or 1 to a constant and unifies dimensions that happen to
+    have the same size ("duck sizing"), so a batch of 1, or a height equal to the width, would be baked into
+    the graph. Starting from the spec's example dims (batch 2), each symbol is raised by its multiple until
+    every distinct symbolic dim of the inputs (state formulas such as "height//8" included) is at least 2 and
+    no two of them are equal."""
+    env = spec.example_env(batch=2)
+    exprs: list[str] = []
+    for t in spec.all_inputs:
+        exprs += [d for d in t.shape if isinstance(d, str) and d not in exprs]
+    for _ in range(200):
+        values = {e: eval_dim(e, env) for e in exprs}
+        bad = next((e for e in exprs if values[e] < 2 or list(values.values()).count(values[e]) > 1), None)
+        if bad is None:
+            return env
+        # raise the last symbol the offending dim depends on (the batch last: it costs the most compute)
+        symbols = sorted(dim_symbols(bad), key=lambda s: (s == "batch", s))
+        symbol = symbols[0] if values[bad] >= 2 else symbols[-1]
+        env[symbol] += spec.dim_multiples.get(symbol, 1)
+    raise ModelFormatError(f"{spec.name}: found no example sizes with distinct symbolic dims for the exporter")
+
+
+def dynamic_shapes(spec: GraphSpec) -> tuple[tuple[dict[int, object], ...]]:
+    """torch.export dynamic_shapes of the graph's inputs (state included), from the spec's own axes: every
+    symbolic axis is Dim.AUTO, so the exporter finds the relations between them itself (a state's "height//8"
+    against the input's height), every fixed axis stays static. The exporter's own dim names do not matter:
+    declare_io_shapes writes the spec's names (the manifest's dynamic axes) onto the graph afterwards, and
+    check_graph compares every dim with the spec, so an axis the exporter fixed is an error, not a silent
+    specialization. One tuple per `*args` of GraphModule.forward."""
+    auto = torch.export.Dim.AUTO
+    return (tuple({axis: auto for axis in t.dynamic_axes} for t in spec.all_inputs),)
+
+
+def export_graph(model: nn.Module, spec: GraphSpec, path: Path, opset: int, exporter: str = DYNAMO) -> str:
+    """torch.onnx.export of `model.<spec.method>` to `path` (atomically), names and axes from `spec`, with
+    `exporter` (dynamo: torch.export-based; torchscript: the legacy tracer). Returns the exporter used."""
     if not hasattr(model, spec.method):
         raise ModelFormatError(f"{type(model).__name__} has no method {spec.method!r} for the {spec.name} "
                                f"graph")
+    if exporter not in EXPORTERS:
+        raise ValueError(f"unknown exporter {exporter!r} (known: {', '.join(EXPORTERS)})")
+    if exporter == DYNAMO and opset < DYNAMO_MIN_OPSET:
+        raise ValueError(f"the dynamo exporter writes opset {DYNAMO_MIN_OPSET} and up, not {opset} "
+                         f"(choose_exporter)")
+    module = GraphModule(model, spec.method).eval()
+    with atomic_path(path) as tmp:
+        if exporter == DYNAMO:
+            _export_dynamo(module, spec, tmp, opset)
+        else:
+            _export_torchscript(module, spec, tmp, opset)
+    return exporter
+
+
+def _export_dynamo(module: nn.Module, spec: GraphSpec, tmp: Path, opset: int) -> None:
+    # The exporter and onnxscript's optimizer report progress and notes at INFO/WARNING level on their
+    # loggers (and print to stdout); export's own log says what is exported, so they are kept to errors.
+    loggers = [logging.getLogger(name) for name in ("torch.onnx._internal.exporter._compat", "onnxscript",
+                                                    "onnx_ir")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+            torch.onnx.export(
+                module, trace_inputs(spec, env=export_env(spec)), str(tmp), dynamo=True,
+                opset_version=opset, input_names=spec.input_names, output_names=spec.output_names,
+                dynamic_shapes=dynamic_shapes(spec), external_data=False, optimize=True, verbose=False,
+            )
+    except Exception as exc:
+        # The exporter wraps what the model raised while traced (an adapter's contract check: a ConfigError)
+        # in its own TorchExportError; the user gets that error itself, as from the legacy exporter.
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, VaeDeployError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        raise cause from None
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _export_torchscript(module: nn.Module, spec: GraphSpec, tmp: Path, opset: int) -> None:
     dynamic_axes = {t.name: t.dynamic_axes for t in spec.all_inputs + spec.all_outputs if t.dynamic_axes}
-    with atomic_path(path) as tmp, warnings.catch_warnings():
-        # Deprecation of the legacy exporter: chosen on purpose (module docstring). Tracer warnings come from
-        # the models' static layout asserts; the parity check at several batch and chunk sizes that follows
-        # is what proves the traced graph general.
+    with warnings.catch_warnings():
+        # Deprecation of the legacy exporter: only graphs in LEGACY_GRAPHS (or an explicit choice) get here.
+        # Tracer warnings come from the models' static layout asserts; the parity check at several batch and
+        # chunk sizes that follows is what proves the traced graph general.
         warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         # Strided slices (diffusers' VAEs have them) stay unfolded: a note about speed, not correctness.
         warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
         torch.onnx.export(
-            GraphModule(model, spec.method).eval(), trace_inputs(spec), str(tmp), dynamo=False,
+            module, trace_inputs(spec, env=spec.example_env()), str(tmp), dynamo=False,
             opset_version=opset, input_names=spec.input_names, output_names=spec.output_names,
             dynamic_axes=dynamic_axes, do_constant_folding=True,
         )
@@ -168,14 +279,19 @@ def convert_fp16(path: Path, keep_io_types: bool) -> None:
     # Casts from integers to float32 (attention's 1/sqrt(head_dim) from a shape) stay float32 nodes: the
     # converter would declare their output float16 but leave `to` at float32, which the checker refuses.
     types = _elem_types(fp32)
-    int_to_float = [n.name for n in fp32.graph.node if _cast_to(n) == onnx.TensorProto.FLOAT
+    keep_fp32 = [n.name for n in fp32.graph.node if _cast_to(n) == onnx.TensorProto.FLOAT
                     and types.get(n.input[0]) not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
+    # So do ConstantOfShape nodes filling float32, `value` unset (float32 zeros) or float32 (the dynamo
+    # exporter writes one for each torch.zeros, e.g. Wan's zero cache in its first-chunk graphs): the converter
+    # declares their output float16 but leaves the fill float32, which strict shape inference refuses.
+    keep_fp32 += [n.name for n in fp32.graph.node if n.op_type == "ConstantOfShape"
+                     and all(a.t.data_type == onnx.TensorProto.FLOAT for a in n.attribute if a.name == "value")]
     with warnings.catch_warnings():
         # "the float32 number 1e-12 will be truncated to 1e-07": norm epsilons below fp16's range, where the
         # parity check that follows judges the result.
         warnings.filterwarnings("ignore", message="the float32 number", category=UserWarning)
         model = float16.convert_float_to_float16(fp32, keep_io_types=keep_io_types,
-                                                 node_block_list=int_to_float)
+                                                 node_block_list=keep_fp32)
     with atomic_path(path) as tmp:
         onnx.save(model, str(tmp))
 
@@ -339,10 +455,11 @@ def _write_folder(source: ModelSource, specs: dict[str, GraphSpec], work: Path, 
     """Every file of the model folder, written into the empty folder `work` (logged under `out_dir`, the
     name it will have)."""
     model, config = source.model, source.config
-    for spec in specs.values():
+    for name, spec in list(specs.items()):
         path = work / spec.file
-        log(f"exporting {spec.name} ({spec.method}) -> {out_dir / spec.file}")
-        export_graph(model, spec, path, profile.opset)
+        exporter = choose_exporter(config["kind"], spec, profile.opset)
+        log(f"exporting {spec.name} ({spec.method}, {exporter}) -> {out_dir / spec.file}")
+        specs[name] = spec = replace(spec, exporter=export_graph(model, spec, path, profile.opset, exporter))
         if profile.precision == "fp16":
             convert_fp16(path, profile.keep_io_types)
         declare_io_shapes(path, spec)

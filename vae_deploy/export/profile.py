@@ -5,7 +5,7 @@ and are chosen by name; any other profile is given as a path. A profile file:
 
     name = "gpu-fp16"
     precision = "fp16"           # "fp32" | "fp16" | "int8" (ONNX Runtime static quantization, video models)
-    opset = 17
+    opset = 18                   # 18 and up: torch's dynamo exporter; older: the legacy exporter
     keep_io_types = true         # fp16: graph inputs/outputs stay float32
     parity_batch_sizes = [1, 7, 128, 1000]
     [dynamic.batch]              # one table per symbolic dimension: TensorRT min/opt/max
@@ -102,7 +102,7 @@ def _default_dynamic() -> dict[str, DimRange]:
 class ExportProfile:
     name: str = "cpu-fp32"  # recorded in the manifest; a file's stem when it does not set one
     precision: Literal["fp32", "fp16", "int8"] = "fp32"  # weights and compute of the ONNX graphs
-    opset: int = 17  # ONNX opset of torch.onnx.export
+    opset: int = 18  # ONNX opset of torch.onnx.export (dynamo exporter from 18, the legacy one below)
     keep_io_types: bool = True  # fp16: inputs/outputs stay float32 so callers need not change
     parity_batch_sizes: tuple[int, ...] = (1, 7, 128, 1000)  # random-input batches of the parity check
     dynamic: dict[str, DimRange] = field(default_factory=_default_dynamic)  # symbol -> min/opt/max
@@ -113,7 +113,7 @@ class ExportProfile:
         self.dynamic = {k: v if isinstance(v, DimRange) else from_dict(DimRange, v, where=f"dynamic.{k}")
                         for k, v in self.dynamic.items()}
         if not 7 <= self.opset <= 21:
-            raise ValueError(f"opset {self.opset} is outside what the legacy exporter supports (7..21)")
+            raise ValueError(f"opset {self.opset} is outside what the exporters support (7..21)")
         if not self.parity_batch_sizes or min(self.parity_batch_sizes) < 1:
             raise ValueError(f"parity_batch_sizes must be positive, got {self.parity_batch_sizes}")
         batch = self.dynamic.get("batch")

@@ -8,7 +8,9 @@ Export writes it, the runtime reads it; no torch here. manifest.json (schema_ver
     kind, model               model kind (models/registry.py) and its config
     graphs                    per graph: file, method, inputs/outputs (name, shape with symbolic dims as
                               strings, dtype, layout, value_range, dynamic_axes), state (past/present names,
-                              shape, initial "zeros"), tolerance, example_dims, stream_axis, stream_chunks
+                              shape, initial "zeros"), tolerance, example_dims, stream_axis, stream_chunks,
+                              exporter ("dynamo" | "torchscript": the torch.onnx exporter that wrote the
+                              graph; absent in folders exported before it was recorded, read as "")
     preprocessing             layout, value range, image shape, dtype of the encoder's input
     precision, opset          "fp32" | "fp16" | "int8", ONNX opset
     producer                  versions of torch, onnx, onnxruntime, vae_deploy at export time

@@ -196,6 +196,10 @@ class GraphSpec:
     # stream then carries into this graph. "" / 0: every chunk, the first included, runs this graph.
     first_graph: str = ""
     first_length: int = 0
+    # The ONNX exporter that wrote the graph file, recorded at export (export/onnx_export.py): "dynamo"
+    # (torch.export-based) or "torchscript" (the legacy tracer); "" in manifests written before it was recorded
+    # (the legacy exporter made every graph then). Informational: nothing at run time depends on it.
+    exporter: str = ""
 
     def __post_init__(self):
         names = self.input_names + self.output_names
