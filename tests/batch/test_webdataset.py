@@ -174,16 +174,16 @@ def test_sigterm_keeps_finished_parts_and_a_rerun_reuses_them(clips, serial, tmp
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None and not any(
-            e["status"] == "ok" for e in read_index(out / "index.jsonl").values()):
+            e.ok for e in read_index(out / "index.jsonl").values()):
         time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 143, err
-    done = [e for e in read_index(out / "index.jsonl").values() if e["status"] == "ok"]
+    done = [e for e in read_index(out / "index.jsonl").values() if e.ok]
     assert 1 <= len(done) < len(GOOD), done
     for entry in done:
-        if not (out / entry["shard"]).exists():
-            LatentReader(out / entry["shard"].replace(".tar", ".parts") / entry["output"])  # whole
+        if not (out / entry.shard).exists():
+            LatentReader(out / entry.shard.replace(".tar", ".parts") / entry.output)  # whole
 
     rerun = cli_process("encode-dataset", *args)
     assert rerun.returncode == 1, rerun.stderr

@@ -481,7 +481,7 @@ def ok_outputs(out: Path) -> list[str]:
     """The outputs index.jsonl records as done (a torn last line is not counted)."""
     from vae_deploy.batch.index import read_index
 
-    return sorted(o for o, e in read_index(out / "index.jsonl").items() if e["status"] == "ok")
+    return sorted(o for o, e in read_index(out / "index.jsonl").items() if e.ok)
 
 
 def start_encode_dataset(corpus: Path, out: Path) -> subprocess.Popen:

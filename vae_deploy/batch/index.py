@@ -32,35 +32,70 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from vae_deploy.files import write_text_atomic, writing
 
 INDEX_FILE = "index.jsonl"
 OK, FAILED = "ok", "failed"
-FIELDS = ("source", "output", "status", "frames", "latent_shape", "seconds", "error", "truncated", "shard",
-          "source_size", "source_mtime_ns", "source_digest")
 
 
-def read_index(path: Path) -> dict[str, dict]:
+@dataclass
+class IndexEntry:
+    """One video's line (the fields in the module docstring). `to_json` and `from_json` keep the on-disk
+    keys as they are; a key an older line lacks reads as null, as it was written back before."""
+
+    source: str
+    output: str
+    status: str = FAILED
+    frames: int | None = 0
+    latent_shape: list[int] | None = None
+    seconds: float | None = 0.0
+    error: str | None = None
+    truncated: bool | None = False
+    shard: str | None = None
+    source_size: int | None = None
+    source_mtime_ns: int | None = None
+    source_digest: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    def to_json(self) -> dict:
+        return {name: getattr(self, name) for name in FIELDS}
+
+    @classmethod
+    def from_json(cls, data: object) -> IndexEntry | None:
+        """The entry a parsed line holds; None for one that is not an entry (not an object, no output)."""
+        if not isinstance(data, dict) or not isinstance(data.get("output"), str):
+            return None
+        return cls(**{name: data.get(name) for name in FIELDS})
+
+
+FIELDS = tuple(f.name for f in fields(IndexEntry))  # the keys of a line, in this order
+
+
+def read_index(path: Path) -> dict[str, IndexEntry]:
     """The latest entry per output; lines that are not whole JSON objects (a torn tail) are skipped."""
-    entries: dict[str, dict] = {}
+    entries: dict[str, IndexEntry] = {}
     try:
         text = Path(path).read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
         return entries
     for line in text.splitlines():
         try:
-            entry = json.loads(line)
+            entry = IndexEntry.from_json(json.loads(line))
         except ValueError:
             continue
-        if isinstance(entry, dict) and isinstance(entry.get("output"), str):
-            entries[entry["output"]] = entry
+        if entry is not None:
+            entries[entry.output] = entry
     return entries
 
 
-def _line(entry: dict) -> str:
-    return json.dumps({k: entry.get(k) for k in FIELDS}) + "\n"
+def _line(entry: IndexEntry) -> str:
+    return json.dumps(entry.to_json()) + "\n"
 
 
 class BatchIndex:
@@ -75,10 +110,10 @@ class BatchIndex:
 
     def is_ok(self, output: str) -> bool:
         entry = self.entries.get(output)
-        return entry is not None and entry.get("status") == OK
+        return entry is not None and entry.ok
 
-    def record(self, entry: dict) -> None:
-        self.entries[entry["output"]] = entry
+    def record(self, entry: IndexEntry) -> None:
+        self.entries[entry.output] = entry
         data = _line(entry).encode("utf-8")
         with writing(self.path):
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)

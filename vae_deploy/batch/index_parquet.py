@@ -13,7 +13,7 @@ import importlib.util
 from collections.abc import Iterable
 from pathlib import Path
 
-from vae_deploy.batch.index import FIELDS
+from vae_deploy.batch.index import FIELDS, IndexEntry
 from vae_deploy.errors import ConfigError
 from vae_deploy.files import atomic_path
 
@@ -40,12 +40,12 @@ def _schema():
     return pa.schema([(name, types[name]) for name in FIELDS])  # a new index field needs its type here
 
 
-def write_parquet_index(out_dir: Path, entries: Iterable[dict]) -> Path:
+def write_parquet_index(out_dir: Path, entries: Iterable[IndexEntry]) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     schema = _schema()
-    table = pa.Table.from_pylist([{k: e.get(k) for k in schema.names} for e in entries], schema=schema)
+    table = pa.Table.from_pylist([e.to_json() for e in entries], schema=schema)
     target = Path(out_dir) / PARQUET_FILE
     with atomic_path(target) as tmp:
         pq.write_table(table, tmp)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vae_deploy.batch.folder_lock import FolderLock
-from vae_deploy.batch.index import INDEX_FILE, OK, BatchIndex, read_index
+from vae_deploy.batch.index import INDEX_FILE, BatchIndex, IndexEntry, read_index
 from vae_deploy.batch.index_parquet import PARQUET_FILE, check_index_format, write_parquet_index
 from vae_deploy.batch.layouts import (
     DATASET_FILE,
@@ -39,7 +39,7 @@ from vae_deploy.batch.layouts import (
 )
 from vae_deploy.batch.shards import shard_name
 from vae_deploy.batch.sources import VideoTask, collect_videos
-from vae_deploy.batch.worker import FATAL, EncodeSettings, WorkerDied, fatal_error, staging_leftovers
+from vae_deploy.batch.worker import EncodeSettings, Fatal, WorkerDied, fatal_error, staging_leftovers
 from vae_deploy.errors import ConfigError, DataError
 from vae_deploy.files import ensure_writable_dir, remove_stale_temporaries, removing_new_folders
 from vae_deploy.runtime.manifest import Manifest, read_manifest
@@ -70,7 +70,7 @@ class BatchResult:
     total: int = 0  # videos in the batch
     skipped: int = 0  # complete from an earlier run
     encoded: int = 0  # encoded by this run
-    failed: list[dict] = field(default_factory=list)  # index entries of the videos that failed
+    failed: list[IndexEntry] = field(default_factory=list)  # index entries of the videos that failed
     engine: str = "local"
     workers: int = 1
     threads: int = 1
@@ -178,12 +178,12 @@ def _run_indexed(index: BatchIndex, tasks: list[VideoTask], out_dir: Path, recor
     try:
         with _engine(engine, settings, min(workers, len(todo)), address) as running:
             for entry in running.results(todo):
-                if FATAL in entry:
+                if isinstance(entry, Fatal):
                     raise fatal_error(entry)
                 entry = layout.entry(entry)
                 index.record(entry)
                 layout.recorded(entry)
-                if entry["status"] == OK:
+                if entry.ok:
                     result.encoded += 1
                 else:
                     result.failed.append(entry)

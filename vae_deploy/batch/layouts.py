@@ -28,11 +28,12 @@ removed; an interrupt keeps the parts finished so far.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
 
-from vae_deploy.batch.index import INDEX_FILE, BatchIndex, read_index
+from vae_deploy.batch.index import INDEX_FILE, BatchIndex, IndexEntry, read_index
 from vae_deploy.batch.shards import (
     DEFAULT_SHARD_SIZE,
     Sample,
@@ -104,7 +105,7 @@ def existing_layout(out_dir: Path) -> dict | None:
         entries = read_index(Path(out_dir) / INDEX_FILE)
         if not entries:
             return None
-        if any(e.get("shard") for e in entries.values()):
+        if any(e.shard for e in entries.values()):
             raise DataError(f"{out_dir} holds shards but no {DATASET_FILE} saying their size; encode into "
                             f"another --out") from err
         return {"format": "vaelat"}  # written before dataset.json existed: only vaelat did
@@ -160,15 +161,15 @@ def _made_by(path: Path, model_fingerprint: str) -> bool:
     return header is not None and header.model_fingerprint == model_fingerprint
 
 
-def _unchanged(entry: dict, task: VideoTask) -> bool:
+def _unchanged(entry: IndexEntry, task: VideoTask) -> bool:
     """Whether the source of `task` is still the file its index entry was encoded from (module docstring)."""
-    if entry.get("source_digest") is None:
+    if entry.source_digest is None:
         return True  # recorded before identities were
     try:
         now = source_identity(task.source)
     except OSError:
         return False
-    return (now["source_size"], now["source_digest"]) == (entry.get("source_size"), entry["source_digest"])
+    return (now["source_size"], now["source_digest"]) == (entry.source_size, entry.source_digest)
 
 
 class VaelatLayout:
@@ -183,10 +184,10 @@ class VaelatLayout:
                 if not (self.index.is_ok(t.output) and _unchanged(self.index.entries[t.output], t)
                         and _made_by(t.output_path(self.out_dir), self.model))]
 
-    def entry(self, result: dict) -> dict:
-        return {**result, "shard": None}
+    def entry(self, result: IndexEntry) -> IndexEntry:
+        return dataclasses.replace(result, shard=None)
 
-    def recorded(self, entry: dict) -> None:
+    def recorded(self, entry: IndexEntry) -> None:
         pass
 
 
@@ -229,13 +230,13 @@ class WebDatasetLayout:
                 self._pack(number)  # finished before (an interrupt after its last part, a lost shard file)
         return todo
 
-    def entry(self, result: dict) -> dict:
-        member = self._member_of[result["output"]]
-        return {**result, "output": member, "shard": shard_name(self._shard_of[member])}
+    def entry(self, result: IndexEntry) -> IndexEntry:
+        member = self._member_of[result.output]
+        return dataclasses.replace(result, output=member, shard=shard_name(self._shard_of[member]))
 
-    def recorded(self, entry: dict) -> None:
-        number = self._shard_of[entry["output"]]
-        if entry["status"] == "ok":
+    def recorded(self, entry: IndexEntry) -> None:
+        number = self._shard_of[entry.output]
+        if entry.ok:
             self._encoded.add(number)
         self._unfinished[number] -= 1
         if self._unfinished[number] == 0:

@@ -33,8 +33,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 
+from vae_deploy.batch.index import IndexEntry
 from vae_deploy.batch.sources import VideoTask
-from vae_deploy.batch.worker import EncodeSettings, VideoEncoder, WorkerDied
+from vae_deploy.batch.worker import EncodeSettings, Fatal, VideoEncoder, WorkerDied
 
 _encoder: VideoEncoder | None = None  # this worker process's encoder
 _on_sigterm = signal.SIG_DFL  # interrupts' handler: SIGTERM raises Terminated (set by _init_worker)
@@ -68,7 +69,7 @@ def _stop_video(signum, frame) -> None:
     _on_sigterm(signum, frame)
 
 
-def _encode(task: VideoTask) -> dict:
+def _encode(task: VideoTask) -> IndexEntry | Fatal:
     signal.signal(signal.SIGTERM, _stop_video)
     signal.signal(signal.SIGALRM, _stop_video)
     try:
@@ -125,7 +126,7 @@ class LocalEngine:
             self._workers.append(_Worker(process, parent_end))
         return self
 
-    def results(self, tasks: Iterable[VideoTask]) -> Iterator[dict]:
+    def results(self, tasks: Iterable[VideoTask]) -> Iterator[IndexEntry | Fatal]:
         """Each task's result as it finishes (any order); WorkerDied once the videos in progress are done
         when a worker died."""
         pending, died = list(reversed(list(tasks))), None

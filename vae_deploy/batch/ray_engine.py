@@ -20,8 +20,9 @@ import os
 import socket
 from collections.abc import Iterable, Iterator
 
+from vae_deploy.batch.index import IndexEntry
 from vae_deploy.batch.sources import VideoTask
-from vae_deploy.batch.worker import EncodeSettings, VideoEncoder, WorkerDied
+from vae_deploy.batch.worker import EncodeSettings, Fatal, VideoEncoder, WorkerDied
 from vae_deploy.errors import ConfigError, VaeDeployError
 from vae_deploy.runtime.registry import runner_class
 
@@ -90,7 +91,7 @@ class _Actor:
     def __init__(self, settings: EncodeSettings):
         self.encoder = VideoEncoder(settings)
 
-    def encode(self, task: VideoTask) -> dict:
+    def encode(self, task: VideoTask) -> IndexEntry | Fatal:
         return self.encoder.encode(task)
 
     def pid(self) -> int:
@@ -128,7 +129,7 @@ class RayEngine:
         self._actors = dict(zip(actors, ray.get([a.pid.remote() for a in actors]), strict=True))  # -> pid
         return self
 
-    def results(self, tasks: Iterable[VideoTask]) -> Iterator[dict]:
+    def results(self, tasks: Iterable[VideoTask]) -> Iterator[IndexEntry | Fatal]:
         """Each task's result as it finishes (any order); WorkerDied once the videos in progress are done
         when an actor died."""
         ray = self._ray

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
+from vae_deploy.batch.index import IndexEntry
 from vae_deploy.batch.sources import LATENT_SUFFIX
 from vae_deploy.files import AtomicFile, writing
 from vae_deploy.runtime.latents import LatentHeader
@@ -60,11 +61,11 @@ def sample_key(output: str) -> str:
     return str(path.parent / escaped) if str(path.parent) != "." else escaped
 
 
-def sample_metadata(entry: dict, header: LatentHeader) -> bytes:
+def sample_metadata(entry: IndexEntry, header: LatentHeader) -> bytes:
     """The `<key>.json` member: what a training loop needs without opening the latents."""
-    meta = {"source": entry["source"], "frames": entry["frames"], "latent_shape": entry["latent_shape"],
+    meta = {"source": entry.source, "frames": entry.frames, "latent_shape": entry.latent_shape,
             "fps": header.fps, "model_fingerprint": header.model_fingerprint, "model_kind": header.model_kind,
-            "latent_space": header.latent_space, "truncated": bool(entry.get("truncated"))}
+            "latent_space": header.latent_space, "truncated": bool(entry.truncated)}
     return (json.dumps(meta, sort_keys=True) + "\n").encode("utf-8")
 
 

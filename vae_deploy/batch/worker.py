@@ -22,6 +22,7 @@ a worker dies and at the start of every run. Each entry also records its source'
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import secrets
@@ -30,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from vae_deploy.batch.index import FAILED, OK
+from vae_deploy.batch.index import FAILED, OK, IndexEntry
 from vae_deploy.batch.sources import LATENT_SUFFIX, VideoTask, source_identity
 from vae_deploy.errors import OutputError, VaeDeployError
 from vae_deploy.files import FOLDER_UNWRITABLE_ERRNOS
@@ -40,8 +41,14 @@ from vae_deploy.video.io import open_source
 from vae_deploy.video.model_open import DEFAULT_MODEL, ModelChoice, open_model
 from vae_deploy.video.pipeline import StreamOptions, encode_video
 
-FATAL = "fatal"  # a result key: the batch must stop (no runner, nothing can be written); the value: why
-FATAL_OUTPUT = "fatal_output"  # with FATAL: true when the output could not be written (OutputError's exit)
+
+@dataclass(frozen=True)
+class Fatal:
+    """A worker's result when the batch must stop (no runner, nothing can be written): why, and whether it
+    is because the output could not be written (OutputError's exit)."""
+
+    message: str
+    output_unwritable: bool = False
 
 
 @dataclass
@@ -95,9 +102,9 @@ class WorkerDied(VaeDeployError):
         self.task = task
 
 
-def fatal_error(result: dict) -> VaeDeployError:
-    """The error that stops the batch on a FATAL result (OutputError, exit 1, when nothing can be written)."""
-    return (OutputError if result.get(FATAL_OUTPUT) else VaeDeployError)(result[FATAL])
+def fatal_error(result: Fatal) -> VaeDeployError:
+    """The error that stops the batch on a Fatal result (OutputError, exit 1, when nothing can be written)."""
+    return (OutputError if result.output_unwritable else VaeDeployError)(result.message)
 
 
 def _unwritable(exc: BaseException) -> OSError | None:
@@ -127,28 +134,28 @@ class VideoEncoder:
             self._runner.close()
             self._runner = None
 
-    def encode(self, task: VideoTask) -> dict:
-        """The index entry of `task` once encoded (or failed); {FATAL: message} when the batch must stop."""
+    def encode(self, task: VideoTask) -> IndexEntry | Fatal:
+        """The index entry of `task` once encoded (or failed); Fatal when the batch must stop."""
         try:
             runner = self._open()
         except VaeDeployError as exc:
-            return {FATAL: str(exc)}
+            return Fatal(str(exc))
         started = time.perf_counter()
-        entry = {"source": task.source, "output": task.output, "status": FAILED, "frames": 0,
-                 "latent_shape": None, "seconds": 0.0, "error": None, "truncated": False}
+        entry = IndexEntry(task.source, task.output, status=FAILED)
         out = task.output_path(Path(self.settings.out_dir))
         try:
-            entry.update(source_identity(task.source))  # before reading: a file replaced meanwhile is redone
+            identity = source_identity(task.source)  # before reading: a file replaced meanwhile is redone
+            entry = dataclasses.replace(entry, **identity)
             report, header = self._write(runner, task, out)
-            entry.update(status=OK, frames=report.frames, truncated=report.truncated,
-                         latent_shape=[header.latent_frames, *header.latent_shape])
+            entry = dataclasses.replace(entry, status=OK, frames=report.frames, truncated=report.truncated,
+                                        latent_shape=[header.latent_frames, *header.latent_shape])
         except Exception as exc:  # OpenCV's own errors, an OSError: this video fails, the batch goes on
             unwritable = _unwritable(exc)
             if unwritable is not None:  # ... unless no video can be written
-                return {FATAL: f"cannot write {self.settings.out_dir}: "
-                               f"{os.strerror(unwritable.errno).lower()}", FATAL_OUTPUT: True}
-            entry["error"] = str(exc) if isinstance(exc, VaeDeployError) else f"{type(exc).__name__}: {exc}"
-        entry["seconds"] = round(time.perf_counter() - started, 4)
+                return Fatal(f"cannot write {self.settings.out_dir}: {os.strerror(unwritable.errno).lower()}",
+                             output_unwritable=True)
+            entry.error = str(exc) if isinstance(exc, VaeDeployError) else f"{type(exc).__name__}: {exc}"
+        entry.seconds = round(time.perf_counter() - started, 4)
         return entry
 
     def _write(self, runner: Runner, task: VideoTask, out: Path):
