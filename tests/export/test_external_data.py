@@ -18,8 +18,10 @@ def with_external_encoder(model_dir, folder, listed: bool):
     hashes recomputed (listing encoder.weights when `listed`)."""
     shutil.copytree(model_dir, folder)
     graph = onnx.load(str(folder / "encoder.onnx"))
+    # onnx's default threshold, as a graph over 2 GB is saved: the weights go out, tensors under 1 kB stay in
+    # the graph (a Reshape's target shape among them, which onnxruntime must read when it loads the graph)
     onnx.save_model(graph, str(folder / "encoder.onnx"), save_as_external_data=True,
-                    all_tensors_to_one_file=True, location="encoder.weights", size_threshold=0)
+                    all_tensors_to_one_file=True, location="encoder.weights", size_threshold=1024)
     manifest = read_manifest(folder, check_files=False)
     manifest.files = hash_files(folder, list(manifest.files) + (["encoder.weights"] if listed else []))
     write_manifest(folder, manifest)
