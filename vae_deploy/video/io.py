@@ -95,6 +95,7 @@ class FrameSource:
     fps: float | None
     frame_count: int | None
     size: tuple[int, int]
+    path: Path | None = None  # the file or folder read; None for a camera or a stream
 
     @property
     def width(self) -> int:
@@ -138,9 +139,10 @@ class CaptureSource(FrameSource):
     """
 
     def __init__(self, opener: Callable[[], cv2.VideoCapture], description: str, *, live: bool,
-                 unavailable: str, fps: float | None = None):
+                 unavailable: str, fps: float | None = None, path: Path | None = None):
         self._opener = opener
         self.description = description
+        self.path = path
         self.live = live
         with _quiet_opencv():
             cap = opener()
@@ -199,7 +201,7 @@ class ImageFolderSource(FrameSource):
     """The images of a folder in natural name order (frame2 before frame10); all must share one size."""
 
     def __init__(self, folder: Path, fps: float | None = None):
-        self.folder = folder
+        self.folder = self.path = folder
         self.description = f"image folder {folder}"
         self.files = sorted((p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
                              and p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
@@ -233,7 +235,7 @@ class ImageFileSource(ImageFolderSource):
     like an image folder)."""
 
     def __init__(self, path: Path, fps: float | None = None):
-        self.folder = path.parent
+        self.folder, self.path = path.parent, path
         self.description = f"image {path}"
         self.files = [path]
         self.fps = fps
@@ -259,7 +261,7 @@ def _network_source(url: str, fps: float | None) -> FrameSource:
 
 def _video_file(path: Path, fps: float | None) -> FrameSource:
     return CaptureSource(lambda: cv2.VideoCapture(str(path)), f"video {path}", live=False, fps=fps,
-                         unavailable=f"{path} is not a video OpenCV can decode")
+                         unavailable=f"{path} is not a video OpenCV can decode", path=path)
 
 
 def _path(spec: str | Path, fps: float | None) -> FrameSource:

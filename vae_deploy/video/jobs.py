@@ -107,8 +107,7 @@ def run_job(source: str | Path, outputs: VideoOutputs, *, options: StreamOptions
                                _bound(progress, _source_total(frames, options)))
         report = _finish(report, metrics)
         if report_dir is not None:
-            data = report.to_dict()
-            page = write_report(report_dir, data, model_summary(resolve_model(model.folder), data))
+            page = write_report(report_dir, report, model_summary(resolve_model(model.folder), report))
             report.outputs["report"] = str(page)
     return report
 

@@ -101,7 +101,8 @@ class VideoOutputs:
 class StreamReport:
     """What a run did; `to_dict` is the --metrics JSON."""
 
-    source: str
+    source: str  # what was read, in words ("video clips/a.mp4", "camera 0")
+    source_path: str | None = None  # the file or folder read (None: a camera or a stream)
     frames: int = 0
     seconds: float = 0.0  # wall time from the first frame read to the last frame written
     frames_per_s: float = 0.0
@@ -457,6 +458,10 @@ def _output_fps(given: float | None, found: float | None, what: str) -> float:
     return found or DEFAULT_FPS
 
 
+def _path_of(source: FrameSource) -> str | None:
+    return None if source.path is None else str(source.path)
+
+
 def _latent_space(options: StreamOptions) -> str:
     return RAW if options.raw_latents else NORMALIZED
 
@@ -474,7 +479,7 @@ def run_video(runner: Runner, source: FrameSource, options: StreamOptions | None
     policy = _plan(info, source, options)
     fps = _output_fps(options.fps, source.fps, source.description)
     latent_codec = LatentCodec(runner, info, _latent_space(options))
-    report = StreamReport(source=source.description)
+    report = StreamReport(source=source.description, source_path=_path_of(source))
     _fill_common(report, runner, info, policy, options.chunk, fps)
     keep_sources = outputs.side_by_side is not None or options.measure
     count = [0]
@@ -523,7 +528,7 @@ def encode_video(runner: Runner, source: FrameSource, path: Path, options: Strea
     policy = _plan(info, source, options)
     fps = _output_fps(options.fps, source.fps, source.description)
     latent_codec = LatentCodec(runner, info, _latent_space(options))
-    report = StreamReport(source=source.description)
+    report = StreamReport(source=source.description, source_path=_path_of(source))
     _fill_common(report, runner, info, policy, options.chunk, fps)
     count = [0]
 
@@ -620,7 +625,7 @@ def decode_latents(runner: Runner, path: Path | LatentReader, outputs: VideoOutp
     info.check_chunk(chunk)
     fps = _output_fps(options.fps, header.fps, str(path))
     latent_codec = LatentCodec(runner, info, header.latent_space)
-    report = StreamReport(source=str(path))
+    report = StreamReport(source=str(path), source_path=str(path))
     _fill_common(report, runner, info, policy, chunk, fps)
 
     def transform(latents: np.ndarray) -> _Coded:

@@ -16,9 +16,13 @@ import html
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vae_deploy.errors import VaeDeployError
 from vae_deploy.files import ensure_writable_dir, write_text_atomic
+
+if TYPE_CHECKING:
+    from vae_deploy.video.pipeline import StreamReport
 
 REPORT_PAGE = "report.html"
 SOURCE_VIDEO = "source.mp4"  # the frames the model saw (fitted to its working size)
@@ -181,8 +185,9 @@ def render_report(metrics: dict, model: dict, videos: Sequence[tuple[str, str]],
     players = "".join(
         f'<figure><video class="synced" src="{html.escape(name)}" preload="auto" muted playsinline controls>'
         f'</video><figcaption>{html.escape(caption)}</figcaption></figure>' for caption, name in videos)
-    # The metrics name a file source "video /path/clip.mp4": the heading gives its name, the line below all.
-    name = Path(str(metrics.get("source", "")).split(" ", 1)[-1]).name
+    # The heading names the file or folder read (the line below says all); a camera or a stream by its words.
+    path = metrics.get("source_path")
+    name = Path(path).name if path else str(metrics.get("source", ""))
     heading = html.escape(title or f"vae-deploy report: {name}")
     source = html.escape(str(metrics.get("source", "")))
     return f"""<!DOCTYPE html>
@@ -211,19 +216,22 @@ def check_report_dir(folder: Path) -> Path:
     return ensure_writable_dir(folder)
 
 
-def model_summary(model_dir: Path, metrics: dict) -> dict:
+def model_summary(model_dir: Path, report: StreamReport) -> dict:
     """The model as the page names it: its folder's name, kind, fingerprint and the bytes of its files."""
     model_dir = Path(model_dir)
     files = [p for p in model_dir.rglob("*") if p.is_file()] if model_dir.is_dir() else []
-    return {"name": model_dir.name, "kind": metrics.get("model_kind"),
-            "fingerprint": metrics.get("model_fingerprint"), "bytes": sum(p.stat().st_size for p in files)}
+    return {"name": model_dir.name, "kind": report.model_kind, "fingerprint": report.model_fingerprint,
+            "bytes": sum(p.stat().st_size for p in files)}
 
 
-def write_report(folder: Path, metrics: dict, model: dict,
+def write_report(folder: Path, metrics: StreamReport | dict, model: dict,
                  videos: Sequence[tuple[str, str]] = (("source (the frames the model saw)", SOURCE_VIDEO),
                                                       ("reconstruction (decoded, same size)", DECODED_VIDEO)),
                  title: str = "", page: str = REPORT_PAGE) -> Path:
-    """Write `page` into `folder` atomically; the videos named must lie beside it. Returns its path."""
+    """Write `page` into `folder` atomically from a run's report (or, `evaluate`, a dict of the same keys);
+    the videos named must lie beside it. Returns its path."""
+    if not isinstance(metrics, dict):
+        metrics = metrics.to_dict()
     path = Path(folder) / page
     write_text_atomic(path, render_report(metrics, model, videos, title))
     return path
