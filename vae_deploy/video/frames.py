@@ -29,6 +29,7 @@ import numpy as np
 
 from vae_deploy.runtime.registry import DEFAULT_BACKEND
 from vae_deploy.runtime.runner import Runner
+from vae_deploy.video.chunker import Chunker
 from vae_deploy.video.fit import FitPolicy, plan_fit
 from vae_deploy.video.latent_codec import LatentCodec, VideoModelInfo
 from vae_deploy.video.model_open import ModelChoice, open_model
@@ -54,8 +55,8 @@ class FrameStream:
                                           self.info.channels, fit)
         self.chunk = chunk
         self._latent_codec = LatentCodec(runner, self.info)
-        self._pending: list[np.ndarray] = []
-        self._first = self.info.first_frames  # extra frames of the first chunk (a model's first rule)
+        # the pipeline's chunking: the first chunk first_frames longer (a model's first rule)
+        self._chunker: Chunker[np.ndarray] = Chunker(chunk, self.info.first_frames)
         self._owns_runner = owns_runner
 
     @classmethod
@@ -71,16 +72,16 @@ class FrameStream:
 
     def push(self, frame: np.ndarray) -> list[CodedChunk]:
         """Add one RGB uint8 frame (H, W, 3); returns the chunk it completed, if any."""
-        self._pending.append(self.policy.fit(np.asarray(frame)))
-        return self._code() if len(self._pending) == self.chunk + self._first else []
+        done = self._chunker.push(self.policy.fit(np.asarray(frame)))
+        return [] if done is None else self._code(done)
 
     def flush(self) -> list[CodedChunk]:
         """Code the frames pushed since the last full chunk (the stream's end)."""
-        return self._code() if self._pending else []
+        rest = self._chunker.flush()
+        return [] if rest is None else self._code(rest)
 
-    def _code(self) -> list[CodedChunk]:
-        fitted = np.stack(self._pending)
-        self._pending, self._first = [], 0
+    def _code(self, frames: list[np.ndarray]) -> list[CodedChunk]:
+        fitted = np.stack(frames)
         latents = self._latent_codec.encode(fitted)
         recon = self._latent_codec.decode(latents)[:fitted.shape[0]]  # drop frames decoded from end padding
         return [CodedChunk(latents, np.stack([self.policy.unfit(r) for r in recon]))]

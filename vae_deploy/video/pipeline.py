@@ -41,6 +41,7 @@ from vae_deploy.files import ensure_writable_dir
 from vae_deploy.runtime.latent_space import NORMALIZED, RAW
 from vae_deploy.runtime.latents import LatentHeader, LatentReader, LatentWriter
 from vae_deploy.runtime.runner import Runner
+from vae_deploy.video.chunker import Chunker
 from vae_deploy.video.fit import FitPolicy, plan_fit
 from vae_deploy.video.io import (
     IMAGE_SUFFIXES,
@@ -163,22 +164,24 @@ class _Coded:
 def _read_chunks(source: FrameSource, policy: FitPolicy, chunk: int, max_frames: int | None,
                  keep_sources: bool, count: list[int], first: int = 0) -> Iterator[_Chunk]:
     """Fitted chunks of `chunk` frames, the first `first` frames longer (a model's first rule), the last
-    maybe shorter; count[0] tracks frames read."""
-    fitted: list[np.ndarray] = []
-    sources: list[np.ndarray] = []
-    size = chunk + first
+    maybe shorter (video/chunker.py); count[0] tracks frames read."""
+    chunker: Chunker[tuple[np.ndarray, np.ndarray | None]] = Chunker(chunk, first)
     for frame in source:
         if max_frames is not None and count[0] >= max_frames:
             break
         count[0] += 1
-        fitted.append(policy.fit(frame))
-        if keep_sources:
-            sources.append(frame)
-        if len(fitted) == size:
-            yield _Chunk(np.stack(fitted), sources if keep_sources else None)
-            fitted, sources, size = [], [], chunk
-    if fitted:
-        yield _Chunk(np.stack(fitted), sources if keep_sources else None)
+        done = chunker.push((policy.fit(frame), frame if keep_sources else None))
+        if done is not None:
+            yield _as_chunk(done, keep_sources)
+    rest = chunker.flush()
+    if rest is not None:
+        yield _as_chunk(rest, keep_sources)
+
+
+def _as_chunk(frames: list[tuple[np.ndarray, np.ndarray | None]], keep_sources: bool) -> _Chunk:
+    """(fitted, source) pairs as one stage item."""
+    return _Chunk(np.stack([fitted for fitted, _ in frames]),
+                  [source for _, source in frames] if keep_sources else None)
 
 
 class _Latencies:
