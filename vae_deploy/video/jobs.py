@@ -31,13 +31,12 @@ from vae_deploy.video.fit import plan_fit
 from vae_deploy.video.io import FrameSource, open_source
 from vae_deploy.video.latent_codec import VideoModelInfo
 from vae_deploy.video.model_open import DEFAULT_MODEL, ModelChoice, open_model, runner_options
+from vae_deploy.video.outputs import check_distinct_outputs, check_output_path
 from vae_deploy.video.pipeline import (
     DEFAULT_CHUNK,
     StreamOptions,
     StreamReport,
     VideoOutputs,
-    check_distinct_outputs,
-    check_output_path,
     decode_latents,
     encode_video,
     run_video,

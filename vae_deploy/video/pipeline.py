@@ -13,7 +13,8 @@ Three entry points, one per command, built from the same parts so their results 
 `encode` then `decode` gives bit-identical frames. Reading, inference and writing overlap in three threads
 joined by bounded queues (video/stages.py): memory stays flat however long the video.
 
-Outputs are published atomically: each is written under a temporary name and renamed when the run ends.
+Outputs are published atomically (video/outputs.py): each is written under a temporary name and renamed when
+the run ends.
 When the run fails (an unreadable frame, a full disk) nothing is published; when it is interrupted
 (Ctrl-C) every output holds the frames done so far, as a complete, playable file, and the report says
 `interrupted`. A source that ends early (a truncated file) is not an error: what decodes is processed and
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -37,25 +37,20 @@ from pathlib import Path
 import numpy as np
 
 from vae_deploy.errors import ConfigError, DataError, VaeDeployError
-from vae_deploy.files import ensure_writable_dir
 from vae_deploy.runtime.latent_space import NORMALIZED, RAW
 from vae_deploy.runtime.latents import LatentHeader, LatentReader, LatentWriter
 from vae_deploy.runtime.runner import Runner
 from vae_deploy.video.chunker import Chunker
 from vae_deploy.video.fit import FitPolicy, plan_fit
 from vae_deploy.video.io import (
-    IMAGE_SUFFIXES,
-    MAX_FRAMES_HINT,
     MIN_OUTPUT_FPS,
     FrameSource,
-    ImageSink,
     VideoSink,
     check_output_fps,
-    check_sink_path,
-    open_sink,
 )
 from vae_deploy.video.latent_codec import LatentCodec, VideoModelInfo
 from vae_deploy.video.metrics import VideoMetrics, compression_ratio, psnr_from_mse
+from vae_deploy.video.outputs import check_output_path, latent_output, video_output
 from vae_deploy.video.writers import note
 
 DEFAULT_CHUNK = 8  # frames per model call: long enough to amortize a call, short enough for low latency
@@ -284,102 +279,6 @@ def _rgb_hwc(frames: np.ndarray) -> np.ndarray:
     return np.repeat(frames, 3, axis=-1) if frames.shape[-1] == 1 else frames
 
 
-# ---------------------------------------------------------------- outputs: atomic, kept on interrupt
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    """True when two paths name one file: the same real path, or (existing files) the same inode, which
-    also catches hard links."""
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist yet
-        return False
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    return Path(os.path.realpath(folder)) in Path(os.path.realpath(path)).parents
-
-
-def _read_from_folder(path: Path, folder: Path) -> bool:
-    """True when an image folder source (video/io.py ImageFolderSource) reads `path`, or would once it is
-    written: an image file directly in the folder, or a link to one of its images."""
-    path = Path(path)
-    if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and _same_file(path.parent,
-                                                                                             folder):
-        return True
-    return path.exists() and any(_same_file(path, image) for image in folder.iterdir()
-                                 if image.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def check_distinct_outputs(outputs: dict[str, Path | None], inputs: dict[str, Path | str | None],
-                           folders: dict[str, Path | None] | None = None) -> None:
-    """Refuse, before any work, an output that would destroy an input or another output: an output that is
-    an input file, lies inside an input folder (`folders`, e.g. the model folder), or that two outputs
-    share (the later writer would replace the earlier one's file). Names map to paths; None is absent;
-    inputs that are not files (a camera index, a URL) are ignored."""
-    named = [(name, Path(path)) for name, path in outputs.items() if path is not None]
-    for i, (name, path) in enumerate(named):
-        for other, other_path in named[:i]:
-            if _same_file(path, other_path):
-                raise DataError(f"{other} and {name} are both {path}: give each output its own file")
-        for what, source in inputs.items():
-            if source is not None and Path(source).is_file() and _same_file(path, Path(source)):
-                raise DataError(f"{name} {path} is {what}: writing it would destroy the input; give "
-                                f"another file name")
-            if source is not None and Path(source).is_dir() and _read_from_folder(path, Path(source)):
-                raise DataError(f"{name} {path} is one of the images of {what} {source}, which are read as "
-                                f"frames: writing it would destroy or add to the input; give a path outside "
-                                f"that folder")
-        for what, folder in (folders or {}).items():
-            if folder is not None and _inside(path, Path(folder)):
-                raise DataError(f"{name} {path} lies inside {what} {folder}: writing there could replace "
-                                f"the model's own files; give a path outside it")
-
-
-def check_output_path(path: Path, what: str, video: bool = False) -> Path:
-    """Refuse, before any work, an output that cannot be written (one line, no partial file later)."""
-    path = Path(path)
-    if path.is_dir():
-        raise VaeDeployError(f"cannot write {what} to {path}: it is a folder; give a file name")
-    if video:
-        check_sink_path(path)  # a video container, or an image file for one frame
-    ensure_writable_dir(path.parent)
-    return path
-
-
-@contextlib.contextmanager
-def _video_output(path: Path, fps: float, size: tuple[int, int], frames: int | None = None,
-                  source: str = "the source", hint: str = MAX_FRAMES_HINT,
-                  codec: str | None = None) -> Iterator[VideoSink | ImageSink]:
-    """A VideoSink, or an ImageSink when `path` names an image file, published to `path` only if the block
-    ends without an error. `frames` (the source's frame count, when known) lets an image output refuse a
-    longer source before any work; `source` and `hint` word that refusal.
-
-    VideoSink keeps a playable partial video after any exception; here an error discards it (the run
-    failed) while an interrupt, handled by the caller, leaves the block normally and keeps the frames done.
-    """
-    sink = open_sink(path, fps, size, frames, source, hint, codec)
-    try:
-        yield sink
-    except BaseException:
-        sink.discard()
-        raise
-    sink.close()
-
-
-@contextlib.contextmanager
-def _latent_output(path: Path, header: LatentHeader) -> Iterator[LatentWriter]:
-    writer = LatentWriter(path, header)
-    try:
-        yield writer
-    except BaseException:
-        writer.abort()
-        raise
-    writer.close()
-
-
 class _Interrupted(Exception):
     """Raised inside the outputs' block when an interrupt left nothing worth keeping."""
 
@@ -498,17 +397,17 @@ def run_video(runner: Runner, source: FrameSource, options: StreamOptions | None
     with contextlib.ExitStack() as stack:
         video = side = latents = None
         if outputs.video is not None:
-            video = stack.enter_context(_video_output(outputs.video, fps, (w, h), known, source.description,
+            video = stack.enter_context(video_output(outputs.video, fps, (w, h), known, source.description,
                                                       codec=outputs.codec))
         if outputs.side_by_side is not None:
-            side = stack.enter_context(_video_output(outputs.side_by_side, fps, (2 * w, h), known,
+            side = stack.enter_context(video_output(outputs.side_by_side, fps, (2 * w, h), known,
                                                      source.description, codec=outputs.codec))
         if outputs.latents is not None:
             header = _header(info, policy, fps, options.chunk, latent_codec)
-            latents = stack.enter_context(_latent_output(outputs.latents, header))
+            latents = stack.enter_context(latent_output(outputs.latents, header))
         writer = _FrameWriter(policy, video, side, latents, options.measure, None, progress)
         writer.working = tuple(  # type: ignore[assignment]
-            None if path is None else stack.enter_context(_video_output(path, fps, policy.content_size))
+            None if path is None else stack.enter_context(video_output(path, fps, policy.content_size))
             for path in (outputs.model_input, outputs.model_output))
         produce = _read_chunks(source, policy, options.chunk, options.max_frames, keep_sources, count,
                                info.first_frames)
@@ -540,7 +439,7 @@ def encode_video(runner: Runner, source: FrameSource, path: Path, options: Strea
         latents = latent_codec.encode(chunk.fitted)
         return _Coded(chunk, latents, None, time.perf_counter() - start)
 
-    with _latent_output(path, _header(info, policy, fps, options.chunk, latent_codec)) as latents:
+    with latent_output(path, _header(info, policy, fps, options.chunk, latent_codec)) as latents:
         writer = _FrameWriter(policy, None, None, latents, False, None, progress)
         produce = _read_chunks(source, policy, options.chunk, options.max_frames, False, count,
                                info.first_frames)
@@ -639,7 +538,7 @@ def decode_latents(runner: Runner, path: Path | LatentReader, outputs: VideoOutp
     with contextlib.ExitStack() as stack:
         video = None
         if outputs.video is not None:
-            video = stack.enter_context(_video_output(outputs.video, fps, policy.source_size,
+            video = stack.enter_context(video_output(outputs.video, fps, policy.source_size,
                                                       header.frame_count, str(path), hint="",
                                                       codec=outputs.codec))
         writer = _FrameWriter(policy, video, None, None, False, header.frame_count, progress)
