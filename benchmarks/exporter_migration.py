@@ -51,12 +51,12 @@ def measure(source: Path, work: Path, repeat: int) -> list[dict]:
         export_graph,
         trace_inputs,
     )
-    from vae_deploy.export.sources import open_source
+    from vae_deploy.export.sources import open_model_source
     from vae_deploy.export.specs import graph_specs
 
     torch.set_num_threads(1)
-    src = open_source(source)
-    model = src.model.eval()
+    src = open_model_source(source)
+    model = src.module.eval()
     rows = []
     for name, spec in graph_specs(src.config["kind"], model.config, model).items():
         row = {"source": str(source), "graph": name}

@@ -50,7 +50,7 @@ from vae_deploy.export.quantize import (
     cpu_requirements,
     quantize_graph,
 )
-from vae_deploy.export.sources import ModelSource, open_source
+from vae_deploy.export.sources import ModelSource, open_model_source
 from vae_deploy.export.specs import graph_specs
 from vae_deploy.export.validate import ParityReport, check_parity
 from vae_deploy.files import atomic_path
@@ -436,8 +436,8 @@ def export_model(source: Path | ModelSource, out_dir: Path, profile: ExportProfi
     profile = profile or ExportProfile()
     out_dir = Path(out_dir)
     if not isinstance(source, ModelSource):
-        source = open_source(Path(source))
-    model, config = source.model.eval(), source.config
+        source = open_model_source(Path(source))
+    model, config = source.module.eval(), source.config
     specs = graph_specs(config["kind"], model.config, model)
     if profile.io_dtype != "float32":
         specs = {name: _with_io_dtype(spec, profile.io_dtype) for name, spec in specs.items()}
@@ -454,7 +454,7 @@ def _write_folder(source: ModelSource, specs: dict[str, GraphSpec], work: Path, 
                   log: Callable[[str], None]) -> tuple[Manifest, ParityReport]:
     """Every file of the model folder, written into the empty folder `work` (logged under `out_dir`, the
     name it will have)."""
-    model, config = source.model, source.config
+    model, config = source.module, source.config
     for name, spec in list(specs.items()):
         path = work / spec.file
         exporter = choose_exporter(config["kind"], spec, profile.opset)

@@ -49,11 +49,6 @@ class ModelSource:
             save_model(folder, self.module, extra={"source": self.description})
         return [WEIGHTS_FILE, CONFIG_FILE]
 
-    @property
-    def model(self) -> nn.Module:
-        """Old name of `module`, kept while export/onnx_export.py (being edited elsewhere) still reads it."""
-        return self.module
-
 
 def open_model_source(source: Path | None, entry_point: str | None = None) -> ModelSource:
     """The model `export` was pointed at (module docstring); one error line when it is none of them."""
@@ -82,8 +77,6 @@ def open_model_source(source: Path | None, entry_point: str | None = None) -> Mo
     model, config = load_model(source)
     return ModelSource(model.eval(), config, f"checkpoint {source}", checkpoint_dir=source)
 
-
-open_source = open_model_source  # old name, kept while export/onnx_export.py (edited elsewhere) imports it
 
 
 def _adapted(model: nn.Module, description: str) -> ModelSource:

@@ -84,7 +84,7 @@ def _scaled(sym: SymDim, factor: int, down: bool) -> SymDim:
     return sym // factor if down else sym * factor
 
 
-# fp32 parity floor of the video graphs (issue 5: streamed ort-cpu vs the PyTorch full sequence). Trained conv
+# fp32 parity floor of the video graphs (streamed ort-cpu vs the PyTorch full sequence). Trained conv
 # VAEs give log-variances of magnitude ~10 whose fp32 rounding alone differs by ~1e-5 between backends.
 VIDEO_TOLERANCE = Tolerance(max_abs=1e-4)
 
