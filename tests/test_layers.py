@@ -25,7 +25,7 @@ LAYERS = [
     ("video",),
     ("runtime",),
     ("models",),
-    ("files", "interrupts", "config_io", ""),  # "": the package root (its __version__)
+    ("files", "interrupts", "config_io", "lazy_names", ""),  # "": the package root (its __version__)
     ("errors",),
 ]
 LEVEL = {name: i for i, names in enumerate(LAYERS) for name in names}

@@ -20,7 +20,7 @@ import re
 import secrets
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from vae_deploy.errors import OutputError, VaeDeployError
@@ -100,19 +100,26 @@ def _running(pid: int) -> bool:
     return True
 
 
-def stale_temporaries(folder: Path, names: set[str]) -> list[Path]:
-    """The temporary files in `folder` of targets named `names` whose writing process is gone."""
-    found = []
+def files_named(folder: Path, wanted: Callable[[str], bool]) -> list[Path]:
+    """The regular files (not links) directly in `folder` whose name `wanted` accepts; none when the folder
+    cannot be read."""
     try:
         entries = list(os.scandir(folder))
     except OSError:
-        return found
-    for entry in entries:
-        match = _TEMPORARY.fullmatch(entry.name)
-        if match and match["stem"] + (match["suffix"] or "") in names and not _running(int(match["pid"])) \
-                and entry.is_file(follow_symlinks=False):
-            found.append(Path(entry.path))
-    return found
+        return []
+    return [Path(entry.path) for entry in entries
+            if wanted(entry.name) and entry.is_file(follow_symlinks=False)]
+
+
+def stale_temporaries(folder: Path, names: set[str]) -> list[Path]:
+    """The temporary files in `folder` of targets named `names` whose writing process is gone."""
+
+    def stale(name: str) -> bool:
+        match = _TEMPORARY.fullmatch(name)
+        return bool(match) and match["stem"] + (match["suffix"] or "") in names \
+            and not _running(int(match["pid"]))
+
+    return files_named(folder, stale)
 
 
 def remove_stale_temporaries(folder: Path, names: set[str]) -> None:

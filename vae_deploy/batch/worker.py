@@ -34,7 +34,7 @@ from pathlib import Path
 from vae_deploy.batch.index import FAILED, OK, IndexEntry
 from vae_deploy.batch.sources import LATENT_SUFFIX, VideoTask, source_identity
 from vae_deploy.errors import OutputError, VaeDeployError
-from vae_deploy.files import FOLDER_UNWRITABLE_ERRNOS
+from vae_deploy.files import FOLDER_UNWRITABLE_ERRNOS, files_named
 from vae_deploy.runtime.latents import LatentReader
 from vae_deploy.runtime.runner import Runner
 from vae_deploy.video.io import open_source
@@ -73,16 +73,12 @@ _STAGING_TEMPORARY = re.compile(r"\.\.(?P<stem>.+)\.[0-9a-f]{8}\.batch\.(\d+-)?[
 def staging_leftovers(folder: Path, outputs: set[str]) -> list[Path]:
     """The staging files (and their temporary files) in `folder` made for one of `outputs` (file names in
     `folder`): what workers killed outright left behind. Nothing else matches."""
-    found = []
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return found
-    for entry in entries:
-        match = _STAGING.fullmatch(entry.name) or _STAGING_TEMPORARY.fullmatch(entry.name)
-        if match and match["stem"] + LATENT_SUFFIX in outputs and entry.is_file(follow_symlinks=False):
-            found.append(Path(entry.path))
-    return found
+
+    def staged(name: str) -> bool:
+        match = _STAGING.fullmatch(name) or _STAGING_TEMPORARY.fullmatch(name)
+        return bool(match) and match["stem"] + LATENT_SUFFIX in outputs
+
+    return files_named(folder, staged)
 
 
 class WorkerDied(VaeDeployError):

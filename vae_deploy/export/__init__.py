@@ -11,8 +11,7 @@ and with it torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from vae_deploy.lazy_names import lazy_getattr
 
 _EXPORTS = {
     "export_model": "vae_deploy.export.onnx_export",
@@ -29,14 +28,7 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
+__getattr__ = lazy_getattr(__name__, globals(), _EXPORTS)
 
 
 def __dir__() -> list[str]:

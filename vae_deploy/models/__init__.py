@@ -7,8 +7,7 @@ package first.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from vae_deploy.lazy_names import lazy_getattr
 
 _EXPORTS = {
     "MLPVAE": "vae_deploy.models.mlp",
@@ -22,11 +21,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
+__getattr__ = lazy_getattr(__name__, globals(), _EXPORTS)
