@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_models import TINY_VIDEO_MODELS
 
 # ---------------------------------------------------------------- whole suite (lead)
 
@@ -96,18 +97,6 @@ def mlp_model_fp16_dir(tmp_path_factory, mlp_checkpoint, mnist_test_images) -> P
 
 # ---------------------------------------------------------------- tiny exported video models (F)
 
-# name -> (kind, config, channels): random-weight video models small enough to export in seconds and to
-# stream 32-64 px frames quickly; every design, and a 1-channel model for grayscale handling.
-_TINY_FRAME = {"channels": 16, "fine_channels": 8, "latent_channels": 4, "downsample": 8}
-TINY_VIDEO_MODELS: dict[str, tuple[str, dict]] = {
-    "frame": ("frame", dict(_TINY_FRAME)),
-    "frame-gray": ("frame", {**_TINY_FRAME, "in_channels": 1}),
-    "temporal": ("temporal", {"frame": dict(_TINY_FRAME), "window": 3, "d_model": 16, "heads": 2,
-                              "layers": 1}),
-    "causal3d-t1": ("causal3d", {**_TINY_FRAME, "temporal_downsample": 1}),
-    "causal3d-t2": ("causal3d", {**_TINY_FRAME, "temporal_downsample": 2}),
-    "causal3d-t4": ("causal3d", {**_TINY_FRAME, "temporal_downsample": 4, "kernel_t": 2}),
-}
 TINY_VIDEO_SHORT_SIDE = 32  # recorded as the training short side, so `run` defaults to small frames
 
 

@@ -24,7 +24,7 @@ from vae_deploy.models import MLPVAEConfig, build_model
 from vae_deploy.runtime import read_manifest
 from vae_deploy.runtime.spec import eval_dim
 
-# every model kind of the tiny zoo (tests/conftest.py TINY_VIDEO_MODELS) -> its graphs
+# every model kind of the tiny zoo (tests/tiny_models.py TINY_VIDEO_MODELS) -> its graphs
 VIDEO_MODELS = ("frame", "temporal", "causal3d-t1", "causal3d-t4")
 
 
@@ -91,7 +91,7 @@ def test_choose_exporter():
 def test_export_sizes_keep_every_symbolic_dim_apart(name):
     """Example sizes for torch.export: no symbolic dim of 0 or 1 (it would be fixed) and no two different
     ones equal (they would be merged), state formulas included; every symbolic axis is dynamic."""
-    from conftest import TINY_VIDEO_MODELS
+    from tiny_models import TINY_VIDEO_MODELS
 
     kind, config = TINY_VIDEO_MODELS[name]
     model = build_model(kind, config)

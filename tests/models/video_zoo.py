@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_VIDEO_MODELS
+from tiny_models import TINY_VIDEO_MODELS
 
 from vae_deploy.models import build_model
 
