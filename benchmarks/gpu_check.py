@@ -117,8 +117,8 @@ def prepare(out: Path) -> None:
     from vae_deploy.models import build_model
     from vae_deploy.models.checkpoint import load_model, save_model
     from vae_deploy.training.trainer import train
-    from vae_deploy.video.io import open_source
     from vae_deploy.video.samples import sample_video_path
+    from vae_deploy.video.sources import open_source
 
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)

@@ -49,11 +49,11 @@ from vae_deploy.runtime import load_runner, read_manifest  # noqa: E402
 from vae_deploy.runtime.benchmark import time_calls  # noqa: E402
 from vae_deploy.runtime.cpu_features import cpu_flags  # noqa: E402
 from vae_deploy.video.default_model import DEFAULT_MODEL_DIR  # noqa: E402
-from vae_deploy.video.io import open_source  # noqa: E402
 from vae_deploy.video.latent_codec import LatentCodec  # noqa: E402
 from vae_deploy.video.model_open import runner_options  # noqa: E402
 from vae_deploy.video.pipeline import StreamOptions, VideoOutputs, run_video  # noqa: E402
 from vae_deploy.video.samples import sample_video_path  # noqa: E402
+from vae_deploy.video.sources import open_source  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 PROFILE = ROOT / "export" / "cpu-int8.toml"

@@ -61,11 +61,11 @@ from vae_deploy.runtime import load_runner, read_manifest  # noqa: E402
 from vae_deploy.runtime.benchmark import time_calls  # noqa: E402
 from vae_deploy.video.default_model import DEFAULT_MODEL_DIR, DEMO_CLIP  # noqa: E402
 from vae_deploy.video.fit import plan_fit  # noqa: E402
-from vae_deploy.video.io import FrameSource, open_source  # noqa: E402
 from vae_deploy.video.latent_codec import LatentCodec, VideoModelInfo  # noqa: E402
 from vae_deploy.video.model_open import runner_options  # noqa: E402
 from vae_deploy.video.pipeline import StreamOptions, VideoOutputs, run_video  # noqa: E402
 from vae_deploy.video.samples import sample_video_path  # noqa: E402
+from vae_deploy.video.sources import FrameSource, open_source  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 FLOORS = {"parity_max_abs": 1e-4, "ort_speedup": 1.5, "pipeline_overhead": 0.20, "frames_per_s": 25.0,

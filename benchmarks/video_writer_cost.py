@@ -93,8 +93,9 @@ def one_run(clip: Path, writer: str, work: Path) -> tuple[int, float]:
 
 
 def large_clip(work: Path) -> Path:
-    from vae_deploy.video.io import VideoSink, open_source
     from vae_deploy.video.samples import sample_video_path
+    from vae_deploy.video.sinks import VideoSink
+    from vae_deploy.video.sources import open_source
 
     frames = open_source(sample_video_path("carphone_pristine")).read()
     path = work / "carphone_640x480.mkv"
@@ -106,12 +107,13 @@ def large_clip(work: Path) -> Path:
 
 def psnr_of_writers(work: Path) -> dict:
     from vae_deploy.video.default_model import default_model_dir
-    from vae_deploy.video.io import VideoSink, open_source
     from vae_deploy.video.jobs import run_job
     from vae_deploy.video.metrics import psnr
     from vae_deploy.video.model_open import ModelChoice
     from vae_deploy.video.pipeline import StreamOptions, VideoOutputs
     from vae_deploy.video.samples import sample_video_path
+    from vae_deploy.video.sinks import VideoSink
+    from vae_deploy.video.sources import open_source
 
     lossless = work / "demo_recon.mkv"
     run_job(sample_video_path("carphone_pristine"), VideoOutputs(video=lossless),

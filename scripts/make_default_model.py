@@ -65,10 +65,10 @@ def build(run_dir: Path, profile_path: str | Path, target: Path = DEFAULT_MODEL_
 
 def check(model_dir: Path) -> dict:
     from vae_deploy.runtime import load_runner
-    from vae_deploy.video.io import open_source
     from vae_deploy.video.model_open import runner_options
     from vae_deploy.video.pipeline import StreamOptions, run_video
     from vae_deploy.video.samples import sample_video_path
+    from vae_deploy.video.sources import open_source
 
     with load_runner(model_dir, "ort-cpu", **runner_options("ort-cpu")) as runner, \
             open_source(sample_video_path(DEMO_CLIP)) as source:

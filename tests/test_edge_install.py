@@ -27,7 +27,7 @@ needs_edge_env = pytest.mark.skipif(not EDGE_PYTHON.exists(),
 CAMERA_PROBE = """
 import cv2
 from vae_deploy.errors import DataError
-from vae_deploy.video.io import open_source
+from vae_deploy.video.sources import open_source
 
 api = getattr(getattr(cv2, "utils", None), "logging", None)
 level = (api.getLogLevel if api is not None else cv2.getLogLevel)()

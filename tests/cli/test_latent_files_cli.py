@@ -15,8 +15,8 @@ from cli_support import assert_one_line_error, invoke_main
 from cli_support import cli_process as cli
 
 from vae_deploy.runtime.latents import MAGIC, MAX_FRAME_SIDE, LatentReader
-from vae_deploy.video.io import open_source
 from vae_deploy.video.samples import sample_video_path
+from vae_deploy.video.sources import open_source
 
 
 @pytest.fixture

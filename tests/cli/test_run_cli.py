@@ -19,7 +19,7 @@ from external_zoo import external_folder, external_model  # noqa: F401 (pytest f
 
 from vae_deploy.runtime.latents import LatentReader
 from vae_deploy.video.default_model import DEFAULT_MODEL_DIR
-from vae_deploy.video.io import open_source
+from vae_deploy.video.sources import open_source
 
 
 @pytest.fixture(scope="module")

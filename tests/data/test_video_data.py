@@ -20,8 +20,9 @@ from vae_deploy.data.video import (
     resolve_sources,
 )
 from vae_deploy.errors import ConfigError, DataError
-from vae_deploy.video.io import VideoSink, open_source
 from vae_deploy.video.samples import sample_video_path
+from vae_deploy.video.sinks import VideoSink
+from vae_deploy.video.sources import open_source
 
 
 @pytest.fixture(scope="module")

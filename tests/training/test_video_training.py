@@ -29,8 +29,8 @@ from vae_deploy.training.run_folder import RunFolder
 from vae_deploy.training.tasks import build_task
 from vae_deploy.training.trainer import train
 from vae_deploy.training.video_evaluation import STRIP_FRAMES, latent_compression, stream_reconstruct
-from vae_deploy.video.io import open_source
 from vae_deploy.video.metrics import VideoMetrics, psnr
+from vae_deploy.video.sources import open_source
 
 ROOT = Path(__file__).resolve().parents[2]
 QUIET = Console(quiet=True)

@@ -14,11 +14,11 @@ import pytest
 from vae_deploy.runtime.latents import LatentReader
 from vae_deploy.video.default_model import DEFAULT_MODEL_DIR
 from vae_deploy.video.frames import FrameStream
-from vae_deploy.video.io import open_source
 from vae_deploy.video.jobs import encode_job
 from vae_deploy.video.model_open import ModelChoice
 from vae_deploy.video.pipeline import StreamOptions
 from vae_deploy.video.samples import sample_video_path
+from vae_deploy.video.sources import open_source
 
 README = Path(__file__).parents[2] / "README.md"
 

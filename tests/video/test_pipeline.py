@@ -15,7 +15,6 @@ from vae_deploy.errors import ConfigError, DataError
 from vae_deploy.runtime import load_runner
 from vae_deploy.runtime.latents import LatentReader
 from vae_deploy.video.fit import plan_fit
-from vae_deploy.video.io import FrameSource, open_source
 from vae_deploy.video.metrics import VideoMetrics, psnr
 from vae_deploy.video.pipeline import (
     StreamOptions,
@@ -25,6 +24,7 @@ from vae_deploy.video.pipeline import (
     run_video,
 )
 from vae_deploy.video.samples import sample_video_path
+from vae_deploy.video.sources import FrameSource, open_source
 from vae_deploy.video.stages import run_stages
 
 

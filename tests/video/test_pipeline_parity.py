@@ -14,8 +14,8 @@ import pytest
 
 from vae_deploy.runtime import load_runner
 from vae_deploy.video.fit import plan_fit
-from vae_deploy.video.io import open_source
 from vae_deploy.video.samples import sample_video_path
+from vae_deploy.video.sources import open_source
 
 FRAMES = 17  # not a multiple of any chunk or temporal factor: a short last chunk every time
 CHUNKS = (1, 4, 8)

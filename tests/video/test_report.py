@@ -15,8 +15,8 @@ from cli_support import assert_one_line_error
 
 from vae_deploy.runtime.manifest import read_manifest
 from vae_deploy.video.fit import fitted_clip
-from vae_deploy.video.io import open_source
 from vae_deploy.video.metrics import VideoMetrics, psnr, ssim_frame
+from vae_deploy.video.sources import open_source
 
 
 def read_video(path) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from cli_support import cli_process
 
-from vae_deploy.video.io import VideoSink
+from vae_deploy.video.sinks import VideoSink
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "images" / "report.png"

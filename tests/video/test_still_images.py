@@ -1,6 +1,6 @@
 """Still images through video models: a single image file is a one-frame source, and frame outputs that name
-an image file (.png, .jpg, ...) write that frame as an image (video/io.py ImageSink), atomically, refusing a
-source of more than one frame in one line, with nothing left behind."""
+an image file (.png, .jpg, ...) write that frame as an image (video/sinks.py ImageSink), atomically, refusing
+a source of more than one frame in one line, with nothing left behind."""
 
 from __future__ import annotations
 
@@ -13,18 +13,10 @@ from cli_support import assert_one_line_error, full_disk, invoke_main
 
 from vae_deploy.errors import DataError, OutputError
 from vae_deploy.runtime.registry import load_runner
-from vae_deploy.video.io import (
-    IMAGE_OUTPUT_SUFFIXES,
-    FrameSource,
-    ImageFileSource,
-    ImageSink,
-    VideoSink,
-    check_sink_path,
-    open_sink,
-    open_source,
-)
 from vae_deploy.video.pipeline import StreamOptions, VideoOutputs, run_video
 from vae_deploy.video.samples import sample_video_path
+from vae_deploy.video.sinks import IMAGE_OUTPUT_SUFFIXES, ImageSink, VideoSink, check_sink_path, open_sink
+from vae_deploy.video.sources import FrameSource, ImageFileSource, open_source
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Video writing through PyAV (video/writers.py, io.VideoSink): H.264 .mp4 that browsers play, lossless FFV1
+"""Video writing through PyAV (video/writers.py, video/sinks.py): H.264 .mp4 that browsers play, lossless FFV1
 .mkv at any size, --codec, and the fallbacks. Written files are read back with OpenCV (what `run` reads)
 and probed with PyAV."""
 
@@ -17,12 +17,13 @@ from cli_support import assert_one_line_error, cli_process
 from vae_deploy.cli.options import CODEC_NAMES
 from vae_deploy.video import writers
 from vae_deploy.video.default_model import DEMO_CLIP, default_model_dir
-from vae_deploy.video.io import VideoSink, open_source
 from vae_deploy.video.jobs import run_job
 from vae_deploy.video.metrics import psnr
 from vae_deploy.video.model_open import ModelChoice
 from vae_deploy.video.pipeline import StreamOptions, VideoOutputs
 from vae_deploy.video.samples import sample_video_path
+from vae_deploy.video.sinks import VideoSink
+from vae_deploy.video.sources import open_source
 
 NTSC = Fraction(30000, 1001)
 
@@ -135,7 +136,8 @@ def test_a_missing_encoder_falls_back_to_the_suffix_default_with_one_note(clip_f
 def test_without_pyav_opencv_writes_the_video_after_one_note(tmp_path):
     code = ("import sys; sys.modules['av'] = None  # `import av` fails, as where it is not installed\n"
             "import numpy as np\n"
-            "from vae_deploy.video.io import VideoSink, open_source\n"
+            "from vae_deploy.video.sinks import VideoSink\n"
+            "from vae_deploy.video.sources import open_source\n"
             f"path = {str(tmp_path / 'o.mp4')!r}\n"
             "with VideoSink(path, fps=10) as sink:\n"
             "    sink.write_all(np.zeros((5, 32, 48, 3), np.uint8))\n"
@@ -193,7 +195,7 @@ RATE_OUTPUTS = [("o.mp4", None), ("o.m4v", None), ("o.mov", "hevc"), ("o.mkv", N
 def test_the_slowest_frame_rate_is_written_and_read_back_exactly(clip_frames, tmp_path, name, codec):
     """MIN_OUTPUT_FPS (one frame per 500 s) goes into every container and comes back as 1/500, read by PyAV
     and by OpenCV (which reads the sources)."""
-    from vae_deploy.video.io import MIN_OUTPUT_FPS
+    from vae_deploy.video.sinks import MIN_OUTPUT_FPS
 
     path = write(tmp_path / name, clip_frames[:3], MIN_OUTPUT_FPS, codec=codec)
     with av.open(str(path)) as container:

@@ -1,6 +1,6 @@
 """Which videos a batch holds, and where each one's latents go.
 
-A SOURCE argument is a video file, a folder (searched recursively for the video suffixes of video/io.py,
+A SOURCE argument is a video file, a folder (searched recursively for the video suffixes of video/sources.py,
 hidden files and folders skipped; symlinked subfolders are followed, each real folder once, so a link
 back up the tree is no loop) or a `.txt` file listing one path per line (blank lines and `#` comments
 skipped; relative paths are relative to the list's folder; a listed folder is searched like an argument).
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from vae_deploy.errors import ConfigError, DataError
-from vae_deploy.video.io import VIDEO_SUFFIXES
+from vae_deploy.video.sources import VIDEO_SUFFIXES
 
 LATENT_SUFFIX = ".vaelat"
 LIST_SUFFIX = ".txt"

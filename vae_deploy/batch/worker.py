@@ -37,9 +37,9 @@ from vae_deploy.errors import OutputError, VaeDeployError
 from vae_deploy.files import FOLDER_UNWRITABLE_ERRNOS, files_named
 from vae_deploy.runtime.latents import LatentReader
 from vae_deploy.runtime.runner import Runner
-from vae_deploy.video.io import open_source
 from vae_deploy.video.model_open import DEFAULT_MODEL, ModelChoice, open_model
 from vae_deploy.video.pipeline import StreamOptions, encode_video
+from vae_deploy.video.sources import open_source
 
 
 @dataclass(frozen=True)

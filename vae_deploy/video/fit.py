@@ -1,6 +1,6 @@
 """Fitting source frames to a video model and undoing it on output (numpy + OpenCV, no torch).
 
-Layout: source frames are RGB uint8 (H, W, 3) (what `video.io` sources yield); fitted frames are float32
+Layout: source frames are RGB uint8 (H, W, 3) (what `video.sources` sources yield); fitted frames are float32
 (C, H', W') in [0, 1], C the model's channels, H' and W' multiples of the model's spatial factor.
 
 The policy, in three steps, recorded in every latent file so that `decode` undoes exactly what `encode` did:
@@ -165,7 +165,7 @@ def fitted_clip(path: Path, encoder: GraphSpec, max_frames: int, short_side: int
     them ("snap") and cut to a whole clip for the encoder (GraphSpec.whole_length). For the checks that
     need real frames rather than noise: int8 calibration (export/quantize.py) and the parity check's real
     case."""
-    from vae_deploy.video.io import open_source
+    from vae_deploy.video.sources import open_source
 
     with open_source(path) as source:
         frames = source.read(max_frames)  # RGB uint8 (T, H, W, 3)

@@ -28,7 +28,6 @@ from vae_deploy.runtime.manifest import Manifest, read_manifest
 from vae_deploy.runtime.registry import DEFAULT_BACKEND, load_runner
 from vae_deploy.video.default_model import DEMO_CLIP, default_model_dir, resolve_model
 from vae_deploy.video.fit import plan_fit
-from vae_deploy.video.io import FrameSource, open_source
 from vae_deploy.video.latent_codec import VideoModelInfo
 from vae_deploy.video.model_open import DEFAULT_MODEL, ModelChoice, open_model, runner_options
 from vae_deploy.video.outputs import check_distinct_outputs, check_output_path
@@ -43,6 +42,7 @@ from vae_deploy.video.pipeline import (
 )
 from vae_deploy.video.report import DECODED_VIDEO, SOURCE_VIDEO, check_report_dir, model_summary, write_report
 from vae_deploy.video.samples import sample_video_path
+from vae_deploy.video.sources import FrameSource, open_source
 from vae_deploy.video.writers import suffix_for
 
 JobProgress = Callable[[int, int | None], None]  # (frames finished, total frames or None)

@@ -14,14 +14,8 @@ from pathlib import Path
 from vae_deploy.errors import DataError, VaeDeployError
 from vae_deploy.files import ensure_writable_dir
 from vae_deploy.runtime.latents import LatentHeader, LatentWriter
-from vae_deploy.video.io import (
-    IMAGE_SUFFIXES,
-    MAX_FRAMES_HINT,
-    ImageSink,
-    VideoSink,
-    check_sink_path,
-    open_sink,
-)
+from vae_deploy.video.sinks import MAX_FRAMES_HINT, ImageSink, VideoSink, check_sink_path, open_sink
+from vae_deploy.video.sources import IMAGE_SUFFIXES
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -40,8 +34,8 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def _read_from_folder(path: Path, folder: Path) -> bool:
-    """True when an image folder source (video/io.py ImageFolderSource) reads `path`, or would once it is
-    written: an image file directly in the folder, or a link to one of its images."""
+    """True when an image folder source (video/sources.py ImageFolderSource) reads `path`, or would once it
+    is written: an image file directly in the folder, or a link to one of its images."""
     path = Path(path)
     if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and _same_file(path.parent,
                                                                                              folder):

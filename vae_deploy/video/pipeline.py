@@ -42,15 +42,11 @@ from vae_deploy.runtime.latents import LatentHeader, LatentReader, LatentWriter
 from vae_deploy.runtime.runner import Runner
 from vae_deploy.video.chunker import Chunker
 from vae_deploy.video.fit import FitPolicy, plan_fit
-from vae_deploy.video.io import (
-    MIN_OUTPUT_FPS,
-    FrameSource,
-    VideoSink,
-    check_output_fps,
-)
 from vae_deploy.video.latent_codec import LatentCodec, VideoModelInfo
 from vae_deploy.video.metrics import VideoMetrics, compression_ratio, psnr_from_mse
 from vae_deploy.video.outputs import check_output_path, latent_output, video_output
+from vae_deploy.video.sinks import MIN_OUTPUT_FPS, VideoSink, check_output_fps
+from vae_deploy.video.sources import FrameSource
 from vae_deploy.video.writers import note
 
 DEFAULT_CHUNK = 8  # frames per model call: long enough to amortize a call, short enough for low latency

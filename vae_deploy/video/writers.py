@@ -1,11 +1,10 @@
-"""Which encoder writes a video file, and the PyAV (FFmpeg) writer itself. numpy, OpenCV and PyAV: no torch.
+"""Which encoder writes a video file: the codecs and containers, and the plan for one output. PyAV only (to
+probe its encoders): no torch. The encoders themselves (PyAV and OpenCV) are video/sinks.py's.
 
     plan_writer(path, codec) -> WriterPlan   the codec and container for `path` (codec None: by suffix),
                                              falling back, with one note line on stderr, where this PyAV
                                              lacks the encoder or PyAV is missing (then OpenCV writes)
-    PyAVEncoder(tmp, plan, size, fps)        RGB uint8 frames -> that file; close() flushes the encoder and
-                                             finalizes the container
-    count_packets(path)                      the video packets a finished file holds (its frame count)
+    frame_rate(fps), encoded_size(codec, size)   the rate and the frame size a PyAV file stores
 
 By suffix (CONTAINERS): .mp4/.m4v/.mov get H.264 (libx264, yuv420p, High profile, +faststart: browsers,
 phones and QuickTime play it), .mkv lossless FFV1 in an RGB pixel format (bgr0: every pixel and every size
@@ -23,9 +22,6 @@ import sys
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-
-import cv2
-import numpy as np
 
 from vae_deploy.errors import DataError
 
@@ -56,7 +52,7 @@ class CodecSettings:
 # The quality settings keep the written video well above a model's own PSNR: H.264 at crf 12 gave 41.3 dB
 # against the frames given on the demo clip (4:2:0 itself caps it near 44 dB). Preset superfast: `fast`
 # cost `run` about half its frames/s on a 640x480 clip on 2 cores, superfast encodes twice as fast for
-# files 1.5x larger, and with OpenCV's colour conversion (_yuv420p_frame) costs 11% there
+# files 1.5x larger, and with OpenCV's colour conversion (sinks._yuv420p_frame) costs 11% there
 # (benchmarks/results/video_writer_cost.md). BT.601 tags say how the RGB frames were
 # converted (swscale's default matrix), so players convert back the same way.
 _BT601 = "colorprim=smpte170m:transfer=smpte170m:colormatrix=smpte170m"
@@ -202,78 +198,3 @@ def encoded_size(codec: CodecSettings, size: tuple[int, int]) -> tuple[int, int]
     """(width, height) the codec stores: 4:2:0 codecs round odd sides up (the edge is repeated)."""
     w, h = size
     return (w + w % 2, h + h % 2) if codec.even_sizes else (w, h)
-
-
-def _rgb24_frame(rgb: np.ndarray):
-    """The encoder converts it (to FFV1's bgr0: a lossless reordering)."""
-    return av.VideoFrame.from_ndarray(rgb, format="rgb24")
-
-
-def _yuv420p_frame(rgb: np.ndarray):
-    """OpenCV's RGB -> I420 (BT.601, limited range: swscale's default, which the stream's tags state). It
-    releases the GIL and took 0.5 ms for a 1280x480 frame where PyAV's swscale conversion took 2.9 ms plus
-    1.4 ms to wrap the RGB array, time the streaming threads otherwise wait for."""
-    return av.VideoFrame.from_ndarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
-
-
-# How an RGB uint8 frame becomes a PyAV frame for each pixel format of CODECS (even sizes for yuv420p).
-FRAME_MAKERS = {"yuv420p": _yuv420p_frame, "bgr0": _rgb24_frame}
-
-
-class PyAVEncoder:
-    """Write RGB uint8 (H, W, 3) frames of `size` to `tmp` as `plan` says; `close()` flushes the encoder
-    and writes the container's index (the file plays from then on, also after an interrupt)."""
-
-    def __init__(self, tmp: Path, target: Path, plan: WriterPlan, size: tuple[int, int], fps: float):
-        self.size = size
-        self.stored = encoded_size(plan.codec, size)
-        if self.stored != size:
-            note(f"{target.name}: {plan.codec.name} stores even sizes, so the {size[0]}x{size[1]} frames are "
-                 f"written as {self.stored[0]}x{self.stored[1]} (last column/row repeated); .mkv keeps the "
-                 f"exact size")
-        self._container = av.open(str(tmp), "w", format=plan.container.format,
-                                  options=dict(plan.container.options))
-        try:
-            stream = self._container.add_stream(plan.encoder, rate=frame_rate(fps))
-            stream.width, stream.height = self.stored
-            stream.pix_fmt = plan.codec.pix_fmt
-            stream.codec_context.options = dict(plan.options)
-            if plan.codec.mp4_tag and plan.container.format in ("mp4", "mov"):
-                stream.codec_context.codec_tag = plan.codec.mp4_tag
-        except BaseException:
-            self._container.close()
-            raise
-        self._stream = stream
-        self._pad = ((0, self.stored[1] - size[1]), (0, self.stored[0] - size[0]), (0, 0))
-        self._index = 0
-
-    def write(self, rgb: np.ndarray) -> None:
-        if self._pad != ((0, 0), (0, 0), (0, 0)):
-            rgb = np.pad(rgb, self._pad, mode="edge")
-        frame = FRAME_MAKERS[self._stream.pix_fmt](np.ascontiguousarray(rgb))
-        frame.pts = self._index
-        self._index += 1
-        self._container.mux(self._stream.encode(frame))
-
-    def close(self) -> None:
-        """Flush the encoder's delayed frames and finalize the container (raises on a failed write)."""
-        try:
-            self._container.mux(self._stream.encode(None))
-        finally:
-            self._container.close()
-
-    def abandon(self) -> None:
-        """Close without caring whether the file is complete (it is being discarded)."""
-        try:
-            self._container.close()
-        except Exception:  # noqa: BLE001 - the file is deleted next; its error does not matter
-            pass
-
-
-def count_packets(path: Path) -> int:
-    """The video frames a finished file holds: its video packets, demuxed without decoding."""
-    try:
-        with av.open(str(path)) as container:
-            return sum(1 for packet in container.demux(video=0) if packet.size)
-    except (av.error.FFmpegError, OSError, IndexError):  # unreadable or no video stream: it holds none
-        return 0

@@ -29,7 +29,7 @@ from vae_deploy.models.losses import bce_reconstruction, mse_reconstruction, vae
 from vae_deploy.models.streaming import VideoVAE, reparameterize
 from vae_deploy.training.tasks.base import Task, register_task
 from vae_deploy.training.video_evaluation import EvalClip, evaluate_clips
-from vae_deploy.video.io import open_source
+from vae_deploy.video.sources import open_source
 
 # Reconstruction terms by name (data configs are plain data). "mse": a Gaussian likelihood, for natural
 # video; "bce": a Bernoulli likelihood, for near-binary frames such as Moving MNIST, where a sigmoid decoder
