@@ -238,19 +238,26 @@ def _running(pid: int) -> bool:
         return False
 
 
+def _launch_until_the_first_epoch(recipe: Path, out: Path) -> subprocess.Popen:
+    """`vae-deploy train RECIPE --out OUT --nproc 2` as a real process, returned once its first epoch is in
+    metrics.jsonl (or it ended, or 120 s passed)."""
+    launcher = subprocess.Popen([sys.executable, "-m", "vae_deploy", "train", str(recipe), "--out", str(out),
+                                 "--nproc", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+    metrics = RunFolder(out).metrics
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and launcher.poll() is None and not metrics.exists():
+        time.sleep(0.1)
+    return launcher
+
+
 def test_sigterm_to_the_nproc_launcher_ends_every_rank_and_keeps_the_finished_epochs(tmp_path):
     """`docker stop` sends SIGTERM to the launcher alone: every rank ends, the exit code is 143 with the one
     terminated line, the finished epochs are kept and `--resume` continues on 2 processes."""
     recipe = mnist_recipe(tmp_path, "long", 32, epochs=200, valid_holdout=3000)
     out = tmp_path / "run"
-    launcher = subprocess.Popen([sys.executable, "-m", "vae_deploy", "train", str(recipe), "--out", str(out),
-                                 "--nproc", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+    launcher = _launch_until_the_first_epoch(recipe, out)
     try:
-        metrics = RunFolder(out).metrics
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and launcher.poll() is None and not metrics.exists():
-            time.sleep(0.1)
         (torchrun_pid,) = _children(launcher.pid)
         ranks = [_rank_pid(torchrun_pid, rank) for rank in (0, 1)]
         assert None not in ranks
@@ -264,7 +271,7 @@ def test_sigterm_to_the_nproc_launcher_ends_every_rank_and_keeps_the_finished_ep
     assert err.strip().splitlines()[-1] == "terminated (SIGTERM): finished work was kept"
     assert err.count("terminated") == 1 and "Traceback" not in err
     assert not any(_running(pid) for pid in [torchrun_pid, *ranks])
-    finished = len(metrics.read_text().splitlines())
+    finished = len(RunFolder(out).metrics.read_text().splitlines())
     assert finished >= 1 and RunFolder(out).state.is_file()
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no partial file left
     resumed = cli_process("train", recipe, "--out", out, "--nproc", 2, "--resume", "--epochs", finished + 1)
@@ -341,14 +348,8 @@ def test_a_rank_killed_under_the_nproc_launcher_is_one_line_naming_it(tmp_path, 
     nothing). Now one line names the rank that died and says the finished epochs are kept."""
     recipe = mnist_recipe(tmp_path, "long", 32, epochs=1000, valid_holdout=3000)
     out = tmp_path / "run"
-    launcher = subprocess.Popen([sys.executable, "-m", "vae_deploy", "train", str(recipe), "--out", str(out),
-                                 "--nproc", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+    launcher = _launch_until_the_first_epoch(recipe, out)
     try:
-        metrics = RunFolder(out).metrics
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and launcher.poll() is None and not metrics.exists():
-            time.sleep(0.1)
         (torchrun_pid,) = _children(launcher.pid)
         pid = _rank_pid(torchrun_pid, rank)
         assert pid is not None
@@ -364,5 +365,5 @@ def test_a_rank_killed_under_the_nproc_launcher_is_one_line_naming_it(tmp_path, 
                                                    if not line.startswith("epoch ")))  # rank 0's progress
     assert_one_line_error(result, f"training rank {rank} was killed (SIGKILL), which ended the others; the "
                                   f"finished epochs are kept: rerun with --resume to continue")
-    assert len(metrics.read_text().splitlines()) >= 1 and RunFolder(out).state.is_file()
+    assert len(RunFolder(out).metrics.read_text().splitlines()) >= 1 and RunFolder(out).state.is_file()
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
