@@ -81,6 +81,12 @@ def _encode(task: VideoTask) -> IndexEntry | Fatal:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)  # runs a SIGTERM still pending first
     except KeyboardInterrupt:  # stopped: the video's staging file is gone; end quietly, no traceback
         os._exit(128 + signal.SIGTERM)
+    except BaseException:
+        # A stop that landed inside a library comes out as that library's error: ONNX Runtime's import
+        # turns it into "ImportError: initialization failed". The stop, not the error, is what happened.
+        if _terminated:
+            os._exit(128 + signal.SIGTERM)
+        raise
     if _terminated:  # the interrupt became another error while the video's files were removed (a full disk)
         os._exit(128 + signal.SIGTERM)
     return result
