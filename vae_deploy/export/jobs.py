@@ -16,6 +16,7 @@ imported only by what needs it (the export itself, the torch reference), so veri
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,31 @@ from vae_deploy.runtime.runner import module_available
 ENGINE_PRECISIONS = ("fp32", "fp16", "int8")
 ENTRY_POINT_KIND = "entry-point"  # models/adapters/contract.py's, without importing torch here
 REFERENCES = ("auto", "torch", "golden")
+
+
+class StepLog:
+    """The export log with seconds: each line is a step, and when the next step starts (or `finish`), the
+    step before gets a line with the seconds it took, so a large model's export (minutes inside
+    torch.onnx.export per graph, then the parity check) shows where it is. Indented lines are details of
+    the current step (the parity check's cases, with their own seconds) and pass through."""
+
+    def __init__(self, log: Callable[[str], None]):
+        self._log = log
+        self._step: str | None = None
+        self._started = 0.0
+
+    def __call__(self, message: str) -> None:
+        if message[:1].isspace():
+            self._log(message)
+            return
+        self.finish()
+        self._log(message)
+        self._step, self._started = message, time.perf_counter()
+
+    def finish(self) -> None:
+        if self._step is not None:
+            self._log(f"  done in {time.perf_counter() - self._started:.1f} s")
+            self._step = None
 
 
 @dataclass
@@ -67,7 +93,7 @@ def export_job(source: Path | None, out: Path, *, profile: str | Path | None = N
     `engine` then builds TensorRT engines of `engine_precision` (None: the profile's default), only when
     parity passed.
 
-    `log` gets one line per step; `on_exported` is called with the result once the folder is written and
+    `log` gets one line per step as it starts and one with its seconds when it ends (StepLog); `on_exported` is called with the result once the folder is written and
     its parity known, before any engine is built (the CLI prints the parity table there)."""
     check_target(out, overwrite=force)  # before any work: refusing later would waste the export
     if engine:  # before the export too: a missing TensorRT should not cost an export first
@@ -77,6 +103,7 @@ def export_job(source: Path | None, out: Path, *, profile: str | Path | None = N
     from vae_deploy.export.sources import open_model_source
     from vae_deploy.export.specs import graph_specs
 
+    log = StepLog(log)
     chosen = load_profile(profile)
     model_source = open_model_source(source, entry_point)
     log(f"exporting {model_source.kind} from {model_source.description}")
@@ -85,6 +112,7 @@ def export_job(source: Path | None, out: Path, *, profile: str | Path | None = N
     inputs = real_inputs_for(model_source.kind, real, data_source, data_dir, encoder)
     manifest, report = export_model(model_source, out, chosen, real_inputs=inputs,
                                     parity_backend=parity_backend, log=log, overwrite=force)
+    log.finish()
     result = ExportResult(manifest, report, chosen.name)
     if on_exported is not None:
         on_exported(result)
@@ -93,6 +121,7 @@ def export_job(source: Path | None, out: Path, *, profile: str | Path | None = N
 
         # int8 engines come from the folder's Q/DQ graphs (export/tensorrt_build.py): nothing to calibrate.
         result.engines = build_engines(out, engine_precision, log=log)
+        log.finish()
     return result
 
 

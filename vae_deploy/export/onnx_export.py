@@ -494,7 +494,8 @@ def _write_folder(source: ModelSource, specs: dict[str, GraphSpec], work: Path, 
         files.append(write_golden(work, ref, real_inputs))
         log(f"checking parity: {parity_backend} vs torch")
         with get_backend(parity_backend)(work, manifest=manifest) as backend:
-            report = check_parity(backend, ref, real_inputs, tuple(profile.parity_batch_sizes))
+            report = check_parity(backend, ref, real_inputs, tuple(profile.parity_batch_sizes),
+                                  log=log)
     manifest.files = hash_files(work, files)
     manifest.parity = report.to_dict()
     write_manifest(work, manifest)

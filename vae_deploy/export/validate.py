@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -248,18 +249,30 @@ def reference_cases(reference: Runner, real_inputs: np.ndarray | None = None,
                              random_inputs(graph, graph.example_env()["batch"], rng, **dims))
 
 
-def compare_cases(backend: Runner, cases: Iterable[Case], reference: str) -> ParityReport:
+def compare_cases(backend: Runner, cases: Iterable[Case], reference: str,
+                  log: Callable[[str], None] | None = None) -> ParityReport:
     """Run `backend` on each case's inputs and judge it against the case's reference outputs (the module
-    docstring's rules); `reference` names where those outputs came from ("torch", "golden")."""
+    docstring's rules); `reference` names where those outputs came from ("torch", "golden"). `log` gets one
+    indented line per case with the seconds the reference and the backend took (a large model's parity
+    check runs for minutes)."""
     precision = backend.manifest.precision
     checker = _Checker(backend, reference, precision)
-    for case in cases:
+    cases = iter(cases)
+    while True:
+        started = time.perf_counter()
+        case = next(cases, None)  # a live reference computes the case here
+        if case is None:
+            return checker.report
+        computed = time.perf_counter()
         checker.check(case)
-    return checker.report
+        if log is not None:
+            log(f"  parity {case.graph} {case.case} (batch {case.inputs[0].shape[0]}): {reference} "
+                f"{computed - started:.1f} s, {backend.name} {time.perf_counter() - computed:.1f} s")
 
 
 def check_parity(backend: Runner, reference: Runner, real_inputs: np.ndarray | None = None,
-                 batch_sizes: tuple[int, ...] = (1, 7, 128, 1000), seed: int = 0) -> ParityReport:
+                 batch_sizes: tuple[int, ...] = (1, 7, 128, 1000), seed: int = 0,
+                 log: Callable[[str], None] | None = None) -> ParityReport:
     """Compare `backend` with `reference` (the torch runner) on every graph; see the module docstring.
 
     real_inputs: a batch of real encoder inputs (e.g. MNIST test images, float32 NCHW in [0, 1]); the
@@ -267,7 +280,8 @@ def check_parity(backend: Runner, reference: Runner, real_inputs: np.ndarray | N
     """
     if backend.manifest.precision == "int8" and real_inputs is None:
         raise ConfigError(INT8_NEEDS_REAL_INPUTS)
-    return compare_cases(backend, reference_cases(reference, real_inputs, batch_sizes, seed), reference.name)
+    return compare_cases(backend, reference_cases(reference, real_inputs, batch_sizes, seed), reference.name,
+                         log)
 
 
 def check_golden(backend: Runner, cases: list[Case]) -> ParityReport:

@@ -5,19 +5,38 @@ is built, and documents the session options: threads, spinning, optimization). `
 CUDA graphs are runtime/ort_cuda.py. Options handled here:
     fp16_guard      fp16 model folders: detect NaN/inf/out-of-range outputs and rerun that stage in fp32
                     from then on, with one warning (runtime/fp16_guard.py; default True)
+    shrink_arena    hand the CPU arena's free memory back after every call (default: DEFAULT_SHRINK_ARENA)
+    bind_state      ort-cpu streams keep their state in ORT buffers, written in place through IO binding
+                    (runtime/ort_bound_state.py; default: DEFAULT_BIND_STATE)
+The memory defaults were chosen by measurement: benchmarks/results/runtime_memory.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from vae_deploy.errors import ParityError
 from vae_deploy.runtime.cpu_features import cpu_problem
 from vae_deploy.runtime.fp16_guard import Fp16Guard, inspect_arrays, upcast_to_fp32
-from vae_deploy.runtime.ort_session import CPU, build_session
+from vae_deploy.runtime.ort_bound_state import BoundStateStream, StateSlots, bound_call
+from vae_deploy.runtime.ort_session import CPU, DEFAULT_ARENA, DEFAULT_SHRINK_ARENA, build_session, import_ort
 from vae_deploy.runtime.runner import Runner, module_available
+
+
+def run_options(ort, options: Mapping[str, Any]):
+    """ORT RunOptions from runner options: `shrink_arena` hands the CPU arena's free chunks back after each
+    call (its high-water mark is otherwise held for the session's life)."""
+    run = ort.RunOptions()
+    arena = options.get("arena", DEFAULT_ARENA)  # ORT refuses to shrink an arena that is not there
+    if arena and options.get("shrink_arena", DEFAULT_SHRINK_ARENA):
+        run.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return run
+
+
+DEFAULT_BIND_STATE = True
 
 
 class OrtRunner(Runner):
@@ -25,7 +44,8 @@ class OrtRunner(Runner):
     is loaded (`_load_graph`) and run; the session building and the fallback's fp32 graph are shared."""
 
     execution_provider = CPU  # ort_session.CPU or ort_session.CUDA
-    OPTIONS = {"threads": int, "spinning": bool, "optimization": str, "fp16_guard": bool}
+    OPTIONS = {"threads": int, "spinning": bool, "optimization": str, "fp16_guard": bool, "arena": bool,
+               "mem_pattern": bool, "prepacking": bool, "shrink_arena": bool}
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -34,6 +54,8 @@ class OrtRunner(Runner):
         return None
 
     def _load(self) -> None:
+        self._ort = import_ort()
+        self._run_options = run_options(self._ort, self.options)
         self._guard = Fp16Guard(self.name, self.manifest.precision == "fp16"
                                 and bool(self.options.get("fp16_guard", True)))
         self._sessions = {}
@@ -64,17 +86,27 @@ class OrtRunner(Runner):
         spec = self.manifest.graph(graph)
         return upcast_to_fp32(onnx.load(str(self.model_dir / spec.file))).SerializeToString()
 
+    def _session(self, graph: str):
+        """The session `graph` runs on: its fp32 fallback once the fp16 guard chose it, else its own."""
+        return self._fallback_sessions.get(graph) or self._sessions[graph]
+
+    def _fall_back_if_bad(self, graph: str, outputs: Mapping[str, np.ndarray]) -> bool:
+        """After a call of `graph`: when the fp16 guard finds its outputs bad, switch the graph to its fp32
+        fallback session (the caller reruns the call) and return True."""
+        if not self._guard.watching(graph):
+            return False
+        reason = inspect_arrays(self.graph(graph), outputs)
+        if not reason:
+            return False
+        self._guard.fall_back(graph, reason)
+        self._fallback_sessions[graph] = self._make_session(graph, self._fallback_source(graph))
+        return True
+
     def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = self._output_names[graph]
-        session = self._fallback_sessions.get(graph) or self._sessions[graph]
-        outputs = dict(zip(names, session.run(names, feeds), strict=True))
-        if self._guard.watching(graph):
-            reason = inspect_arrays(self.graph(graph), outputs)
-            if reason:
-                self._guard.fall_back(graph, reason)
-                session = self._make_session(graph, self._fallback_source(graph))
-                self._fallback_sessions[graph] = session
-                outputs = dict(zip(names, session.run(names, feeds), strict=True))
+        outputs = dict(zip(names, self._session(graph).run(names, feeds, self._run_options), strict=True))
+        if self._fall_back_if_bad(graph, outputs):
+            outputs = dict(zip(names, self._session(graph).run(names, feeds, self._run_options), strict=True))
         return outputs
 
     def _close(self) -> None:
@@ -86,6 +118,21 @@ class OrtCpuRunner(OrtRunner):
     name = "ort-cpu"
     install_hint = "onnxruntime (pip install onnxruntime)"
     stream_threads = True
+    OPTIONS = {**OrtRunner.OPTIONS, "bind_state": bool}
+
+    def open_stream(self):
+        """A stream whose state stays in ORT buffers between chunks (runtime/ort_bound_state.py), unless
+        bind_state=False: then each chunk's present_i come back as numpy and are fed back as past_i."""
+        if self.options.get("bind_state", DEFAULT_BIND_STATE):
+            return BoundStateStream(self)
+        return super().open_stream()
+
+    def _bound_call(self, spec, arrays: dict[str, np.ndarray], slots: StateSlots) -> dict[str, np.ndarray]:
+        """One bound call of a stateful graph (BoundStateStream), with the fp16 guard's fallback."""
+        outputs = bound_call(self._session(spec.name), spec, arrays, slots, self._run_options)
+        if self._fall_back_if_bad(spec.name, outputs):
+            outputs = bound_call(self._session(spec.name), spec, arrays, slots, self._run_options)
+        return outputs
 
     def _load(self) -> None:
         # An int8 graph whose products saturate on this CPU runs, but out of parity: refuse it up front,

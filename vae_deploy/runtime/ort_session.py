@@ -37,12 +37,17 @@ from pathlib import Path
 from typing import Any
 
 from vae_deploy.errors import ConfigError, MissingBackendError, ModelFormatError
+from vae_deploy.runtime import shared_initializers
 from vae_deploy.runtime.spec import GraphSpec
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 DEFAULT_CPU_THREADS = 0  # 0: ORT picks one per physical core
 DEFAULT_SPINNING = True
+DEFAULT_ARENA = True
+DEFAULT_MEM_PATTERN = True
+DEFAULT_PREPACKING = True
+DEFAULT_SHRINK_ARENA = False
 CONV_ALGO_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
 _PRELOADED: list[bool] = []  # preload_dlls() once per process
 
@@ -81,6 +86,10 @@ def session_options(options: Mapping[str, Any], overrides: Mapping[str, int] | N
     so.log_severity_level = 3
     spinning = bool(options.get("spinning", DEFAULT_SPINNING))
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    so.enable_cpu_mem_arena = bool(options.get("arena", DEFAULT_ARENA))
+    so.enable_mem_pattern = bool(options.get("mem_pattern", DEFAULT_MEM_PATTERN))
+    if not options.get("prepacking", DEFAULT_PREPACKING):
+        so.add_session_config_entry("session.disable_prepacking", "1")
     for name, value in (overrides or {}).items():
         # Fixed dims let ORT fold the shape arithmetic into constants (a static graph to capture).
         so.add_free_dimension_override_by_name(name, int(value))
@@ -148,6 +157,9 @@ def build_session(source: str | bytes, spec: GraphSpec, model_file: Path, *, bac
     sess_options = session_options(options, overrides)
     chosen = providers(provider, options, precision, provider_extra)
     try:
+        # the graphs of a folder with shared weights (weights.bin) share one buffer per tensor on the CPU
+        weights = shared_initializers.attach(ort, sess_options, Path(source)) \
+            if provider == CPU and isinstance(source, str) else []
         if provider == CUDA:
             preload_cuda_libraries()
         session = ort.InferenceSession(source, sess_options=sess_options, providers=chosen)
@@ -156,6 +168,7 @@ def build_session(source: str | bytes, spec: GraphSpec, model_file: Path, *, bac
             raise
         error = MissingBackendError if provider == CUDA else ModelFormatError
         raise error(f"onnxruntime ({backend}) cannot load {where}: {first_line(exc)}") from exc
+    session._vae_deploy_weights = weights  # the shared buffers must outlive the session
     check_names(spec, model_file, session)
     if provider == CUDA and CUDA not in session.get_providers():
         # ORT falls back to CPU when the CUDA libraries fail to load; a CUDA backend must not.
