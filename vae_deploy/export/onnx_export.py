@@ -15,7 +15,9 @@ Steps, each driven by the kind's graph specs (export/specs.py):
 4. reference/: the checkpoint's model.safetensors + config.json, for the torch reference runner.
 5. golden.npz: the reference's outputs on a few real and seeded random inputs (export/golden.py), what
    `verify` compares a backend with where torch is not installed.
-6. Parity of the exported graphs against the reference (export/validate.py, the code behind `verify`);
+6. Graphs that share weights (a first-chunk graph and its steady graph) move them into one external-data
+   file, weights.bin, each tensor once (export/shared_weights.py).
+7. Parity of the exported graphs against the reference (export/validate.py, the code behind `verify`);
    the report goes into the manifest, which is written last, after every file it vouches for.
 
 The folder is built under a temporary name beside the target and swapped in at the end
@@ -50,6 +52,7 @@ from vae_deploy.export.quantize import (
     cpu_requirements,
     quantize_graph,
 )
+from vae_deploy.export.shared_weights import share_weights
 from vae_deploy.export.sources import ModelSource, open_model_source
 from vae_deploy.export.specs import graph_specs
 from vae_deploy.export.validate import ParityReport, check_parity
@@ -477,7 +480,13 @@ def _write_folder(source: ModelSource, specs: dict[str, GraphSpec], work: Path, 
                         opset=profile.opset, preprocessing=preprocessing)
         specs = _quantize(work, fp32, profile, out_dir, log)
     files = [spec.file for spec in specs.values()]
-    # a graph over 2 GB keeps its tensors in external data files: hashed like the graph (runtime/manifest.py)
+    # Graphs that share weights (a first-chunk graph and its steady graph) read them from one file, each
+    # tensor once; last, because fp16 conversion and int8 quantization want the tensors inline.
+    shared = share_weights(work, files)
+    if shared:
+        log(f"storing each weight once: {shared.tensors} tensors for {shared.references} initializers of "
+            f"{len(files)} graphs -> {out_dir / shared.file} ({shared.file_bytes / 1e6:.1f} MB)")
+    # external data files (the shared weights; any graph over 2 GB) are hashed like the graphs
     files += sorted({name for spec in specs.values() for name in external_data_files(work, spec.file)})
     files += [f"{REFERENCE_DIR}/{name}" for name in source.write_reference(work / REFERENCE_DIR)]
     manifest = Manifest(

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from vae_deploy.errors import ConfigError, MissingBackendError, ModelFormatError
+from vae_deploy.runtime import shared_initializers
 from vae_deploy.runtime.spec import GraphSpec
 
 CPU = "CPUExecutionProvider"
@@ -156,6 +157,9 @@ def build_session(source: str | bytes, spec: GraphSpec, model_file: Path, *, bac
     sess_options = session_options(options, overrides)
     chosen = providers(provider, options, precision, provider_extra)
     try:
+        # the graphs of a folder with shared weights (weights.bin) share one buffer per tensor on the CPU
+        weights = shared_initializers.attach(ort, sess_options, Path(source)) \
+            if provider == CPU and isinstance(source, str) else []
         if provider == CUDA:
             preload_cuda_libraries()
         session = ort.InferenceSession(source, sess_options=sess_options, providers=chosen)
@@ -164,6 +168,7 @@ def build_session(source: str | bytes, spec: GraphSpec, model_file: Path, *, bac
             raise
         error = MissingBackendError if provider == CUDA else ModelFormatError
         raise error(f"onnxruntime ({backend}) cannot load {where}: {first_line(exc)}") from exc
+    session._vae_deploy_weights = weights  # the shared buffers must outlive the session
     check_names(spec, model_file, session)
     if provider == CUDA and CUDA not in session.get_providers():
         # ORT falls back to CPU when the CUDA libraries fail to load; a CUDA backend must not.

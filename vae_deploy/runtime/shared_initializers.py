@@ -1,0 +1,82 @@
+"""One copy of the weights in memory: the ONNX Runtime sessions of a model folder whose graphs read their
+tensors from one external-data file (export/shared_weights.py, `weights.bin`) get each tensor as the same
+buffer, handed to every session with SessionOptions.add_initializer.
+
+Why: left to itself, each session reads its external tensors into buffers of its own, so the four graphs of
+a Wan model held the steady and the first-chunk copies of every weight at once. add_initializer makes a
+session use the caller's OrtValue instead of deserializing that initializer ("useful when you want to share
+the same initializer across sessions", ONNX Runtime's C API docs); the buffer must outlive the session, so
+each session keeps a reference to the `WeightsFile` its values view (`attach`), and the mapping goes away
+with the last session. (add_external_initializers, the other API, copies the data into the graph.)
+
+The file is mapped read-only (numpy.memmap): its pages are the page cache's, read once however many
+sessions use them. Whether this cuts a process's resident memory, and by how much, is measured by
+benchmarks/shared_weights.py (results in benchmarks/results/shared_weights.md); `ENABLED` is the switch that
+benchmark flips to measure the sessions without it.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+ENABLED = True
+_OPEN: weakref.WeakValueDictionary[tuple, WeightsFile] = weakref.WeakValueDictionary()
+_LOCK = threading.Lock()
+
+
+class WeightsFile:
+    """One external-data file mapped read-only, and the OrtValues made from it, one per (offset, length,
+    dtype, dims): a tensor two graphs share is one OrtValue."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._data = np.memmap(path, dtype=np.uint8, mode="r")
+        self._values: dict[tuple, object] = {}
+
+    def value(self, ort, offset: int, length: int, dtype: np.dtype, dims: tuple[int, ...]):
+        key = (offset, length, dtype.str, dims)
+        if key not in self._values:
+            array = self._data[offset:offset + length].view(dtype).reshape(dims)
+            self._values[key] = ort.OrtValue.ortvalue_from_numpy(array)
+        return self._values[key]
+
+
+def _open(path: Path) -> WeightsFile:
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    with _LOCK:
+        weights = _OPEN.get(key)
+        if weights is None:
+            weights = WeightsFile(path)
+            _OPEN[key] = weights
+        return weights
+
+
+def attach(ort, sess_options, model_path: Path) -> list[WeightsFile]:
+    """Add every external initializer of the graph at `model_path` to `sess_options` as a shared OrtValue;
+    returns the WeightsFiles the session must keep alive (empty: nothing shared, the graph loads as it is).
+    The files were hash-checked with the folder (runtime/manifest.py) before any session is built."""
+    if not ENABLED:
+        return []
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    model_path = Path(model_path)
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    used: dict[str, WeightsFile] = {}
+    for tensor in graph.initializer:
+        if not uses_external_data(tensor):
+            continue
+        info = ExternalDataInfo(tensor)
+        location = model_path.parent.joinpath(*PurePosixPath(info.location).parts)
+        weights = used.get(info.location) or _open(location)
+        used[info.location] = weights
+        dtype = np.dtype(tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<")
+        value = weights.value(ort, int(info.offset or 0), int(info.length), dtype, tuple(tensor.dims))
+        sess_options.add_initializer(tensor.name, value)
+    return list(used.values())
