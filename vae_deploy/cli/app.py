@@ -25,6 +25,7 @@ from vae_deploy.cli import (
     export,
     run,
     sample,
+    slim,
     train,
     verify,
 )
@@ -42,6 +43,7 @@ app.command("train")(train.train)
 app.command("evaluate")(evaluate.evaluate)
 app.command("export")(export.export)
 app.command("verify")(verify.verify)
+app.command("slim")(slim.slim)
 app.command("sample")(sample.sample)
 app.command("bench")(bench.bench)
 app.command("run")(run.run)

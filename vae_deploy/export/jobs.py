@@ -28,7 +28,7 @@ from vae_deploy.export.profile import ExportProfile
 from vae_deploy.export.publish import check_target
 from vae_deploy.export.real_inputs import real_inputs_for
 from vae_deploy.export.validate import ParityReport, check_golden, check_parity
-from vae_deploy.runtime.manifest import Manifest, read_manifest
+from vae_deploy.runtime.manifest import Manifest, has_reference, read_manifest
 from vae_deploy.runtime.registry import DEFAULT_BACKEND, get_backend
 from vae_deploy.runtime.runner import module_available
 
@@ -143,6 +143,11 @@ def choose_reference(choice: str, model_dir: Path, manifest: Manifest,
     if choice not in REFERENCES:
         raise ConfigError(f"--reference must be one of {', '.join(REFERENCES)}, got {choice!r}")
     torch_missing = TorchRunner.unavailable_reason()
+    if not has_reference(manifest):  # a folder `vae-deploy slim` wrote: no PyTorch model in it
+        if choice == "torch":
+            raise ConfigError(f"{model_dir} has no PyTorch reference (reference/: a slim folder): verify it "
+                              f"against its golden outputs (--reference golden)")
+        torch_missing = "a slim folder, without reference/"
     if torch_missing is None and "diffusers" in manifest.producer and not module_available("diffusers"):
         torch_missing = "diffusers is not installed"  # the reference of a diffusers model is built with it
     if torch_missing is None and manifest.kind == ENTRY_POINT_KIND and not entry_point:

@@ -15,6 +15,10 @@ Export writes it, the runtime reads it; no torch here. manifest.json (schema_ver
     precision, opset          "fp32" | "fp16" | "int8", ONNX opset
     producer                  versions of torch, onnx, onnxruntime, vae_deploy at export time
     files                     relative path -> sha256, for every file of the folder the manifest vouches for
+                              (a graph's external data, e.g. weights.bin, included)
+    removed_files             relative path -> sha256 of files the export wrote that `vae-deploy slim` left
+                              out (reference/); absent when none. Part of the fingerprint, so a slim folder
+                              keeps its model's identity: latents encoded with one decode with the other
     export_profile            the profile the graphs were exported with
     parity                    the parity report measured at export time (export/validate.py)
     cpu_requirements          what the graphs need of the CPU for their parity (int8: runtime/cpu_features.py;
@@ -57,6 +61,7 @@ class Manifest:
     export_profile: dict[str, Any] = field(default_factory=dict)
     parity: dict[str, Any] = field(default_factory=dict)
     cpu_requirements: dict[str, Any] = field(default_factory=dict)  # runtime/cpu_features.py
+    removed_files: dict[str, str] = field(default_factory=dict)  # left out by `slim`: path -> sha256
     schema_version: int = SCHEMA_VERSION
     format: str = FORMAT
 
@@ -73,14 +78,16 @@ class Manifest:
 
         A hash of hashes, not the sha256 of any one file: sha256 of the UTF-8 text made of one
         "relative/posix/path:sha256-hex" line per entry of `files` (the folder's files the manifest vouches
-        for), sorted by path and joined by newlines, no trailing newline. It ignores the
+        for) and of `removed_files` (what `vae-deploy slim` left out, so a slim folder is the same model),
+        sorted by path and joined by newlines, no trailing newline. It ignores the
         parity report and the formatting of manifest.json, so re-measuring parity keeps it. In a model
         folder, with the actual file hashes (so a changed file shows):
 
             jq -r '.files | keys[]' manifest.json | LC_ALL=C sort |
                 while read -r f; do echo "$f:$(sha256sum "$f" | cut -c1-64)"; done | head -c -1 | sha256sum
         """
-        text = "\n".join(f"{name}:{digest}" for name, digest in sorted(self.files.items()))
+        entries = {**self.removed_files, **self.files}
+        text = "\n".join(f"{name}:{digest}" for name, digest in sorted(entries.items()))
         return hashlib.sha256(text.encode()).hexdigest()
 
     def to_json(self) -> dict[str, Any]:
@@ -98,6 +105,8 @@ class Manifest:
             "export_profile": self.export_profile,
             "parity": self.parity,
             "cpu_requirements": self.cpu_requirements,
+            # only in slim folders: a full folder's manifest stays readable by older versions
+            **({"removed_files": self.removed_files} if self.removed_files else {}),
         }
 
 
@@ -155,6 +164,17 @@ def manifest_from_json(data: Any, where: str = MANIFEST_FILE) -> Manifest:
         raise ModelFormatError(f"{where} is malformed: {exc}") from None
     manifest.graphs = graphs
     return manifest
+
+
+def is_reference_file(name: str) -> bool:
+    """Whether a listed file belongs to the PyTorch reference (reference/), which only the torch backends
+    read and `vae-deploy slim` leaves out."""
+    return PurePosixPath(name).parts[:1] == (REFERENCE_DIR,)
+
+
+def has_reference(manifest: Manifest) -> bool:
+    """Whether the folder carries its PyTorch reference (a slim folder does not)."""
+    return any(is_reference_file(name) for name in manifest.files)
 
 
 def _safe_member(folder: Path, name: str) -> Path:
