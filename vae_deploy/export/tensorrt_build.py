@@ -207,14 +207,17 @@ def _attach_timing_cache(trt, config, path: Path, log: Callable[[str], None]):
     return cache
 
 
-def _build(trt, logger, onnx_bytes: bytes, key, timing_cache: Path,
+def _build(trt, logger, onnx_bytes: bytes, onnx_path: Path, key, timing_cache: Path,
            log: Callable[[str], None]) -> tuple[bytes, bytes | None]:
-    """(serialized engine, serialized timing cache or None) of one strongly typed build."""
+    """(serialized engine, serialized timing cache or None) of one strongly typed build. `onnx_path` is the
+    folder's graph file: the parser reads external data (weights.bin) relative to it."""
     builder = trt.Builder(logger)
     # The flag's bit index differs between majors (2 in 9.x, 1 in 10.x, 0 in 11.x): read it from the enum.
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(onnx_bytes):
+    # With external data the serialized graph holds only references (location, offset, length): the
+    # parser finds the weights file from the graph's path, so the path goes with the bytes.
+    if not parser.parse(onnx_bytes, path=str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise ModelFormatError(f"TensorRT cannot parse the {key.graph} graph: {errors}")
     config = builder.create_builder_config()
@@ -278,7 +281,8 @@ def build_engines(model_dir: Path, precision: str | None = None,
                 except StaleEngineError:
                     pass
             log(f"{graph} {p}: building (TensorRT {env.tensorrt_version}, {env.gpu_name})")
-            data, timing_data = _build(trt, logger, sources[graph, p], key, timing, log)
+            data, timing_data = _build(trt, logger, sources[graph, p], model_dir / manifest.graph(graph).file,
+                                       key, timing, log)
             path = write_engine(model_dir, key, data)  # the engine first: it is what the build was for
             if timing_data is not None:
                 write_bytes_atomic(timing, timing_data)
