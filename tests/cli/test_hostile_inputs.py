@@ -255,6 +255,17 @@ BAD_INPUT_CASES = [
     Case("decode at fps 1e-300", ["decode", "{latents}", "--model", "{model}", "--fps", "1e-300", "-o",
                                   "{out}/o.mp4"], "--fps must be a frame rate of at least 0.002",
          absent=["o.mp4"]),
+    # issue 24: a folder slimmed for a device
+    Case("slim a folder that is no model", ["slim", "{root}", "--out", "{out}/s"], "is not a model folder",
+         absent=["s"]),
+    Case("slim onto the model folder", ["slim", "{model}", "--out", "{model}", "--force"],
+         "is the model folder"),
+    Case("slim into the model folder", ["slim", "{model}", "--out", "{model}/device"], "inside it"),
+    Case("slim over a model without --force", ["slim", "{model}", "--out", "{mlp_model_dir}"], "--force"),
+    Case("slim over a folder that is no model", ["slim", "{model}", "--out", "{root}", "--force"],
+         "refusing to replace it"),
+    Case("slim a folder with a bad manifest", ["slim", "{string_schema}", "--out", "{out}/s"],
+         "is not an integer", absent=["s"]),
 ]
 
 
@@ -335,6 +346,8 @@ FULL_DISK_CASES = [
     Case("sample", ["sample", "{mlp_model_dir}", "-n", "1000", "--out", "{disk}/grid.png"],
          "no space left on device", 1, absent=["grid.png"]),
     Case("demo", ["demo", "--out-dir", "{disk}/demo", "-q"], "no space left on device", 1, absent=["demo"]),
+    Case("slim", ["slim", "{model}", "--out", "{disk}/device"], "no space left on device", 1,
+         absent=["device"]),
     # every video would fail alike: the batch stops with one line naming --out, and leaves no index
     Case("encode_dataset", ["encode-dataset", "{clip}", "--model", "{model}", "--workers", "1", "--size",
                             "128", "-q", "--out", "{disk}/lat"],

@@ -24,6 +24,7 @@ from pathlib import Path
 from vae_deploy.errors import ConfigError, ModelFormatError
 from vae_deploy.export.golden import GOLDEN_FILE, has_golden
 from vae_deploy.export.publish import staged_folder
+from vae_deploy.files import writing
 from vae_deploy.runtime.manifest import (
     MANIFEST_FILE,
     Manifest,
@@ -64,8 +65,9 @@ def slim_folder(model_dir: Path, out: Path, force: bool = False) -> SlimResult:
     with staged_folder(out, overwrite=force) as work:
         for name in kept:
             target = work / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(model_dir / name, target)
+            with writing(out / name):  # a full disk: one OutputError naming the file as the user knows it
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(model_dir / name, target)
         write_manifest(work, slim)
         read_manifest(work)  # the copy checks against its own manifest before it is published
     kept_bytes = sum((out / name).stat().st_size for name in kept) + (out / MANIFEST_FILE).stat().st_size
