@@ -12,11 +12,11 @@ Steps, each driven by the kind's graph specs (export/specs.py):
    Runtime static quantization calibrated on real frames streamed through them (export/quantize.py).
 3. onnx.checker (full check) and strict shape inference, then the spec check: names, then dynamic axes and
    fixed dims, then dtypes, so a graph that does not match its manifest is never written out as valid.
-4. reference/: the checkpoint's model.safetensors + config.json, for the torch reference runner.
-5. golden.npz: the reference's outputs on a few real and seeded random inputs (export/golden.py), what
-   `verify` compares a backend with where torch is not installed.
-6. Graphs that share weights (a first-chunk graph and its steady graph) move them into one external-data
+4. Graphs that share weights (a first-chunk graph and its steady graph) move them into one external-data
    file, weights.bin, each tensor once (export/shared_weights.py).
+5. reference/: the checkpoint's model.safetensors + config.json, for the torch reference runner.
+6. golden.npz: the reference's outputs on a few real and seeded random inputs (export/golden.py), what
+   `verify` compares a backend with where torch is not installed.
 7. Parity of the exported graphs against the reference (export/validate.py, the code behind `verify`);
    the report goes into the manifest, which is written last, after every file it vouches for.
 
