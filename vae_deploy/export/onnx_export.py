@@ -52,7 +52,7 @@ from vae_deploy.export.quantize import (
     cpu_requirements,
     quantize_graph,
 )
-from vae_deploy.export.shared_weights import share_weights
+from vae_deploy.export.shared_weights import share_weights, uses_shared_weights
 from vae_deploy.export.sources import ModelSource, open_model_source
 from vae_deploy.export.specs import graph_specs
 from vae_deploy.export.validate import ParityReport, check_parity
@@ -482,8 +482,8 @@ def _write_folder(source: ModelSource, specs: dict[str, GraphSpec], work: Path, 
     files = [spec.file for spec in specs.values()]
     # Graphs that share weights (a first-chunk graph and its steady graph) read them from one file, each
     # tensor once; last, because fp16 conversion and int8 quantization want the tensors inline.
-    shared = share_weights(work, files)
-    if shared:
+    if uses_shared_weights(specs.values()):
+        shared = share_weights(work, files)
         log(f"storing each weight once: {shared.tensors} tensors for {shared.references} initializers of "
             f"{len(files)} graphs -> {out_dir / shared.file} ({shared.file_bytes / 1e6:.1f} MB)")
     # external data files (the shared weights; any graph over 2 GB) are hashed like the graphs

@@ -13,10 +13,10 @@ Runtime reads shape tensors (a Reshape's target) while it loads the graph, and t
 LARGE_TENSOR_BYTES and more start on a page boundary, so a reader may map them straight from the file; the
 rest are 64-byte aligned (what numpy and ONNX Runtime's kernels like), which keeps the padding small.
 
-A folder whose graphs share no tensor (a frame VAE's encoder and decoder) stays inline: nothing would be
-saved, and one .onnx per graph is the simplest folder to inspect. The manifest hashes weights.bin like any
-file (runtime/manifest.py external_data_files finds it from the graphs), so a tampered weights file is
-refused when the folder is loaded.
+Export does this for models with first-chunk graphs (`uses_shared_weights`). The others stay inline: an
+encoder and a decoder share no weights, and one .onnx per graph is the simplest folder to inspect. The
+manifest hashes weights.bin like any file (runtime/manifest.py external_data_files finds it from the
+graphs), so a tampered weights file is refused when the folder is loaded.
 """
 
 from __future__ import annotations
@@ -36,6 +36,12 @@ MIN_EXTERNAL_BYTES = 1024  # onnx's own default threshold for external data
 LARGE_TENSOR_BYTES = 64 * 1024
 PAGE = 4096
 SMALL_ALIGN = 64
+
+
+def uses_shared_weights(specs) -> bool:
+    """Whether export stores the graphs `specs` (GraphSpecs) with one weights file: a model with a first-chunk
+    graph, whose weights are those of the steady graph it hands its state to."""
+    return any(spec.first_graph for spec in specs)
 
 
 @dataclass(frozen=True)
@@ -74,32 +80,16 @@ def _movable(tensor: onnx.TensorProto) -> bool:
     return len(_raw(tensor)) >= MIN_EXTERNAL_BYTES
 
 
-def graphs_share_tensors(models: list[onnx.ModelProto]) -> bool:
-    """Whether some tensor large enough to move out appears (by content) in more than one graph."""
-    seen: dict[tuple, int] = {}
-    for index, model in enumerate(models):
-        for tensor in _initializers(model.graph):
-            if _movable(tensor):
-                key = _content_key(tensor, tensor.raw_data)
-                if seen.setdefault(key, index) != index:
-                    return True
-    return False
-
-
 def _aligned(offset: int, size: int) -> int:
     step = PAGE if size >= LARGE_TENSOR_BYTES else SMALL_ALIGN
     return -(-offset // step) * step
 
 
-def share_weights(folder: Path, graph_files: list[str], location: str = WEIGHTS_FILE,
-                  force: bool = False) -> SharedWeights | None:
+def share_weights(folder: Path, graph_files: list[str], location: str = WEIGHTS_FILE) -> SharedWeights:
     """Move the tensors of the inline graphs `graph_files` (relative to `folder`) into `folder/location`,
-    each distinct tensor once, and rewrite the graphs to reference it. Returns what was written, or None
-    (nothing changed) when the graphs share no tensor, unless `force`."""
+    each distinct tensor once, and rewrite the graphs to reference it. Returns what was written."""
     folder = Path(folder)
     models = [onnx.load(str(folder / name)) for name in graph_files]
-    if not force and not graphs_share_tensors(models):
-        return None
     offsets: dict[tuple, tuple[int, int]] = {}
     references = 0
     target = folder / location
