@@ -30,8 +30,8 @@ import onnx
 from onnx import numpy_helper
 
 from vae_deploy.files import atomic_path
+from vae_deploy.runtime.shared_initializers import WEIGHTS_FILE
 
-WEIGHTS_FILE = "weights.bin"
 MIN_EXTERNAL_BYTES = 1024  # onnx's own default threshold for external data
 LARGE_TENSOR_BYTES = 64 * 1024
 PAGE = 4096

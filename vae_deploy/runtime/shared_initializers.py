@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 ENABLED = True
+WEIGHTS_FILE = "weights.bin"  # the name export gives the shared file (export/shared_weights.py)
 _OPEN: weakref.WeakValueDictionary[tuple, WeightsFile] = weakref.WeakValueDictionary()
 _LOCK = threading.Lock()
 
@@ -63,13 +64,15 @@ def attach(ort, sess_options, model_path: Path) -> list[WeightsFile]:
     """Add every external initializer of the graph at `model_path` to `sess_options` as a shared OrtValue;
     returns the WeightsFiles the session must keep alive (empty: nothing shared, the graph loads as it is).
     The files were hash-checked with the folder (runtime/manifest.py) before any session is built."""
-    if not ENABLED:
+    model_path = Path(model_path)
+    # Only a folder with the shared file is read here: parsing an inline graph (hundreds of MB for a large
+    # frame VAE) just to find no external data would cost its size again in memory while loading.
+    if not ENABLED or not (model_path.parent / WEIGHTS_FILE).is_file():
         return []
     import onnx
     from onnx.external_data_helper import ExternalDataInfo, uses_external_data
     from onnx.helper import tensor_dtype_to_np_dtype
 
-    model_path = Path(model_path)
     graph = onnx.load(str(model_path), load_external_data=False).graph
     used: dict[str, WeightsFile] = {}
     for tensor in graph.initializer:
