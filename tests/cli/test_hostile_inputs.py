@@ -93,6 +93,9 @@ def inputs(tmp_path_factory, tiny_video_model, external_folder) -> dict[str, Pat
     manifest = json.loads((string_schema / "manifest.json").read_text())
     manifest["schema_version"] = "1"
     (string_schema / "manifest.json").write_text(json.dumps(manifest))
+    from vae_deploy.export.slim import slim_folder
+
+    slim_folder(model, root / "slim")  # the model for a device: no reference/
     latents = root / "clip.vaelat"
     made = cli("encode", clip, "--model", model, "-o", latents, "-q")
     assert made.returncode == 0, made.stderr
@@ -106,7 +109,8 @@ def inputs(tmp_path_factory, tiny_video_model, external_folder) -> dict[str, Pat
             "zero_latent": root / "zero_latent.toml", "recipe": root / "recipe.toml", "model": model,
             "string_schema": string_schema, "latents": latents, "causal": tiny_video_model("causal3d-t1"),
             "diffusers": external_folder("kl-sd"), "no_videos": root / "no_videos",
-            "list_of_missing": root / "list_of_missing.txt", "one_image": root / "one_image.toml"}
+            "list_of_missing": root / "list_of_missing.txt", "one_image": root / "one_image.toml",
+            "slim": root / "slim"}
 
 
 @pytest.fixture(scope="module")
@@ -266,6 +270,9 @@ BAD_INPUT_CASES = [
          "refusing to replace it"),
     Case("slim a folder with a bad manifest", ["slim", "{string_schema}", "--out", "{out}/s"],
          "is not an integer", absent=["s"]),
+    Case("torch backend on a slim folder", ["run", "{clip}", "--model", "{slim}", "--backend", "torch",
+                                            "--out", "{out}/o.mp4"], "has no PyTorch reference",
+         absent=["o.mp4"]),
 ]
 
 

@@ -177,6 +177,14 @@ def has_reference(manifest: Manifest) -> bool:
     return any(is_reference_file(name) for name in manifest.files)
 
 
+def require_reference(folder: Path, manifest: Manifest) -> Path:
+    """The folder's reference/ for the torch backends, or one line saying a slim folder has none."""
+    if not has_reference(manifest):
+        raise ModelFormatError(f"{folder} has no PyTorch reference (reference/: a folder `vae-deploy slim` "
+                               f"wrote for a device): use an ONNX backend, or the folder export wrote")
+    return Path(folder) / REFERENCE_DIR
+
+
 def _safe_member(folder: Path, name: str) -> Path:
     """A manifest's file name must stay inside the model folder."""
     rel = PurePosixPath(name)

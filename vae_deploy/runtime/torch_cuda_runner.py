@@ -36,7 +36,7 @@ from vae_deploy.errors import ConfigError, MissingBackendError, ModelFormatError
 from vae_deploy.runtime import cuda_device
 from vae_deploy.runtime.device_runner import DeviceRunner, DeviceState
 from vae_deploy.runtime.fp16_guard import Fp16Guard, bad_values
-from vae_deploy.runtime.manifest import REFERENCE_DIR
+from vae_deploy.runtime.manifest import require_reference
 from vae_deploy.runtime.runner import module_available
 from vae_deploy.runtime.spec import GraphSpec
 
@@ -119,7 +119,7 @@ class TorchCudaRunner(DeviceRunner):
         from vae_deploy.models.checkpoint import load_model
 
         torch = self._torch
-        reference = self.model_dir / REFERENCE_DIR
+        reference = require_reference(self.model_dir, self.manifest)
         # entry_point: a --from factory the user named (verify --from); the folder alone never picks one
         model, config = load_model(reference, entry_point=self.options.get("entry_point"))
         if config["kind"] != self.manifest.kind:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from vae_deploy.errors import MissingBackendError, ModelFormatError
-from vae_deploy.runtime.manifest import REFERENCE_DIR
+from vae_deploy.runtime.manifest import require_reference
 from vae_deploy.runtime.runner import Runner, module_available, named_inputs
 
 # The adapter contract's whole-clip reference hooks (models/adapters/contract.py ReferenceHooks), by graph.
@@ -44,7 +44,7 @@ class TorchRunner(Runner):
         self._torch = torch
         if "threads" in self.options:
             torch.set_num_threads(int(self.options["threads"]))
-        reference = self.model_dir / REFERENCE_DIR
+        reference = require_reference(self.model_dir, self.manifest)
         model, config = load_model(reference, entry_point=self.options.get("entry_point"))
         if config["kind"] != self.manifest.kind:
             raise ModelFormatError(f"{reference} holds a {config['kind']!r} model but the manifest says "
