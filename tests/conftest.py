@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_artifacts import build_once
 from tiny_models import TINY_VIDEO_MODELS
 
 # ---------------------------------------------------------------- whole suite (lead)
@@ -47,6 +48,10 @@ def mnist_test_images() -> np.ndarray:
 @pytest.fixture(scope="session")
 def mlp_checkpoint(tmp_path_factory) -> Path:
     """A checkpoint folder of the seed MLP VAE (784-256-2) after a short real training run."""
+    return build_once(tmp_path_factory, "mlp_checkpoint", _train_mlp_checkpoint)
+
+
+def _train_mlp_checkpoint(folder: Path) -> None:
     import torch
 
     from vae_deploy.data.mnist import load_mnist
@@ -69,9 +74,7 @@ def mlp_checkpoint(tmp_path_factory) -> Path:
         loss.backward()
         optimizer.step()
     torch.set_num_threads(threads)
-    folder = tmp_path_factory.mktemp("mlp_checkpoint")
     save_model(folder, model.eval())
-    return folder
 
 
 @pytest.fixture(scope="session")
@@ -79,9 +82,9 @@ def mlp_model_dir(tmp_path_factory, mlp_checkpoint, mnist_test_images) -> Path:
     """The MLP checkpoint exported with the default (cpu-fp32) profile. Read-only: copy before modifying."""
     from vae_deploy.export import export_model
 
-    folder = tmp_path_factory.mktemp("mlp_model") / "model"
-    export_model(mlp_checkpoint, folder, real_inputs=mnist_test_images)
-    return folder
+    root = build_once(tmp_path_factory, "mlp_model",
+                      lambda root: export_model(mlp_checkpoint, root / "model", real_inputs=mnist_test_images))
+    return root / "model"
 
 
 @pytest.fixture(scope="session")
@@ -89,10 +92,11 @@ def mlp_model_fp16_dir(tmp_path_factory, mlp_checkpoint, mnist_test_images) -> P
     """The MLP checkpoint exported with export/gpu-fp16.toml (fp16 weights, float32 I/O). Read-only."""
     from vae_deploy.export import export_model, load_profile
 
-    folder = tmp_path_factory.mktemp("mlp_model_fp16") / "model"
-    export_model(mlp_checkpoint, folder, load_profile(Path(__file__).parents[1] / "export" / "gpu-fp16.toml"),
-                 real_inputs=mnist_test_images)
-    return folder
+    profile = load_profile(Path(__file__).parents[1] / "export" / "gpu-fp16.toml")
+    root = build_once(tmp_path_factory, "mlp_model_fp16",
+                      lambda root: export_model(mlp_checkpoint, root / "model", profile,
+                                                real_inputs=mnist_test_images))
+    return root / "model"
 
 
 # ---------------------------------------------------------------- tiny exported video models (F)
@@ -105,38 +109,41 @@ def tiny_video_model(tmp_path_factory):
     """name -> model folder of a tiny video model (TINY_VIDEO_MODELS), exported once per session with the
     default profile (its ort-cpu parity checked). Random weights, perturbed so that zero-initialised parts
     take part. Read-only: copy before modifying."""
+    built: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in built:
+            built[name] = build_once(tmp_path_factory, f"video_{name}",
+                                     lambda root: _export_tiny_video_model(name, root)) / "model"
+        return built[name]
+
+    return get
+
+
+def _export_tiny_video_model(name: str, root: Path) -> None:
     import torch
 
     from vae_deploy.export import ExportProfile, export_model
     from vae_deploy.models import build_model
     from vae_deploy.models.checkpoint import save_model
 
-    built: dict[str, Path] = {}
-
-    def get(name: str) -> Path:
-        if name not in built:
-            kind, config = TINY_VIDEO_MODELS[name]
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                gen = torch.Generator().manual_seed(0)
-                torch.manual_seed(0)
-                model = build_model(kind, config).eval()
-                with torch.no_grad():
-                    for p in model.parameters():
-                        p.add_(torch.randn(p.shape, generator=gen) * 0.05)
-                root = tmp_path_factory.mktemp(f"video_{name}")
-                recipe = {"data": {"short_side": TINY_VIDEO_SHORT_SIDE}}
-                save_model(root / "ckpt", model, extra={"recipe": recipe})
-                profile = ExportProfile(parity_batch_sizes=(1,))
-                _, report = export_model(root / "ckpt", root / "model", profile)
-                assert report.passed, report.failures()
-            finally:
-                torch.set_num_threads(threads)
-            built[name] = root / "model"
-        return built[name]
-
-    return get
+    kind, config = TINY_VIDEO_MODELS[name]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        torch.manual_seed(0)
+        model = build_model(kind, config).eval()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+        recipe = {"data": {"short_side": TINY_VIDEO_SHORT_SIDE}}
+        save_model(root / "ckpt", model, extra={"recipe": recipe})
+        profile = ExportProfile(parity_batch_sizes=(1,))
+        _, report = export_model(root / "ckpt", root / "model", profile)
+        assert report.passed, report.failures()
+    finally:
+        torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------- a tiny exported diffusers frame VAE
@@ -153,12 +160,15 @@ def tiny_kl_model(tmp_path_factory) -> Path:
     """Model folder of a tiny diffusers AutoencoderKL (random weights from seed 0, save_pretrained, then
     exported through vae-deploy's own diffusers loader, parity at batch 1): a frame VAE with a latent
     normalization. Read-only: copy before modifying."""
+    return build_once(tmp_path_factory, "tiny_kl", _export_tiny_kl_model) / "model"
+
+
+def _export_tiny_kl_model(root: Path) -> None:
     import torch
     from diffusers import AutoencoderKL
 
     from vae_deploy.export import ExportProfile, export_model
 
-    root = tmp_path_factory.mktemp("tiny_kl")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -168,7 +178,6 @@ def tiny_kl_model(tmp_path_factory) -> Path:
         assert report.passed, report.failures()
     finally:
         torch.set_num_threads(threads)
-    return root / "model"
 
 
 @pytest.fixture

@@ -13,12 +13,14 @@ when a test first asks for it. The folders are shared: a test that modifies one 
 
 from __future__ import annotations
 
+import json
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from cli_support import cli_process
+from shared_artifacts import build_once
 
 # AutoencoderKL with four blocks: 8x like the real SD/Flux VAEs, so the mid-block attention runs over
 # (H/8)(W/8) positions, not (H/2)(W/2) (two blocks make 64x80 latents at 128 px: thousands of tokens).
@@ -88,9 +90,8 @@ def external_folder(tmp_path_factory):
 
     def get(name: str) -> Path:
         if name not in built:
-            folder = tmp_path_factory.mktemp(f"diffusers_{name}") / name
-            build(name).save_pretrained(str(folder))
-            built[name] = folder
+            built[name] = build_once(tmp_path_factory, f"diffusers_{name}",
+                                     lambda root: build(name).save_pretrained(str(root / name))) / name
         return built[name]
 
     return get
@@ -113,11 +114,20 @@ def external_model(tmp_path_factory, external_folder):
     def get(name: str) -> ExportedModel:
         if name not in exported:
             source = external_folder(name)
-            model_dir = tmp_path_factory.mktemp(f"exported_{name}") / "model"
-            result = cli_process("export", source, "--out", model_dir, "--real", EXPORT_REAL_FRAMES,
-                                 timeout=600)
-            assert result.returncode == 0, (result.stdout, result.stderr)
-            exported[name] = ExportedModel(name, source, model_dir, result)
+            root = build_once(tmp_path_factory, f"exported_{name}", lambda root: _export(source, root))
+            output = json.loads((root / EXPORT_OUTPUT).read_text())
+            export = subprocess.CompletedProcess(output["args"], 0, output["stdout"], output["stderr"])
+            exported[name] = ExportedModel(name, source, root / "model", export)
         return exported[name]
 
     return get
+
+
+EXPORT_OUTPUT = "export-output.json"  # the export process's command line and output, beside the model
+
+
+def _export(source: Path, root: Path) -> None:
+    result = cli_process("export", source, "--out", root / "model", "--real", EXPORT_REAL_FRAMES, timeout=600)
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    (root / EXPORT_OUTPUT).write_text(json.dumps({"args": [str(a) for a in result.args],
+                                                  "stdout": result.stdout, "stderr": result.stderr}))
