@@ -5,10 +5,16 @@ is built, and documents the session options: threads, spinning, optimization). `
 CUDA graphs are runtime/ort_cuda.py. Options handled here:
     fp16_guard      fp16 model folders: detect NaN/inf/out-of-range outputs and rerun that stage in fp32
                     from then on, with one warning (runtime/fp16_guard.py; default True)
-    shrink_arena    hand the CPU arena's free memory back after every call (default: DEFAULT_SHRINK_ARENA)
-    bind_state      ort-cpu streams keep their state in ORT buffers, written in place through IO binding
-                    (runtime/ort_bound_state.py; default: DEFAULT_BIND_STATE)
-The memory defaults were chosen by measurement: benchmarks/results/runtime_memory.md.
+    shrink_arena    hand the CPU arena's free memory back after every call (default False; with arena)
+ort-cpu only (defaults: runtime/cpu_memory.py's CPU_MEMORY_DEFAULTS, chosen by measurement,
+benchmarks/results/runtime_memory.md; arena, mem_pattern and prepacking are session options, ort_session.py):
+    bind_state      streams keep their state in ORT buffers, written in place through IO binding
+                    (runtime/ort_bound_state.py; default True)
+    call_steps      a stream runs its stateful graphs at most this many steps of the stream axis per call
+                    (its smallest multiple: a latent frame, or Wan's 4 frames); 0: the whole chunk in one
+                    call. Default 1
+    mmap_threshold  bytes from which glibc maps each allocation by itself and unmaps it when freed
+                    (process-wide; 0: glibc's own). Default 1 MiB
 """
 
 from __future__ import annotations
@@ -18,12 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from vae_deploy.errors import ParityError
+from vae_deploy.errors import ConfigError, ParityError
 from vae_deploy.runtime.cpu_features import cpu_problem
+from vae_deploy.runtime.cpu_memory import CPU_MEMORY_DEFAULTS, set_mmap_threshold
 from vae_deploy.runtime.fp16_guard import Fp16Guard, inspect_arrays, upcast_to_fp32
 from vae_deploy.runtime.ort_bound_state import BoundStateStream, StateSlots, bound_call
-from vae_deploy.runtime.ort_session import CPU, DEFAULT_ARENA, DEFAULT_SHRINK_ARENA, build_session, import_ort
+from vae_deploy.runtime.ort_session import CPU, DEFAULT_ARENA, build_session, import_ort
 from vae_deploy.runtime.runner import Runner, module_available
+from vae_deploy.runtime.spec import GraphSpec
 
 
 def run_options(ort, options: Mapping[str, Any]):
@@ -31,12 +39,9 @@ def run_options(ort, options: Mapping[str, Any]):
     call (its high-water mark is otherwise held for the session's life)."""
     run = ort.RunOptions()
     arena = options.get("arena", DEFAULT_ARENA)  # ORT refuses to shrink an arena that is not there
-    if arena and options.get("shrink_arena", DEFAULT_SHRINK_ARENA):
+    if arena and options.get("shrink_arena", False):
         run.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
     return run
-
-
-DEFAULT_BIND_STATE = True
 
 
 class OrtRunner(Runner):
@@ -118,14 +123,20 @@ class OrtCpuRunner(OrtRunner):
     name = "ort-cpu"
     install_hint = "onnxruntime (pip install onnxruntime)"
     stream_threads = True
-    OPTIONS = {**OrtRunner.OPTIONS, "bind_state": bool}
+    OPTIONS = {**OrtRunner.OPTIONS, "bind_state": bool, "call_steps": int, "mmap_threshold": int}
 
     def open_stream(self):
         """A stream whose state stays in ORT buffers between chunks (runtime/ort_bound_state.py), unless
         bind_state=False: then each chunk's present_i come back as numpy and are fed back as past_i."""
-        if self.options.get("bind_state", DEFAULT_BIND_STATE):
+        if self.options["bind_state"]:
             return BoundStateStream(self)
         return super().open_stream()
+
+    def call_limit(self, spec: GraphSpec) -> int | None:
+        steps = self.options["call_steps"]
+        if not steps or not spec.state or not spec.stream_axis:
+            return None
+        return steps * spec.dim_multiples.get(spec.stream_axis, 1)
 
     def _bound_call(self, spec, arrays: dict[str, np.ndarray], slots: StateSlots) -> dict[str, np.ndarray]:
         """One bound call of a stateful graph (BoundStateStream), with the fp16 guard's fallback."""
@@ -140,4 +151,9 @@ class OrtCpuRunner(OrtRunner):
         problem = cpu_problem(self.manifest)
         if problem:
             raise ParityError(problem)
+        self.options = {**CPU_MEMORY_DEFAULTS, **self.options}
+        for name in ("call_steps", "mmap_threshold"):
+            if self.options[name] < 0:
+                raise ConfigError(f"{self.name}: option {name!r} must be 0 or more, got {self.options[name]}")
+        set_mmap_threshold(self.options["mmap_threshold"])
         super()._load()

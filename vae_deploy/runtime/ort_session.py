@@ -8,6 +8,11 @@ options:
     threads         intra-op threads (CPU EP); default 0 = ORT's choice, one per physical core
     spinning        idle intra-op threads spin briefly before sleeping (ORT's default; default True)
     optimization    graph optimization level: "disable" | "basic" | "extended" | "all" (default "all")
+    arena           ORT's CPU memory arena (enable_cpu_mem_arena)
+    mem_pattern     ORT's memory patterns (enable_mem_pattern)
+    prepacking      weights prepacked for the kernels at load (off: session.disable_prepacking)
+                    (these three default to ORT's own, True, here and on ort-cuda; ort-cpu passes its
+                    measured defaults, runtime/cpu_memory.py)
 CPU defaults chosen by measurement (benchmarks/results/runtime_speed.md, MLP VAE on the shared 2-core
 machine): one thread per core with spinning was fastest or tied at batch 1 and 128, and clearly fastest at
 batch 128 when the cores were free; at batch 8192 on cores busy with other processes, spinning lost to
@@ -44,10 +49,10 @@ CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 DEFAULT_CPU_THREADS = 0  # 0: ORT picks one per physical core
 DEFAULT_SPINNING = True
+# ORT's own memory defaults, which ort-cuda keeps; ort-cpu's are runtime/cpu_memory.py's (measured)
 DEFAULT_ARENA = True
 DEFAULT_MEM_PATTERN = True
 DEFAULT_PREPACKING = True
-DEFAULT_SHRINK_ARENA = False
 CONV_ALGO_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
 _PRELOADED: list[bool] = []  # preload_dlls() once per process
 

@@ -75,6 +75,11 @@ class Runner:
             return {"threads": threads}
         return {"threads": max(1, cpus)} if cls.stream_threads else {}
 
+    def call_limit(self, spec: GraphSpec) -> int | None:
+        """At most how many steps of `spec`'s stream axis a stream feeds one call (a longer chunk is run in
+        pieces, which gives the same outputs: the graph is causal); None: the whole chunk in one call."""
+        return None
+
     def _load(self) -> None:
         raise NotImplementedError
 
@@ -187,7 +192,25 @@ class Stream:
         spec = self.runner.graph(graph)
         if spec.first_graph and not self._started(graph):
             return self._first_step(spec, chunk)
-        return self._step(graph, chunk)
+        return self._calls(spec, chunk)
+
+    def _calls(self, spec: GraphSpec, chunk: Any) -> dict[str, np.ndarray]:
+        """A chunk of `spec` in calls of at most the runner's call_limit steps, outputs joined."""
+        limit = self.runner.call_limit(spec)
+        arrays = named_inputs(spec, chunk) if limit else {}
+        axes = {t.name: spec.input_stream_axis(t) for t in spec.inputs}
+        if not limit or not all(isinstance(arrays.get(t.name), np.ndarray) and arrays[t.name].ndim ==
+                                len(t.shape) for t in spec.inputs):
+            return self._step(spec.name, chunk)  # nothing to split, or input _step refuses in one line
+        length = arrays[spec.inputs[0].name].shape[axes[spec.inputs[0].name]]
+        if length <= limit:
+            return self._step(spec.name, arrays)
+        pieces = []
+        for start in range(0, length, limit):
+            cut = {name: _slice(a, axes[name], start, start + limit) for name, a in arrays.items()}
+            pieces.append(self._step(spec.name, cut))
+        return {t.name: np.concatenate([p[t.name] for p in pieces], axis=spec.output_stream_axis(t))
+                for t in spec.outputs}
 
     def _started(self, graph: str) -> bool:
         return graph in self._state
@@ -228,7 +251,7 @@ class Stream:
         result = {t.name: outputs[t.name] for t in spec.outputs}
         if next(iter(rest.values())).shape[axes[spec.inputs[0].name]] == 0:
             return result
-        more = self._step(spec.name, rest)
+        more = self._calls(spec, rest)
         return {t.name: np.concatenate([result[t.name], more[t.name]], axis=spec.output_stream_axis(t))
                 for t in spec.outputs}
 
@@ -239,6 +262,13 @@ class Stream:
     def decode(self, chunk: np.ndarray) -> np.ndarray:
         """Next chunk of latents -> frames for that chunk."""
         return next(iter(self.step("decoder", chunk).values()))
+
+
+def _slice(array: np.ndarray, axis: int, start: int, stop: int) -> np.ndarray:
+    """array[start:stop] along `axis`, a view."""
+    index = [slice(None)] * array.ndim
+    index[axis] = slice(start, stop)
+    return array[tuple(index)]
 
 
 def check_options(backend: str, options: Mapping[str, Any], known: Mapping[str, type | tuple[type, ...]]
