@@ -25,7 +25,7 @@ import pytest
 from cpu_device_runners import OrtBoundCpuRunner, TorchCpuDeviceRunner
 
 from vae_deploy.errors import ConfigError, MissingBackendError
-from vae_deploy.export import ExportProfile, check_parity, export_model, load_profile
+from vae_deploy.export import check_parity, export_model, load_profile
 from vae_deploy.runtime import available_backends, cuda_device, load_runner
 from vae_deploy.runtime.device_runner import DeviceStream
 from vae_deploy.runtime.fp16_guard import Fp16FallbackWarning, bad_values, inspect_arrays, upcast_to_fp32
@@ -48,23 +48,10 @@ def psnr(got: np.ndarray, ref: np.ndarray, peak: float) -> float:
 
 
 @pytest.fixture(scope="module")
-def causal_dir(tmp_path_factory):
-    """A tiny causal 3D VAE (temporal stride 2: encoder and decoder both carry state), exported fp32."""
-    import torch
-
-    from vae_deploy.models import build_model
-    from vae_deploy.models.checkpoint import save_model
-
-    torch.manual_seed(0)
-    model = build_model("causal3d", {"channels": 16, "fine_channels": 8, "latent_channels": 4,
-                                     "downsample": 8, "temporal_downsample": 2}).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    root = tmp_path_factory.mktemp("causal")
-    save_model(root / "ckpt", model)
-    export_model(root / "ckpt", root / "model", ExportProfile(parity_batch_sizes=(1, 2)))
-    return root / "model"
+def causal_dir(tiny_video_model):
+    """A tiny causal 3D VAE (temporal stride 2: encoder and decoder both carry state), exported fp32 (the
+    shared export of tests/tiny_models.py's causal3d-t2)."""
+    return tiny_video_model("causal3d-t2")
 
 
 def clip(frames: int, seed: int = 0) -> np.ndarray:
