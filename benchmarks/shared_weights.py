@@ -111,7 +111,11 @@ def folder_bytes(folder: Path) -> dict:
     weights = (folder / "weights.bin").stat().st_size if (folder / "weights.bin").is_file() else 0
     reference = sum(p.stat().st_size for p in (folder / "reference").rglob("*") if p.is_file())
     return {"graphs": graphs, "weights_bin": weights, "onnx_total": sum(graphs.values()) + weights,
-            "reference": reference}
+            "reference": reference, "folder": folder_total(folder)}
+
+
+def folder_total(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def fp32_weight_bytes(folder: Path) -> int:
@@ -178,6 +182,11 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     folders = make_variants(args.model, args.work)
     disk = {name: folder_bytes(folder) for name, folder in folders.items()}
+    from vae_deploy.export.slim import slim_folder
+
+    slim_folder(folders["shared"], args.work / "device", force=True)  # the folder for a device
+    device = {"folder": folder_total(args.work / "device"),
+              "golden": (args.work / "device" / "golden.npz").stat().st_size}
     fp32 = fp32_weight_bytes(folders["inline"])
     runs: dict[str, list[dict]] = {case: [] for case in CASES}
     for r in range(args.rounds):
@@ -189,7 +198,7 @@ def main() -> None:
     outputs = {case: np.load(args.work / f"out_{v}_{s}.npy") for case, (v, s) in CASES.items()}
     base = outputs["inline"]
     result = {"model": str(args.model), "size": args.size, "threads": args.threads, "rounds": args.rounds,
-              "fp32_weight_bytes": fp32, "disk": disk,
+              "fp32_weight_bytes": fp32, "disk": disk, "device_folder": device,
               "onnx_over_fp32": {n: d["onnx_total"] / fp32 for n, d in disk.items()},
               "max_abs_vs_inline": {c: float(np.abs(o - base).max()) for c, o in outputs.items()},
               "runs": runs, "machine": machine()}
@@ -215,8 +224,11 @@ def render(r: dict) -> str:
     for name, d in r["disk"].items():
         lines.append(f"| {name} | {sum(d['graphs'].values()) / mb:.1f} | {d['weights_bin'] / mb:.1f} | "
                      f"{d['onnx_total'] / mb:.1f} | {r['onnx_over_fp32'][name]:.3f}x |")
-    lines += ["", "reference/ (what `vae-deploy slim` leaves out): "
-              f"{r['disk']['inline']['reference'] / mb:.1f} MB.", "",
+    lines += ["", f"Whole folders: {r['disk']['inline']['folder'] / mb:.1f} MB with a copy of the weights "
+              f"per graph, {r['disk']['shared']['folder'] / mb:.1f} MB with weights.bin, "
+              f"{r['device_folder']['folder'] / mb:.1f} MB after `vae-deploy slim` (no reference/, "
+              f"{r['disk']['inline']['reference'] / mb:.1f} MB; golden.npz "
+              f"{r['device_folder']['golden'] / mb:.1f} MB stays, for a torch-free `verify`).", "",
               "| case | peak RSS after load | peak RSS | RSS streaming (file + anon) | PSS streaming "
               "| load (s) | stream (s) | max abs vs inline |", "|---|---|---|---|---|---|---|---|"]
     for case, runs in r["runs"].items():

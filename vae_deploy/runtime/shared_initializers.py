@@ -13,8 +13,8 @@ copies the data into the graph.)
 The file is mapped read-only (numpy.memmap): its pages are the page cache's, read once however many
 sessions use them. Measured on Wan 2.1 (benchmarks/results/shared_weights.md): ONNX Runtime also maps
 external data itself, so without this the physical memory (PSS) already held one copy, but each session's
-own mapping counts again in resident memory (RSS: ps, ru_maxrss, the OOM killer's score): peak RSS 1503 MB
-with the sessions' own mappings, 1045 MB with these shared values (1522 MB with inline graphs), at the
+own mapping counts again in resident memory (RSS: ps, ru_maxrss, the OOM killer's score): peak RSS 1228 MB
+with the sessions' own mappings, 772 MB with these shared values (1228 MB with inline graphs), at the
 same speed. `ENABLED` is the switch that benchmark flips to measure the sessions without it.
 """
 
