@@ -56,7 +56,8 @@ def test_a_misspelled_or_ill_typed_option_is_one_clear_line(backend, mlp_model_d
 
 def test_streaming_threads_come_from_the_runner_class(monkeypatch):
     cpus = os.cpu_count() or 2
-    assert runner_options("ort-cpu") == {"threads": max(1, cpus - 1)}
+    assert runner_options("ort-cpu") == {"threads": cpus, "spinning": False}
+    assert runner_options("ort-cpu", threads=1) == {"threads": 1, "spinning": False}
     assert runner_options("torch") == {} and runner_options("ort-cuda") == {}
     assert runner_options("torch", threads=3) == {"threads": 3}
     with pytest.raises(MissingBackendError, match="unknown backend 'nope'"):
@@ -64,7 +65,7 @@ def test_streaming_threads_come_from_the_runner_class(monkeypatch):
     # A new backend: one registry line, and the pipeline and the Ray engine follow its class.
     monkeypatch.setitem(BACKENDS, "policy-gpu", BACKENDS["ort-cpu"])  # restored after the test
     register_backend("policy-gpu", f"{__name__}:PolicyRunner", "a test backend")
-    assert runner_options("policy-gpu") == {"threads": max(1, cpus - 1)}
+    assert runner_options("policy-gpu") == {"threads": cpus}
     assert runner_class("policy-gpu").uses_gpu
     assert "policy-gpu" not in registry.available_backends() or PolicyRunner.unavailable_reason() is None
 

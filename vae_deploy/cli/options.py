@@ -43,7 +43,7 @@ MaxFramesOption = Annotated[int | None, typer.Option(
 FpsOption = Annotated[float | None, typer.Option(
     "--fps", help="Frame rate of the output (default: the source's; 25 for an image folder).")]
 ThreadsOption = Annotated[int | None, typer.Option(
-    "--threads", min=1, help="Inference threads (default for ort-cpu: one fewer than the CPUs, at least 1).")]
+    "--threads", min=1, help="Inference threads (default for ort-cpu: one per CPU, idle threads sleeping).")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 # The names are video/writers.py's CODECS (kept literal here: importing the writers would import PyAV for
 # every command; tests/video/test_writers.py checks the two agree).

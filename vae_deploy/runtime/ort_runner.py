@@ -123,6 +123,7 @@ class OrtCpuRunner(OrtRunner):
     name = "ort-cpu"
     install_hint = "onnxruntime (pip install onnxruntime)"
     stream_threads = True
+    stream_options = {"spinning": False}
     OPTIONS = {**OrtRunner.OPTIONS, "bind_state": bool, "call_steps": int, "mmap_threshold": int}
 
     def open_stream(self):

@@ -47,6 +47,9 @@ class Runner:
     # Whether the streaming commands set its thread count when --threads is left out: ONNX Runtime's own
     # default (a spinning thread per core) fights the reading and writing stages for the cores.
     stream_threads = False
+    # Options the streaming commands give it besides the thread count (ort-cpu: idle threads sleep instead
+    # of spinning, so that reading and writing get the cores they need; benchmarks/results/stream_threads.md)
+    stream_options: Mapping[str, Any] = {}
     # The options a backend takes, name -> type (or tuple of types); others are refused before _load, so a
     # misspelled option (threds=1) is an error, not silently ignored.
     OPTIONS: Mapping[str, type | tuple[type, ...]] = {}
@@ -70,10 +73,12 @@ class Runner:
     @classmethod
     def thread_options(cls, threads: int | None, cpus: int) -> dict[str, int]:
         """Runner options for streaming: `threads` when given; else, for a backend with `stream_threads`,
-        `cpus` (the CPUs the caller leaves this runner, at least 1); else none (the backend's own choice)."""
+        `cpus` (the CPUs the caller leaves this runner, at least 1); else none (the backend's own choice).
+        A backend with `stream_threads` also gets its `stream_options`."""
+        extra = dict(cls.stream_options) if cls.stream_threads else {}
         if threads is not None:
-            return {"threads": threads}
-        return {"threads": max(1, cpus)} if cls.stream_threads else {}
+            return {"threads": threads, **extra}
+        return {"threads": max(1, cpus), **extra} if cls.stream_threads else {}
 
     def call_limit(self, spec: GraphSpec) -> int | None:
         """At most how many steps of `spec`'s stream axis a stream feeds one call (a longer chunk is run in

@@ -16,12 +16,14 @@ from vae_deploy.video.default_model import resolve_model
 def runner_options(backend: str, threads: int | None = None) -> dict:
     """Runner options for streaming with `backend`; `threads` None picks the pipeline's default.
 
-    A backend that declares `stream_threads` (ort-cpu) gets one intra-op thread fewer than the machine has
-    CPUs (at least one): the reading and writing stages need a core too, and ORT's default (a spinning
-    thread per core) fighting them for it ran a chunk about 2x slower than one thread on the 2-core machine
-    of benchmarks/results/pipeline_speed.md.
+    A backend that declares `stream_threads` (ort-cpu) gets an intra-op thread per CPU and its
+    `stream_options` (ort-cpu: spinning off). The reading and writing stages need a core too: ORT's
+    spinning threads fought them for it (a chunk ran about 2x slower than one thread on the 2-core machine
+    of benchmarks/results/pipeline_speed.md), but threads that sleep when idle leave it to them. Measured
+    side by side on 2 CPUs (benchmarks/results/stream_threads.md): 2 threads without spinning were the
+    fastest for both the packaged model's `run` and Wan's `decode`, ahead of one thread and of 2 spinning.
     """
-    return runner_class(backend).thread_options(threads, (os.cpu_count() or 2) - 1)
+    return runner_class(backend).thread_options(threads, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
