@@ -25,6 +25,9 @@ TORCH_LOG_LINE = re.compile(r"[IWEF]\d{4} [\d:.]+ +\d+ \S*torch/")  # torchrun's
 STOP_LINE = re.compile(r"(terminated|interrupted)\b.*: ")  # a rank's stop line (cli/app.py _stopped)
 # torch.distributed prefixes what a rank's uncaught exception prints (a stop landing in its error handling)
 RANK_TRACEBACK_LINE = re.compile(r"\[rank\d+\]:")
+# what Python prints when a stop lands in a rank's interpreter shutdown (an atexit or weakref callback):
+# the same consequence of another rank's death as the stop lines
+SHUTDOWN_NOISE_LINE = re.compile(r"Exception ignored in ")
 RUNS_DIR = Path("runs")  # where a run folder goes by default: runs/<recipe name>
 STOP_TIMEOUT_S = 60.0  # after passing a stop on to torchrun: its ranks' grace (30 s) and some, then kill it
 
@@ -90,7 +93,8 @@ def _relay_stderr(stream, errors: list[str]) -> str:
             return stream.read()
         if TORCH_LOG_LINE.match(line):
             continue
-        if line.startswith("error: ") or STOP_LINE.match(line) or RANK_TRACEBACK_LINE.match(line):
+        if (line.startswith("error: ") or STOP_LINE.match(line) or RANK_TRACEBACK_LINE.match(line)
+                or SHUTDOWN_NOISE_LINE.match(line)):
             if line not in errors or RANK_TRACEBACK_LINE.match(line):
                 errors.append(line)
             continue
