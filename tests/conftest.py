@@ -31,6 +31,21 @@ def _one_torch_thread_per_test_process():
     torch.set_num_threads(before)
 
 
+# ---------------------------------------------------------------- the `slow` mark (lead)
+
+# parameter ids of the cases that need a Wan-class export (a minute or two each on 2 cores)
+SLOW_PARAMETER_IDS = {"wan2.1", "wan2.2", "wan"}
+
+
+def pytest_collection_modifyitems(items):
+    """`slow` on every parametrized case that needs a Wan-class export, besides the tests marked by hand:
+    what a contributor may skip locally with -m "not slow" (CI runs everything)."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and SLOW_PARAMETER_IDS & set(callspec.id.split("-")):
+            item.add_marker(pytest.mark.slow)
+
+
 # ---------------------------------------------------------------- MLP checkpoint and model folders (B)
 
 MLP_TRAIN_STEPS = 150  # real Adam steps on real MNIST: weights with realistic magnitudes, in about a second
@@ -82,8 +97,8 @@ def mlp_model_dir(tmp_path_factory, mlp_checkpoint, mnist_test_images) -> Path:
     """The MLP checkpoint exported with the default (cpu-fp32) profile. Read-only: copy before modifying."""
     from vae_deploy.export import export_model
 
-    root = build_once(tmp_path_factory, "mlp_model",
-                      lambda root: export_model(mlp_checkpoint, root / "model", real_inputs=mnist_test_images))
+    root = build_once(tmp_path_factory, "mlp_model", lambda root: export_model(
+        mlp_checkpoint, root / "model", real_inputs=mnist_test_images))
     return root / "model"
 
 

@@ -395,7 +395,9 @@ def test_encode_dataset_records_an_overflowing_video_as_failed_and_publishes_no_
 # ---------------------------------------------------------------- --chunk advice on a Wan model
 
 
-def test_a_chunk_below_wans_temporal_factor_suggests_one_chunk_size(vd, external_model, carphone, tmp_path):
+@pytest.mark.slow
+def test_a_chunk_below_wans_temporal_factor_suggests_one_chunk_size(vd, external_model,  # noqa: F811
+                                                                    carphone, tmp_path):
     """`--chunk 1` on Wan (4 frames per latent frame) said "use 4 or 4"; it names 4 once. A chunk between
     two multiples names both."""
     wan = external_model("wan2.1").model_dir

@@ -254,6 +254,7 @@ sys.exit(0 if report.passed else 1)
 
 @pytest.mark.skipif(shutil.which("qemu-x86_64") is None or platform.machine() != "x86_64",
                     reason="needs qemu-x86_64 (apt-get install qemu-user) on an x86-64 machine")
+@pytest.mark.slow
 def test_int8_parity_holds_on_an_avx2_cpu_without_vnni(int8_export):
     """The int8 graphs under `qemu-x86_64 -cpu Haswell` (AVX2 and FMA, no AVX-512, no VNNI): ONNX Runtime
     sees that CPU's CPUID and takes its non-VNNI int8 kernels, where 8-bit U8S8 weights failed (27.4 dB on

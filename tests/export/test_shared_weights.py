@@ -22,6 +22,8 @@ from vae_deploy.runtime import load_runner
 from vae_deploy.runtime.manifest import read_manifest
 from vae_deploy.runtime.shared_initializers import WeightsFile
 
+pytestmark = pytest.mark.slow  # every test reads the Wan 2.1 export
+
 
 @pytest.fixture(scope="module")
 def wan(external_model):  # noqa: F811 (the fixture imported above)

@@ -73,6 +73,7 @@ def test_new_memory_defaults_match_the_old_path(tiny_video_model):
                      _stream(model_dir, graph, chunks, bind_state=False, **OLD_MEMORY), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_bound_state_after_a_first_rule_is_bit_identical(external_model):  # noqa: F811 (fixture)
     """Wan's first chunk runs decoder_first (its state comes back as numpy and is bound from then on), then
     three steady chunks: bit-identical to the numpy round trip with the same calls."""
@@ -106,15 +107,17 @@ def test_memory_options_are_applied_and_checked(tiny_video_model):
         load_runner(model_dir, "ort-cpu", call_steps=-1)
 
 
+@pytest.mark.slow
 def test_export_prints_each_graph_and_parity_case_with_seconds(external_model):  # noqa: F811 (fixture)
     """The fixture's `vae-deploy export` run (a real process): a line before each graph, one with its
-    seconds after it, and one per parity case."""
-    lines = [line.strip() for line in external_model("wan2.1").export.stdout.splitlines()]
+    seconds after it, and one per parity case with the reference's and the backend's seconds. (The console
+    wraps long lines: the output is read with its whitespace collapsed.)"""
+    text = " ".join(external_model("wan2.1").export.stdout.split())
+    no_other_step = r"(?:(?!exporting|storing|checking).)*?"
     for graph in ("encoder", "decoder", "encoder_first", "decoder_first"):
-        at = next(i for i, line in enumerate(lines) if line.startswith(f"exporting {graph} "))
-        assert re.fullmatch(r"done in \d+\.\d s", lines[at + 1]), lines[at:at + 2]
-    cases = [line for line in lines if line.startswith("parity ")]
-    assert cases and all(re.fullmatch(r"parity \w+ \w+ \(batch \d+\): torch \d+\.\d s, ort-cpu \d+\.\d s",
-                                      line) for line in cases), cases
-    assert re.fullmatch(r"done in \d+\.\d s", lines[lines.index("checking parity: ort-cpu vs torch") +
-                                                     len(cases) + 1])
+        assert re.search(rf"exporting {graph} \({no_other_step} done in \d+\.\d s", text), graph
+    checking = text[text.index("checking parity: ort-cpu vs torch"):]
+    cases = re.findall(r"parity (\w+) (real|random|stream) \(batch \d+\): torch \d+\.\d s, ort-cpu \d+\.\d s",
+                       checking)
+    assert {graph for graph, _ in cases} == {"encoder", "decoder", "encoder_first", "decoder_first"}, cases
+    assert re.search(r"ort-cpu \d+\.\d s done in \d+\.\d s", checking)  # the check's own total, last

@@ -65,6 +65,7 @@ def max_difference(run_a: Path, run_b: Path) -> float:
     return max(float((sa[k] - sb[k]).abs().max()) for k in sa)
 
 
+@pytest.mark.slow
 def test_two_ranks_at_half_batch_equal_one_process_mnist(tmp_path):
     one = cli_process("train", mnist_recipe(tmp_path, "one", 64), "--out", tmp_path / "one", "--max-steps", 3)
     assert one.returncode == 0, one.stderr
@@ -77,6 +78,7 @@ def test_two_ranks_at_half_batch_equal_one_process_mnist(tmp_path):
     assert "world_size" not in read_config(tmp_path / "one")
 
 
+@pytest.mark.slow
 def test_nproc_launcher_trains_and_resumes_a_distributed_run(tmp_path):
     # an uneven split: 500 training images (valid_holdout 3500) in global batches of 3 x 48 = 144, the last
     # 68 split 23/23/22
@@ -137,6 +139,7 @@ threads = 1
 """
 
 
+@pytest.mark.slow
 def test_two_ranks_at_half_batch_equal_one_process_video(tmp_path):
     """A causal 3D VAE on random clips of real videos (crops, flips and dark borders drawn per clip), 2
     epochs of 2 steps with a validation pass between: the ranks cut their own clips, draw their rows of the
@@ -251,6 +254,7 @@ def _launch_until_the_first_epoch(recipe: Path, out: Path) -> subprocess.Popen:
     return launcher
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_nproc_launcher_ends_every_rank_and_keeps_the_finished_epochs(tmp_path):
     """`docker stop` sends SIGTERM to the launcher alone: every rank ends, the exit code is 143 with the one
     terminated line, the finished epochs are kept and `--resume` continues on 2 processes."""
@@ -294,6 +298,7 @@ def _rank_pid(parent: int, rank: int) -> int | None:
     return None
 
 
+@pytest.mark.slow
 def test_a_killed_rank_ends_the_job_within_60_seconds(tmp_path):
     recipe = mnist_recipe(tmp_path, "long", 32, epochs=1000)
     job = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -342,6 +347,7 @@ def _gloo_available():
 
 
 @pytest.mark.parametrize("rank", [0, 1])
+@pytest.mark.slow
 def test_a_rank_killed_under_the_nproc_launcher_is_one_line_naming_it(tmp_path, rank):
     """kill -9 of one rank: the others end on a gloo error ("Connection closed by peer") or torchrun's
     SIGTERM, which the launcher printed as such (a raw gloo error, or "terminated" though the user stopped
