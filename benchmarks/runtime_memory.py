@@ -53,6 +53,7 @@ ORT_CASES: dict[str, dict | None] = {
     "no_prepacking": {**OLD_DEFAULTS, "prepacking": False},
     "after": {},
     "after_whole_chunk": {"call_steps": 0},
+    "after_numpy_state": {"bind_state": False},
     "diffusers": None,
 }
 WAN_TINY = {"base_dim": 8, "z_dim": 4, "dim_mult": [1, 2, 2, 2], "num_res_blocks": 1,
