@@ -67,7 +67,8 @@ def export(
                             data_source=data_source, data_dir=data_dir,
                             parity_backend=parity_backend, force=force, engine=engine,
                             engine_precision=engine_precision,
-                            log=lambda msg: console.print(msg, highlight=False),
+                            # one line per step whatever the path's length (a log read by tools)
+                            log=lambda msg: console.print(msg, highlight=False, soft_wrap=True),
                             on_exported=lambda exported: _print_parity(console, out, exported))
     if not result.report.passed:
         raise result.report.error()
@@ -102,7 +103,7 @@ def _print_parity(console, out: Path, result) -> None:
     console.print(table)
     if report.passed:
         console.print(f"wrote {out} ({manifest.kind}, {manifest.precision}, opset {manifest.opset}, profile "
-                      f"{result.profile})", highlight=False)
+                      f"{result.profile})", highlight=False, soft_wrap=True)
 
 
 def _print_engines(console, out: Path, engines) -> None:
