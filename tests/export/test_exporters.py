@@ -24,8 +24,9 @@ from vae_deploy.models import MLPVAEConfig, build_model
 from vae_deploy.runtime import read_manifest
 from vae_deploy.runtime.spec import eval_dim
 
-# every model kind of the tiny zoo (tests/tiny_models.py TINY_VIDEO_MODELS) -> its graphs
-VIDEO_MODELS = ("frame", "temporal", "causal3d-t1", "causal3d-t4")
+# a model of each kind whose shared export other tests read (tests/tiny_models.py TINY_VIDEO_MODELS); the
+# temporal kind's graphs are checked where tests/export/test_video_export.py exports it
+VIDEO_MODELS = ("frame", "causal3d-t1", "causal3d-t2")
 
 
 def _recorded(folder):

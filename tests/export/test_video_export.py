@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from vae_deploy.export import ExportProfile, export_model, graph_specs
+from vae_deploy.export.onnx_export import DYNAMO
 from vae_deploy.export.real_inputs import REAL_VIDEO_FRAMES, real_inputs_for
 from vae_deploy.models import build_model
 from vae_deploy.models.checkpoint import save_model
@@ -41,6 +42,7 @@ def test_video_kind_exports_with_streaming_parity(name, tmp_path):
     assert {c.batch for c in report.comparisons if c.case == "random"} == {1, 2}
     assert report.passed, report.failures()
     assert max(c.max_abs for c in report.comparisons) <= 1e-5
+    assert {g.exporter for g in manifest.graphs.values()} == {DYNAMO}  # torch.export's, for every kind
     enc, dec = manifest.graph("encoder"), manifest.graph("decoder")
     assert enc.inputs[0].shape == ("batch", "frames", 3, "height", "width") and enc.method == "encode_step"
     assert dec.outputs[0].shape[1] == ("latent_frames" if model.temporal_factor == 1
