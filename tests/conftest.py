@@ -34,15 +34,17 @@ def _one_torch_thread_per_test_process():
 # ---------------------------------------------------------------- the `slow` mark (lead)
 
 # parameter ids of the cases that need a Wan-class export (a minute or two each on 2 cores)
-SLOW_PARAMETER_IDS = {"wan2.1", "wan2.2", "wan"}
+SLOW_PARAMETER_IDS = {"wan2.1", "wan2.2"}
 
 
 def pytest_collection_modifyitems(items):
-    """`slow` on every parametrized case that needs a Wan-class export, besides the tests marked by hand:
-    what a contributor may skip locally with -m "not slow" (CI runs everything)."""
+    """`slow` on every case that reads a Wan-class export (external_model with a parameter id above, or
+    "wan" in the test's name), besides the tests marked by hand: what a contributor may skip locally with
+    -m "not slow" (CI runs everything)."""
     for item in items:
         callspec = getattr(item, "callspec", None)
-        if callspec is not None and SLOW_PARAMETER_IDS & set(callspec.id.split("-")):
+        wan_case = callspec is not None and SLOW_PARAMETER_IDS & set(callspec.id.split("-"))
+        if "external_model" in item.fixturenames and (wan_case or "_wan" in item.originalname):
             item.add_marker(pytest.mark.slow)
 
 

@@ -31,7 +31,7 @@ def _wan(folder):
 
 # Real frames decoded by the parity check: Wan's 5 are its smallest whole clip, 1 + 4 (the first-chunk graphs
 # and one steady step); the default 16 at 128 px triple the time of a Wan export on a 2-core machine.
-@pytest.mark.parametrize(("build", "real"), [(_kl, 16), (_wan, 5)], ids=["autoencoder-kl", "wan"])
+@pytest.mark.parametrize(("build", "real"), [(_kl, 16), pytest.param(_wan, 5, marks=pytest.mark.slow)], ids=["autoencoder-kl", "wan"])
 def test_fp16_export_decodes_real_frames_above_the_floor(tmp_path, build, real):
     build(tmp_path / "src")
     result = export_job(tmp_path / "src", tmp_path / "m", profile="gpu-fp16", real=real,
