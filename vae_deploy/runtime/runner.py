@@ -203,10 +203,10 @@ class Stream:
         """A chunk of `spec` in calls of at most the runner's call_limit steps, outputs joined."""
         limit = self.runner.call_limit(spec)
         arrays = named_inputs(spec, chunk) if limit else {}
-        axes = {t.name: spec.input_stream_axis(t) for t in spec.inputs}
         if not limit or not all(isinstance(arrays.get(t.name), np.ndarray) and arrays[t.name].ndim ==
                                 len(t.shape) for t in spec.inputs):
             return self._step(spec.name, chunk)  # nothing to split, or input _step refuses in one line
+        axes = {t.name: spec.input_stream_axis(t) for t in spec.inputs}
         length = arrays[spec.inputs[0].name].shape[axes[spec.inputs[0].name]]
         if length <= limit:
             return self._step(spec.name, arrays)
