@@ -152,7 +152,7 @@ def spawn_and_measure(name: str, task: dict) -> dict:
     # A case that died reports nothing: then the child's ru_maxrss, an upper bound (it counts the parent's
     # memory at the fork too: the parent stays small for that reason).
     result.setdefault("peak_rss_mb", usage.ru_maxrss / 1024)
-    result.update(case=name, options=task["options"], threads=task["threads"])
+    result.update(case=name, options=task["options"], threads=task["threads"], limit_gb=task["limit_gb"])
     mark = "" if result["fit"] else f" DID NOT FIT ({result['error']})"
     print(f"{name:18s} threads {task['threads']}: peak {result['peak_rss_mb']:7.0f} MB, "
           f"{result.get('seconds', float('nan')):7.2f} s{mark}", flush=True)
@@ -187,7 +187,8 @@ def write_report(path: Path, meta: dict, results: list[dict]) -> None:
     for r in results:
         if not r["fit"]:
             lines.append(f"| {r['case']} | {_opts(r)} | {r['threads']} | did not fit at "
-                         f"{meta['limit_gb']} GB | | | | | |")
+                         f"{r.get('limit_gb', meta['limit_gb'])} GB of address space (peak RSS "
+                         f"{r['peak_rss_mb']:.0f} MB) | | | | | |")
             continue
         load = r["rss_after_load_mb"]
         rel = (f"{r['peak_rss_mb'] / base['peak_rss_mb']:.2f}x" if base else "")
