@@ -6,6 +6,7 @@ a test that modifies one must copy it first (shutil.copytree into its tmp_path).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,11 @@ from shared_artifacts import build_once
 from tiny_models import TINY_VIDEO_MODELS
 
 # ---------------------------------------------------------------- whole suite (lead)
+
+# The suite runs several test processes on few cores (pytest -n 4): one OpenMP thread per torch process,
+# in the `vae-deploy` processes the tests start as well, instead of one per core each, spinning on cores
+# that the other processes need. Speed only; every comparison has its tolerance for thread counts.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(autouse=True, scope="session")
