@@ -77,6 +77,10 @@ def launch_distributed(nproc: int, train_args: list[str]) -> int:
         rank, signame = killed
         errors = [f"error: training rank {rank} was killed ({signame}), which ended the others; the "
                   f"finished epochs are kept: rerun with --resume to continue\n"]
+    elif any(line.startswith("error: ") for line in errors):
+        # A rank's error (bad input every rank finds) ends the job: torchrun stops the ranks that had not
+        # reached it yet, and their stop lines are its consequence, not a stop the user asked for.
+        errors = [line for line in errors if line.startswith("error: ")]
     sys.stderr.writelines(errors)
     if process.returncode != 0 and not errors:
         sys.stderr.write(f"error: a training process failed (torchrun exit code {process.returncode}); "
