@@ -28,6 +28,7 @@ RANK_TRACEBACK_LINE = re.compile(r"\[rank\d+\]:")
 # what Python prints when a stop lands in a rank's interpreter shutdown (an atexit or weakref callback):
 # the same consequence of another rank's death as the stop lines
 SHUTDOWN_NOISE_LINE = re.compile(r"Exception ignored in ")
+ERROR_START = re.compile(r"(?<=\S)(?=error: )")  # a rank's message joined onto another's on one line
 RUNS_DIR = Path("runs")  # where a run folder goes by default: runs/<recipe name>
 STOP_TIMEOUT_S = 60.0  # after passing a stop on to torchrun: its ranks' grace (30 s) and some, then kill it
 
@@ -80,12 +81,24 @@ def launch_distributed(nproc: int, train_args: list[str]) -> int:
     elif any(line.startswith("error: ") for line in errors):
         # A rank's error (bad input every rank finds) ends the job: torchrun stops the ranks that had not
         # reached it yet, and their stop lines are its consequence, not a stop the user asked for.
-        errors = [line for line in errors if line.startswith("error: ")]
+        errors = _distinct_errors(errors)
     sys.stderr.writelines(errors)
     if process.returncode != 0 and not errors:
         sys.stderr.write(f"error: a training process failed (torchrun exit code {process.returncode}); "
                          f"rerun with {DEBUG_VARIABLE}=1 for torchrun's report\n")
     return process.returncode
+
+
+def _distinct_errors(lines: list[str]) -> list[str]:
+    """The distinct `error:` messages of the ranks' lines, each on a line of its own. Two ranks writing the
+    same message at once can join them on one line ("...dataerror: ..."): such a line is split where a
+    message starts right after another's text."""
+    messages: list[str] = []
+    for line in lines:
+        for piece in ERROR_START.split(line.rstrip("\n")):
+            if piece.startswith("error: ") and f"{piece}\n" not in messages:
+                messages.append(f"{piece}\n")
+    return messages
 
 
 def _relay_stderr(stream, errors: list[str]) -> str:
