@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 import subprocess
 import sys
@@ -113,3 +114,19 @@ def test_the_next_writer_removes_a_killed_writers_temporary_file_and_nothing_els
     finally:
         running.kill()
         running.wait()
+
+
+def test_a_probe_left_by_a_process_killed_outright_is_removed_and_a_live_ones_kept(tmp_path):
+    """ensure_writable_dir's probe carries its pid: the one a kill -9 left in the folder goes at the next
+    check there (encode-dataset's parent also removes it when a worker died), a running process's stays."""
+    from vae_deploy.files import ensure_writable_dir
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead = tmp_path / f".probe-{int(gone.stdout)}-0123456789ab"
+    live = tmp_path / f".probe-{os.getpid()}-0123456789ab"
+    other = tmp_path / ".probe-notapid-0123456789ab"  # not a probe's name: never touched
+    for path in (dead, live, other):
+        path.touch()
+    ensure_writable_dir(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name])

@@ -73,9 +73,11 @@ def ensure_writable_dir(path: Path) -> Path:
     path = Path(path)
     # The probe's name is known before it exists, so an interrupt (SIGTERM) landing between creating and
     # closing it still removes it: NamedTemporaryFile left one behind when a stop came inside its setup.
-    probe = path / f".probe-{secrets.token_hex(6)}"
+    # It carries the pid, so that one a process killed outright (kill -9) left is known as stale.
+    probe = path / f".probe-{os.getpid()}-{secrets.token_hex(6)}"
     try:
         path.mkdir(parents=True, exist_ok=True)
+        remove_stale_probes(path)
         try:
             os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         finally:
@@ -83,6 +85,20 @@ def ensure_writable_dir(path: Path) -> Path:
     except OSError as exc:
         raise VaeDeployError(f"cannot write to output folder {path}: {exc.strerror or exc}") from exc
     return path
+
+
+_PROBE = re.compile(r"\.probe-(?P<pid>\d+)-[0-9a-f]{12}")  # ensure_writable_dir's probe file
+
+
+def remove_stale_probes(folder: Path) -> None:
+    """Remove the probe files of ensure_writable_dir in `folder` whose process is gone (killed outright
+    between creating and removing one)."""
+    def stale(name: str) -> bool:
+        match = _PROBE.fullmatch(name)
+        return bool(match) and not _running(int(match["pid"]))
+
+    for probe in files_named(folder, stale):
+        probe.unlink(missing_ok=True)
 
 
 # .<stem>.<pid>-<12 hex>.part<suffix>: the temporary name AtomicFile gives a target <stem><suffix>

@@ -41,7 +41,12 @@ from vae_deploy.batch.shards import shard_name
 from vae_deploy.batch.sources import VideoTask, collect_videos
 from vae_deploy.batch.worker import EncodeSettings, Fatal, WorkerDied, fatal_error, staging_leftovers
 from vae_deploy.errors import ConfigError, DataError
-from vae_deploy.files import ensure_writable_dir, remove_stale_temporaries, removing_new_folders
+from vae_deploy.files import (
+    ensure_writable_dir,
+    remove_stale_probes,
+    remove_stale_temporaries,
+    removing_new_folders,
+)
 from vae_deploy.runtime.manifest import Manifest, read_manifest
 from vae_deploy.runtime.registry import get_backend, runner_class
 from vae_deploy.video.default_model import resolve_model
@@ -128,6 +133,7 @@ def _remove_leftovers(out_dir: Path, tasks: list[VideoTask], shards: int = 0) ->
     for folder, names in by_folder.items():
         for path in staging_leftovers(folder, names):
             path.unlink(missing_ok=True)
+        remove_stale_probes(folder)  # a worker killed while checking that it can write there
     remove_stale_temporaries(out_dir, {INDEX_FILE, DATASET_FILE, PARQUET_FILE,
                                        *(shard_name(n) for n in range(shards))})
 
