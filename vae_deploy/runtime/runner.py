@@ -21,13 +21,16 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from vae_deploy.errors import ConfigError, InputShapeError, ModelFormatError, VaeDeployError
 from vae_deploy.runtime.manifest import Manifest, read_manifest
 from vae_deploy.runtime.spec import GraphSpec, format_shape
+
+if TYPE_CHECKING:
+    from vae_deploy.runtime.batched_stream import BatchedStreams
 
 
 def module_available(name: str) -> bool:
@@ -160,6 +163,13 @@ class Runner:
     def open_stream(self) -> Stream:
         """A streaming session: chunks in order, state carried from one chunk to the next."""
         return Stream(self)
+
+    def open_batched_streams(self, lengths: str = "group") -> BatchedStreams:
+        """Many streams sharing calls along the batch axis, each with its own state (runtime/
+        batched_stream.py); `lengths` says how chunks of different lengths meet ("group" or "pad")."""
+        from vae_deploy.runtime.batched_stream import BatchedStreams  # it imports this module
+
+        return BatchedStreams(self, lengths)
 
     def close(self) -> None:
         if not self._closed:
