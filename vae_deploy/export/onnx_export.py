@@ -12,6 +12,8 @@ Steps, each driven by the kind's graph specs (export/specs.py):
    Runtime static quantization calibrated on real frames streamed through them (export/quantize.py).
 3. onnx.checker (full check) and strict shape inference, then the spec check: names, then dynamic axes and
    fixed dims, then dtypes, so a graph that does not match its manifest is never written out as valid.
+3b. How each video graph may be tiled spatially: its receptive field measured on the module, and its
+   working memory per position from ONNX shape inference (export/tiling.py), for the manifest.
 4. Graphs that share weights (a first-chunk graph and its steady graph) move them into one external-data
    file, weights.bin, each tensor once (export/shared_weights.py).
 5. reference/: the checkpoint's model.safetensors + config.json, for the torch reference runner.
@@ -55,6 +57,7 @@ from vae_deploy.export.quantize import (
 from vae_deploy.export.shared_weights import share_weights, uses_shared_weights
 from vae_deploy.export.sources import ModelSource, open_model_source
 from vae_deploy.export.specs import graph_specs
+from vae_deploy.export.tiling import tiling_records
 from vae_deploy.export.validate import ParityReport, check_parity
 from vae_deploy.files import atomic_path
 from vae_deploy.runtime.engine_cache import ENGINE_DIR
@@ -467,6 +470,8 @@ def _write_folder(source: ModelSource, specs: dict[str, GraphSpec], work: Path, 
             convert_fp16(path, profile.keep_io_types)
         declare_io_shapes(path, spec)
         check_graph(path, spec, out_dir / spec.file)
+    # How each graph may be tiled, measured on the module and the fp32/fp16 graphs while they are inline
+    tiling = tiling_records(config["kind"], model, specs, work, log)
     preprocessing = _preprocessing(specs["encoder"])
     recipe_data = (config.get("recipe") or {}).get("data") or {}
     if recipe_data.get("short_side"):  # video runs: the working resolution `vae-deploy run` defaults to
@@ -494,6 +499,7 @@ def _write_folder(source: ModelSource, specs: dict[str, GraphSpec], work: Path, 
         opset=profile.opset, preprocessing=preprocessing, producer=_producer(model),
         files=hash_files(work, files), export_profile=profile.to_dict(),
         cpu_requirements=cpu_requirements(profile.quantization) if profile.precision == "int8" else {},
+        tiling=tiling,
     )
     # A --from model's reference is rebuilt by the factory the user named for this export, and only then
     entry_point = getattr(model.config, "entry_point", None) or None

@@ -23,6 +23,9 @@ Export writes it, the runtime reads it; no torch here. manifest.json (schema_ver
     parity                    the parity report measured at export time (export/validate.py)
     cpu_requirements          what the graphs need of the CPU for their parity (int8: runtime/cpu_features.py;
                               {} for nothing special); checked when ort-cpu loads the folder
+    tiling                    per video graph: how it may be split into spatial tiles (exact with a halo,
+                              blended, or none, and why), measured at export (runtime/tiling.py); absent in
+                              folders exported before it was recorded, read as "none"
 
 Loading checks the schema version and every listed file's hash, so a tampered, truncated or swapped file
 is refused before anything runs.
@@ -62,6 +65,7 @@ class Manifest:
     parity: dict[str, Any] = field(default_factory=dict)
     cpu_requirements: dict[str, Any] = field(default_factory=dict)  # runtime/cpu_features.py
     removed_files: dict[str, str] = field(default_factory=dict)  # left out by `slim`: path -> sha256
+    tiling: dict[str, Any] = field(default_factory=dict)  # graph -> tiling record (runtime/tiling.py)
     schema_version: int = SCHEMA_VERSION
     format: str = FORMAT
 
@@ -107,6 +111,7 @@ class Manifest:
             "cpu_requirements": self.cpu_requirements,
             # only in slim folders: a full folder's manifest stays readable by older versions
             **({"removed_files": self.removed_files} if self.removed_files else {}),
+            **({"tiling": self.tiling} if self.tiling else {}),  # absent for image models, like older folders
         }
 
 
