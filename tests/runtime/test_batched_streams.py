@@ -6,6 +6,11 @@ the packaged carphone clip for the encoders, random latents for the decoders."""
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from external_zoo import external_folder, external_model  # noqa: F401 (pytest fixtures)
@@ -13,10 +18,12 @@ from external_zoo import external_folder, external_model  # noqa: F401 (pytest f
 from vae_deploy.errors import ConfigError, InputShapeError, VaeDeployError
 from vae_deploy.runtime import load_runner
 from vae_deploy.runtime.batched_stream import BatchedStreams
+from vae_deploy.video.default_model import DEFAULT_MODEL_DIR
 from vae_deploy.video.samples import sample_video_path
 from vae_deploy.video.sources import open_source
 
 BACKENDS = ("ort-cpu", "torch")
+README = Path(__file__).parents[2] / "README.md"
 CORNERS = ((0, 0), (40, 56), (80, 112), (16, 96))  # crops of the 176x144 clip: four different streams
 
 
@@ -229,3 +236,16 @@ def test_wan_joining_streams_run_the_first_rule_while_others_run_steady(external
                 assert calls[3] == ("encoder", 4)  # a, b, and c and d's rest of chunk
             _rounds(runner, backend, "decoder", latents)
             assert ("decoder_first", 2) in calls and ("decoder", 2) in calls
+
+
+def test_the_readme_example_runs(tmp_path):
+    """The README's "Many streams in one call" example, run as a user would, on the packaged model: three
+    streams, one leaving and one of another frame size joining."""
+    text = README.read_text()
+    code = re.search(r"```python\n(.*?)```", text[text.index("### Many streams in one call"):], re.S).group(1)
+    (tmp_path / "model").symlink_to(DEFAULT_MODEL_DIR)
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ("{'door': (1, 4, 4, 8, 8), 'yard': (1, 4, 4, 8, 8), "
+                                     "'gate': (1, 4, 4, 12, 12)}")
