@@ -20,6 +20,7 @@ finished, a video that failed). A folder that existed before the batch is never 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections import defaultdict
 from collections.abc import Callable
@@ -49,6 +50,7 @@ from vae_deploy.files import (
 )
 from vae_deploy.runtime.manifest import Manifest, read_manifest
 from vae_deploy.runtime.registry import get_backend, runner_class
+from vae_deploy.runtime.tile_plan import OFF, TilePlanner, TileRequest, default_budget
 from vae_deploy.video.default_model import resolve_model
 from vae_deploy.video.latent_codec import VideoModelInfo
 from vae_deploy.video.model_open import DEFAULT_MODEL, ModelChoice
@@ -97,6 +99,8 @@ def _check_model(model: Path | None, backend: str, options: StreamOptions, out_d
     model_dir = resolve_model(model)
     manifest = read_manifest(model_dir)
     VideoModelInfo.from_manifest(manifest).check_chunk(options.chunk)
+    if options.tile.tile != OFF:  # a tile the model refuses: one line before any worker starts
+        TilePlanner(manifest, options.tile)
     get_backend(backend)  # an unknown or unavailable backend: one line naming what to install
     real_out, real_model = Path(os.path.realpath(out_dir)), Path(os.path.realpath(model_dir))
     if real_out == real_model or real_model in real_out.parents:
@@ -231,6 +235,9 @@ def encode_dataset_job(sources: list[str | Path], out_dir: Path, *, options: Str
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"--out {out_dir} is a file; give a folder")
     tasks = collect_videos(list(sources))
+    if options.tile.budget is None:  # the default budget is the machine's: each worker gets its share
+        share = TileRequest(options.tile.tile, default_budget() // workers)
+        options = dataclasses.replace(options, tile=share)
     manifest = _check_model(model.folder, backend, options, out_dir)
     layout.update(settings_record(manifest.fingerprint, manifest.kind, options))
     check_layout(out_dir, layout)  # a folder of another layout or model: one line before anything is written

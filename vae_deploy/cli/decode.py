@@ -20,9 +20,12 @@ from vae_deploy.cli.options import (
     ModelOption,
     QuietOption,
     ThreadsOption,
+    TileBudgetOption,
+    TileOption,
     interrupted,
     print_report,
     progress_bar,
+    tile_request,
 )
 from vae_deploy.runtime.registry import DEFAULT_BACKEND
 
@@ -39,15 +42,18 @@ def decode(
     threads: ThreadsOption = None,
     quiet: QuietOption = False,
     codec: CodecOption = None,
+    tile: TileOption = "auto",
+    tile_budget: TileBudgetOption = None,
 ) -> None:
     """Decode a latent file to a video at the source's size and frame rate."""
     from vae_deploy.video.jobs import decode_job
     from vae_deploy.video.model_open import ModelChoice
 
     try:
+        tiles = tile_request(tile, tile_budget)
         with progress_bar("decode", quiet) as progress:
             report = decode_job(latents, out, model=ModelChoice(model, backend, threads), fps=fps,
-                                metrics=metrics, progress=progress, codec=codec)
+                                metrics=metrics, progress=progress, codec=codec, tile=tiles)
     except KeyboardInterrupt:
         interrupted()
     print_report(report, "decoded")

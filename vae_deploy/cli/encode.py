@@ -25,9 +25,12 @@ from vae_deploy.cli.options import (
     SizeOption,
     SourceArgument,
     ThreadsOption,
+    TileBudgetOption,
+    TileOption,
     interrupted,
     print_report,
     progress_bar,
+    tile_request,
 )
 from vae_deploy.runtime.registry import DEFAULT_BACKEND
 
@@ -47,6 +50,8 @@ def encode(
     threads: ThreadsOption = None,
     quiet: QuietOption = False,
     raw_latents: RawLatentsOption = False,
+    tile: TileOption = "auto",
+    tile_budget: TileBudgetOption = None,
 ) -> None:
     """Encode a video into a latent file (fp16 latents plus what decoding needs)."""
     from vae_deploy.video.jobs import encode_job
@@ -55,7 +60,8 @@ def encode(
 
     try:
         options = StreamOptions(chunk=chunk, short_side=size, fit=fit, max_frames=max_frames, fps=fps,
-                                measure=False, raw_latents=raw_latents)
+                                measure=False, raw_latents=raw_latents,
+                                tile=tile_request(tile, tile_budget))
         with progress_bar("encode", quiet) as progress:
             report = encode_job(source, out, options=options, model=ModelChoice(model, backend, threads),
                                 metrics=metrics, progress=progress)

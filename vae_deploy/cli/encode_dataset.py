@@ -23,8 +23,10 @@ from vae_deploy.cli.options import (
     QuietOption,
     RawLatentsOption,
     SizeOption,
+    TileOption,
     interrupted,
     progress_bar,
+    tile_request,
 )
 from vae_deploy.runtime.registry import DEFAULT_BACKEND
 
@@ -66,6 +68,11 @@ def encode_dataset(
     fps: FpsOption = None,
     quiet: QuietOption = False,
     raw_latents: RawLatentsOption = False,
+    tile: TileOption = "auto",
+    tile_budget: Annotated[str | None, typer.Option(
+        "--tile-budget", help="Working memory one step of a frame may take in each worker before --tile auto "
+                              "tiles it, e.g. 2GB (default: half of this machine's memory, split between "
+                              "the workers).")] = None,
 ) -> None:
     """Encode a collection of videos into latent files, on worker processes or a Ray cluster; resumable."""
     from vae_deploy.batch.jobs import encode_dataset_job
@@ -74,7 +81,7 @@ def encode_dataset(
 
     try:
         options = StreamOptions(chunk=chunk, short_side=size, fit=fit, max_frames=max_frames, fps=fps,
-                                measure=False, raw_latents=raw_latents)
+                                measure=False, raw_latents=raw_latents, tile=tile_request(tile, tile_budget))
         with progress_bar("encode-dataset", quiet, unit="videos") as progress:
             choice = ModelChoice(model, backend, threads)
             result = encode_dataset_job(sources, out, options=options, model=choice, engine=engine,

@@ -56,6 +56,13 @@ RawLatentsOption = Annotated[bool, typer.Option(
     "--raw-latents", help="Store the encoder's raw latents. By default a model with a latent normalization "
                           "(diffusers' scaling_factor/shift_factor, Wan's latents_mean/std) stores them in "
                           "the space its diffusion model consumes; decode undoes either.")]
+TileOption = Annotated[str, typer.Option(
+    "--tile", help="Spatial tiles: a size in pixels (a multiple of the model's spatial factor), auto (tile "
+                   "only when one step of a frame would not fit --tile-budget) or off. Exact where the "
+                   "model's manifest says so; a blended model says so in a note (docs/tiling.md).")]
+TileBudgetOption = Annotated[str | None, typer.Option(
+    "--tile-budget", help="Working memory one step of a frame may take before --tile auto tiles it, e.g. "
+                          "4GB or 512MB (default: half of this machine's memory).")]
 SourceArgument = Annotated[str, typer.Argument(
     help="Video file, image file, image folder, camera index, or RTSP/HTTP URL / GStreamer pipeline.")]
 
@@ -71,6 +78,13 @@ def parse_sizes(text: str | None, option: str) -> tuple[int, ...] | None:
     if not sizes or min(sizes) < 1:
         raise ConfigError(f"{option} must list positive integers, got {text!r}")
     return sizes
+
+
+def tile_request(tile: str, budget: str | None):
+    """--tile and --tile-budget as a runtime TileRequest; a bad value is one ConfigError line."""
+    from vae_deploy.runtime.tile_plan import TileRequest
+
+    return TileRequest(tile, budget)
 
 
 @contextlib.contextmanager

@@ -30,9 +30,12 @@ from vae_deploy.cli.options import (
     SizeOption,
     SourceArgument,
     ThreadsOption,
+    TileBudgetOption,
+    TileOption,
     interrupted,
     print_report,
     progress_bar,
+    tile_request,
 )
 from vae_deploy.runtime.registry import DEFAULT_BACKEND
 
@@ -61,6 +64,8 @@ def run(
     threads: ThreadsOption = None,
     quiet: QuietOption = False,
     raw_latents: RawLatentsOption = False,
+    tile: TileOption = "auto",
+    tile_budget: TileBudgetOption = None,
     codec: CodecOption = None,
 ) -> None:
     """Encode and decode a video chunk by chunk; write the reconstruction, latents and metrics."""
@@ -70,7 +75,8 @@ def run(
 
     try:
         options = StreamOptions(chunk=chunk, short_side=size, fit=fit, max_frames=max_frames, fps=fps,
-                                measure=metrics is not None or report is not None, raw_latents=raw_latents)
+                                measure=metrics is not None or report is not None, raw_latents=raw_latents,
+                                tile=tile_request(tile, tile_budget))
         with progress_bar("run", quiet) as progress:
             result = run_job(source, VideoOutputs(out, side_by_side, latents, codec=codec), options=options,
                              model=ModelChoice(model, backend, threads), metrics=metrics, progress=progress,

@@ -9,8 +9,9 @@ share `overlap` of it and are cross-faded with linear ramps.
 
 Refused when the stream opens, before any frame is read, one line each: a size that is not a number, auto
 or off; a tile that is not a multiple of the model's alignment; an exact tile smaller than the halo (each
-tile would compute more than 9 times its core); a budget smaller than one tile needs; and any tile asked of
-a model whose record says it cannot be tiled. A tile as large as the frame or larger is not an error: the
+tile would compute more than 9 times its core); a budget smaller than one tile needs (for auto: once the
+frame size is known, `check_frame`, and only when the frame does not fit whole); and any tile asked of a
+model whose record says it cannot be tiled. A tile as large as the frame or larger is not an error: the
 frame runs untiled (the same output, and what `auto` does when the frame fits its budget).
 """
 
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vae_deploy.errors import ConfigError
-from vae_deploy.runtime.tiling import BLEND, EXACT, NONE, TileRecord, tile_records
+from vae_deploy.runtime.tiling import BLEND, EXACT, NONE, UNRECORDED, TileRecord, tile_records
 
 AUTO, OFF = "auto", "off"
 BUDGET_FRACTION = 0.5  # of this machine's memory: what a frame's working memory may take by default
@@ -152,13 +153,13 @@ class TilePlanner:
             self.groups[name] = _group(members, unit)
         if request.tile != AUTO:
             self._check_size(request.tile)
-        else:
-            self._check_auto()
 
     # ------------------------------------------------------------------ checks when the stream opens
 
     def _check_size(self, tile: int) -> None:
         for name, group in self.groups.items():
+            if group.mode == NONE and group.why == UNRECORDED:
+                raise ConfigError(f"--tile {tile}: {UNRECORDED} to tile it; --tile auto runs it untiled")
             if group.mode == NONE:
                 raise ConfigError(f"--tile {tile}: tiling is not available for this model yet ({name}: "
                                   f"{group.why}); --tile auto runs it untiled")
@@ -184,22 +185,20 @@ class TilePlanner:
                                   f"tile: its {name} step needs about {format_bytes(need)} (use a smaller "
                                   f"--tile or a larger --tile-budget)")
 
-    def _check_auto(self) -> None:
-        for name, group in self.groups.items():
-            if group.mode == NONE or group.bytes_per_position is None:
-                continue
-            smallest = self._smallest(group)
-            need = self._window_bytes(group, smallest)
-            if need is not None and need > self.budget:
-                raise ConfigError(f"--tile-budget {format_bytes(self.budget)} is too small for one tile of "
-                                  f"this model: its smallest {name} tile ({smallest * group.unit} px) needs "
-                                  f"about {format_bytes(need)} per step")
-
     # ------------------------------------------------------------------ a frame's tiles
 
-    def plan(self, graph: str, height: int, width: int, steps: int = 1) -> GraphTiles | None:
+    def check_frame(self, width: int, height: int) -> None:
+        """Refuse, before any frame is read, a frame of width x height pixels that `auto` could not fit in
+        its budget in tiles of one step (ort-cpu's calls; a backend that runs whole chunks is checked again
+        at its first chunk)."""
+        for graph, group in self.groups.items():
+            self.plan(graph, height // group.unit, width // group.unit, announce=False)
+
+    def plan(self, graph: str, height: int, width: int, steps: int = 1, announce: bool = True
+             ) -> GraphTiles | None:
         """The tiles of `graph`'s frames of height x width input units, for calls of `steps` steps of its
-        stream axis; None: run whole (off, a tile not smaller than the frame, or auto and it fits)."""
+        stream axis; None: run whole (off, a tile not smaller than the frame, or auto and it fits).
+        `announce`: say in a note that a blended model's tiles are not exact."""
         group = self.groups.get(graph)
         if group is None or self.request.tile == OFF or group.mode == NONE:
             return None
@@ -211,7 +210,7 @@ class TilePlanner:
             tile = self.request.tile // group.unit
         if tile >= height and tile >= width:
             return None
-        if group.mode == BLEND and not self._noted:
+        if group.mode == BLEND and announce and not self._noted:
             self._noted = True
             self._note(f"{graph} tiles of {tile * group.unit} px are blended, not exact ({group.why}), so "
                        f"the output differs from untiled output near the seams")
@@ -233,9 +232,11 @@ class TilePlanner:
             if need is not None and need <= self.budget:
                 return tile
             tile -= step
-        raise ConfigError(f"--tile-budget {format_bytes(self.budget)} is too small for one {graph} tile of "
-                          f"{smallest * group.unit} px in calls of {steps} steps: it needs about "
-                          f"{format_bytes(self._window_bytes(group, smallest, height, width, steps) or 0)}")
+        need = format_bytes(self._window_bytes(group, smallest, height, width, steps) or 0)
+        calls = f"calls of {steps} steps" if steps > 1 else "one step"
+        raise ConfigError(f"--tile-budget {format_bytes(self.budget)} is too small for this model at "
+                          f"{width * group.unit}x{height * group.unit}: its smallest {graph} tile "
+                          f"({smallest * group.unit} px, with its halo) needs about {need} for {calls}")
 
     def _smallest(self, group: _Group) -> int:
         """The smallest tile (input units) `_check_size` accepts."""

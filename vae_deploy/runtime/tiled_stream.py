@@ -54,11 +54,11 @@ class TiledStream:
         size = x.shape[-2:]
         started = self._graphs.get(graph)
         if started is None:
+            # steps of the stream axis one call takes: the memory a tile's call needs grows with them
             multiple = spec.dim_multiples.get(spec.stream_axis, 1) if spec.stream_axis else 1
-            steps = max(1, x.shape[1] // multiple)
-            limit = self.runner.call_limit(spec)
-            started = _TiledGraph(self.runner, self.planner.plan(graph, size[0], size[1],
-                                                                 min(steps, limit) if limit else steps), size)
+            limit = self.runner.call_limit(spec)  # in units of the stream axis, like the chunk
+            steps = max(1, (min(x.shape[1], limit) if limit else x.shape[1]) // multiple)
+            started = _TiledGraph(self.runner, self.planner.plan(graph, size[0], size[1], steps), size)
             self._graphs[graph] = started
         elif size != started.size:
             raise InputShapeError(f"{graph} stream: frames of {size[0]}x{size[1]} after frames of "

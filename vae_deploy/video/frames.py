@@ -16,8 +16,10 @@ Each result holds the chunk's fp16 latents (t, C, h, w) and its reconstruction a
 the frame size pushed; a model whose first latent frame has its own rule (Wan: 1 frame) completes its first
 chunk `first_frames` frames later. Frames are fitted exactly as `vae-deploy run` fits them and go through
 the same codec in the same chunks, so the latents equal what `vae-deploy encode` stores for the same frames
-and chunk. The streaming state is carried from chunk to chunk inside the model's runner: memory stays constant
-however long the loop runs. No torch: this runs on the edge install.
+and chunk. `tile` and `tile_budget` split large frames into spatial tiles like `run --tile
+--tile-budget` (auto by default: only a frame too large for the budget). The streaming state is carried
+from chunk to chunk inside the model's runner: memory stays constant however long the loop runs. No torch:
+this runs on the edge install.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import numpy as np
 
 from vae_deploy.runtime.registry import DEFAULT_BACKEND
 from vae_deploy.runtime.runner import Runner
+from vae_deploy.runtime.tile_plan import AUTO, TileRequest
 from vae_deploy.video.chunker import Chunker
 from vae_deploy.video.fit import FitPolicy, plan_fit
 from vae_deploy.video.latent_codec import LatentCodec, VideoModelInfo
@@ -46,7 +49,8 @@ class FrameStream:
     """One video through a model, fed frame by frame (see the module docstring)."""
 
     def __init__(self, runner: Runner, frame_size: tuple[int, int], chunk: int = DEFAULT_CHUNK,
-                 short_side: int | None = None, fit: str = "snap", owns_runner: bool = False):
+                 short_side: int | None = None, fit: str = "snap", owns_runner: bool = False,
+                 tile: int | str = AUTO, tile_budget: int | str | None = None):
         self.runner = runner
         self.info = VideoModelInfo.from_manifest(runner.manifest)
         self.info.check_chunk(chunk)
@@ -54,7 +58,9 @@ class FrameStream:
         self.policy: FitPolicy = plan_fit(tuple(frame_size), short, self.info.spatial_factor,
                                           self.info.channels, fit)
         self.chunk = chunk
-        self._latent_codec = LatentCodec(runner, self.info)
+        # spatial tiles as `run --tile/--tile-budget` (runtime/tile_plan.py); refused here, before any frame
+        self._latent_codec = LatentCodec(runner, self.info, tiling=TileRequest(tile, tile_budget),
+                                         model_size=self.policy.model_size)
         # the pipeline's chunking: the first chunk first_frames longer (a model's first rule)
         self._chunker: Chunker[np.ndarray] = Chunker(chunk, self.info.first_frames)
         self._owns_runner = owns_runner

@@ -26,6 +26,7 @@ from vae_deploy.runtime.benchmark import Timing, bench_runner, bench_stream
 from vae_deploy.runtime.latents import LatentReader
 from vae_deploy.runtime.manifest import Manifest, read_manifest
 from vae_deploy.runtime.registry import DEFAULT_BACKEND, load_runner
+from vae_deploy.runtime.tile_plan import TileRequest
 from vae_deploy.video.default_model import DEMO_CLIP, default_model_dir, resolve_model
 from vae_deploy.video.fit import plan_fit
 from vae_deploy.video.latent_codec import VideoModelInfo
@@ -124,10 +125,10 @@ def encode_job(source: str | Path, out: Path, *, options: StreamOptions | None =
 
 def decode_job(latents: Path, out: Path, *, model: ModelChoice = DEFAULT_MODEL, fps: float | None = None,
                metrics: Path | None = None, progress: JobProgress | None = None,
-               codec: str | None = None) -> StreamReport:
+               codec: str | None = None, tile: TileRequest | None = None) -> StreamReport:
     """`vae-deploy decode`: a .vaelat file back to video with `model`, at the source's size and frame rate
-    (`codec`: None for the suffix's, video/writers.py)."""
-    options = StreamOptions(fps=fps)
+    (`codec`: None for the suffix's, video/writers.py; `tile`: spatial tiles, None for auto)."""
+    options = StreamOptions(fps=fps, tile=tile or TileRequest())
     check_outputs({"the input": latents}, model.folder, {"--out": out, "--metrics": metrics})
     reader = LatentReader(latents)  # refuses a damaged file (its checksum is read once) before loading
     with open_model(model) as runner:

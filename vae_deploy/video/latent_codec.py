@@ -16,6 +16,11 @@ frame has its own rule (Wan: 1 frame, then 4 per latent frame, so clips of 1 + 4
 `first_frames` more frames in its first chunk and one more latent frame in its first decoder chunk; the
 same padding rule makes any length work.
 
+Frames may run in spatial tiles (runtime/tiled_stream.py): a `TileRequest` (--tile, --tile-budget)
+checked against the manifest's tiling records when the codec opens, so a bad request is refused before
+any frame is read. Exact tiling gives the untiled latents and frames within float rounding; a blended
+model says so in one `note:` line when it first tiles.
+
 Models with a latent normalization (runtime/latent_space.py) give latents in the diffusion model's space
 unless the codec is asked for raw ones; the decoder side undoes it. Rounding to float16 happens in the space
 stored, so `run` and `encode` then `decode` still see identical latents.
@@ -31,7 +36,10 @@ from vae_deploy.errors import ConfigError, DataError, InputShapeError, ModelForm
 from vae_deploy.runtime.latent_space import LATENT_SPACES, NORMALIZED, RAW, LatentNormalization
 from vae_deploy.runtime.manifest import Manifest
 from vae_deploy.runtime.runner import Runner
+from vae_deploy.runtime.tile_plan import OFF, TilePlanner, TileRequest
+from vae_deploy.runtime.tiled_stream import open_tiled_stream
 from vae_deploy.video.fit import DEFAULT_SHORT_SIDE
+from vae_deploy.video.writers import note
 
 
 def check_finite_latents(latents: np.ndarray, stored_from: np.ndarray, space: str) -> None:
@@ -48,6 +56,16 @@ def check_finite_latents(latents: np.ndarray, stored_from: np.ndarray, space: st
               if space == NORMALIZED else "this model's latents do not fit the fp16 a .vaelat file stores")
     raise DataError(f"latents overflow fp16: the {space} latents reach {peak:.3g}, beyond float16's "
                     f"{float(np.finfo(np.float16).max):g}; {advice}")
+
+
+_NOTED: set[str] = set()
+
+
+def _note_once(line: str) -> None:
+    """A note once per process: encode-dataset's workers open a codec per video, and say it once each."""
+    if line not in _NOTED:
+        _NOTED.add(line)
+        note(line)
 
 
 @dataclass(frozen=True)
@@ -118,10 +136,17 @@ class VideoModelInfo:
 class LatentCodec:
     """One video through one runner's streaming session (see the module docstring)."""
 
-    def __init__(self, runner: Runner, info: VideoModelInfo | None = None, latent_space: str = NORMALIZED):
+    def __init__(self, runner: Runner, info: VideoModelInfo | None = None, latent_space: str = NORMALIZED,
+                 tiling: TileRequest | None = None, model_size: tuple[int, int] | None = None):
         self.runner = runner
         self.info = info or VideoModelInfo.from_manifest(runner.manifest)
-        self.stream = runner.open_stream()
+        # None or off: the runner's own stream, untouched; otherwise tiles when the request (or auto's
+        # budget) asks for them, each tile with a stream of its own.
+        planner = None if tiling is None or tiling.tile == OFF else TilePlanner(runner.manifest, tiling,
+                                                                                _note_once)
+        if planner is not None and model_size is not None:  # the frames' (width, height), when known
+            planner.check_frame(*model_size)
+        self.stream = open_tiled_stream(runner, planner)
         self._ended = False
         self._started = False
         if latent_space not in LATENT_SPACES:

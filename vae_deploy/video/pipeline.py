@@ -40,6 +40,7 @@ from vae_deploy.errors import ConfigError, DataError, VaeDeployError
 from vae_deploy.runtime.latent_space import NORMALIZED, RAW
 from vae_deploy.runtime.latents import LatentHeader, LatentReader, LatentWriter
 from vae_deploy.runtime.runner import Runner
+from vae_deploy.runtime.tile_plan import TileRequest
 from vae_deploy.video.chunker import Chunker
 from vae_deploy.video.fit import FitPolicy, plan_fit
 from vae_deploy.video.latent_codec import LatentCodec, VideoModelInfo
@@ -64,6 +65,9 @@ class StreamOptions:
     queue_chunks: int = 2  # chunks waiting between two stages: bounds memory, enough to keep all busy
     measure: bool = True  # quality metrics (PSNR, SSIM, flicker): about 2.5 ms per 160x128 frame here
     raw_latents: bool = False  # store the encoder's raw latents, not the diffusion model's normalized ones
+    # spatial tiles (--tile, --tile-budget; runtime/tile_plan.py): auto tiles a frame only when one step of
+    # it would not fit the budget; exact models give the untiled result within float rounding
+    tile: TileRequest = field(default_factory=TileRequest)
 
     def __post_init__(self):
         if self.max_frames is not None and self.max_frames < 1:
@@ -376,7 +380,7 @@ def run_video(runner: Runner, source: FrameSource, options: StreamOptions | None
             check_output_path(path, what, video=path is not outputs.latents)
     policy = _plan(info, source, options)
     fps = _output_fps(options.fps, source.fps, source.description)
-    latent_codec = LatentCodec(runner, info, _latent_space(options))
+    latent_codec = LatentCodec(runner, info, _latent_space(options), options.tile, policy.model_size)
     report = StreamReport(source=source.description, source_path=_path_of(source))
     _fill_common(report, runner, info, policy, options.chunk, fps)
     keep_sources = outputs.side_by_side is not None or options.measure
@@ -425,7 +429,7 @@ def encode_video(runner: Runner, source: FrameSource, path: Path, options: Strea
     check_output_path(path, "the latents")
     policy = _plan(info, source, options)
     fps = _output_fps(options.fps, source.fps, source.description)
-    latent_codec = LatentCodec(runner, info, _latent_space(options))
+    latent_codec = LatentCodec(runner, info, _latent_space(options), options.tile, policy.model_size)
     report = StreamReport(source=source.description, source_path=_path_of(source))
     _fill_common(report, runner, info, policy, options.chunk, fps)
     count = [0]
@@ -522,7 +526,7 @@ def decode_latents(runner: Runner, path: Path | LatentReader, outputs: VideoOutp
     chunk = header.chunk or options.chunk
     info.check_chunk(chunk)
     fps = _output_fps(options.fps, header.fps, str(path))
-    latent_codec = LatentCodec(runner, info, header.latent_space)
+    latent_codec = LatentCodec(runner, info, header.latent_space, options.tile, policy.model_size)
     report = StreamReport(source=str(path), source_path=str(path))
     _fill_common(report, runner, info, policy, chunk, fps)
 
