@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from external_zoo import external_folder, external_model  # noqa: F401 (pytest fixtures)
+from torch_free_support import edge_env
 
 from vae_deploy.errors import ConfigError, InputShapeError, VaeDeployError
 from vae_deploy.runtime import load_runner
@@ -239,13 +240,14 @@ def test_wan_joining_streams_run_the_first_rule_while_others_run_steady(external
 
 
 def test_the_readme_example_runs(tmp_path):
-    """The README's "Many streams in one call" example, run as a user would, on the packaged model: three
-    streams, one leaving and one of another frame size joining."""
+    """The README's "Many streams in one call" example, run as a user would, on the packaged model and on
+    what looks like the edge install (importing torch fails): three streams, one leaving and one of another
+    frame size joining."""
     text = README.read_text()
     code = re.search(r"```python\n(.*?)```", text[text.index("### Many streams in one call"):], re.S).group(1)
     (tmp_path / "model").symlink_to(DEFAULT_MODEL_DIR)
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=300)
+                            timeout=300, env=edge_env())
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ("{'door': (1, 4, 4, 8, 8), 'yard': (1, 4, 4, 8, 8), "
                                      "'gate': (1, 4, 4, 12, 12)}")
