@@ -273,6 +273,20 @@ BAD_INPUT_CASES = [
     Case("torch backend on a slim folder", ["run", "{clip}", "--model", "{slim}", "--backend", "torch",
                                             "--out", "{out}/o.mp4"], "has no PyTorch reference",
          absent=["o.mp4"]),
+    # spatial tiles (runtime/tile_plan.py): refused before any frame is read
+    Case("run --tile below the halo", ["run", "{clip}", "--model", "{model}", "--tile", "16", "--out",
+                                       "{out}/o.mp4"], "smaller than this model's halo", absent=["o.mp4"]),
+    Case("encode --tile off the alignment", ["encode", "{clip}", "--model", "{model}", "--tile", "52", "-o",
+                                             "{out}/o.vaelat"], "not a multiple of 8 pixels",
+         absent=["o.vaelat"]),
+    Case("decode --tile abc", ["decode", "{latents}", "--model", "{model}", "--tile", "abc", "-o",
+                               "{out}/o.mp4"], "--tile must be a size in pixels, auto or off", absent=["o.mp4"]),
+    Case("run --tile-budget too small for one tile", ["run", "{clip}", "--model", "{model}", "--size", "256",
+                                                      "--tile-budget", "1KB", "--out", "{out}/o.mp4"],
+         "is too small for this model at", absent=["o.mp4"]),
+    Case("encode_dataset --tile below the halo", ["encode-dataset", "{clip}", "--model", "{model}", "--tile",
+                                                  "8", "--out", "{out}/ds"], "smaller than this model's halo",
+         absent=["ds"]),
 ]
 
 

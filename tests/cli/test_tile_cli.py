@@ -1,0 +1,107 @@
+"""`--tile` / `--tile-budget` through the commands: run, encode, decode, encode-dataset and FrameStream give
+with exact tiles what they give without; a blended model says so in one note; refusals are one line and
+leave nothing behind (more rows in test_hostile_inputs.py). Models: the shared session exports."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from cli_support import assert_one_line_error, cli_process, invoke_main
+from external_zoo import external_folder, external_model  # noqa: F401 (pytest fixtures)
+
+from vae_deploy.runtime.latents import LatentReader
+from vae_deploy.video.frames import FrameStream
+from vae_deploy.video.samples import sample_video_path
+from vae_deploy.video.sources import open_source
+
+CLIP = sample_video_path("carphone_pristine")  # 176x144: fitted to 160x128 at --size 128
+COMMON = ["--size", "128", "--chunk", "4", "--max-frames", "12", "-q"]
+
+
+@pytest.fixture
+def vd(capsys, monkeypatch):
+    return lambda *args: invoke_main(monkeypatch, capsys, *args)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_video_model):
+    return tiny_video_model("causal3d-t2")
+
+
+def latents_of(path) -> np.ndarray:
+    reader = LatentReader(path)
+    return np.concatenate(list(reader.chunks(1))).astype(np.float32)
+
+
+def frames_of(path) -> np.ndarray:
+    with open_source(path) as source:
+        return np.stack(list(source)).astype(np.int16)
+
+
+def test_run_with_tiles_writes_what_it_writes_without(vd, model, tmp_path):
+    for tile in ("off", "64"):
+        result = vd("run", CLIP, "--model", model, *COMMON, "--tile", tile, "--out", tmp_path / f"{tile}.mkv",
+                    "--latents", tmp_path / f"{tile}.vaelat")
+        assert result.returncode == 0, result.stderr
+        assert "note:" not in result.stderr  # exact: nothing to say
+    assert np.abs(latents_of(tmp_path / "off.vaelat") - latents_of(tmp_path / "64.vaelat")).max() <= 1e-3
+    assert np.abs(frames_of(tmp_path / "off.mkv") - frames_of(tmp_path / "64.mkv")).max() <= 1  # FFV1: exact
+
+
+def test_encode_and_decode_with_tiles_and_encode_dataset(vd, model, tmp_path):
+    assert vd("encode", CLIP, "--model", model, *COMMON, "--tile", "off", "-o", tmp_path / "a.vaelat"
+              ).returncode == 0
+    assert vd("encode", CLIP, "--model", model, *COMMON, "--tile", "64", "--tile-budget", "1GB", "-o",
+              tmp_path / "b.vaelat").returncode == 0
+    assert np.abs(latents_of(tmp_path / "a.vaelat") - latents_of(tmp_path / "b.vaelat")).max() <= 1e-3
+    for tile in ("off", "64"):
+        result = vd("decode", tmp_path / "a.vaelat", "--model", model, "--tile", tile, "-q", "-o",
+                    tmp_path / f"{tile}.mkv")
+        assert result.returncode == 0, result.stderr
+    assert np.abs(frames_of(tmp_path / "off.mkv") - frames_of(tmp_path / "64.mkv")).max() <= 1
+    result = vd("encode-dataset", CLIP, "--model", model, "--workers", "1", *COMMON, "--tile", "64",
+                "--out", tmp_path / "ds")
+    assert result.returncode == 0, result.stderr
+    (stored,) = (tmp_path / "ds").rglob("*.vaelat")
+    assert np.abs(latents_of(tmp_path / "a.vaelat") - latents_of(stored)).max() <= 1e-3
+
+
+def test_frame_stream_tiles_like_the_commands(model):
+    with open_source(CLIP) as source:
+        frames = [frame for _, frame in zip(range(8), source, strict=False)]
+    results = {}
+    for tile in ("off", 64):
+        with FrameStream.open(model, (176, 144), chunk=4, short_side=128, tile=tile) as stream:
+            results[tile] = [c for f in frames for c in stream.push(f)] + stream.flush()
+    for plain, tiled in zip(results["off"], results[64], strict=True):
+        assert np.abs(plain.latents.astype(np.float32) - tiled.latents).max() <= 1e-3
+        assert np.abs(plain.frames.astype(np.int16) - tiled.frames).max() <= 1
+    with pytest.raises(Exception, match="smaller than this model's halo"):
+        FrameStream.open(model, (176, 144), chunk=4, short_side=128, tile=16)
+
+
+def test_a_tile_below_the_halo_is_one_line_from_the_real_cli_and_writes_nothing(model, tmp_path):
+    result = cli_process("run", CLIP, "--model", model, *COMMON, "--tile", "16", "--out", tmp_path / "o.mp4",
+                         "--latents", tmp_path / "o.vaelat", timeout=120)
+    assert_one_line_error(result, "--tile 16 is smaller than this model's halo", 2)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_blended_model_says_so_in_one_note(vd, external_model, tmp_path):  # noqa: F811 (fixture)
+    result = vd("run", CLIP, "--model", external_model("kl-sd").model_dir, "--size", "128", "--max-frames",
+                "2", "--tile", "64", "-q", "--out", tmp_path / "o.mkv")
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "blended, not exact" in notes[0], result.stderr
+
+
+@pytest.mark.slow  # reads the Wan 2.1 export
+def test_wan_refuses_a_tile_size_and_runs_whole_with_auto(vd, external_model, tmp_path):  # noqa: F811
+    wan = external_model("wan2.1").model_dir
+    result = vd("encode", CLIP, "--model", wan, "--size", "32", "--max-frames", "5", "--chunk", "4",
+                "--tile", "64", "-q", "-o", tmp_path / "w.vaelat")
+    assert_one_line_error(result, "tiling is not available for this model yet", 2)
+    assert not (tmp_path / "w.vaelat").exists()
+    result = vd("encode", CLIP, "--model", wan, "--size", "32", "--max-frames", "5", "--chunk", "4",
+                "--tile", "auto", "--tile-budget", "1KB", "-q", "-o", tmp_path / "w.vaelat")
+    assert result.returncode == 0, result.stderr
