@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from cli_support import assert_one_line_error, cli_process, invoke_main
 from external_zoo import external_folder, external_model  # noqa: F401 (pytest fixtures)
+from torch_free_support import edge_cli
 
 from vae_deploy.runtime.latents import LatentReader
 from vae_deploy.video.frames import FrameStream
@@ -85,6 +86,13 @@ def test_a_tile_below_the_halo_is_one_line_from_the_real_cli_and_writes_nothing(
                          "--latents", tmp_path / "o.vaelat", timeout=120)
     assert_one_line_error(result, "--tile 16 is smaller than this model's halo", 2)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_tiles_run_on_the_edge_install_without_torch(model, tmp_path):
+    result = edge_cli("encode", CLIP, "--model", model, *COMMON, "--tile", "64", "-o", tmp_path / "e.vaelat",
+                      timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert LatentReader(tmp_path / "e.vaelat").header.frame_count == 12
 
 
 def test_a_blended_model_says_so_in_one_note(vd, external_model, tmp_path):  # noqa: F811 (fixture)
