@@ -18,6 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vae_deploy"
 LAYERS = [
     ("__main__",),  # the entry point runs the CLI
     ("cli",),
+    ("serve",),  # `vae-deploy serve`: above video/ and runtime/, whose codec and batched streams it uses
     ("training",),
     ("export",),
     ("data",),

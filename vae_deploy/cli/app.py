@@ -25,6 +25,7 @@ from vae_deploy.cli import (
     export,
     run,
     sample,
+    serve,
     slim,
     train,
     verify,
@@ -51,6 +52,7 @@ app.command("encode")(encode.encode)
 app.command("encode-dataset")(encode_dataset.encode_dataset)
 app.command("decode")(decode.decode)
 app.command("demo")(demo.demo)
+app.command("serve")(serve.serve)
 
 
 DEBUG_VARIABLE = "VAE_DEPLOY_DEBUG"  # set to 1 to see the traceback of any error, with its causes
