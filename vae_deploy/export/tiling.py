@@ -59,8 +59,8 @@ def tiling_records(kind: str, model: Any, specs: dict[str, GraphSpec], folder: P
     records = {}
     for name, spec in specs.items():
         records[name] = graph_record(kind, model, spec)
-        memory = bytes_per_position(folder / spec.file, spec)
-        if memory is not None and records[name]["mode"] != NONE:
+        memory = None if records[name]["mode"] == NONE else bytes_per_position(folder / spec.file, spec)
+        if memory is not None:
             records[name]["bytes_per_position"] = memory
         log(f"  tiling {name}: {describe(records[name])}")
     return records

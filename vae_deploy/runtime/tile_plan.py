@@ -154,6 +154,11 @@ class TilePlanner:
         if request.tile != AUTO:
             self._check_size(request.tile)
 
+    @property
+    def active(self) -> bool:
+        """Whether any frame could be tiled: off, or a model recorded as `none` throughout, never is."""
+        return self.request.tile != OFF and any(g.mode != NONE for g in self.groups.values())
+
     # ------------------------------------------------------------------ checks when the stream opens
 
     def _check_size(self, tile: int) -> None:

@@ -161,8 +161,9 @@ def _ramp(spans: tuple[Span, ...], span: Span, scale: Fraction) -> np.ndarray:
 
 
 def open_tiled_stream(runner: Runner, planner: TilePlanner | None) -> Stream | TiledStream:
-    """A tiled stream over `runner`, or its own stream when no planner is given (tiling off)."""
-    return runner.open_stream() if planner is None else TiledStream(runner, planner)
+    """A tiled stream over `runner`, or its own stream when nothing can be tiled (no planner: tiling off;
+    or a model whose records say none of its graphs tiles)."""
+    return TiledStream(runner, planner) if planner is not None and planner.active else runner.open_stream()
 
 
 __all__ = ["TiledStream", "open_tiled_stream"]
