@@ -101,7 +101,8 @@ def create_app(state: ServeState) -> Starlette:
     async def healthz(request: Request) -> Response:
         if state.stopping.is_set():
             return JSONResponse({"status": "stopping"}, status_code=503)
-        return JSONResponse({"status": "ok", "sessions": len(state.connections)})
+        return JSONResponse({"status": "ok", "sessions": len(state.connections),
+                             "streams": state.batcher.open_streams})  # streams: the state slots held
 
     async def model(request: Request) -> Response:
         if not _authorized(state, _bearer(request.headers)):

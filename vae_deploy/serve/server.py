@@ -94,16 +94,16 @@ def serve(model: Path | None, host: str, port: int, config: ServeConfig, backend
     check_exposure(host, config.token)
     if model is not None and not model.is_dir():
         raise ConfigError(f"model folder not found: {model}")
-    runner = open_model(ModelChoice(model, backend, threads))
+    sock = bind(host, port)  # first: a port in use is refused before the model loads
     try:
-        state = ServeState(runner, config)
+        runner = open_model(ModelChoice(model, backend, threads))
+        try:
+            state = ServeState(runner, config)
+        except BaseException:
+            runner.close()
+            raise
     except BaseException:
-        runner.close()
-        raise
-    try:
-        sock = bind(host, port)
-    except BaseException:
-        state.close()
+        sock.close()
         raise
     shown = f"[{host}]" if ":" in host else host
     bound = sock.getsockname()[1]
