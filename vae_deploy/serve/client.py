@@ -62,6 +62,9 @@ class RemoteSession:
     def _exchange(self, message: bytes) -> tuple[dict, np.ndarray | None]:
         try:
             self._ws.send(message)
+        except ConnectionClosed:
+            pass  # a server that refused at once: its error message may still wait to be read
+        try:
             reply = self._ws.recv(timeout=self.timeout)
         except ConnectionClosed as err:
             raise self._refusal(err) from None
