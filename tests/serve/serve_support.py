@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+from torch_free_support import edge_env
 
 START_TIMEOUT = 60.0  # a loaded 2-core machine imports onnxruntime slowly
 SERVING = re.compile(r"serving .* on http://127\.0\.0\.1:(\d+) ")
@@ -23,8 +24,9 @@ SERVING = re.compile(r"serving .* on http://127\.0\.0\.1:(\d+) ")
 class ServerProcess:
     """`vae-deploy serve MODEL --host 127.0.0.1 --port 0 ARGS...` in a child process."""
 
-    def __init__(self, model: Path, *args: str):
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    def __init__(self, model: Path, *args: str, edge: bool = False):
+        # edge: importing torch fails in the server, as on the edge install (the serve path is torch-free)
+        env = {**(edge_env() if edge else os.environ), "OMP_NUM_THREADS": "1"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "vae_deploy", "serve", str(model), "--host", "127.0.0.1", "--port", "0",
              *args], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)

@@ -3,9 +3,9 @@ line before anything starts), uvicorn serving it, and the graceful stop.
 
 SIGTERM (or Ctrl-C) does not stop uvicorn at once: the app refuses new sessions, every open session gets its
 chunk in flight answered and is then closed with code 1001 and a reason, and only when no session is left
-(or `drain_timeout` has passed) does uvicorn shut down; the process then exits 0. A second signal stops at
-once. uvicorn re-raises a signal it handled, which would end the process with 143; the stop is ours here, so
-the signal is not recorded for it.
+(or `drain_timeout` has passed) does uvicorn shut down; the process then exits 0. A second signal stops
+sooner (uvicorn closes the sessions left with 1012), a third at once. uvicorn re-raises a signal it
+handled, which would end the process with 143; the stop is ours here, so the signal is not recorded for it.
 """
 
 from __future__ import annotations
@@ -70,7 +70,9 @@ class _DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame) -> None:  # a signal handler: the loop is told, not used
         if self._draining or self._loop is None:
-            self.should_exit = self.force_exit = True
+            # a second signal: uvicorn's own shutdown now (open sessions get 1012); a third: at once
+            self.force_exit = self.should_exit
+            self.should_exit = True
             return
         self._draining = True
         print(f"stopping ({signal.Signals(sig).name}): finishing the chunks in flight", file=sys.stderr,
