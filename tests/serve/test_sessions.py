@@ -152,3 +152,18 @@ def test_a_client_faster_than_the_server_is_slowed(server):
         deadline.wait(0.05)
     assert server.json("/healthz")["streams"] == 0
     print(f"sent before blocking: {stalled_at} chunks of {len(message)} bytes")
+
+
+def test_the_docs_plain_python_client_runs(server):
+    """docs/serve.md's client without vae-deploy, against this server."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    page = (Path(__file__).parents[2] / "docs" / "serve.md").read_text()
+    code = next(block for block in re.findall(r"```python\n(.*?)```", page, re.S) if "struct" in block)
+    code = code.replace("ws://127.0.0.1:8000/session", server.url)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1:] == ["latents float16 (2, 4, 8, 8)"] * 3
