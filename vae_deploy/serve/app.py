@@ -211,7 +211,9 @@ async def _serve_session(state: ServeState, ws: WebSocket) -> None:
         if data is None:
             return
         mode = _open(state, unpack(data)[0], ws)
-        session = Session(state.batcher, state.info, mode, state.config.limits)
+        # joining and leaving take the batcher's lock, which a running round holds: off the event loop
+        session = await loop.run_in_executor(state.executor, Session, state.batcher, state.info, mode,
+                                             state.config.limits)
         state.metrics.sessions_total.labels(mode).inc()
         await ws.send_bytes(pack({"op": "ready", "mode": mode, "model": state.summary()}))
         answer = "latents" if mode == "encode" else "frames"
@@ -248,4 +250,4 @@ async def _serve_session(state: ServeState, ws: WebSocket) -> None:
         await _refuse(state, ws, _Refusal("internal", INTERNAL, f"{type(err).__name__}: {err}"))
     finally:
         if session is not None:
-            session.close()
+            await loop.run_in_executor(state.executor, session.close)
