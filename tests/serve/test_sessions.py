@@ -14,10 +14,11 @@ from vae_deploy.serve.client import RemoteFrameStream, connect
 
 @pytest.fixture(scope="module")
 def server(serve_model):
-    # a long wait so that concurrent sessions meet in rounds even on a busy machine; one ORT thread: the
-    # batch rows then sum in the order of one row alone (docs/architecture.md, "Batched streams")
-    # edge=True: the server runs where importing torch fails
-    proc = ServerProcess(serve_model, "--threads", "1", "--max-batch", "4", "--max-wait-ms", "50", edge=True)
+    # a long wait so that concurrent sessions meet in rounds even on a busy machine (three sessions fill a
+    # round of --max-batch 3 at once; a lone chunk waits the whole 150 ms); one ORT thread: the batch rows
+    # then sum in the order of one row alone (docs/architecture.md, "Batched streams"); edge=True: the
+    # server runs where importing torch fails
+    proc = ServerProcess(serve_model, "--threads", "1", "--max-batch", "3", "--max-wait-ms", "150", edge=True)
     yield proc
     assert proc.stop() == 0, "\n".join(proc.lines)
 
@@ -116,7 +117,7 @@ def test_healthz_model_and_metrics(server, local_codec):
 def test_a_client_faster_than_the_server_is_slowed(server):
     """Back-pressure: a client that sends chunks without reading the answers is blocked once the server's
     bounded receive queue and TCP's buffers are full, instead of the server buffering them (here every lone
-    chunk waits --max-wait-ms 50 for company: the server answers at most about 20 chunks a second)."""
+    chunk waits --max-wait-ms 150 for company: the server answers at most about 7 chunks a second)."""
     import socket as socketlib
 
     from websockets.sync.client import connect as ws_connect
