@@ -146,7 +146,8 @@ def tiny_video_model(tmp_path_factory):
 def _export_tiny_video_model(name: str, root: Path) -> None:
     import torch
 
-    from vae_deploy.export import ExportProfile, export_model
+    from vae_deploy.export import ExportProfile, export_model, graph_specs
+    from vae_deploy.export.real_inputs import real_inputs_for
     from vae_deploy.models import build_model
     from vae_deploy.models.checkpoint import save_model
 
@@ -162,8 +163,11 @@ def _export_tiny_video_model(name: str, root: Path) -> None:
                 p.add_(torch.randn(p.shape, generator=gen) * 0.05)
         recipe = {"data": {"short_side": TINY_VIDEO_SHORT_SIDE}}
         save_model(root / "ckpt", model, extra={"recipe": recipe})
-        profile = ExportProfile(parity_batch_sizes=(1,))
-        _, report = export_model(root / "ckpt", root / "model", profile)
+        # What `vae-deploy export` does by default (the default profile, the packaged clip's real frames),
+        # so tests/export/test_video_export.py checks these exports instead of making its own.
+        encoder = graph_specs(kind, model.config)["encoder"]
+        real = real_inputs_for(kind, 1000, "auto", None, encoder)  # export's --real default
+        _, report = export_model(root / "ckpt", root / "model", ExportProfile(), real_inputs=real)
         assert report.passed, report.failures()
     finally:
         torch.set_num_threads(threads)

@@ -6,42 +6,32 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
-from vae_deploy.export import ExportProfile, export_model, graph_specs
+from vae_deploy.export import graph_specs
 from vae_deploy.export.onnx_export import DYNAMO
 from vae_deploy.export.real_inputs import REAL_VIDEO_FRAMES, real_inputs_for
 from vae_deploy.models import build_model
-from vae_deploy.models.checkpoint import save_model
+from vae_deploy.models.checkpoint import load_model
 from vae_deploy.runtime import read_manifest
 
-# Tiny configs: a few seconds per export.
 _FRAME = {"channels": 16, "fine_channels": 8, "latent_channels": 4, "downsample": 8}
-TINY = {
-    "frame": ("frame", dict(_FRAME)),
-    "temporal": ("temporal", {"frame": dict(_FRAME), "window": 3, "d_model": 16, "heads": 2, "layers": 1}),
-    "causal3d-t2": ("causal3d", {**_FRAME, "temporal_downsample": 2}),
-}
+VIDEO_KINDS = {"frame": "frame", "temporal": "temporal", "causal3d-t2": "causal3d"}  # tiny zoo name -> kind
 
 
-@pytest.mark.parametrize("name", list(TINY))
-def test_video_kind_exports_with_streaming_parity(name, tmp_path):
-    kind, config = TINY[name]
-    torch.manual_seed(0)
-    model = build_model(kind, config).eval()
-    with torch.no_grad():  # move zero-initialised parts off zero so they take part in the check
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    save_model(tmp_path / "ckpt", model)
-    encoder = graph_specs(kind, model.config)["encoder"]
-    real = real_inputs_for(kind, 1000, "auto", None, encoder)  # what `export` and `verify` take by default
-    assert real.shape == (1, 16, 3, 128, 160) and real.dtype == np.float32  # carphone as `run` fits it
-    manifest, report = export_model(tmp_path / "ckpt", tmp_path / "model", ExportProfile(), real_inputs=real)
-    assert {c.graph for c in report.comparisons if c.case == "real"} == {"encoder", "decoder"}
+@pytest.mark.parametrize("name", list(VIDEO_KINDS))
+def test_video_kind_exports_with_streaming_parity(name, tiny_video_model):
+    """tests/conftest.py's `tiny_video_model` exports each design as `vae-deploy export` does by default
+    (the default profile, the packaged clip's real frames); its folder records what the export measured."""
+    folder = tiny_video_model(name)
+    manifest = read_manifest(folder)
+    model, _ = load_model(folder / "reference")
+    assert manifest.kind == VIDEO_KINDS[name]
+    comparisons = manifest.parity["comparisons"]
+    assert {c["graph"] for c in comparisons if c["case"] == "real"} == {"encoder", "decoder"}
     # The default profile's batches (1, 7, 128, 1000) are clamped to the video specs' cap of 2.
-    assert {c.batch for c in report.comparisons if c.case == "random"} == {1, 2}
-    assert report.passed, report.failures()
-    assert max(c.max_abs for c in report.comparisons) <= 1e-5
+    assert {c["batch"] for c in comparisons if c["case"] == "random"} == {1, 2}
+    assert manifest.parity["passed"] and all(c["passed"] for c in comparisons)
+    assert max(c["max_abs"] for c in comparisons) <= 1e-5
     assert {g.exporter for g in manifest.graphs.values()} == {DYNAMO}  # torch.export's, for every kind
     enc, dec = manifest.graph("encoder"), manifest.graph("decoder")
     assert enc.inputs[0].shape == ("batch", "frames", 3, "height", "width") and enc.method == "encode_step"
@@ -50,11 +40,16 @@ def test_video_kind_exports_with_streaming_parity(name, tmp_path):
     state_shapes = [tuple(s.shape) for s in enc.state + dec.state]
     example = model.encoder_state_shapes(1, 32, 32) + model.decoder_state_shapes(1, 4, 4)
     assert len(state_shapes) == len(example)
-    streams = {(c.graph, c.chunk) for c in report.comparisons if c.case == "stream"}
+    streams = {(c["graph"], c["chunk"]) for c in comparisons if c["case"] == "stream"}
     for graph in ("encoder", "decoder"):
         if manifest.graph(graph).state:
             assert {chunk for g, chunk in streams if g == graph} == set(manifest.graph(graph).stream_chunks)
-    assert read_manifest(tmp_path / "model").parity["passed"]
+
+
+def test_the_real_frames_export_checks_are_the_packaged_clip_as_run_fits_it():
+    encoder = graph_specs("frame", build_model("frame", dict(_FRAME)).config)["encoder"]
+    real = real_inputs_for("frame", 1000, "auto", None, encoder)  # what `export` and `verify` take by default
+    assert real.shape == (1, 16, 3, 128, 160) and real.dtype == np.float32  # carphone as `run` fits it
 
 
 def test_video_real_inputs_are_frames_of_the_packaged_sample_clip():
