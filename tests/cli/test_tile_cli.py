@@ -113,3 +113,16 @@ def test_wan_refuses_a_tile_size_and_runs_whole_with_auto(vd, external_model, tm
     result = vd("encode", CLIP, "--model", wan, "--size", "32", "--max-frames", "5", "--chunk", "4",
                 "--tile", "auto", "--tile-budget", "1KB", "-q", "-o", tmp_path / "w.vaelat")
     assert result.returncode == 0, result.stderr
+
+
+def test_the_packaged_default_model_tiles_exactly(tmp_path, monkeypatch, capsys):
+    """The default model (vae_deploy/assets/default_model, a temporal model) carries its tiling record:
+    `encode --tile 64` writes the very bytes of the untiled encode."""
+    clip = sample_video_path("carphone_pristine")
+    outputs = {}
+    for tile in ("off", "64"):
+        outputs[tile] = tmp_path / f"{tile}.vaelat"
+        result = invoke_main(monkeypatch, capsys, "encode", clip, "-o", outputs[tile], "--tile", tile,
+                             "--max-frames", "8", "-q")
+        assert result.returncode == 0, result.stderr
+    assert outputs["off"].read_bytes() == outputs["64"].read_bytes()
