@@ -1,5 +1,5 @@
 """Many streams of one runner in shared graph calls: `BatchedStreams`, each stream a slot along the batch
-axis (issue 25, item 1).
+axis.
 
 A `Stream` is one video: every chunk is its own call at batch 1. Here several streams (cameras, sessions of
 a server) push a chunk each per round, and the round runs as few calls as their shapes allow: the streams'

@@ -1,4 +1,4 @@
-"""ort-cpu's memory defaults and the one process-wide setting behind them (issue 24 item 2).
+"""ort-cpu's memory defaults and the one process-wide setting behind them.
 
 Measured on Wan 2.1 widths (benchmarks/results/runtime_memory.md): a stream's peak was ONNX Runtime's
 working memory, not its weights or state. Three things held it up, and each has a runner option:

@@ -1,4 +1,4 @@
-"""`vae-deploy serve`: a torch-free streaming VAE service (issue 25, item 3). One WebSocket connection is one
+"""`vae-deploy serve`: a torch-free streaming VAE service. One WebSocket connection is one
 session (encode: frames in, fp16 latents out; decode: the reverse), each session a state slot of one
 `BatchedStreams`, so concurrent sessions share graph calls. docs/serve.md has the protocol.
 
