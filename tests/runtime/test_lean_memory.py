@@ -73,7 +73,6 @@ def test_new_memory_defaults_match_the_old_path(tiny_video_model):
                      _stream(model_dir, graph, chunks, bind_state=False, **OLD_MEMORY), atol=1e-6)
 
 
-@pytest.mark.slow
 @pytest.mark.slow  # reads the Wan 2.1 export (tests/conftest.py's slow mark)
 def test_bound_state_after_a_first_rule_is_bit_identical(external_model):  # noqa: F811 (fixture)
     """Wan's first chunk runs decoder_first (its state comes back as numpy and is bound from then on), then
@@ -108,7 +107,6 @@ def test_memory_options_are_applied_and_checked(tiny_video_model):
         load_runner(model_dir, "ort-cpu", call_steps=-1)
 
 
-@pytest.mark.slow
 @pytest.mark.slow  # reads the Wan 2.1 export (tests/conftest.py's slow mark)
 def test_export_prints_each_graph_and_parity_case_with_seconds(external_model):  # noqa: F811 (fixture)
     """The fixture's `vae-deploy export` run (a real process): a line before each graph, one with its
