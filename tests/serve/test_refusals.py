@@ -149,3 +149,50 @@ def test_a_disconnect_mid_chunk_leaves_no_state(server):
     _wait_for_no_streams(server)
     with connect(server.url, "encode", token=TOKEN) as session:  # still serving
         assert session.encode(clip(0, 2)).dtype == np.float16
+
+
+def test_a_slow_sender_is_cut_at_the_idle_timeout(server):
+    """A client that trickles one chunk's message in fragments: the session waits for the whole message at
+    most --idle-timeout (the timer runs until a whole message is in, not until the next byte), then refuses
+    with 4408 and frees its state; a message trickled faster than that is served."""
+    message = pack({"op": "chunk"}, clip(0, 2))
+
+    def trickle(pieces: int, pause: float):
+        size = -(-len(message) // pieces)
+        for start in range(0, len(message), size):
+            yield message[start:start + size]
+            time.sleep(pause)
+
+    with ws_connect(server.url, open_timeout=10, compression=None) as ws:
+        ws.send(_open())
+        ws.recv(timeout=10)
+        ws.send(trickle(4, 0.05))  # whole within 0.2 s: served
+        assert unpack(ws.recv(timeout=10))[0]["op"] == "latents"
+        began = time.monotonic()
+        try:
+            ws.send(trickle(40, 0.25))  # 10 s for one message: cut long before it ends
+        except Exception:  # noqa: BLE001 - the server closed the connection under the send
+            pass
+        header, _ = unpack(ws.recv(timeout=10))
+        assert header["code"] == "idle_timeout", header
+        assert time.monotonic() - began < IDLE + 5
+    assert ws.close_code == 4408
+    _wait_for_no_streams(server)
+
+
+def test_wrong_dtype_or_shape_in_a_decode_session(server):
+    latents = np.zeros((1, 4, 8, 8), np.float16)
+    cases = {
+        "float32 latents": pack({"op": "chunk"}, latents.astype(np.float32)),
+        "3-D latents": pack({"op": "chunk"}, latents[0]),
+        "no latent frame": pack({"op": "chunk"}, latents[:0]),
+        "a shape that does not match the bytes":
+            pack({"op": "chunk", "dtype": "float16", "shape": [1, 4, 8, 9]}) + latents.tobytes(),
+    }
+    for what, message in cases.items():
+        header, close = _raw(server, _open("decode"), message)
+        assert header["code"] in ("bad_chunk", "bad_message") and close == 1007, (what, header)
+        assert "\n" not in header["message"]
+    with connect(server.url, "decode", token=TOKEN) as session:  # still serving
+        assert session.decode(latents).shape == (2, 3, 64, 64)
+    _wait_for_no_streams(server)
