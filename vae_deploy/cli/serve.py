@@ -48,7 +48,7 @@ def serve(
         from vae_deploy.serve.session import Limits
     except ImportError as err:
         raise MissingBackendError(f"serve needs the serve extra ({err.name} is missing): "
-                                  f"pip install 'vae-deploy[serve]'") from None
+                                  f"pip install 'vae-deploy[serve]'") from err
     if not model.is_dir():
         raise ConfigError(f"model folder not found: {model}")
     config = ServeConfig(max_sessions=max_sessions, max_batch=max_batch, max_wait_ms=max_wait_ms,

@@ -50,7 +50,7 @@ class RemoteSession:
             self._ws: ClientConnection = self._exit.enter_context(ws_connect(
                 url, open_timeout=timeout, max_size=max_size, compression=None))
         except OSError as err:
-            raise VaeDeployError(f"cannot reach the server at {url}: {err}") from None
+            raise VaeDeployError(f"cannot reach the server at {url}: {err}") from err
         opening = {"op": "open", "mode": mode}
         if token is not None:
             opening["token"] = token
@@ -67,7 +67,7 @@ class RemoteSession:
         try:
             reply = self._ws.recv(timeout=self.timeout)
         except ConnectionClosed as err:
-            raise self._refusal(err) from None
+            raise self._refusal(err) from err
         header, array = unpack(reply)
         if header["op"] == "error":
             close = self._close_code()

@@ -57,7 +57,7 @@ def unpack(message: bytes) -> tuple[dict, np.ndarray | None]:
     try:
         header = json.loads(bytes(view[HEADER_PREFIX.size:start]).decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ProtocolError(f"the header is not UTF-8 JSON: {err}") from None
+        raise ProtocolError(f"the header is not UTF-8 JSON: {err}") from err
     if not isinstance(header, dict) or not isinstance(header.get("op"), str):
         raise ProtocolError('the header must be a JSON object with a string "op"')
     body = view[start:]

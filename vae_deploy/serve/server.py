@@ -53,7 +53,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock.listen(128)  # at once: a client may connect before uvicorn starts, and waits in the backlog
     except OSError as err:
         sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+        raise ConfigError(f"cannot listen on {host}:{port}: {err.strerror or err}") from err
     return sock
 
 
