@@ -26,7 +26,7 @@ from vae_deploy.errors import VaeDeployError
 from vae_deploy.serve.protocol import pack, unpack
 from vae_deploy.video.chunker import Chunker
 from vae_deploy.video.fit import plan_fit
-from vae_deploy.video.frames import CodedChunk
+from vae_deploy.video.frames import FrameCoder
 
 
 class ServerRefusal(VaeDeployError):
@@ -115,7 +115,7 @@ def connect(url: str, mode: str, **options) -> RemoteSession:
     return RemoteSession(url, mode, **options)
 
 
-class RemoteFrameStream:
+class RemoteFrameStream(FrameCoder):
     """FrameStream's API (push RGB uint8 frames, flush at the end, `CodedChunk`s back) with the model on a
     server: frames are fitted and chunked here as FrameStream does, then encoded by one session and the
     latents decoded by another."""
@@ -137,26 +137,12 @@ class RemoteFrameStream:
                                model["channels"], fit)
         self._chunker: Chunker[np.ndarray] = Chunker(chunk, model["first_frames"])
 
-    def push(self, frame: np.ndarray) -> list[CodedChunk]:
-        done = self._chunker.push(self.policy.fit(np.asarray(frame)))
-        return [] if done is None else self._code(done)
+    def _encode(self, fitted: np.ndarray) -> np.ndarray:
+        return self._encoder.encode(fitted)
 
-    def flush(self) -> list[CodedChunk]:
-        rest = self._chunker.flush()
-        return [] if rest is None else self._code(rest)
-
-    def _code(self, frames: list[np.ndarray]) -> list[CodedChunk]:
-        fitted = np.stack(frames)
-        latents = self._encoder.encode(fitted)
-        recon = self._decoder.decode(latents)[:fitted.shape[0]]  # drop frames decoded from end padding
-        return [CodedChunk(latents, np.stack([self.policy.unfit(r) for r in recon]))]
+    def _decode(self, latents: np.ndarray) -> np.ndarray:
+        return self._decoder.decode(latents)
 
     def close(self) -> None:
         self._encoder.close()
         self._decoder.close()
-
-    def __enter__(self) -> RemoteFrameStream:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

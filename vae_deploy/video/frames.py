@@ -45,7 +45,49 @@ class CodedChunk:
     frames: np.ndarray  # uint8 (T, H, W, 3) RGB: the reconstruction at the size of the frames pushed
 
 
-class FrameStream:
+class FrameCoder:
+    """Frames pushed one by one, fitted to the model and cut into its chunks, each chunk encoded and decoded:
+    what FrameStream (a local runner) and serve's RemoteFrameStream (a server) share. A subclass sets
+    `policy` (how frames fit the model) and `_chunker`, and says how a chunk is encoded and decoded."""
+
+    policy: FitPolicy
+    _chunker: Chunker[np.ndarray]
+
+    def _encode(self, fitted: np.ndarray) -> np.ndarray:
+        """Fitted frames (T, C, H, W) float32 -> fp16 latents, the stream's state carried."""
+        raise NotImplementedError
+
+    def _decode(self, latents: np.ndarray) -> np.ndarray:
+        """fp16 latents -> fitted frames (T, C, H, W) float32, the stream's state carried."""
+        raise NotImplementedError
+
+    def push(self, frame: np.ndarray) -> list[CodedChunk]:
+        """Add one RGB uint8 frame (H, W, 3); returns the chunk it completed, if any."""
+        done = self._chunker.push(self.policy.fit(np.asarray(frame)))
+        return [] if done is None else self._code(done)
+
+    def flush(self) -> list[CodedChunk]:
+        """Code the frames pushed since the last full chunk (the stream's end)."""
+        rest = self._chunker.flush()
+        return [] if rest is None else self._code(rest)
+
+    def _code(self, frames: list[np.ndarray]) -> list[CodedChunk]:
+        fitted = np.stack(frames)
+        latents = self._encode(fitted)
+        recon = self._decode(latents)[:fitted.shape[0]]  # drop frames decoded from end padding
+        return [CodedChunk(latents, np.stack([self.policy.unfit(r) for r in recon]))]
+
+    def close(self) -> None:
+        """Release what the stream holds (a subclass's runner or sessions)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class FrameStream(FrameCoder):
     """One video through a model, fed frame by frame (see the module docstring)."""
 
     def __init__(self, runner: Runner, frame_size: tuple[int, int], chunk: int = DEFAULT_CHUNK,
@@ -76,28 +118,12 @@ class FrameStream:
             runner.close()
             raise
 
-    def push(self, frame: np.ndarray) -> list[CodedChunk]:
-        """Add one RGB uint8 frame (H, W, 3); returns the chunk it completed, if any."""
-        done = self._chunker.push(self.policy.fit(np.asarray(frame)))
-        return [] if done is None else self._code(done)
+    def _encode(self, fitted: np.ndarray) -> np.ndarray:
+        return self._latent_codec.encode(fitted)
 
-    def flush(self) -> list[CodedChunk]:
-        """Code the frames pushed since the last full chunk (the stream's end)."""
-        rest = self._chunker.flush()
-        return [] if rest is None else self._code(rest)
-
-    def _code(self, frames: list[np.ndarray]) -> list[CodedChunk]:
-        fitted = np.stack(frames)
-        latents = self._latent_codec.encode(fitted)
-        recon = self._latent_codec.decode(latents)[:fitted.shape[0]]  # drop frames decoded from end padding
-        return [CodedChunk(latents, np.stack([self.policy.unfit(r) for r in recon]))]
+    def _decode(self, latents: np.ndarray) -> np.ndarray:
+        return self._latent_codec.decode(latents)
 
     def close(self) -> None:
         if self._owns_runner:
             self.runner.close()
-
-    def __enter__(self) -> FrameStream:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
