@@ -75,6 +75,8 @@ def test_too_many_sessions_then_a_slot_frees(server):
         connect(server.url, "encode", token=TOKEN)
     assert (refused.value.code, refused.value.close_code) == ("too_many_sessions", 1013)
     assert "--max-sessions" in refused.value.message
+    text = server.http("/metrics", {"Authorization": f"Bearer {TOKEN}"})[1]
+    assert metric(text, "vae_deploy_serve_refusals_total", reason="too_many_sessions") >= 1
     b.close()
     deadline = time.monotonic() + 10
     while server.json("/healthz")["sessions"] > 1 and time.monotonic() < deadline:
@@ -136,7 +138,6 @@ def test_idle_timeout_frees_the_state(server):
     session.close()
     text = server.http("/metrics", {"Authorization": f"Bearer {TOKEN}"})[1]
     assert metric(text, "vae_deploy_serve_refusals_total", reason="idle_timeout") >= 1
-    assert metric(text, "vae_deploy_serve_refusals_total", reason="too_many_sessions") >= 1
 
 
 def test_a_disconnect_mid_chunk_leaves_no_state(server):
