@@ -103,6 +103,24 @@ def test_a_blended_model_says_so_in_one_note(vd, external_model, tmp_path):  # n
     assert len(notes) == 1 and "blended, not exact" in notes[0], result.stderr
 
 
+def test_encode_dataset_of_a_blended_model_keeps_one_tiling_per_folder(vd, external_model, model, tmp_path):  # noqa: F811
+    """Blended tiles give other latents than untiled ones, so dataset.json records the tile request of a
+    blended model and a rerun asking for another is refused in one line; an exact model's tiles change
+    nothing, and its folder takes any --tile."""
+    kl = external_model("kl-sd").model_dir
+    args = ["--size", "128", "--max-frames", "2", "-q", "--workers", "1"]
+    result = vd("encode-dataset", CLIP, "--model", kl, *args, "--tile", "64", "--out", tmp_path / "kl")
+    assert result.returncode == 0, result.stderr
+    before = sorted(p.name for p in (tmp_path / "kl").rglob("*"))
+    refused = vd("encode-dataset", CLIP, "--model", kl, *args, "--tile", "off", "--out", tmp_path / "kl")
+    assert_one_line_error(refused, "holds latents made with --tile 64", code=2)
+    assert sorted(p.name for p in (tmp_path / "kl").rglob("*")) == before
+    for tile in ("64", "off"):
+        result = vd("encode-dataset", CLIP, "--model", model, *COMMON, "--workers", "1", "--tile", tile,
+                    "--out", tmp_path / "exact")
+        assert result.returncode == 0, result.stderr
+
+
 @pytest.mark.slow  # reads the Wan 2.1 export
 def test_wan_refuses_a_tile_size_and_runs_whole_with_auto(vd, external_model, tmp_path):  # noqa: F811
     wan = external_model("wan2.1").model_dir

@@ -51,6 +51,7 @@ from vae_deploy.files import (
 from vae_deploy.runtime.manifest import Manifest, read_manifest
 from vae_deploy.runtime.registry import get_backend, runner_class
 from vae_deploy.runtime.tile_plan import OFF, TilePlanner, TileRequest, default_budget
+from vae_deploy.runtime.tiling import BLEND, tile_records
 from vae_deploy.video.default_model import resolve_model
 from vae_deploy.video.latent_codec import VideoModelInfo
 from vae_deploy.video.model_open import DEFAULT_MODEL, ModelChoice
@@ -235,11 +236,14 @@ def encode_dataset_job(sources: list[str | Path], out_dir: Path, *, options: Str
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"--out {out_dir} is a file; give a folder")
     tasks = collect_videos(list(sources))
+    asked = options  # the tile request as given: what dataset.json records (not this machine's budget)
     if options.tile.budget is None:  # the default budget is the machine's: each worker gets its share
         share = TileRequest(options.tile.tile, default_budget() // workers)
         options = dataclasses.replace(options, tile=share)
     manifest = _check_model(model.folder, backend, options, out_dir)
-    layout.update(settings_record(manifest.fingerprint, manifest.kind, options))
+    blended = any(record.mode == BLEND for name, record in tile_records(manifest).items()
+                  if name.startswith("encoder"))
+    layout.update(settings_record(manifest.fingerprint, manifest.kind, asked, blended_tiles=blended))
     check_layout(out_dir, layout)  # a folder of another layout or model: one line before anything is written
     if engine == "ray":
         from vae_deploy.batch.ray_engine import ray_module

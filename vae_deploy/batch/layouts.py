@@ -70,14 +70,20 @@ def layout_record(output_format: str, shard_size: int | None) -> dict:
 
 # dataset.json keys that must agree between a folder and a rerun, after format and shard size (their flag
 # comes from the key: "max_frames" -> --max-frames); model_kind is recorded to name the model in messages
-SETTINGS = ("model_fingerprint", "size", "fit", "chunk", "max_frames", "fps", "raw_latents")
+SETTINGS = ("model_fingerprint", "size", "fit", "chunk", "max_frames", "fps", "raw_latents", "tile",
+            "tile_budget")
 
 
-def settings_record(model_fingerprint: str, model_kind: str, options) -> dict:
-    """What dataset.json holds of the model and of the StreamOptions that change the latents."""
+def settings_record(model_fingerprint: str, model_kind: str, options, blended_tiles: bool = False) -> dict:
+    """What dataset.json holds of the model and of the StreamOptions that change the latents. The tile
+    request is held only for a model whose encoder tiles are blended (AutoencoderKL): there tiled latents
+    differ from untiled ones, so a rerun with another --tile or --tile-budget would mix the two in one
+    folder; exact tiles give the untiled latents, and --tile does not change them."""
+    tile = options.tile if blended_tiles else None
     return {"model_fingerprint": model_fingerprint, "model_kind": model_kind, "size": options.short_side,
             "fit": options.fit, "chunk": options.chunk, "max_frames": options.max_frames, "fps": options.fps,
-            "raw_latents": options.raw_latents}
+            "raw_latents": options.raw_latents, "tile": None if tile is None else str(tile.tile),
+            "tile_budget": None if tile is None else tile.budget}
 
 
 def _options(record: dict) -> str:
