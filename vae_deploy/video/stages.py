@@ -85,9 +85,12 @@ def run_stages(produce: Iterable[A], transform: Callable[[A], B], consume: Calla
 
     threads = [threading.Thread(target=producer, name="stage-read", daemon=True),
                threading.Thread(target=consumer, name="stage-write", daemon=True)]
-    for thread in threads:
-        thread.start()
     try:
+        # Started inside the try: a stop signal that lands between the two starts (Thread.start waits, and
+        # the signal's exception is raised there) still stops and joins the thread already running, which
+        # would otherwise go on decoding while the interpreter exits (a C++ abort, not exit 143).
+        for thread in threads:
+            thread.start()
         while True:
             item = stages.get(stages.inbox)
             if item is _END:
@@ -97,7 +100,7 @@ def run_stages(produce: Iterable[A], transform: Callable[[A], B], consume: Calla
         stages.put(stages.outbox, _END)
     except BaseException as exc:
         stages.fail(exc)
-    _join_all(threads, stages)
+    _join_all([thread for thread in threads if thread.ident is not None], stages)  # the ones started
     if stages.errors:
         raise stages.errors[0]
 
