@@ -27,7 +27,7 @@ STOP_LINE = re.compile(r"(terminated|interrupted)\b.*: ")  # a rank's stop line 
 RANK_TRACEBACK_LINE = re.compile(r"\[rank\d+\]:")
 # what Python prints when a stop lands in a rank's interpreter shutdown (an atexit or weakref callback):
 # the same consequence of another rank's death as the stop lines
-SHUTDOWN_NOISE_LINE = re.compile(r"Exception ignored in ")
+SHUTDOWN_NOISE_LINE = re.compile(r"Exception ignored in\b")  # "in: <obj>", "in atexit callback: ..."
 ERROR_START = re.compile(r"(?<=\S)(?=error: )")  # a rank's message joined onto another's on one line
 RUNS_DIR = Path("runs")  # where a run folder goes by default: runs/<recipe name>
 STOP_TIMEOUT_S = 60.0  # after passing a stop on to torchrun: its ranks' grace (30 s) and some, then kill it
