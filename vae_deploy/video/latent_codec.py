@@ -133,6 +133,57 @@ class VideoModelInfo:
         return self.latent_channels, h // self.spatial_factor, w // self.spatial_factor
 
 
+class LatentRules:
+    """The stream-independent half of LatentCodec, for one video: the chunk rules (the first chunk's extra
+    frames, the last chunk's padding), the latent space and the fp16 rounding. LatentCodec runs them
+    around its own stream; video/multi_source.py runs them around a slot of BatchedStreams, so both give
+    the decoder the same fp16-rounded latents (module docstring)."""
+
+    def __init__(self, info: VideoModelInfo, latent_space: str = NORMALIZED):
+        if latent_space not in LATENT_SPACES:
+            raise ConfigError(f"latent space must be one of {', '.join(LATENT_SPACES)}, got {latent_space!r}")
+        self.info = info
+        # Only a model with a normalization has a normalized space; its latents are raw otherwise.
+        self.normalization = info.normalization if latent_space == NORMALIZED else None
+        self.latent_space = NORMALIZED if self.normalization is not None else RAW
+        self._ended = False
+        self._started = False
+
+    def pad(self, frames: np.ndarray) -> np.ndarray:
+        """Fitted frames (T, C, H, W) float32 -> the frames the encoder takes for this chunk: a partial last
+        group padded by repeating its last frame (module docstring)."""
+        if frames.ndim != 4 or frames.shape[1] != self.info.channels:
+            raise InputShapeError(f"frames must be (T, {self.info.channels}, H, W), got {frames.shape}")
+        if self._ended:
+            raise InputShapeError("the stream's last (partial) group was already encoded; open a new codec")
+        f, t = self.info.temporal_factor, frames.shape[0]
+        first = 0 if self._started else self.info.first_frames
+        extra = first - t if t < first else (-(t - first)) % f
+        self._started = True
+        if extra:
+            self._ended = True
+            frames = np.concatenate([frames, np.repeat(frames[-1:], extra, axis=0)])
+        return frames
+
+    def store(self, mu: np.ndarray) -> np.ndarray:
+        """The encoder's mean (t, C_lat, h, w) float32 -> the fp16 latents stored, in the codec's space."""
+        if self.normalization is not None:
+            mu = self.normalization.normalize(mu)
+        with np.errstate(over="ignore"):  # an overflow is refused below, in one line, not warned about
+            latents = mu.astype(np.float16)
+        check_finite_latents(latents, mu, self.latent_space)
+        return latents
+
+    def unstore(self, latents: np.ndarray) -> np.ndarray:
+        """fp16 latents (t, C_lat, h, w) -> the float32 raw latents the decoder takes."""
+        if latents.dtype != np.float16:
+            raise InputShapeError(f"latents must be float16 (the stored precision), got {latents.dtype}")
+        z = latents.astype(np.float32)
+        if self.normalization is not None:
+            z = self.normalization.denormalize(z)
+        return z
+
+
 class LatentCodec:
     """One video through one runner's streaming session (see the module docstring)."""
 
@@ -147,44 +198,20 @@ class LatentCodec:
         if planner is not None and model_size is not None:  # the frames' (width, height), when known
             planner.check_frame(*model_size)
         self.stream = open_tiled_stream(runner, planner)
-        self._ended = False
-        self._started = False
-        if latent_space not in LATENT_SPACES:
-            raise ConfigError(f"latent space must be one of {', '.join(LATENT_SPACES)}, got {latent_space!r}")
-        # Only a model with a normalization has a normalized space; its latents are raw otherwise.
-        self.normalization = self.info.normalization if latent_space == NORMALIZED else None
-        self.latent_space = NORMALIZED if self.normalization is not None else RAW
+        self.rules = LatentRules(self.info, latent_space)
+        self.normalization, self.latent_space = self.rules.normalization, self.rules.latent_space
 
     def encode(self, frames: np.ndarray) -> np.ndarray:
         """Fitted frames (T, C, H, W) float32 -> fp16 latents (ceil(T / f), C_lat, h, w).
 
         T must be a multiple of f, except for the stream's last chunk, which is padded (module docstring).
         """
-        if frames.ndim != 4 or frames.shape[1] != self.info.channels:
-            raise InputShapeError(f"frames must be (T, {self.info.channels}, H, W), got {frames.shape}")
-        if self._ended:
-            raise InputShapeError("the stream's last (partial) group was already encoded; open a new codec")
-        f, t = self.info.temporal_factor, frames.shape[0]
-        first = 0 if self._started else self.info.first_frames
-        extra = first - t if t < first else (-(t - first)) % f
-        self._started = True
-        if extra:
-            self._ended = True
-            frames = np.concatenate([frames, np.repeat(frames[-1:], extra, axis=0)])
+        frames = self.rules.pad(frames)
         mu = self.stream.encode(frames[None])[0][0]  # the mean: reconstruction never samples
-        if self.normalization is not None:
-            mu = self.normalization.normalize(mu)
-        with np.errstate(over="ignore"):  # an overflow is refused below, in one line, not warned about
-            latents = mu.astype(np.float16)
-        check_finite_latents(latents, mu, self.latent_space)
-        return latents
+        return self.rules.store(mu)
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
         """fp16 latents (t, C_lat, h, w) -> frames (t * f, C, H, W) float32 (fewer in a first chunk with
         a first rule)."""
-        if latents.dtype != np.float16:
-            raise InputShapeError(f"latents must be float16 (the stored precision), got {latents.dtype}")
-        z = latents.astype(np.float32)
-        if self.normalization is not None:
-            z = self.normalization.denormalize(z)
-        return self.stream.decode(z[None])[0]
+        return self.stream.decode(self.rules.unstore(latents)[None])[0]
+
