@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from vae_deploy.errors import ConfigError
+from vae_deploy.errors import ConfigError, MissingBackendError
 from vae_deploy.runtime.registry import BACKENDS, DEFAULT_BACKEND
 
 
@@ -34,8 +34,9 @@ ModelOption = Annotated[Path | None, typer.Option(
 ChunkOption = Annotated[int, typer.Option(
     "--chunk", help="Frames per model call; a multiple of the model's temporal factor.")]
 SizeOption = Annotated[int | None, typer.Option(
-    "--size", help="Working short side in pixels (default: the model's; 0: the source's own size). Memory "
-                   "grows with the frame's area: the packaged model needs about 1 KB per pixel at --chunk 1.")]
+    "--size", help="Working short side in pixels (default: the model's; 0: the source's own size). "
+                   "Memory grows with the frame's area: the packaged model needs about 1 KB per pixel at "
+                   "--chunk 1.")]
 FitOption = Annotated[str, typer.Option(
     "--fit", help="How frames reach the model's size multiple: snap (resize) or pad (keep aspect).")]
 MaxFramesOption = Annotated[int | None, typer.Option(
@@ -63,6 +64,14 @@ TileOption = Annotated[str, typer.Option(
 TileBudgetOption = Annotated[str | None, typer.Option(
     "--tile-budget", help="Working memory one step of a frame may take before --tile auto tiles it, e.g. "
                           "4GB or 512MB (default: half of this machine's memory).")]
+ServerOption = Annotated[str | None, typer.Option(
+    "--server", help="A running `vae-deploy serve` to use instead of a local model folder: "
+                     "ws://HOST:PORT. Its model, backend and threads run the codec, so --model, --backend, "
+                     "--threads and a --tile size are refused beside it; the outputs are the local "
+                     "command's (docs/serve.md).")]
+ServerTokenOption = Annotated[str | None, typer.Option(
+    "--token", envvar="VAE_DEPLOY_TOKEN", help="The token the --server requires, when it has one (as given "
+                                               "to `vae-deploy serve --token`).")]
 SourceArgument = Annotated[str, typer.Argument(
     help="Video file, image file, image folder, camera index, or RTSP/HTTP URL / GStreamer pipeline.")]
 
@@ -78,6 +87,37 @@ def parse_sizes(text: str | None, option: str) -> tuple[int, ...] | None:
     if not sizes or min(sizes) < 1:
         raise ConfigError(f"{option} must list positive integers, got {text!r}")
     return sizes
+
+
+LOCAL_MODEL_OPTIONS = {"model": "--model", "backend": "--backend", "threads": "--threads"}
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the user gave option `name` (on the command line or in its environment variable), not its
+    default."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+
+def model_server(ctx: typer.Context, server: str | None, token: str | None):
+    """--server as the job's ModelServer (serve/remote_codec.py), None without it. Refused in one line:
+    --server beside a local model choice (--model, --backend or --threads given), a malformed address, and
+    --token on the command line without --server."""
+    if server is None:
+        source = ctx.get_parameter_source("token")
+        if token is not None and source is not None and source.name == "COMMANDLINE":
+            raise ConfigError("--token is the token of a --server; a local model needs none")
+        return None
+    given = [flag for name, flag in LOCAL_MODEL_OPTIONS.items() if _given(ctx, name)]
+    if given:
+        raise ConfigError(f"--server runs the server's model: {' and '.join(given)} "
+                          f"choose{'s' if len(given) == 1 else ''} a local one; give one or the other")
+    try:
+        from vae_deploy.serve.remote_codec import RemoteServer
+    except ImportError as err:
+        raise MissingBackendError(f"--server needs the serve extra ({err.name} is missing): pip install "
+                                  f"'vae-deploy[serve]'") from err
+    return RemoteServer(server, token)
 
 
 def tile_request(tile: str, budget: str | None):

@@ -24,6 +24,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from vae_deploy.errors import VaeDeployError
+from vae_deploy.runtime.latent_space import LATENT_SPACES, NORMALIZED
 from vae_deploy.runtime.runner import Runner
 from vae_deploy.serve.batcher import Batcher
 from vae_deploy.serve.metrics import Metrics
@@ -69,12 +70,16 @@ class ServeState:
         self.stopping = asyncio.Event()
 
     def summary(self) -> dict:
-        m, info = self.runner.manifest, self.info
+        m, info, norm = self.runner.manifest, self.info, self.info.normalization
         return {"kind": info.kind, "graphs": sorted(m.graphs), "channels": info.channels,
                 "spatial_factor": info.spatial_factor, "temporal_factor": info.temporal_factor,
                 "first_frames": info.first_frames, "latent_channels": info.latent_channels,
                 "short_side": info.short_side,
-                "latent_space": "normalized" if info.normalization is not None else "raw",
+                "latent_space": "normalized" if norm is not None else "raw",
+                # the normalization itself (float32 values, one per latent channel), so that a client knows
+                # the model as a local codec does (`encode --server`); the server applies it
+                "latent_normalization": None if norm is None else {"scale": norm.scale.tolist(),
+                                                                    "shift": norm.shift.tolist()},
                 "fingerprint": info.fingerprint, "backend": getattr(self.runner, "name", None),
                 "max_batch": self.config.max_batch, "max_sessions": self.config.max_sessions}
 
@@ -184,9 +189,10 @@ async def _next_message(state: ServeState, ws: WebSocket) -> bytes | None:
     return data
 
 
-def _open(state: ServeState, header: dict, ws: WebSocket) -> str:
+def _open(state: ServeState, header: dict, ws: WebSocket) -> tuple[str, str]:
     """The first message: {"op": "open", "mode": "encode" | "decode"}, with "token" when the server has one
-    and optionally "fingerprint" (the model the client expects)."""
+    and optionally "fingerprint" (the model the client expects) and "latent_space" ("normalized", the
+    default, or "raw"); (mode, latent space)."""
     if header.get("op") != "open":
         raise _Refusal("bad_message", INVALID, f'a session starts with {{"op": "open", "mode": '
                                                f'"encode" | "decode"}}, got op {header.get("op")!r}')
@@ -200,7 +206,11 @@ def _open(state: ServeState, header: dict, ws: WebSocket) -> str:
     if expected is not None and expected != state.info.fingerprint:
         raise _Refusal("wrong_model", INVALID, f"this server's model is {state.info.fingerprint[:16]}..., "
                                                f"not {str(expected)[:16]}... (latents from another model?)")
-    return mode
+    space = header.get("latent_space", NORMALIZED)
+    if space not in LATENT_SPACES:
+        raise _Refusal("bad_message", INVALID, f"latent_space must be {' or '.join(LATENT_SPACES)}, got "
+                                               f"{space!r}")
+    return mode, space
 
 
 async def _serve_session(state: ServeState, ws: WebSocket) -> None:
@@ -210,12 +220,13 @@ async def _serve_session(state: ServeState, ws: WebSocket) -> None:
         data = await _next_message(state, ws)
         if data is None:
             return
-        mode = _open(state, unpack(data)[0], ws)
+        mode, space = _open(state, unpack(data)[0], ws)
         # joining and leaving take the batcher's lock, which a running round holds: off the event loop
         session = await loop.run_in_executor(state.executor, Session, state.batcher, state.info, mode,
-                                             state.config.limits)
+                                             state.config.limits, space)
         state.metrics.sessions_total.labels(mode).inc()
-        await ws.send_bytes(pack({"op": "ready", "mode": mode, "model": state.summary()}))
+        await ws.send_bytes(pack({"op": "ready", "mode": mode, "latent_space": session.latent_space,
+                                  "model": state.summary()}))
         answer = "latents" if mode == "encode" else "frames"
         while True:
             # the stop is checked between chunks: a chunk in flight is always answered first

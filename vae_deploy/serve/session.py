@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vae_deploy.errors import InputShapeError
+from vae_deploy.runtime.latent_space import NORMALIZED
 from vae_deploy.runtime.manifest import Manifest
 from vae_deploy.serve.batcher import Batcher
 from vae_deploy.video.latent_codec import LatentCodec, VideoModelInfo
@@ -54,15 +55,27 @@ class _SlotRunner:
 
 class Session:
     """One client's stream: `encode` (float32 frames (T, C, H, W) in [0, 1] -> fp16 latents) or `decode`
-    (fp16 latents (t, C_lat, h, w) -> float32 frames), chunk by chunk; `close()` frees its state."""
+    (fp16 latents (t, C_lat, h, w) -> float32 frames), chunk by chunk; `close()` frees its state.
+    `latent_space`: the space its latents are in, as the local codec takes it (normalized: the model's
+    diffusion space when it has one, else raw; raw: the encoder's own, `--raw-latents`)."""
 
-    def __init__(self, batcher: Batcher, info: VideoModelInfo, mode: str, limits: Limits):
+    def __init__(self, batcher: Batcher, info: VideoModelInfo, mode: str, limits: Limits,
+                 latent_space: str = NORMALIZED):
         if mode not in MODES:
             raise InputShapeError(f"mode must be {' or '.join(MODES)}, got {mode!r}")
         self.batcher, self.info, self.mode, self.limits = batcher, info, mode, limits
         self.stream = batcher.add()
-        self._codec = LatentCodec(_SlotRunner(batcher.runner.manifest, _SlotStream(batcher, self.stream)),
-                                  info)
+        try:
+            self._codec = LatentCodec(_SlotRunner(batcher.runner.manifest,
+                                                  _SlotStream(batcher, self.stream)), info, latent_space)
+        except BaseException:
+            batcher.remove(self.stream)
+            raise
+
+    @property
+    def latent_space(self) -> str:
+        """The space this session's latents are in (raw for a model without a normalization)."""
+        return self._codec.latent_space
 
     def run(self, array: np.ndarray) -> np.ndarray:
         """One chunk through the codec (blocking: it waits for its round)."""

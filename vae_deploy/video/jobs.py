@@ -10,6 +10,11 @@ Progress: `progress(done, total)` is called with the frames finished so far and 
 knows it (None for a camera or a stream). An interrupt (Ctrl-C, SIGTERM) before the first frame is finished
 propagates as KeyboardInterrupt and nothing is written; after it, the job returns a report with
 `interrupted` set and every output holds the frames done. No torch: this runs on the edge install.
+
+`server`: the model runs on a `vae-deploy serve` server instead of a local folder (`--server`): the CLI hands
+the job a ModelServer (serve/remote_codec.py's RemoteServer; this layer sits below serve), and the job
+streams through the same pipeline with the server's sessions as its codec, so its outputs are the local
+command's (docs/serve.md says when bytes match). A server excludes a local model choice and spatial tiles.
 """
 
 from __future__ import annotations
@@ -23,14 +28,23 @@ from pathlib import Path
 from vae_deploy.errors import ConfigError
 from vae_deploy.files import removing_new_folders, write_json_atomic
 from vae_deploy.runtime.benchmark import Timing, bench_runner, bench_stream
+from vae_deploy.runtime.latent_space import NORMALIZED, RAW
 from vae_deploy.runtime.latents import LatentReader
 from vae_deploy.runtime.manifest import Manifest, read_manifest
 from vae_deploy.runtime.registry import DEFAULT_BACKEND, load_runner
+from vae_deploy.runtime.runner import Runner
 from vae_deploy.runtime.tile_plan import TileRequest
 from vae_deploy.video.default_model import DEMO_CLIP, default_model_dir, resolve_model
 from vae_deploy.video.fit import plan_fit
 from vae_deploy.video.latent_codec import VideoModelInfo
-from vae_deploy.video.model_open import DEFAULT_MODEL, ModelChoice, open_model, runner_options
+from vae_deploy.video.model_open import (
+    DEFAULT_MODEL,
+    CodecProvider,
+    ModelChoice,
+    ModelServer,
+    open_model,
+    runner_options,
+)
 from vae_deploy.video.outputs import check_distinct_outputs, check_output_path
 from vae_deploy.video.pipeline import (
     DEFAULT_CHUNK,
@@ -75,6 +89,28 @@ def _source_total(source: FrameSource, options: StreamOptions) -> int | None:
     return total
 
 
+def _check_server(server: ModelServer | None, model: ModelChoice, tile: TileRequest | None) -> None:
+    """A job on a server: no local model choice beside it, and only what the server can do (no tiles)."""
+    if server is None:
+        return
+    if model != DEFAULT_MODEL:
+        raise ConfigError("--server runs the server's model: --model, --backend and --threads choose a local "
+                          "one; give one or the other")
+    server.check_options(tile)
+
+
+def _open_model(model: ModelChoice, server: ModelServer | None, modes: tuple[str, ...], *,
+                fingerprint: str | None = None, latent_space: str = NORMALIZED) -> Runner | CodecProvider:
+    """The local runner, or the server's sessions for `modes` (a context manager either way)."""
+    if server is None:
+        return open_model(model)
+    return server.connect(modes, fingerprint=fingerprint, latent_space=latent_space)
+
+
+def _space(options: StreamOptions) -> str:
+    return RAW if options.raw_latents else NORMALIZED
+
+
 def _finish(report: StreamReport, metrics: Path | None) -> StreamReport:
     if metrics is not None:
         write_json_atomic(metrics, report.to_dict())
@@ -84,11 +120,13 @@ def _finish(report: StreamReport, metrics: Path | None) -> StreamReport:
 
 def run_job(source: str | Path, outputs: VideoOutputs, *, options: StreamOptions | None = None,
             model: ModelChoice = DEFAULT_MODEL, metrics: Path | None = None,
-            progress: JobProgress | None = None, report_dir: Path | None = None) -> StreamReport:
-    """`vae-deploy run`: encode and decode SOURCE with `model`, writing the outputs asked for and the
-    metrics; with `report_dir`, also the report page and its two videos there (video/report.py; quality is
-    measured)."""
+            progress: JobProgress | None = None, report_dir: Path | None = None,
+            server: ModelServer | None = None) -> StreamReport:
+    """`vae-deploy run`: encode and decode SOURCE with `model` (or on `server`), writing the outputs asked
+    for and the metrics; with `report_dir`, also the report page and its two videos there (video/report.py;
+    quality is measured)."""
     options = options or StreamOptions()
+    _check_server(server, model, options.tile)
     if report_dir is not None:
         options = dataclasses.replace(options, measure=True)
         outputs = dataclasses.replace(outputs, model_input=Path(report_dir) / SOURCE_VIDEO,
@@ -102,36 +140,47 @@ def run_job(source: str | Path, outputs: VideoOutputs, *, options: StreamOptions
     with removing_new_folders(report_dir) if report_dir is not None else contextlib.nullcontext():
         if report_dir is not None:
             check_report_dir(report_dir)  # after the checks above: never a folder where it must not be
-        with open_model(model) as runner, open_source(source) as frames:
+        with _open_model(model, server, ("encode", "decode"), latent_space=_space(options)) as runner, \
+                open_source(source) as frames:
             report = run_video(runner, frames, options, outputs,
                                _bound(progress, _source_total(frames, options)))
         report = _finish(report, metrics)
         if report_dir is not None:
-            page = write_report(report_dir, report, model_summary(resolve_model(model.folder), report))
+            summary = (model_summary(resolve_model(model.folder), report) if server is None else
+                       {"name": server.url, "kind": report.model_kind,
+                        "fingerprint": report.model_fingerprint})
+            page = write_report(report_dir, report, summary)
             report.outputs["report"] = str(page)
     return report
 
 
 def encode_job(source: str | Path, out: Path, *, options: StreamOptions | None = None,
                model: ModelChoice = DEFAULT_MODEL, metrics: Path | None = None,
-               progress: JobProgress | None = None) -> StreamReport:
-    """`vae-deploy encode`: SOURCE's latents with `model` into the .vaelat file `out`."""
+               progress: JobProgress | None = None, server: ModelServer | None = None) -> StreamReport:
+    """`vae-deploy encode`: SOURCE's latents with `model` (or on `server`) into the .vaelat file `out`."""
     options = options or StreamOptions(measure=False)
+    _check_server(server, model, options.tile)
     check_outputs({"the input": source}, model.folder, {"--out": out, "--metrics": metrics})
-    with open_model(model) as runner, open_source(source) as frames:
+    with _open_model(model, server, ("encode",), latent_space=_space(options)) as runner, \
+            open_source(source) as frames:
         report = encode_video(runner, frames, out, options, _bound(progress, _source_total(frames, options)))
     return _finish(report, metrics)
 
 
 def decode_job(latents: Path, out: Path, *, model: ModelChoice = DEFAULT_MODEL, fps: float | None = None,
                metrics: Path | None = None, progress: JobProgress | None = None,
-               codec: str | None = None, tile: TileRequest | None = None) -> StreamReport:
-    """`vae-deploy decode`: a .vaelat file back to video with `model`, at the source's size and frame rate
-    (`codec`: None for the suffix's, video/writers.py; `tile`: spatial tiles, None for auto)."""
+               codec: str | None = None, tile: TileRequest | None = None,
+               server: ModelServer | None = None) -> StreamReport:
+    """`vae-deploy decode`: a .vaelat file back to video with `model` (or on `server`, which must serve
+    the model that encoded it), at the source's size and frame rate (`codec`: None for the suffix's,
+    video/writers.py; `tile`: spatial tiles, None for auto)."""
     options = StreamOptions(fps=fps, tile=tile or TileRequest())
+    _check_server(server, model, tile)
     check_outputs({"the input": latents}, model.folder, {"--out": out, "--metrics": metrics})
     reader = LatentReader(latents)  # refuses a damaged file (its checksum is read once) before loading
-    with open_model(model) as runner:
+    header = reader.header
+    with _open_model(model, server, ("decode",), fingerprint=header.model_fingerprint,
+                     latent_space=header.latent_space) as runner:
         report = decode_latents(runner, reader, VideoOutputs(video=out, codec=codec), options,
                                 _bound(progress, reader.header.frame_count))
     return _finish(report, metrics)

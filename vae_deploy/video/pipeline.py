@@ -45,6 +45,7 @@ from vae_deploy.video.chunker import Chunker
 from vae_deploy.video.fit import FitPolicy, plan_fit
 from vae_deploy.video.latent_codec import LatentCodec, VideoModelInfo
 from vae_deploy.video.metrics import VideoMetrics, compression_ratio, psnr_from_mse
+from vae_deploy.video.model_open import CodecProvider, model_info, open_codec
 from vae_deploy.video.outputs import check_output_path, latent_output, video_output
 from vae_deploy.video.sinks import MIN_OUTPUT_FPS, VideoSink, check_output_fps
 from vae_deploy.video.sources import FrameSource
@@ -301,8 +302,8 @@ def _run_stream_stages(produce: Iterator, transform: Callable, writer: _FrameWri
 # ---------------------------------------------------------------- the three entry points
 
 
-def _model_info(runner: Runner, options: StreamOptions) -> VideoModelInfo:
-    info = VideoModelInfo.from_manifest(runner.manifest)
+def _model_info(runner: Runner | CodecProvider, options: StreamOptions) -> VideoModelInfo:
+    info = model_info(runner)
     info.check_chunk(options.chunk)
     return info
 
@@ -312,8 +313,8 @@ def _plan(info: VideoModelInfo, source: FrameSource, options: StreamOptions) -> 
     return plan_fit(source.size, short, info.spatial_factor, info.channels, options.fit)
 
 
-def _fill_common(report: StreamReport, runner: Runner, info: VideoModelInfo, policy: FitPolicy,
-                 chunk: int, fps: float) -> None:
+def _fill_common(report: StreamReport, runner: Runner | CodecProvider, info: VideoModelInfo,
+                 policy: FitPolicy, chunk: int, fps: float) -> None:
     report.backend, report.model_kind, report.model_fingerprint = runner.name, info.kind, info.fingerprint
     report.chunk, report.fps, report.fit = chunk, fps, policy.mode
     report.source_size, report.working_size = list(policy.source_size), list(policy.content_size)
@@ -368,7 +369,7 @@ def _latent_space(options: StreamOptions) -> str:
     return RAW if options.raw_latents else NORMALIZED
 
 
-def run_video(runner: Runner, source: FrameSource, options: StreamOptions | None = None,
+def run_video(runner: Runner | CodecProvider, source: FrameSource, options: StreamOptions | None = None,
               outputs: VideoOutputs | None = None, progress: Progress | None = None) -> StreamReport:
     """Encode and decode `source` chunk by chunk, carrying the state; write the outputs asked for."""
     options, outputs = options or StreamOptions(), outputs or VideoOutputs()
@@ -380,7 +381,7 @@ def run_video(runner: Runner, source: FrameSource, options: StreamOptions | None
             check_output_path(path, what, video=path is not outputs.latents)
     policy = _plan(info, source, options)
     fps = _output_fps(options.fps, source.fps, source.description)
-    latent_codec = LatentCodec(runner, info, _latent_space(options), options.tile, policy.model_size)
+    latent_codec = open_codec(runner, info, _latent_space(options), options.tile, policy.model_size)
     report = StreamReport(source=source.description, source_path=_path_of(source))
     _fill_common(report, runner, info, policy, options.chunk, fps)
     keep_sources = outputs.side_by_side is not None or options.measure
@@ -421,15 +422,15 @@ def run_video(runner: Runner, source: FrameSource, options: StreamOptions | None
     return report
 
 
-def encode_video(runner: Runner, source: FrameSource, path: Path, options: StreamOptions | None = None,
-                 progress: Progress | None = None) -> StreamReport:
+def encode_video(runner: Runner | CodecProvider, source: FrameSource, path: Path,
+                 options: StreamOptions | None = None, progress: Progress | None = None) -> StreamReport:
     """Encode `source` into a .vaelat file at `path` (what `run` encodes, chunk for chunk)."""
     options = options or StreamOptions()
     info = _model_info(runner, options)
     check_output_path(path, "the latents")
     policy = _plan(info, source, options)
     fps = _output_fps(options.fps, source.fps, source.description)
-    latent_codec = LatentCodec(runner, info, _latent_space(options), options.tile, policy.model_size)
+    latent_codec = open_codec(runner, info, _latent_space(options), options.tile, policy.model_size)
     report = StreamReport(source=source.description, source_path=_path_of(source))
     _fill_common(report, runner, info, policy, options.chunk, fps)
     count = [0]
@@ -512,12 +513,12 @@ def _size(size: tuple[int, int]) -> str:
     return f"{size[0]}x{size[1]}"
 
 
-def decode_latents(runner: Runner, path: Path | LatentReader, outputs: VideoOutputs,
+def decode_latents(runner: Runner | CodecProvider, path: Path | LatentReader, outputs: VideoOutputs,
                    options: StreamOptions | None = None, progress: Progress | None = None) -> StreamReport:
     """Decode a .vaelat file (or an open LatentReader of one) to video; the frames equal what `run` writes
     for the same source."""
     options = options or StreamOptions()
-    info = VideoModelInfo.from_manifest(runner.manifest)
+    info = model_info(runner)
     if outputs.video is not None:
         check_output_path(outputs.video, "the video", video=True)
     reader = open_latents(path, info)
@@ -526,7 +527,7 @@ def decode_latents(runner: Runner, path: Path | LatentReader, outputs: VideoOutp
     chunk = header.chunk or options.chunk
     info.check_chunk(chunk)
     fps = _output_fps(options.fps, header.fps, str(path))
-    latent_codec = LatentCodec(runner, info, header.latent_space, options.tile, policy.model_size)
+    latent_codec = open_codec(runner, info, header.latent_space, options.tile, policy.model_size)
     report = StreamReport(source=str(path), source_path=str(path))
     _fill_common(report, runner, info, policy, chunk, fps)
 
