@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -76,7 +77,8 @@ def test_encode_server_writes_the_local_file_byte_for_byte(address, local, carph
     assert out.read_bytes() == local["latents"].read_bytes()  # header and fp16 latents, byte for byte
 
 
-def test_decode_server_gives_the_local_frames_and_files_cross(vd, address, local, tmp_path, monkeypatch):
+def test_decode_server_gives_the_local_frames_and_files_cross(vd, address, local, carphone, tmp_path,
+                                                              monkeypatch):
     # the token from the environment, as `vae-deploy serve` reads it
     monkeypatch.setenv("VAE_DEPLOY_TOKEN", TOKEN)
     remote_video = tmp_path / "remote.mkv"
@@ -85,17 +87,11 @@ def test_decode_server_gives_the_local_frames_and_files_cross(vd, address, local
     assert np.array_equal(read_video(remote_video), local["frames"])
     # the reverse: a file encoded on the server decodes locally to the same frames
     remote_latents, local_video = tmp_path / "remote.vaelat", tmp_path / "local.mkv"
-    done = vd("encode", sample_clip(), "-o", remote_latents, "--max-frames", FRAMES, "--server", address, "-q")
+    done = vd("encode", carphone, "-o", remote_latents, "--max-frames", FRAMES, "--server", address, "-q")
     assert done.returncode == 0, done.stderr
     done = vd("decode", remote_latents, "-o", local_video, "--threads", "1", "-q")
     assert done.returncode == 0, done.stderr
     assert np.array_equal(read_video(local_video), local["frames"])
-
-
-def sample_clip():
-    from vae_deploy.video.samples import sample_video_path
-
-    return sample_video_path("carphone_pristine")
 
 
 def test_run_job_on_a_server_equals_the_local_run(address, local, carphone, tmp_path):
@@ -212,7 +208,8 @@ def test_another_models_latents_are_refused_by_the_server(vd, address, local, tm
     session (wrong_model) before any chunk, in one line, and no video is written."""
     reader = LatentReader(local["latents"])
     other = tmp_path / "other.vaelat"
-    writer = LatentWriter(other, dataclasses.replace(reader.header, model_fingerprint="0" * 64, latent_frames=0))
+    forged = dataclasses.replace(reader.header, model_fingerprint="0" * 64, latent_frames=0)
+    writer = LatentWriter(other, forged)
     for chunk in reader.chunks(8, 0):
         writer.write(chunk)
     writer.close()
@@ -231,4 +228,30 @@ def test_a_missing_token_and_a_refused_chunk_are_one_line(vd, address, carphone,
     result = vd("encode", carphone, "-o", out, "--max-frames", 1, "--chunk", 1, "--size", 1400, "--server",
                 address, "--token", TOKEN)
     assert_one_line_error(result, "server refused (bad_chunk)", 2)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_server_gone_mid_stream_is_one_line_and_publishes_nothing(carphone, tmp_path):
+    """A real `encode --server` process whose server is killed while its first chunk waits for its round
+    (--max-wait-ms 3000): the client's connection drops without a close frame; one line, exit 2, no file."""
+    from cli_support import cli_process
+
+    gone = ServerProcess(default_model_dir(), "--threads", "1", "--max-wait-ms", "3000")
+    out = tmp_path / "x.vaelat"
+    try:
+        client = threading.Thread(target=lambda: results.append(cli_process(
+            "encode", carphone, "-o", out, "--max-frames", 16, "--server", f"ws://127.0.0.1:{gone.port}",
+            "-q", timeout=120)))
+        results: list = []
+        client.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not gone.json("/healthz")["sessions"]:
+            time.sleep(0.05)
+        time.sleep(0.5)  # the first chunk is in the server by now, waiting for company (else its send fails)
+        gone.kill()
+        client.join(120)
+    finally:
+        gone.kill()
+    assert_one_line_error(results[0], f"the server at ws://127.0.0.1:{gone.port}/session closed the session",
+                          2)
     assert list(tmp_path.iterdir()) == []
