@@ -255,3 +255,18 @@ def test_a_server_gone_mid_stream_is_one_line_and_publishes_nothing(carphone, tm
     assert_one_line_error(results[0], f"the server at ws://127.0.0.1:{gone.port}/session closed the session",
                           2)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_open_message_takes_a_latent_space_and_the_summary_has_the_normalization(server):
+    """What `--raw-latents` and the remote codec rely on: the session's latent space in `ready`, a bad one
+    refused, and the model's latent normalization in the summary (the packaged model has none)."""
+    from vae_deploy.serve.client import RemoteSession, ServerRefusal
+
+    status, body = server.http("/model", {"Authorization": f"Bearer {TOKEN}"})
+    assert status == 200 and '"latent_normalization":null' in body.replace(" ", "")
+    with RemoteSession(server.url, "encode", token=TOKEN, latent_space="raw") as session:
+        assert session.latent_space == "raw" and session.model["latent_normalization"] is None
+    with pytest.raises(ServerRefusal) as refused:
+        RemoteSession(server.url, "decode", token=TOKEN, latent_space="diffusion")
+    assert (refused.value.code, refused.value.close_code) == ("bad_message", 1007)
+    assert "latent_space must be raw or normalized" in str(refused.value)
