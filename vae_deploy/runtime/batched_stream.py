@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from vae_deploy.errors import ConfigError, InputShapeError, VaeDeployError
-from vae_deploy.runtime.runner import Runner, check_held_state, named_inputs
+from vae_deploy.runtime.runner import Runner, check_held_state, named_inputs, split_first_chunk
 from vae_deploy.runtime.spec import GraphSpec, TensorSpec, eval_dim
 
 BATCH = "batch"  # the symbol of the axis streams are stacked along, in every data and state tensor
@@ -170,19 +170,10 @@ class BatchedStreams:
         arrays = named_inputs(spec, chunk)
         head: list[_Piece] = []
         if spec.first_graph and held is None:
-            n = spec.first_length
-            axes = {t.name: spec.input_stream_axis(t) for t in spec.inputs}
-            for t in spec.inputs:
-                a = arrays[t.name]
-                if not isinstance(a, np.ndarray) or a.ndim != len(t.shape) or a.shape[axes[t.name]] < n:
-                    raise InputShapeError(f"{spec.name}: a stream's first chunk must hold at least {n} along "
-                                          f"{spec.stream_axis} (the model's first rule), got "
-                                          f"{getattr(a, 'shape', type(a).__name__)}")
-            first = {name: _cut(a, axes[name], 0, n) for name, a in arrays.items()}
+            first, arrays = split_first_chunk(spec, arrays)
             _, first, env = self.runner._prepare(spec.first_graph, first)
             head.append(_Piece(stream, spec.first_graph, first, env))
-            arrays = {name: _cut(a, axes[name], n, a.shape[axes[name]]) for name, a in arrays.items()}
-            if next(iter(arrays.values())).shape[axes[spec.inputs[0].name]] == 0:
+            if not arrays:
                 return head, []
         _, arrays, env = self.runner._prepare(spec.name, arrays)
         if held:

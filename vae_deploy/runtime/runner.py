@@ -248,23 +248,12 @@ class Stream:
     def _first_step(self, spec: GraphSpec, chunk: Any) -> dict[str, np.ndarray]:
         """A stream's first chunk of a graph with a first rule: its first `first_length` steps run the
         first graph, which also gives the state; the rest of the chunk (if any) runs `spec` from there."""
-        arrays = named_inputs(spec, chunk)
-        n = spec.first_length
-        axes = {t.name: spec.input_stream_axis(t) for t in spec.inputs}
-        for t in spec.inputs:
-            a = arrays[t.name]
-            if not isinstance(a, np.ndarray) or a.ndim != len(t.shape) or a.shape[axes[t.name]] < n:
-                raise InputShapeError(f"{spec.name} stream: the first chunk must hold at least {n} along "
-                                      f"{spec.stream_axis} (the model's first rule), got "
-                                      f"{getattr(a, 'shape', type(a).__name__)}")
-        head = {name: np.take(a, range(n), axis=axes[name]) for name, a in arrays.items()}
-        rest = {name: np.take(a, range(n, a.shape[axes[name]]), axis=axes[name])
-                for name, a in arrays.items()}
+        head, rest = split_first_chunk(spec, chunk)
         first, first_arrays, env = self.runner._prepare(spec.first_graph, head)
         outputs = self.runner._execute(first, first_arrays, env, {})
         self._hold(spec, env, {st.input: outputs[st.output] for st in spec.state})
         result = {t.name: outputs[t.name] for t in spec.outputs}
-        if next(iter(rest.values())).shape[axes[spec.inputs[0].name]] == 0:
+        if not rest:
             return result
         more = self._calls(spec, rest)
         return {t.name: np.concatenate([result[t.name], more[t.name]], axis=spec.output_stream_axis(t))
@@ -277,6 +266,25 @@ class Stream:
     def decode(self, chunk: np.ndarray) -> np.ndarray:
         """Next chunk of latents -> frames for that chunk."""
         return next(iter(self.step("decoder", chunk).values()))
+
+
+def split_first_chunk(spec: GraphSpec, chunk: Any) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """A stream's first chunk of a graph with a first rule, by input name: its first `first_length` steps
+    (for the first graph) and the rest ({} when nothing is left). A shorter chunk is refused in one line:
+    the first graph takes exactly that many steps (Stream and BatchedStreams share this rule)."""
+    arrays = named_inputs(spec, chunk)
+    n = spec.first_length
+    axes = {t.name: spec.input_stream_axis(t) for t in spec.inputs}
+    for t in spec.inputs:
+        a = arrays[t.name]
+        if not isinstance(a, np.ndarray) or a.ndim != len(t.shape) or a.shape[axes[t.name]] < n:
+            raise InputShapeError(f"{spec.name} stream: the first chunk must hold at least {n} along "
+                                  f"{spec.stream_axis} (the model's first rule), got "
+                                  f"{getattr(a, 'shape', type(a).__name__)}")
+    head = {name: _slice(a, axes[name], 0, n) for name, a in arrays.items()}
+    if arrays[spec.inputs[0].name].shape[axes[spec.inputs[0].name]] == n:
+        return head, {}
+    return head, {name: _slice(a, axes[name], n, a.shape[axes[name]]) for name, a in arrays.items()}
 
 
 def _slice(array: np.ndarray, axis: int, start: int, stop: int) -> np.ndarray:
