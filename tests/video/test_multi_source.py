@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 import pytest
 from cli_support import assert_one_line_error
+from torch_free_support import edge_env
 
 from vae_deploy.video.multi_jobs import source_names
 from vae_deploy.video.sources import open_source
@@ -152,7 +153,8 @@ def test_one_source_with_out_dir_runs_through_the_same_layout(vd, tiny_video_mod
 
 def test_sigterm_keeps_every_sources_finished_frames(tiny_video_model, tmp_path):
     """As `run` with one source: SIGTERM ends the run with exit 143, each source's outputs hold the frames
-    it finished (complete files) and the aggregate says so."""
+    it finished (complete files) and the aggregate says so. Run where `import torch` fails, as on the edge
+    install."""
     ramp = np.linspace(0, 255, 96, dtype=np.float32)[None, :, None]
     frames = np.stack([np.broadcast_to((ramp + 3 * i) % 256, (64, 96, 3)).astype(np.uint8)
                        for i in range(1500)])
@@ -162,7 +164,7 @@ def test_sigterm_keeps_every_sources_finished_frames(tiny_video_model, tmp_path)
     args = [sys.executable, "-m", "vae_deploy", "run", tmp_path / "a.avi", tmp_path / "b.avi", "--out-dir",
             out, "--model", tiny_video_model("frame"), "--size", "128", "--codec", "ffv1", "--with-latents"]
     process = subprocess.Popen(list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+                               text=True, env=edge_env())
     deadline = time.monotonic() + 120
     # until both sources have finished frames: their latents are written as they go (the FFV1 videos are
     # buffered by the muxer for hundreds of frames)
