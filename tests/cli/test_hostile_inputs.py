@@ -287,6 +287,18 @@ BAD_INPUT_CASES = [
     Case("encode_dataset --tile below the halo", ["encode-dataset", "{clip}", "--model", "{model}", "--tile",
                                                   "8", "--out", "{out}/ds"], "smaller than this model's halo",
          absent=["ds"]),
+    # several sources through one model (run SRC... --out-dir): refused before any work
+    Case("run two sources without --out-dir", ["run", "{clip}", "{clip}", "--model", "{model}", "--out",
+                                               "{out}/o.mp4"], "2 sources need --out-dir DIR",
+         absent=["o.mp4"]),
+    Case("run --out-dir with --side-by-side", ["run", "{clip}", "{clip}", "--model", "{model}", "--out-dir",
+                                               "{out}/d", "--side-by-side", "{out}/s.mp4"],
+         "--side-by-side is for a single source", absent=["d", "s.mp4"]),
+    Case("run --out-dir with a missing source", ["run", "{clip}", "{out}/gone.mp4", "--model", "{model}",
+                                                 "--out-dir", "{out}/d"], "no such file or folder",
+         absent=["d"]),
+    Case("run --out-dir is a file", ["run", "{clip}", "{clip}", "--model", "{model}", "--out-dir", "{clip}"],
+         "is a file; give a folder", unchanged=["clip"]),
 ]
 
 
