@@ -351,7 +351,7 @@ def run_videos(runner: Runner, runs: list[SourceRun], options: StreamOptions | N
     for run in runs:
         for path, what in ((run.outputs.video, "the video"), (run.outputs.latents, "the latents")):
             if path is not None:
-                check_output_path(path, f"{run.name}'s {what}", video=path is run.outputs.video)
+                check_output_path(path, f"{what} of {run.name}", video=path is run.outputs.video)
     policies = [_plan(info, run.source, options) for run in runs]
     check_untiled(runner, options, {run.name: p.model_size for run, p in zip(runs, policies, strict=True)})
     report = MultiReport(sources=[], backend=runner.name, model_kind=info.kind,
