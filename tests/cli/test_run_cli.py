@@ -3,6 +3,7 @@ clear line for every bad input, Ctrl-C, and no torch."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -241,6 +242,15 @@ def _ctrl_c_as_in_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def _bytes_in(folder) -> int:
+    """The bytes of the files in `folder` now; a file removed meanwhile (the run's write probe) counts 0."""
+    total = 0
+    for path in folder.iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            total += path.stat().st_size
+    return total
+
+
 def test_ctrl_c_leaves_a_playable_video_and_exits_130(frame_model, carphone, tmp_path):
     frames = open_source(carphone).read(max_frames=40)
     # 3200 frames: a fast machine streams this model at about 300 frames/s, so seconds of frames remain
@@ -254,7 +264,7 @@ def test_ctrl_c_leaves_a_playable_video_and_exits_130(frame_model, carphone, tmp
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_as_in_a_terminal)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:  # wait until frames are being written
-        if sum(p.stat().st_size for p in out.iterdir()) > 30_000:
+        if _bytes_in(out) > 30_000:
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be interrupted"
@@ -369,7 +379,8 @@ def test_encode_refuses_latents_that_overflow_fp16_and_publishes_nothing(vd, ove
                                                                          tmp_path):
     """Stored as fp16 they were inf, and `encode` exited 0 with a file that decodes to garbage. A real
     process: numpy's overflow warning must not add a line."""
-    result = cli("encode", carphone, "-o", tmp_path / "c.vaelat", "--model", overflowing_kl, "--max-frames", 2)
+    result = cli("encode", carphone, "-o", tmp_path / "c.vaelat", "--model", overflowing_kl,
+                 "--max-frames", 2)
     assert_one_line_error(result, "latents overflow fp16: the normalized latents reach ")
     assert "beyond float16's 65504" in result.stderr
     run = vd("run", carphone, "--model", overflowing_kl, "--max-frames", 2, "--out", tmp_path / "r.mkv",
@@ -384,8 +395,8 @@ def test_encode_refuses_latents_that_overflow_fp16_and_publishes_nothing(vd, ove
 def test_encode_dataset_records_an_overflowing_video_as_failed_and_publishes_no_file(overflowing_kl, carphone,
                                                                                      tmp_path):
     """The batch encoder writes through the same codec and writer: the video fails with the same reason."""
-    result = cli("encode-dataset", carphone, "--model", overflowing_kl, "--out", tmp_path / "lat", "--workers",
-                 1, "--max-frames", 2, "-q")
+    result = cli("encode-dataset", carphone, "--model", overflowing_kl, "--out", tmp_path / "lat",
+                 "--workers", 1, "--max-frames", 2, "-q")
     assert result.returncode == 1, (result.stdout, result.stderr)
     entries = [json.loads(line) for line in (tmp_path / "lat" / "index.jsonl").read_text().splitlines()]
     assert [e["status"] for e in entries] == ["failed"] and "latents overflow fp16" in entries[0]["error"]

@@ -7,6 +7,7 @@ with nothing written."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 import time
 
@@ -94,17 +95,24 @@ def test_decode_server_gives_the_local_frames_and_files_cross(vd, address, local
     assert np.array_equal(read_video(local_video), local["frames"])
 
 
-def test_run_job_on_a_server_equals_the_local_run(address, local, carphone, tmp_path):
-    """run_job(server=...): its latents are the local encode's bytes, its frames the local decode's."""
-    from vae_deploy.video.jobs import run_job
-    from vae_deploy.video.pipeline import StreamOptions, VideoOutputs
+def test_run_on_a_server_equals_the_local_run(vd, address, local, carphone, tmp_path):
+    """`run --server`: its latents are the local encode's bytes, its frames the local decode's, and the
+    quality it reports is measured here, on the frames the server gave back."""
+    video, latents, metrics = tmp_path / "run.mkv", tmp_path / "run.vaelat", tmp_path / "m.json"
+    done = vd("run", carphone, "-o", video, "--latents", latents, "--metrics", metrics,
+              "--max-frames", FRAMES, "--server", address, "--token", TOKEN, "-q")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(metrics.read_text())
+    assert report["frames"] == FRAMES and report["backend"] == f"ort-cpu at {address}"
+    assert report["psnr"] is not None
+    assert latents.read_bytes() == local["latents"].read_bytes()
+    assert np.array_equal(read_video(video), local["frames"])
 
-    outputs = VideoOutputs(video=tmp_path / "run.mkv", latents=tmp_path / "run.vaelat")
-    report = run_job(carphone, outputs, options=StreamOptions(max_frames=FRAMES), server=remote(address))
-    assert report.frames == FRAMES and report.backend == f"ort-cpu at {address}"
-    assert report.psnr is not None  # measured here, on the frames the server gave back
-    assert outputs.latents.read_bytes() == local["latents"].read_bytes()
-    assert np.array_equal(read_video(outputs.video), local["frames"])
+
+def test_run_on_a_server_takes_one_source(vd, address, carphone, tmp_path):
+    result = vd("run", carphone, "--out-dir", tmp_path / "runs", "--server", address, "--token", TOKEN)
+    assert_one_line_error(result, "--server runs one source", 2)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_remote_codec_gives_the_local_codecs_bytes_alone_and_batched(server, address):

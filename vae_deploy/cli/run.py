@@ -35,11 +35,14 @@ from vae_deploy.cli.options import (
     ModelOption,
     QuietOption,
     RawLatentsOption,
+    ServerOption,
+    ServerTokenOption,
     SizeOption,
     ThreadsOption,
     TileBudgetOption,
     TileOption,
     interrupted,
+    model_server,
     print_report,
     progress_bar,
     tile_request,
@@ -53,6 +56,7 @@ SourcesArgument = Annotated[list[str], typer.Argument(
 
 
 def run(
+    ctx: typer.Context,
     sources: SourcesArgument,
     model: ModelOption = None,
     backend: BackendOption = DEFAULT_BACKEND,
@@ -93,6 +97,8 @@ def run(
     with_latents: Annotated[bool, typer.Option(
         "--with-latents", help="With --out-dir: also each source's latents, DIR/<name>/latents.vaelat.")
     ] = False,
+    server: ServerOption = None,
+    token: ServerTokenOption = None,
 ) -> None:
     """Encode and decode a video chunk by chunk; write the reconstruction, latents and metrics."""
     from vae_deploy.video.jobs import run_job
@@ -102,6 +108,9 @@ def run(
     single = {"--out": out, "--side-by-side": side_by_side, "--latents": latents, "--report": report}
     if out_dir is not None or len(sources) > 1 or with_latents:
         _check_many(sources, out_dir, with_latents, [name for name, value in single.items() if value])
+    remote = model_server(ctx, server, token)
+    if remote is not None and out_dir is not None:
+        raise ConfigError("--server runs one source; several sources (--out-dir) run through a local model")
     try:
         options = StreamOptions(chunk=chunk, short_side=size, fit=fit, max_frames=max_frames, fps=fps,
                                 measure=metrics is not None or report is not None, raw_latents=raw_latents,
@@ -114,7 +123,7 @@ def run(
         with progress_bar("run", quiet) as progress:
             result = run_job(source, VideoOutputs(out, side_by_side, latents, codec=codec), options=options,
                              model=ModelChoice(model, backend, threads), metrics=metrics, progress=progress,
-                             report_dir=report)
+                             report_dir=report, server=remote)
     except KeyboardInterrupt:
         interrupted()
     print_report(result, "ran")
