@@ -23,6 +23,7 @@ import numpy as np
 
 from vae_deploy.errors import InputShapeError, ModelFormatError
 from vae_deploy.runtime.runner import Runner, Stream, named_inputs
+from vae_deploy.runtime.spec import GraphSpec
 from vae_deploy.runtime.tile_plan import EXACT, GraphTiles, Span, TilePlanner
 
 
@@ -47,23 +48,16 @@ class TiledStream:
         """The next chunk of `graph`'s stream -> its data outputs for that chunk, tiled."""
         spec = self.runner.graph(graph)
         arrays = named_inputs(spec, chunk)
-        x = arrays[spec.inputs[0].name]
-        tiled = len(spec.inputs) == 1 and spec.inputs[0].layout == "NTCHW"
-        if not tiled or not isinstance(x, np.ndarray) or x.ndim != 5:
+        x = frame_input(spec, arrays)
+        if x is None:
             return self._whole(graph).step(graph, arrays)  # not a frame stream, or input Stream refuses
         size = x.shape[-2:]
         started = self._graphs.get(graph)
         if started is None:
-            # steps of the stream axis one call takes: the memory a tile's call needs grows with them
-            multiple = spec.dim_multiples.get(spec.stream_axis, 1) if spec.stream_axis else 1
-            limit = self.runner.call_limit(spec)  # in units of the stream axis, like the chunk
-            steps = max(1, (min(x.shape[1], limit) if limit else x.shape[1]) // multiple)
-            started = _TiledGraph(self.runner, self.planner.plan(graph, size[0], size[1], steps), size)
+            started = _TiledGraph(self.runner, plan_tiles(self.runner, self.planner, spec, x), size)
             self._graphs[graph] = started
-        elif size != started.size:
-            raise InputShapeError(f"{graph} stream: frames of {size[0]}x{size[1]} after frames of "
-                                  f"{started.size[0]}x{started.size[1]} (the frame size changed mid-stream; "
-                                  f"open a new stream)")
+        else:
+            check_frame_size(graph, size, started.size)
         return started.step(graph, x)
 
     def _whole(self, graph: str) -> Stream:
@@ -91,35 +85,93 @@ class _TiledGraph:
     def step(self, graph: str, x: np.ndarray) -> dict[str, np.ndarray]:
         if self.tiles is None:
             return self.streams[0].step(graph, x)
-        tiles, height, width = self.tiles, self.size[0], self.size[1]
-        joined: dict[str, np.ndarray] = {}
-        weights: np.ndarray | None = None
-        scale: Fraction | None = None
-        index = 0
-        for row in tiles.rows:
-            for col in tiles.cols:
-                part = np.ascontiguousarray(x[..., row.lo:row.hi, col.lo:col.hi])
-                outputs = self.streams[index].step(graph, part)
-                index += 1
-                if scale is None:
-                    first = next(iter(outputs.values()))
-                    scale = Fraction(first.shape[-1], col.hi - col.lo)
-                    joined = {name: np.zeros(out.shape[:-2] + (_scaled(height, scale), _scaled(width, scale)),
-                                             dtype=out.dtype) for name, out in outputs.items()}
-                    if tiles.mode != EXACT:
-                        weights = np.zeros((_scaled(height, scale), _scaled(width, scale)), dtype=np.float32)
-                for name, out in outputs.items():
-                    if tiles.mode == EXACT:
-                        _place(joined[name], out, row, col, scale)
-                    else:
-                        ramp = np.outer(_ramp(tiles.rows, row, scale), _ramp(tiles.cols, col, scale))
-                        _region(joined[name], row, col, scale)[...] += out * ramp
-                        if name == next(iter(outputs)):
-                            _region(weights, row, col, scale)[...] += ramp
-        if weights is not None:
-            for name in joined:
-                joined[name] /= weights
-        return joined
+        joiner = TileJoiner(self.tiles, self.size)
+        for index, (row, col) in enumerate(tile_windows(self.tiles)):  # one tile's outputs held at a time
+            joiner.add(row, col, self.streams[index].step(graph, cut_tile(x, row, col)))
+        return joiner.result()
+
+
+# ---------------------------------------------------------------- cutting and joining
+# Shared with runtime/tiled_batched_streams.py, which runs the same tiles of several streams in shared calls:
+# both cut, plan and join with these, so a tile's window and a frame's join are the same code.
+
+
+def frame_input(spec: GraphSpec, arrays: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The NTCHW frames a chunk of `spec` is tiled along, or None: not a frame stream (a graph of several
+    inputs, another layout), or an input the stream itself refuses (not an array of 5 axes)."""
+    x = arrays[spec.inputs[0].name]
+    tiled = len(spec.inputs) == 1 and spec.inputs[0].layout == "NTCHW"
+    if not tiled or not isinstance(x, np.ndarray) or x.ndim != 5:
+        return None
+    return x
+
+
+def plan_tiles(runner: Runner, planner: TilePlanner, spec: GraphSpec, x: np.ndarray, rows: int = 1
+               ) -> GraphTiles | None:
+    """The tiles of `spec`'s frames, planned at its first chunk `x` (frame size and chunk length known).
+    `rows`: tiles one call stacks along the batch axis (auto's budget counts them all)."""
+    # steps of the stream axis one call takes: the memory a tile's call needs grows with them
+    multiple = spec.dim_multiples.get(spec.stream_axis, 1) if spec.stream_axis else 1
+    limit = runner.call_limit(spec)  # in units of the stream axis, like the chunk
+    steps = max(1, (min(x.shape[1], limit) if limit else x.shape[1]) // multiple)
+    height, width = x.shape[-2:]
+    return planner.plan(spec.name, height, width, steps * rows)
+
+
+def check_frame_size(graph: str, size: tuple[int, int], started: tuple[int, int]) -> None:
+    """A later chunk's frames must have the size the plan was made for, as a Stream refuses another."""
+    if tuple(size) != tuple(started):
+        raise InputShapeError(f"{graph} stream: frames of {size[0]}x{size[1]} after frames of "
+                              f"{started[0]}x{started[1]} (the frame size changed mid-stream; "
+                              f"open a new stream)")
+
+
+def tile_windows(tiles: GraphTiles) -> list[tuple[Span, Span]]:
+    """The tiles as (row span, column span), in the order they run and are joined (row by row)."""
+    return [(row, col) for row in tiles.rows for col in tiles.cols]
+
+
+def cut_tile(x: np.ndarray, row: Span, col: Span) -> np.ndarray:
+    """The window a tile reads (its core and halo, or its blend window) of the frames NT...HW."""
+    return np.ascontiguousarray(x[..., row.lo:row.hi, col.lo:col.hi])
+
+
+class TileJoiner:
+    """A frame's outputs joined from its tiles' outputs, added one tile at a time in `tile_windows` order:
+    exact mode places each tile's core; blend mode accumulates ramp-weighted windows and divides by the
+    summed weights in `result`. The scale (output over input units) is read off the first tile added."""
+
+    def __init__(self, tiles: GraphTiles, size: tuple[int, int]):
+        self.tiles = tiles
+        self.height, self.width = size
+        self.joined: dict[str, np.ndarray] = {}
+        self.weights: np.ndarray | None = None
+        self.scale: Fraction | None = None
+
+    def add(self, row: Span, col: Span, outputs: dict[str, np.ndarray]) -> None:
+        tiles, scale = self.tiles, self.scale
+        if scale is None:
+            first = next(iter(outputs.values()))
+            scale = self.scale = Fraction(first.shape[-1], col.hi - col.lo)
+            height, width = _scaled(self.height, scale), _scaled(self.width, scale)
+            self.joined = {name: np.zeros(out.shape[:-2] + (height, width), dtype=out.dtype)
+                           for name, out in outputs.items()}
+            if tiles.mode != EXACT:
+                self.weights = np.zeros((height, width), dtype=np.float32)
+        for name, out in outputs.items():
+            if tiles.mode == EXACT:
+                _place(self.joined[name], out, row, col, scale)
+            else:
+                ramp = np.outer(_ramp(tiles.rows, row, scale), _ramp(tiles.cols, col, scale))
+                _region(self.joined[name], row, col, scale)[...] += out * ramp
+                if name == next(iter(outputs)):
+                    _region(self.weights, row, col, scale)[...] += ramp
+
+    def result(self) -> dict[str, np.ndarray]:
+        if self.weights is not None:
+            for name in self.joined:
+                self.joined[name] /= self.weights
+        return self.joined
 
 
 def _scaled(n: int, scale: Fraction) -> int:
@@ -166,4 +218,5 @@ def open_tiled_stream(runner: Runner, planner: TilePlanner | None) -> Stream | T
     return TiledStream(runner, planner) if planner is not None and planner.active else runner.open_stream()
 
 
-__all__ = ["TiledStream", "open_tiled_stream"]
+__all__ = ["TileJoiner", "TiledStream", "check_frame_size", "cut_tile", "frame_input", "open_tiled_stream",
+           "plan_tiles", "tile_windows"]
