@@ -936,3 +936,411 @@ def test_issue_22_inputs_get_one_line_and_write_nothing(external_folder, tiny_vi
     assert not (tmp_path / "out").exists()
     assert {p.relative_to(tmp_path): sha256(p) for p in tmp_path.rglob("*") if p.is_file()} == before
     assert leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------- serve: a service, not a writer
+#
+# `vae-deploy serve` joins the table as a long-running process. Its rows: bad command lines (one line, nothing
+# started, nothing written), SIGTERM (the chunk in flight answered, exit 0), kill -9 then a rerun on the same
+# port, two servers on one port, and every hostile session (the issue's list: a malformed header, a wrong
+# dtype or shape, an oversized message, a latent chunk from another model, a disconnect mid-chunk, too many
+# sessions, a slow sender; and a missing token, an idle session) against one server for the whole module.
+# A full disk: serve writes no files (no output, no cache, no log file; its one status line goes to stderr),
+# so it has no full-disk row; the bad command lines check that nothing appears in their working folder.
+# The packaged default model serves: no export for these rows.
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "serve"))  # serve_support: real servers on 127.0.0.1
+
+SERVE_TOKEN = "s3cret"
+SERVE_IDLE = 1.5  # --idle-timeout of the module's server (the slow sender and the idle session)
+
+SERVE_USAGE_CASES = [  # Typer's bounds: the usage message and exit 2, as the usage mistakes above
+    (["--port", "70000"], "--port"),
+    (["--port", "-1"], "--port"),
+    (["--max-batch", "0"], "--max-batch"),
+    (["--max-sessions", "0"], "--max-sessions"),
+    (["--max-wait-ms", "inf"], "--max-wait-ms"),  # a round would never end
+    (["--max-wait-ms", "nan"], "--max-wait-ms"),
+    (["--max-message-mb", "inf"], "--max-message-mb"),  # was an "unexpected OverflowError"
+    (["--max-message-mb", "0"], "--max-message-mb"),
+    (["--idle-timeout", "0"], "--idle-timeout"),
+    (["--idle-timeout", "nan"], "--idle-timeout"),
+    (["--max-frame-pixels", "0"], "--max-frame-pixels"),
+    (["--max-chunk-frames", "0"], "--max-chunk-frames"),
+]
+
+
+@pytest.fixture(scope="module")
+def default_model() -> Path:
+    from vae_deploy.video.default_model import default_model_dir
+
+    return default_model_dir()
+
+
+@pytest.fixture(scope="module")
+def serve_server(default_model):
+    """One server for the module's hostile sessions: a token and small limits, the default model."""
+    pytest.importorskip("uvicorn", reason="the serve extra is not installed")
+    from serve_support import ServerProcess
+
+    proc = ServerProcess(default_model, "--threads", "1", "--token", SERVE_TOKEN, "--max-sessions", "2",
+                         "--max-message-mb", "0.25", "--max-frame-pixels", str(64 * 64), "--idle-timeout",
+                         str(SERVE_IDLE))
+    yield proc
+    assert proc.stop() == 0, "\n".join(proc.lines)
+
+
+def _serve_cli(*args, cwd: Path) -> subprocess.CompletedProcess:
+    return cli("serve", *args, timeout=60, cwd=cwd)
+
+
+@pytest.mark.parametrize("args, fragment", [c for c in SERVE_USAGE_CASES],
+                         ids=[" ".join(c[0]) for c in SERVE_USAGE_CASES])
+def test_serve_bad_option_values_get_the_usage_message(default_model, tmp_path, args, fragment):
+    result = _serve_cli(default_model, *args, cwd=tmp_path)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr and fragment in result.stderr and "Usage" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def _serve_bad_input(name: str, tmp_path: Path, default_model: Path, mlp_model_dir) -> tuple[list, str]:
+    if name == "no model folder":
+        return [tmp_path / "nowhere", "--port", "0"], "model folder not found"
+    if name == "a file as the model":
+        return [default_model / "manifest.json", "--port", "0"], "is a file: serve takes a model folder"
+    if name == "a folder without a manifest":
+        (tmp_path / "empty").mkdir()
+        return [tmp_path / "empty", "--port", "0"], "manifest.json is missing"
+    if name == "an image model":
+        return [mlp_model_dir(), "--port", "0"], "video model"
+    if name == "a non-loopback host without --token":
+        return [default_model, "--host", "0.0.0.0", "--port", "0"], "--token"
+    if name == "an address that does not resolve":
+        return [default_model, "--host", "no-such-host.invalid", "--token", "x", "--port", "0"], \
+            "cannot listen on no-such-host.invalid:0"
+    raise AssertionError(name)
+
+
+@pytest.mark.parametrize("name", ["no model folder", "a file as the model", "a folder without a manifest",
+                                  "an image model", "a non-loopback host without --token",
+                                  "an address that does not resolve"])
+def test_serve_bad_input_is_one_line_and_starts_nothing(default_model, request, tmp_path, name):
+    pytest.importorskip("uvicorn", reason="the serve extra is not installed")
+    args, fragment = _serve_bad_input(name, tmp_path, default_model,
+                                      lambda: request.getfixturevalue("mlp_model_dir"))
+    before = sorted(tmp_path.rglob("*"))
+    result = _serve_cli(*args, cwd=tmp_path)
+    assert_one_line_error(result, fragment)
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_two_servers_on_one_port_the_second_is_one_line_naming_it(serve_server, default_model, tmp_path):
+    result = _serve_cli(default_model, "--port", str(serve_server.port), cwd=tmp_path)
+    assert_one_line_error(result, f"cannot listen on 127.0.0.1:{serve_server.port}")
+    assert "in use" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+    assert serve_server.http("/healthz")[0] == 200  # the first one still serves
+
+
+def test_serve_sigterm_answers_the_chunk_in_flight_then_closes_and_exits_0(default_model):
+    pytest.importorskip("uvicorn", reason="the serve extra is not installed")
+    import threading
+
+    from serve_support import ServerProcess, clip
+
+    from vae_deploy.serve.client import ServerRefusal, connect
+    from vae_deploy.video.latent_codec import LatentCodec
+    from vae_deploy.video.model_open import ModelChoice, open_model
+
+    # a lone chunk waits --max-wait-ms for others to join its round: a window to stop the server in
+    proc = ServerProcess(default_model, "--threads", "1", "--max-batch", "4", "--max-wait-ms", "2500")
+    try:
+        session = connect(proc.url, "encode")
+        frames = clip(7, 4)
+        answer: dict = {}
+
+        def send():
+            try:
+                answer["latents"] = session.encode(frames)
+                session.encode(frames)  # after the stop: refused
+            except ServerRefusal as err:
+                answer["refusal"] = err
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        time.sleep(1.0)  # the chunk is in the server, waiting for its round
+        proc.proc.terminate()
+        time.sleep(0.2)
+        with pytest.raises(ServerRefusal) as late:  # a new session during the stop
+            connect(proc.url, "decode", timeout=10)
+        assert (late.value.code, late.value.close_code) == ("shutting_down", 1001)
+        sender.join(30)
+        runner = open_model(ModelChoice(default_model, "ort-cpu", 1))
+        try:
+            assert answer["latents"].tobytes() == LatentCodec(runner).encode(frames).tobytes()
+        finally:
+            runner.close()
+        assert (answer["refusal"].code, answer["refusal"].close_code) == ("shutting_down", 1001)
+        assert proc.proc.wait(30) == 0, "\n".join(proc.lines)
+        assert not any("Traceback" in line for line in proc.lines), proc.lines
+    finally:
+        proc.kill()
+
+
+def test_serve_kill_9_then_a_rerun_on_the_same_port_serves(default_model):
+    pytest.importorskip("uvicorn", reason="the serve extra is not installed")
+    from serve_support import ServerProcess, clip
+
+    from vae_deploy.serve.client import connect
+
+    first = ServerProcess(default_model, "--threads", "1")
+    try:
+        with connect(first.url, "encode") as session:
+            expected = session.encode(clip(3, 2))
+        held = connect(first.url, "encode")  # a session open at the kill
+        held.encode(clip(3, 2))
+        port = first.port
+        first.proc.send_signal(signal.SIGKILL)
+        assert first.proc.wait(10) == -signal.SIGKILL
+    finally:
+        first.kill()
+    held.close()
+    rerun = ServerProcess(default_model, "--threads", "1", "--port", str(port))  # the same port
+    try:
+        assert rerun.port == port
+        with connect(rerun.url, "encode") as session:  # from the zero state: the same latents
+            assert session.encode(clip(3, 2)).tobytes() == expected.tobytes()
+        assert rerun.json("/healthz")["sessions"] == 0
+    finally:
+        assert rerun.stop() == 0, "\n".join(rerun.lines)
+
+
+# ------------------------------------------------ serve: hostile sessions (one server, a case per row)
+
+
+def _raw_session(server, *messages: bytes) -> tuple[dict, int]:
+    """Open a WebSocket, send `messages`, return the error header and the close code."""
+    from websockets.sync.client import connect as ws_connect
+
+    from vae_deploy.serve.protocol import unpack
+
+    with ws_connect(server.url, open_timeout=10, compression=None) as ws:
+        for m in messages:
+            ws.send(m)
+        header = {}
+        try:
+            while True:
+                header, _ = unpack(ws.recv(timeout=10))
+                if header["op"] == "error":
+                    break
+        finally:
+            try:
+                ws.recv(timeout=10)
+            except Exception:  # noqa: BLE001 - the close frame ends the connection
+                pass
+        return header, ws.close_code
+
+
+def _open_message(mode="encode", **extra) -> bytes:
+    from vae_deploy.serve.protocol import pack
+
+    return pack({"op": "open", "mode": mode, "token": SERVE_TOKEN, **extra})
+
+
+def _refused(server, messages: dict[str, bytes], codes=("bad_chunk", "bad_message"), mode="encode") -> None:
+    for what, message in messages.items():
+        header, close = _raw_session(server, _open_message(mode), message)
+        assert header["code"] in codes and close == 1007, (what, header)
+        assert "\n" not in header["message"], (what, header)
+
+
+def _malformed_header(server):
+    from vae_deploy.serve.protocol import pack
+
+    _refused(server, {
+        "shorter than the header length": b"\x01\x00",
+        "a header length beyond the message": b"\xff\x00\x00\x00{}",
+        "a header that is not JSON": b"\x05\x00\x00\x00{bad}",
+        "bytes after a header without dtype/shape": pack({"op": "chunk"}) + b"\x00" * 8,
+    }, codes=("bad_message",))
+
+
+def _wrong_dtype_or_shape(server):
+    from serve_support import clip
+
+    from vae_deploy.serve.protocol import pack
+
+    frames, latents = clip(0, 2), np.zeros((1, 4, 8, 8), np.float16)
+    _refused(server, {
+        "float16 frames": pack({"op": "chunk"}, frames.astype(np.float16)),
+        "a 3-D chunk": pack({"op": "chunk"}, frames[0]),
+        "a wrong byte count": pack({"op": "chunk"}, frames)[:-4],
+        "a frame beyond --max-frame-pixels": pack({"op": "chunk"}, clip(0, 2, size=72)),
+        "a size not a multiple of 8": pack({"op": "chunk"}, frames[:, :, :60, :60]),
+    })
+    _refused(server, {
+        "float32 latents": pack({"op": "chunk"}, latents.astype(np.float32)),
+        "3-D latents": pack({"op": "chunk"}, latents[0]),
+        "no latent frame": pack({"op": "chunk"}, latents[:0]),
+        "a shape that does not match the bytes":
+            pack({"op": "chunk", "dtype": "float16", "shape": [1, 4, 8, 9]}) + latents.tobytes(),
+    }, mode="decode")
+
+
+def _oversized_message(server):
+    from serve_support import clip
+
+    from vae_deploy.serve.client import ServerRefusal, connect
+
+    big = clip(0, 4, size=128)  # 786 KB > 0.25 MiB
+    with connect(server.url, "encode", token=SERVE_TOKEN) as session, pytest.raises(ServerRefusal) as refused:
+        session.encode(big)
+    assert refused.value.close_code == 1009  # "message too big", from the WebSocket layer itself
+
+
+def _latents_of_another_model(server):
+    from vae_deploy.serve.protocol import pack
+
+    header, close = _raw_session(server, _open_message("decode"),
+                                 pack({"op": "chunk"}, np.zeros((1, 3, 8, 8), np.float16)))
+    assert (header["code"], close) == ("bad_chunk", 1007) and "channels" in header["message"]
+    header, close = _raw_session(server, _open_message("decode", fingerprint="0" * 64))
+    assert (header["code"], close) == ("wrong_model", 1007)
+
+
+def _disconnect_mid_chunk(server):
+    from serve_support import clip
+    from websockets.sync.client import connect as ws_connect
+
+    from vae_deploy.serve.protocol import pack
+
+    for _ in range(3):
+        ws = ws_connect(server.url, open_timeout=10, compression=None).__enter__()
+        ws.send(_open_message())
+        ws.recv(timeout=10)
+        ws.send(pack({"op": "chunk"}, clip(0, 4)))
+        ws.close()  # before the answer
+        _wait_for_no_serve_state(server)  # the chunk in flight finishes, then its state is freed
+
+
+def _too_many_sessions(server):
+    from serve_support import clip, metric
+
+    from vae_deploy.serve.client import ServerRefusal, connect
+
+    a = connect(server.url, "encode", token=SERVE_TOKEN)
+    b = connect(server.url, "decode", token=SERVE_TOKEN)
+    with pytest.raises(ServerRefusal) as refused:
+        connect(server.url, "encode", token=SERVE_TOKEN)
+    assert (refused.value.code, refused.value.close_code) == ("too_many_sessions", 1013)
+    assert "--max-sessions" in refused.value.message
+    text = server.http("/metrics", {"Authorization": f"Bearer {SERVE_TOKEN}"})[1]
+    assert metric(text, "vae_deploy_serve_refusals_total", reason="too_many_sessions") >= 1
+    b.close()
+    deadline = time.monotonic() + 10
+    while server.json("/healthz")["sessions"] > 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with connect(server.url, "encode", token=SERVE_TOKEN) as c:  # a slot freed: served
+        assert c.encode(clip(0, 2)).shape == (2, 4, 8, 8)
+    a.close()
+
+
+def _slow_sender(server):
+    """A client that trickles one chunk's message in fragments: the session waits for the whole message at
+    most --idle-timeout (the timer runs until a whole message is in, not until the next byte), then refuses
+    with 4408 and frees its state; a message trickled faster than that is served."""
+    from serve_support import clip
+    from websockets.sync.client import connect as ws_connect
+
+    from vae_deploy.serve.protocol import pack, unpack
+
+    message = pack({"op": "chunk"}, clip(0, 2))
+
+    def trickle(pieces: int, pause: float):
+        size = -(-len(message) // pieces)
+        for start in range(0, len(message), size):
+            yield message[start:start + size]
+            time.sleep(pause)
+
+    with ws_connect(server.url, open_timeout=10, compression=None) as ws:
+        ws.send(_open_message())
+        ws.recv(timeout=10)
+        ws.send(trickle(4, 0.05))  # whole within 0.2 s: served
+        assert unpack(ws.recv(timeout=10))[0]["op"] == "latents"
+        began = time.monotonic()
+        try:
+            ws.send(trickle(40, 0.25))  # 10 s for one message: cut long before it ends
+        except Exception:  # noqa: BLE001 - the server closed the connection under the send
+            pass
+        header, _ = unpack(ws.recv(timeout=10))
+        assert header["code"] == "idle_timeout", header
+        assert time.monotonic() - began < SERVE_IDLE + 5
+    assert ws.close_code == 4408
+
+
+def _no_token(server):
+    from vae_deploy.serve.client import ServerRefusal, connect
+
+    with pytest.raises(ServerRefusal) as refused:
+        connect(server.url, "encode")
+    assert (refused.value.code, refused.value.close_code) == ("unauthorized", 1008)
+    assert server.http("/model")[0] == 401
+    assert server.http("/model", {"Authorization": f"Bearer {SERVE_TOKEN}"})[0] == 200
+    assert server.http("/healthz")[0] == 200  # a load balancer's probe needs no secret
+
+
+def _idle_session(server):
+    from serve_support import clip, metric
+
+    from vae_deploy.serve.client import ServerRefusal, connect
+
+    session = connect(server.url, "encode", token=SERVE_TOKEN)
+    session.encode(clip(0, 2))
+    assert server.json("/healthz")["streams"] == 1
+    time.sleep(SERVE_IDLE + 0.5)
+    _wait_for_no_serve_state(server)
+    with pytest.raises(ServerRefusal) as refused:
+        session.encode(clip(0, 2))
+    assert refused.value.close_code == 4408
+    session.close()
+    text = server.http("/metrics", {"Authorization": f"Bearer {SERVE_TOKEN}"})[1]
+    assert metric(text, "vae_deploy_serve_refusals_total", reason="idle_timeout") >= 1
+
+
+SERVE_SESSION_CASES = {  # the issue's list first, then the token and the idle timeout
+    "malformed header": _malformed_header,
+    "wrong dtype or shape": _wrong_dtype_or_shape,
+    "oversized message": _oversized_message,
+    "a latent chunk from another model": _latents_of_another_model,
+    "a disconnect mid-chunk": _disconnect_mid_chunk,
+    "too many sessions": _too_many_sessions,
+    "a slow sender": _slow_sender,
+    "no token": _no_token,
+    "an idle session": _idle_session,
+}
+
+
+def _wait_for_no_serve_state(server, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        health = server.json("/healthz")
+        if health["streams"] == 0 and health["sessions"] == 0:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"state left behind: {health}")
+
+
+@pytest.mark.parametrize("case", list(SERVE_SESSION_CASES))
+def test_a_hostile_serve_session_is_refused_and_the_server_keeps_serving(serve_server, case):
+    """Each case ends its own session with an `error` message (a code, one line) and a close code; afterwards
+    no session state is left on the server and a fresh session is served."""
+    from serve_support import clip
+
+    from vae_deploy.serve.client import connect
+
+    SERVE_SESSION_CASES[case](serve_server)
+    _wait_for_no_serve_state(serve_server)
+    with connect(serve_server.url, "encode", token=SERVE_TOKEN) as session:
+        assert session.encode(clip(0, 2)).dtype == np.float16
+    _wait_for_no_serve_state(serve_server)
+    assert serve_server.proc.poll() is None

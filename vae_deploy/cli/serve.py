@@ -23,20 +23,22 @@ def serve(
     max_batch: Annotated[int, typer.Option(
         "--max-batch", min=1, help="Most chunks of different sessions in one graph call.")] = 8,
     max_wait_ms: Annotated[float, typer.Option(
-        "--max-wait-ms", min=0, help="How long a round waits after its oldest chunk for others to join.")]
+        "--max-wait-ms", min=0, max=60_000,
+        help="How long a round waits after its oldest chunk for others to join.")]
         = 2.0,
     max_sessions: Annotated[int, typer.Option(
         "--max-sessions", min=1, help="Sessions open at once; more are refused (close code 1013).")] = 16,
     max_message_mb: Annotated[float, typer.Option(
-        "--max-message-mb", min=0.001, help="Largest message in MiB (close code 1009 beyond).")] = 64.0,
+        "--max-message-mb", min=0.001, max=4096, help="Largest message in MiB (close code 1009 beyond).")]
+        = 64.0,
     max_frame_pixels: Annotated[int, typer.Option(
         "--max-frame-pixels", min=1, help="Largest frame (height x width at the model's input).")]
         = 1920 * 1088,
     max_chunk_frames: Annotated[int, typer.Option(
         "--max-chunk-frames", min=1, help="Most frames in one chunk.")] = 64,
     idle_timeout: Annotated[float, typer.Option(
-        "--idle-timeout", min=0.01, help="Seconds a session may stay silent before it is closed and its "
-                                         "state freed.")] = 60.0,
+        "--idle-timeout", min=0.01, max=86_400,
+        help="Seconds a session may stay silent before it is closed and its state freed.")] = 60.0,
     token: Annotated[str | None, typer.Option(
         "--token", envvar="VAE_DEPLOY_TOKEN", help="Secret every client must send (required off loopback).")]
         = None,
@@ -49,6 +51,8 @@ def serve(
     except ImportError as err:
         raise MissingBackendError(f"serve needs the serve extra ({err.name} is missing): "
                                   f"pip install 'vae-deploy[serve]'") from err
+    if model.exists() and not model.is_dir():
+        raise ConfigError(f"{model} is a file: serve takes a model folder (one `vae-deploy export` wrote)")
     if not model.is_dir():
         raise ConfigError(f"model folder not found: {model}")
     config = ServeConfig(max_sessions=max_sessions, max_batch=max_batch, max_wait_ms=max_wait_ms,
