@@ -117,6 +117,18 @@ class BatchedStreams:
     def __contains__(self, stream: object) -> bool:
         return stream in self._state
 
+    def held(self, streams: list[int]) -> dict[int, dict[str, dict[str, np.ndarray]]]:
+        """What `streams` hold now, for `restore`: a caller running one round in several `step`s (tiled
+        streams, runtime/tiled_batched_streams.py) puts it back when a later step fails. A step replaces a
+        stream's state and never changes it in place, so this keeps the arrays themselves."""
+        return {stream: dict(self._state[stream]) for stream in streams}
+
+    def restore(self, held: dict[int, dict[str, dict[str, np.ndarray]]]) -> None:
+        """Put back what `held` returned, for the streams still open."""
+        for stream, graphs in held.items():
+            if stream in self._state:
+                self._state[stream] = dict(graphs)
+
     def _check_open(self, stream: Any) -> None:
         if stream not in self._state:
             held = ", ".join(map(str, self._state)) or "none"
