@@ -119,14 +119,34 @@ def test_a_failing_source_leaves_the_others_finished(vd, tiny_video_model, clips
     (["--out-dir", "{tmp}/d", "--latents", "{tmp}/l.vaelat"], "--latents is for a single source"),
     (["--with-latents"], "--with-latents is for --out-dir"),
     (["--out-dir", "{tmp}/d", "{tmp}/missing.mp4"], "no such file or folder"),
-    (["--out-dir", "{tmp}/d", "--size", "0", "--tile", "64"], "tiling is not combined with several sources"),
+    # 176x144 frames fit 1 MB whole alone; two sources share each call, and no tile of both fits 900 KB
+    (["--out-dir", "{tmp}/d", "--size", "0", "--tile-budget", "900KB"],
+     "2 sources share each call, a tile of each; give a larger --tile-budget or run fewer sources"),
 ], ids=["no out-dir", "--out", "--out and --report", "--side-by-side", "--latents", "--with-latents alone",
-        "a missing source", "--tile that tiles"])
+        "a missing source", "auto: a budget too small for the sources sharing a call"])
 def test_refusals_are_one_line_before_any_work(vd, tiny_video_model, clips, tmp_path, extra, fragment):
     args = [arg.format(tmp=tmp_path) for arg in extra]
     result = vd("run", clips["long"], clips["short"], "--model", tiny_video_model("frame"), *args)
     assert_one_line_error(result, fragment, 2)
     assert list(tmp_path.iterdir()) == []  # nothing written, no folder made
+
+
+def test_tiled_sources_equal_their_single_tiled_runs(vd, tiny_video_model, clips, tmp_path):
+    """--tile 64 with two sources of different sizes (176x144: 3x3 tiles; 128x96: 2x2) in one batched run:
+    each source's frames and latents equal `run SRC --tile 64` alone, bit for bit with --threads 1 (each
+    (source, tile) pair a slot of its own; runtime/tiled_batched_streams.py)."""
+    common = ["--model", tiny_video_model("causal3d-t2"), "--size", "0", "--tile", "64", "--chunk", 4,
+              "--max-frames", 6, "--threads", 1, "--codec", "ffv1", "-q"]
+    ran = vd("run", clips["long"], clips["short"], "--out-dir", tmp_path / "out", "--with-latents", *common)
+    assert ran.returncode == 0, ran.stderr
+    for source, folder in ((clips["long"], clips["long"].stem), (clips["short"], f"{clips['long'].stem}-2")):
+        alone = vd("run", source, "--out", tmp_path / "alone.mkv", "--latents", tmp_path / "alone.vaelat",
+                   *common)
+        assert alone.returncode == 0, alone.stderr
+        np.testing.assert_array_equal(read_video(tmp_path / "out" / folder / "reconstruction.mkv"),
+                                      read_video(tmp_path / "alone.mkv"))
+        assert (tmp_path / "out" / folder / "latents.vaelat").read_bytes() == \
+            (tmp_path / "alone.vaelat").read_bytes()
 
 
 def test_names_come_from_the_sources_and_repeats_get_a_suffix(tmp_path):

@@ -17,8 +17,17 @@ written and the interrupt propagates, as in run_video.
 
 Per source, the frames equal run_video's on that source alone: the same chunks, padding and fp16 latents,
 and the batched calls compute each row as alone (bit for bit on ort-cpu with one intra-op thread;
-docs/architecture.md, "Batched streams"; tests/video/test_multi_source.py measures it). Spatial tiles are
-not combined with batching yet: a request that would tile any source is refused before any frame is read.
+docs/architecture.md, "Batched streams"; tests/video/test_multi_source.py measures it).
+
+Spatial tiles (--tile, --tile-budget) combine with it: when the request tiles, the slots are those of a
+TiledBatchedStreams (runtime/tiled_batched_streams.py), each (source, tile) pair a slot with its own
+state, each source planned at its first chunk from its own frame size, as `run` plans one source. A call
+stacks at most one row per source, as untiled (tiles of equal shape of several sources share it), so
+`--tile auto` counts every source sharing a call against --tile-budget; a budget too small for that is
+refused before any frame is read. With --tile N each source's frames and latents equal `run SRC --tile N`
+alone, bit for bit with --threads 1 (its tiles are cut and joined by TiledStream's own code); `auto` may
+choose smaller tiles than one source alone would (its calls hold more rows), which for an exact model
+gives the same output within float rounding, and for a blended one another blend.
 No torch: this runs on the edge install.
 """
 
@@ -32,9 +41,10 @@ from dataclasses import dataclass, field
 from vae_deploy.errors import ConfigError, VaeDeployError
 from vae_deploy.runtime.batched_stream import BatchedStreams
 from vae_deploy.runtime.runner import Runner
-from vae_deploy.runtime.tile_plan import AUTO, OFF, TilePlanner, format_bytes
+from vae_deploy.runtime.tile_plan import OFF, TilePlanner
+from vae_deploy.runtime.tiled_batched_streams import TiledBatchedStreams
 from vae_deploy.video.fit import FitPolicy
-from vae_deploy.video.latent_codec import LatentRules, VideoModelInfo
+from vae_deploy.video.latent_codec import LatentRules, VideoModelInfo, _note_once
 from vae_deploy.video.outputs import check_output_path, latent_output, video_output
 
 # The pipeline's own stage parts, shared so that a lane reads, fits, writes and reports exactly as run_video
@@ -246,7 +256,7 @@ def _rounds(lanes: list[_Lane]) -> Iterator[_Round]:
 class _Model:
     """The middle stage: a round's chunks through the shared encoder and decoder calls."""
 
-    def __init__(self, lanes: list[_Lane], streams: BatchedStreams):
+    def __init__(self, lanes: list[_Lane], streams: BatchedStreams | TiledBatchedStreams):
         self.lanes, self.streams = lanes, streams
 
     def _drop(self, lane: _Lane) -> None:
@@ -315,27 +325,28 @@ class _Failed(Exception):
 # ---------------------------------------------------------------- tiling
 
 
-def check_untiled(runner: Runner, options: StreamOptions, sizes: dict[str, tuple[int, int]]) -> None:
-    """Refuse, before any frame is read, a tile request that would tile any source: batched calls and
-    spatial tiles are not combined yet. `sizes`: source name -> model frame (width, height). `auto` runs
-    untiled when a call of every source's step fits --tile-budget (a call stacks one row per source)."""
+def tile_planner(runner: Runner, options: StreamOptions, sizes: dict[str, tuple[int, int]]
+                 ) -> TilePlanner | None:
+    """The planner of a run's tiles (None: nothing is tiled), checked before any frame is read: a bad
+    request is refused as for one source, and `auto` with a budget too small for a call of every source's
+    tile (each call stacks one row per source) in one line. `sizes`: source name -> model frame (width,
+    height)."""
     request = options.tile
     if request.tile == OFF:
-        return
-    planner = TilePlanner(runner.manifest, request)  # a bad request is refused here as for one source
+        return None
+    planner = TilePlanner(runner.manifest, request, _note_once)
     if not planner.active:
-        return
-    for name, (w, h) in sizes.items():
+        return None
+    for w, h in sizes.values():
         for graph, group in planner.groups.items():
-            if planner.plan(graph, h // group.unit, w // group.unit, len(sizes), announce=False) is None:
-                continue
-            if request.tile == AUTO:
-                why = (f"--tile auto would tile {name}'s {w}x{h} model frames ({len(sizes)} sources share "
-                       f"each call, beyond --tile-budget {format_bytes(planner.budget)})")
-            else:
-                why = f"--tile {request.tile} would tile {name}'s {w}x{h} model frames"
-            raise ConfigError(f"{why}, and tiling is not combined with several sources yet: run that source "
-                              f"alone, or use a smaller --size")
+            try:
+                planner.plan(graph, h // group.unit, w // group.unit, len(sizes), announce=False)
+            except ConfigError as err:
+                if len(sizes) == 1:
+                    raise
+                raise ConfigError(f"{err} ({len(sizes)} sources share each call, a tile of each; give a "
+                                  f"larger --tile-budget or run fewer sources together)") from err
+    return planner
 
 
 # ---------------------------------------------------------------- the entry point
@@ -353,7 +364,8 @@ def run_videos(runner: Runner, runs: list[SourceRun], options: StreamOptions | N
             if path is not None:
                 check_output_path(path, f"{what} of {run.name}", video=path is run.outputs.video)
     policies = [_plan(info, run.source, options) for run in runs]
-    check_untiled(runner, options, {run.name: p.model_size for run, p in zip(runs, policies, strict=True)})
+    planner = tile_planner(runner, options, {run.name: p.model_size for run, p in zip(runs, policies,
+                                                                                       strict=True)})
     report = MultiReport(sources=[], backend=runner.name, model_kind=info.kind,
                          model_fingerprint=info.fingerprint, chunk=options.chunk)
     lanes: list[_Lane] = []
@@ -366,7 +378,9 @@ def run_videos(runner: Runner, runs: list[SourceRun], options: StreamOptions | N
     try:
         for run, policy in zip(runs, policies, strict=True):
             lanes.append(_Lane(len(lanes), run, info, policy, options, runner, done))
-        streams = runner.open_batched_streams()
+        # tiles: one row per source per call, as untiled (the budget counted them so)
+        streams = runner.open_batched_streams() if planner is None else \
+            TiledBatchedStreams(runner, planner, rows=len(lanes))
         for lane in lanes:
             lane.stream = streams.add()
         started = time.perf_counter()
@@ -419,5 +433,5 @@ def _keep_interrupted(lane: _Lane) -> None:
         lane.fail(VaeDeployError("interrupted before its first frame was finished; nothing was written"))
 
 
-__all__ = ["FAILED", "FINISHED", "INTERRUPTED", "MultiReport", "SourceResult", "SourceRun", "check_untiled",
-           "run_videos"]
+__all__ = ["FAILED", "FINISHED", "INTERRUPTED", "MultiReport", "SourceResult", "SourceRun", "run_videos",
+           "tile_planner"]
