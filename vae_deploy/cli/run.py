@@ -92,7 +92,9 @@ def run(
                           "source's outputs in DIR/<name>/ (reconstruction.mp4, metrics.json; <name> from "
                           "the file's stem, camera0, ...; a repeated name gets -2), the aggregate metrics in "
                           "DIR/metrics.json. A source that fails or ends early leaves the others running; "
-                          "exit 1 when any failed. Spatial tiles are not combined with several sources yet.")
+                          "exit 1 when any failed. --tile works as for one source: each (source, tile) pair "
+                          "has its own state, tiles of equal shape share calls (one tile per source per "
+                          "call), and auto counts every source sharing a call against --tile-budget.")
     ] = None,
     with_latents: Annotated[bool, typer.Option(
         "--with-latents", help="With --out-dir: also each source's latents, DIR/<name>/latents.vaelat.")
