@@ -119,7 +119,7 @@ def test_a_failing_source_leaves_the_others_finished(vd, tiny_video_model, clips
     (["--out-dir", "{tmp}/d", "--latents", "{tmp}/l.vaelat"], "--latents is for a single source"),
     (["--with-latents"], "--with-latents is for --out-dir"),
     (["--out-dir", "{tmp}/d", "{tmp}/missing.mp4"], "no such file or folder"),
-    # 176x144 frames fit 1 MB whole alone; two sources share each call, and no tile of both fits 900 KB
+    # 176x144 frames fit 900 KB whole alone; two sources share each call, and no tile of both fits it
     (["--out-dir", "{tmp}/d", "--size", "0", "--tile-budget", "900KB"],
      "2 sources share each call, a tile of each; give a larger --tile-budget or run fewer sources"),
 ], ids=["no out-dir", "--out", "--out and --report", "--side-by-side", "--latents", "--with-latents alone",
