@@ -149,6 +149,23 @@ def test_tiled_sources_equal_their_single_tiled_runs(vd, tiny_video_model, clips
             (tmp_path / "alone.vaelat").read_bytes()
 
 
+def test_auto_tiles_when_the_sources_sharing_a_call_need_it(vd, tiny_video_model, clips, tmp_path):
+    """--tile auto with a budget that holds one 176x144 frame of the frame model whole (alone: untiled) but
+    not a call of both sources: the batched run tiles (48 px tiles fit 1 MB for two rows; at 900 KB none
+    does, the refusal in the table above), and each source still equals its single run, bit for bit."""
+    common = ["--model", tiny_video_model("frame"), "--size", "0", "--tile-budget", "1MB", "--chunk", 1,
+              "--max-frames", 3, "--threads", 1, "--codec", "ffv1", "-q"]
+    ran = vd("run", clips["long"], clips["short"], "--out-dir", tmp_path / "out", "--with-latents", *common)
+    assert ran.returncode == 0, ran.stderr
+    alone = vd("run", clips["long"], "--out", tmp_path / "alone.mkv", "--latents", tmp_path / "alone.vaelat",
+               *common)
+    assert alone.returncode == 0, alone.stderr
+    folder = tmp_path / "out" / clips["long"].stem
+    np.testing.assert_array_equal(read_video(folder / "reconstruction.mkv"),
+                                  read_video(tmp_path / "alone.mkv"))
+    assert (folder / "latents.vaelat").read_bytes() == (tmp_path / "alone.vaelat").read_bytes()
+
+
 def test_names_come_from_the_sources_and_repeats_get_a_suffix(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "frames").mkdir()

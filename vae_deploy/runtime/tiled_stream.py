@@ -110,12 +110,16 @@ def plan_tiles(runner: Runner, planner: TilePlanner, spec: GraphSpec, x: np.ndar
                ) -> GraphTiles | None:
     """The tiles of `spec`'s frames, planned at its first chunk `x` (frame size and chunk length known).
     `rows`: tiles one call stacks along the batch axis (auto's budget counts them all)."""
-    # steps of the stream axis one call takes: the memory a tile's call needs grows with them
+    height, width = x.shape[-2:]
+    return planner.plan(spec.name, height, width, call_steps(runner, spec, x.shape[1]) * rows)
+
+
+def call_steps(runner: Runner, spec: GraphSpec, length: int) -> int:
+    """Steps of `spec`'s stream axis one call takes for a chunk `length` long along it: the memory a tile's
+    call needs grows with them."""
     multiple = spec.dim_multiples.get(spec.stream_axis, 1) if spec.stream_axis else 1
     limit = runner.call_limit(spec)  # in units of the stream axis, like the chunk
-    steps = max(1, (min(x.shape[1], limit) if limit else x.shape[1]) // multiple)
-    height, width = x.shape[-2:]
-    return planner.plan(spec.name, height, width, steps * rows)
+    return max(1, (min(length, limit) if limit else length) // multiple)
 
 
 def check_frame_size(graph: str, size: tuple[int, int], started: tuple[int, int]) -> None:
@@ -218,5 +222,5 @@ def open_tiled_stream(runner: Runner, planner: TilePlanner | None) -> Stream | T
     return TiledStream(runner, planner) if planner is not None and planner.active else runner.open_stream()
 
 
-__all__ = ["TileJoiner", "TiledStream", "check_frame_size", "cut_tile", "frame_input", "open_tiled_stream",
-           "plan_tiles", "tile_windows"]
+__all__ = ["TileJoiner", "TiledStream", "call_steps", "check_frame_size", "cut_tile", "frame_input",
+           "open_tiled_stream", "plan_tiles", "tile_windows"]

@@ -43,6 +43,7 @@ from vae_deploy.runtime.batched_stream import BatchedStreams
 from vae_deploy.runtime.runner import Runner
 from vae_deploy.runtime.tile_plan import OFF, TilePlanner
 from vae_deploy.runtime.tiled_batched_streams import TiledBatchedStreams
+from vae_deploy.runtime.tiled_stream import call_steps
 from vae_deploy.video.fit import FitPolicy
 from vae_deploy.video.latent_codec import LatentRules, VideoModelInfo, _note_once
 from vae_deploy.video.outputs import check_output_path, latent_output, video_output
@@ -325,22 +326,26 @@ class _Failed(Exception):
 # ---------------------------------------------------------------- tiling
 
 
-def tile_planner(runner: Runner, options: StreamOptions, sizes: dict[str, tuple[int, int]]
-                 ) -> TilePlanner | None:
+def tile_planner(runner: Runner, info: VideoModelInfo, options: StreamOptions,
+                 sizes: dict[str, tuple[int, int]]) -> TilePlanner | None:
     """The planner of a run's tiles (None: nothing is tiled), checked before any frame is read: a bad
     request is refused as for one source, and `auto` with a budget too small for a call of every source's
-    tile (each call stacks one row per source) in one line. `sizes`: source name -> model frame (width,
-    height)."""
+    tile (each call stacks one row per source; a first chunk of --chunk frames, as long as any) in one
+    line. `sizes`: source name -> model frame (width, height)."""
     request = options.tile
     if request.tile == OFF:
         return None
     planner = TilePlanner(runner.manifest, request, _note_once)
     if not planner.active:
         return None
+    f, first, chunk = info.temporal_factor, info.first_frames, options.chunk  # as LatentRules pads it
+    frames = chunk + (first - chunk if chunk < first else -(chunk - first) % f)
+    lengths = {"encoder": frames, "decoder": info.latent_count(frames)}
     for w, h in sizes.values():
         for graph, group in planner.groups.items():
+            steps = call_steps(runner, runner.graph(graph), lengths.get(graph, 1))
             try:
-                planner.plan(graph, h // group.unit, w // group.unit, len(sizes), announce=False)
+                planner.plan(graph, h // group.unit, w // group.unit, steps * len(sizes), announce=False)
             except ConfigError as err:
                 if len(sizes) == 1:
                     raise
@@ -364,8 +369,8 @@ def run_videos(runner: Runner, runs: list[SourceRun], options: StreamOptions | N
             if path is not None:
                 check_output_path(path, f"{what} of {run.name}", video=path is run.outputs.video)
     policies = [_plan(info, run.source, options) for run in runs]
-    planner = tile_planner(runner, options, {run.name: p.model_size for run, p in zip(runs, policies,
-                                                                                       strict=True)})
+    planner = tile_planner(runner, info, options, {run.name: p.model_size for run, p in zip(runs, policies,
+                                                                                             strict=True)})
     report = MultiReport(sources=[], backend=runner.name, model_kind=info.kind,
                          model_fingerprint=info.fingerprint, chunk=options.chunk)
     lanes: list[_Lane] = []
