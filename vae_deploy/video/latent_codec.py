@@ -61,7 +61,7 @@ def check_finite_latents(latents: np.ndarray, stored_from: np.ndarray, space: st
 _NOTED: set[str] = set()
 
 
-def _note_once(line: str) -> None:
+def note_once(line: str) -> None:
     """A note once per process: encode-dataset's workers open a codec per video, and say it once each."""
     if line not in _NOTED:
         _NOTED.add(line)
@@ -194,7 +194,7 @@ class LatentCodec:
         # None or off: the runner's own stream, untouched; otherwise tiles when the request (or auto's
         # budget) asks for them, each tile with a stream of its own.
         planner = None if tiling is None or tiling.tile == OFF else TilePlanner(runner.manifest, tiling,
-                                                                                _note_once)
+                                                                                note_once)
         if planner is not None and model_size is not None:  # the frames' (width, height), when known
             planner.check_frame(*model_size)
         self.stream = open_tiled_stream(runner, planner)

@@ -45,30 +45,30 @@ from vae_deploy.runtime.tile_plan import OFF, TilePlanner
 from vae_deploy.runtime.tiled_batched_streams import TiledBatchedStreams
 from vae_deploy.runtime.tiled_stream import call_steps
 from vae_deploy.video.fit import FitPolicy
-from vae_deploy.video.latent_codec import LatentRules, VideoModelInfo, _note_once
+from vae_deploy.video.latent_codec import LatentRules, VideoModelInfo, note_once
 from vae_deploy.video.outputs import check_output_path, latent_output, video_output
 
 # The pipeline's own stage parts, shared so that a lane reads, fits, writes and reports exactly as run_video
 # does for one source (this module is its batched sibling, not a second implementation).
 from vae_deploy.video.pipeline import (
+    FrameWriter,
+    ReadChunk,
+    StageResult,
     StreamOptions,
     StreamReport,
     VideoOutputs,
-    _Chunk,
-    _Coded,
-    _expected_frames,
-    _fill_common,
-    _finish_outputs,
-    _finish_source,
-    _FrameWriter,
-    _header,
-    _json_number,
-    _latent_space,
-    _model_info,
-    _output_fps,
-    _path_of,
-    _plan,
-    _read_chunks,
+    expected_frames,
+    fill_common,
+    finish_outputs,
+    finish_source,
+    json_number,
+    latent_header,
+    latent_space_of,
+    output_fps,
+    plan_source_fit,
+    read_chunks,
+    source_path,
+    stream_model_info,
 )
 from vae_deploy.video.sources import FrameSource
 from vae_deploy.video.stages import run_stages
@@ -129,7 +129,7 @@ class MultiReport:
         return [s for s in self.sources if s.status == FAILED]
 
     def to_dict(self) -> dict:
-        return _json_number({
+        return json_number({
             "sources_total": len(self.sources), "sources_finished": sum(s.status == FINISHED for s in
                                                                         self.sources),
             "sources_failed": len(self.failed), "frames": self.frames, "seconds": self.seconds,
@@ -148,14 +148,14 @@ class _Lane:
                  options: StreamOptions, runner: Runner, progress: Callable[[], None]):
         self.index, self.run, self.policy = index, run, policy
         source, outputs = run.source, run.outputs
-        self.fps = _output_fps(options.fps, source.fps, source.description)
-        self.rules = LatentRules(info, _latent_space(options))
-        self.report = StreamReport(source=source.description, source_path=_path_of(source))
-        _fill_common(self.report, runner, info, policy, options.chunk, self.fps)
+        self.fps = output_fps(options.fps, source.fps, source.description)
+        self.rules = LatentRules(info, latent_space_of(options))
+        self.report = StreamReport(source=source.description, source_path=source_path(source))
+        fill_common(self.report, runner, info, policy, options.chunk, self.fps)
         self.stack = contextlib.ExitStack()  # its outputs: published when the lane ends, or discarded
-        self.writer: _FrameWriter | None = None
+        self.writer: FrameWriter | None = None
         self.count = [0]  # frames read
-        self.chunks: Iterator[_Chunk] = iter(())
+        self.chunks: Iterator[ReadChunk] = iter(())
         self.stream: int | None = None  # its slot in the BatchedStreams
         self.error: str | None = None  # set once, by whichever stage found the failure
         self.closed = False
@@ -169,17 +169,17 @@ class _Lane:
             video = latents = None
             if outputs.video is not None:
                 video = self.stack.enter_context(video_output(
-                    outputs.video, self.fps, (w, h), _expected_frames(source, options), source.description,
+                    outputs.video, self.fps, (w, h), expected_frames(source, options), source.description,
                     codec=outputs.codec))
             if outputs.latents is not None:
-                header = _header(info, self.policy, self.fps, options.chunk, self.rules)
+                header = latent_header(info, self.policy, self.fps, options.chunk, self.rules)
                 latents = self.stack.enter_context(latent_output(outputs.latents, header))
         except BaseException as exc:
             self.discard(exc)
             raise
-        self.writer = _FrameWriter(self.policy, video, None, latents, options.measure, None,
+        self.writer = FrameWriter(self.policy, video, None, latents, options.measure, None,
                                    lambda done: self._progress())
-        self.chunks = _read_chunks(source, self.policy, options.chunk, options.max_frames, options.measure,
+        self.chunks = read_chunks(source, self.policy, options.chunk, options.max_frames, options.measure,
                                    self.count, info.first_frames)
 
     def fail(self, exc: BaseException) -> None:
@@ -215,14 +215,14 @@ class _Round:
     """What the reading stage hands on: the next chunk of each lane read, and the lanes that ended or
     failed while being read."""
 
-    chunks: dict[int, _Chunk] = field(default_factory=dict)
+    chunks: dict[int, ReadChunk] = field(default_factory=dict)
     ended: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
 
 
 @dataclass
 class _CodedRound:
-    coded: dict[int, _Coded] = field(default_factory=dict)
+    coded: dict[int, StageResult] = field(default_factory=dict)
     ended: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
 
@@ -289,7 +289,7 @@ class _Model:
         seconds = time.perf_counter() - start  # a chunk's latency is its round's
         for i, z in latents.items():
             recon = decoded[self.lanes[i].stream][0][:chunks[i].fitted.shape[0]]  # drop padding's frames
-            out.coded[i] = _Coded(chunks[i], z, recon, seconds)
+            out.coded[i] = StageResult(chunks[i], z, recon, seconds)
         return out
 
 
@@ -335,7 +335,7 @@ def tile_planner(runner: Runner, info: VideoModelInfo, options: StreamOptions,
     request = options.tile
     if request.tile == OFF:
         return None
-    planner = TilePlanner(runner.manifest, request, _note_once)
+    planner = TilePlanner(runner.manifest, request, note_once)
     if not planner.active:
         return None
     f, first, chunk = info.temporal_factor, info.first_frames, options.chunk  # as LatentRules pads it
@@ -363,12 +363,12 @@ def run_videos(runner: Runner, runs: list[SourceRun], options: StreamOptions | N
     sources that failed before this (could not be opened), listed in the report in their place. The
     results keep the order of `runs` then `failed`; the caller orders them as the user gave them."""
     options = options or StreamOptions()
-    info = _model_info(runner, options)
+    info = stream_model_info(runner, options)
     for run in runs:
         for path, what in ((run.outputs.video, "the video"), (run.outputs.latents, "the latents")):
             if path is not None:
                 check_output_path(path, f"{what} of {run.name}", video=path is run.outputs.video)
-    policies = [_plan(info, run.source, options) for run in runs]
+    policies = [plan_source_fit(info, run.source, options) for run in runs]
     planner = tile_planner(runner, info, options, {run.name: p.model_size for run, p in zip(runs, policies,
                                                                                              strict=True)})
     report = MultiReport(sources=[], backend=runner.name, model_kind=info.kind,
@@ -411,12 +411,12 @@ def run_videos(runner: Runner, runs: list[SourceRun], options: StreamOptions | N
         lane.writer.fill(lane.report, started)
         ends.append(lane.writer.last_frame_at or started)
         lane.report.interrupted = lane.interrupted and lane.error is None
-        _finish_source(lane.report, lane.run.source, lane.count[0], options)
+        finish_source(lane.report, lane.run.source, lane.count[0], options)
         if lane.error is not None:
             result.status, result.error = FAILED, lane.error
         else:
             result.status = INTERRUPTED if lane.interrupted else FINISHED
-            _finish_outputs(lane.report, lane.run.outputs)
+            finish_outputs(lane.report, lane.run.outputs)
     report.sources = results + list(failed or [])
     report.frames = sum(lane.writer.frames for lane in lanes if lane.error is None)
     report.seconds = max(ends, default=started) - started

@@ -127,16 +127,16 @@ class StreamReport:
     outputs: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {k: _json_number(v) for k, v in asdict(self).items()}
+        return {k: json_number(v) for k, v in asdict(self).items()}
 
 
-def _json_number(value):
+def json_number(value):
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # JSON has no inf (PSNR of identical frames) or nan
     if isinstance(value, dict):
-        return {k: _json_number(v) for k, v in value.items()}
+        return {k: json_number(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_json_number(v) for v in value]
+        return [json_number(v) for v in value]
     return value
 
 
@@ -144,21 +144,21 @@ def _json_number(value):
 
 
 @dataclass
-class _Chunk:
+class ReadChunk:
     fitted: np.ndarray  # (T, C, H, W) float32, the model's input
     sources: list[np.ndarray] | None  # the source frames, when an output or a metric needs them
 
 
 @dataclass
-class _Coded:
-    chunk: _Chunk | None  # None when decoding a file (no source frames)
+class StageResult:
+    chunk: ReadChunk | None  # None when decoding a file (no source frames)
     latents: np.ndarray | None  # fp16 (t, C_lat, h, w)
     recon: np.ndarray | None  # (T, C, H, W) float32, real frames only
     seconds: float  # model time for this chunk
 
 
-def _read_chunks(source: FrameSource, policy: FitPolicy, chunk: int, max_frames: int | None,
-                 keep_sources: bool, count: list[int], first: int = 0) -> Iterator[_Chunk]:
+def read_chunks(source: FrameSource, policy: FitPolicy, chunk: int, max_frames: int | None,
+                 keep_sources: bool, count: list[int], first: int = 0) -> Iterator[ReadChunk]:
     """Fitted chunks of `chunk` frames, the first `first` frames longer (a model's first rule), the last
     maybe shorter (video/chunker.py); count[0] tracks frames read."""
     chunker: Chunker[tuple[np.ndarray, np.ndarray | None]] = Chunker(chunk, first)
@@ -174,9 +174,9 @@ def _read_chunks(source: FrameSource, policy: FitPolicy, chunk: int, max_frames:
         yield _as_chunk(rest, keep_sources)
 
 
-def _as_chunk(frames: list[tuple[np.ndarray, np.ndarray | None]], keep_sources: bool) -> _Chunk:
+def _as_chunk(frames: list[tuple[np.ndarray, np.ndarray | None]], keep_sources: bool) -> ReadChunk:
     """(fitted, source) pairs as one stage item."""
-    return _Chunk(np.stack([fitted for fitted, _ in frames]),
+    return ReadChunk(np.stack([fitted for fitted, _ in frames]),
                   [source for _, source in frames] if keep_sources else None)
 
 
@@ -194,7 +194,7 @@ class _Latencies:
 # ---------------------------------------------------------------- writing results
 
 
-class _FrameWriter:
+class FrameWriter:
     """The consuming stage: output videos, latents and metrics, in stream order."""
 
     def __init__(self, policy: FitPolicy, video: VideoSink | None, side: VideoSink | None,
@@ -211,7 +211,7 @@ class _FrameWriter:
         self.last_frame_at: float | None = None
         self.working: tuple[VideoSink | None, VideoSink | None] = (None, None)  # model input, output
 
-    def __call__(self, coded: _Coded) -> None:
+    def __call__(self, coded: StageResult) -> None:
         self.latency.seconds.append(coded.seconds)
         if self.latents is not None and coded.latents is not None:
             self.latents.write(coded.latents)
@@ -230,7 +230,7 @@ class _FrameWriter:
         if self.progress is not None:
             self.progress(self.frames)
 
-    def _frames(self, chunk: _Chunk | None, recon: np.ndarray) -> None:
+    def _frames(self, chunk: ReadChunk | None, recon: np.ndarray) -> None:
         policy = self.policy
         if self.metrics is not None and chunk is not None:
             w, h = policy.content_size
@@ -253,7 +253,7 @@ class _FrameWriter:
                 self.source_sq_err += float(np.dot(diff.ravel(), diff.ravel()))
                 self.source_values += diff.size
 
-    def _working(self, chunk: _Chunk | None, recon: np.ndarray) -> None:
+    def _working(self, chunk: ReadChunk | None, recon: np.ndarray) -> None:
         """The model's input and output at its working size, as the metrics see them (the report's videos)."""
         w, h = self.policy.content_size
         for sink, frames in zip(self.working, (None if chunk is None else chunk.fitted, recon), strict=True):
@@ -284,7 +284,7 @@ class _Interrupted(Exception):
     """Raised inside the outputs' block when an interrupt left nothing worth keeping."""
 
 
-def _run_stream_stages(produce: Iterator, transform: Callable, writer: _FrameWriter,
+def _run_stream_stages(produce: Iterator, transform: Callable, writer: FrameWriter,
                        depth: int) -> tuple[bool, float]:
     """Run the stages; (interrupted, start time). An interrupt before any frame is written discards."""
     from vae_deploy.video.stages import run_stages
@@ -302,18 +302,18 @@ def _run_stream_stages(produce: Iterator, transform: Callable, writer: _FrameWri
 # ---------------------------------------------------------------- the three entry points
 
 
-def _model_info(runner: Runner | CodecProvider, options: StreamOptions) -> VideoModelInfo:
+def stream_model_info(runner: Runner | CodecProvider, options: StreamOptions) -> VideoModelInfo:
     info = model_info(runner)
     info.check_chunk(options.chunk)
     return info
 
 
-def _plan(info: VideoModelInfo, source: FrameSource, options: StreamOptions) -> FitPolicy:
+def plan_source_fit(info: VideoModelInfo, source: FrameSource, options: StreamOptions) -> FitPolicy:
     short = info.short_side if options.short_side is None else options.short_side
     return plan_fit(source.size, short, info.spatial_factor, info.channels, options.fit)
 
 
-def _fill_common(report: StreamReport, runner: Runner | CodecProvider, info: VideoModelInfo,
+def fill_common(report: StreamReport, runner: Runner | CodecProvider, info: VideoModelInfo,
                  policy: FitPolicy, chunk: int, fps: float) -> None:
     report.backend, report.model_kind, report.model_fingerprint = runner.name, info.kind, info.fingerprint
     report.chunk, report.fps, report.fit = chunk, fps, policy.mode
@@ -325,7 +325,7 @@ def _fill_common(report: StreamReport, runner: Runner | CodecProvider, info: Vid
     report.compression_ratio = compression_ratio((h, w, info.channels), lc * lh * lw / info.temporal_factor)
 
 
-def _expected_frames(source: FrameSource, options: StreamOptions) -> int | None:
+def expected_frames(source: FrameSource, options: StreamOptions) -> int | None:
     """The frames a run will read: what the source says it holds (None when it does not say), capped by
     --max-frames."""
     expected = source.frame_count
@@ -334,13 +334,13 @@ def _expected_frames(source: FrameSource, options: StreamOptions) -> int | None:
     return expected
 
 
-def _finish_source(report: StreamReport, source: FrameSource, count: int, options: StreamOptions) -> None:
-    expected = _expected_frames(source, options)
+def finish_source(report: StreamReport, source: FrameSource, count: int, options: StreamOptions) -> None:
+    expected = expected_frames(source, options)
     report.expected_frames = expected
     report.truncated = bool(expected is not None and count < expected and not report.interrupted)
 
 
-def _header(info: VideoModelInfo, policy: FitPolicy, fps: float, chunk: int,
+def latent_header(info: VideoModelInfo, policy: FitPolicy, fps: float, chunk: int,
             latent_codec: LatentCodec) -> LatentHeader:
     return LatentHeader(model_fingerprint=info.fingerprint, model_kind=info.kind,
                         latent_shape=list(info.latent_shape(policy.model_size)), fps=fps, frame_count=0,
@@ -348,7 +348,7 @@ def _header(info: VideoModelInfo, policy: FitPolicy, fps: float, chunk: int,
                         fit=policy.to_dict(), chunk=chunk, latent_space=latent_codec.latent_space)
 
 
-def _output_fps(given: float | None, found: float | None, what: str) -> float:
+def output_fps(given: float | None, found: float | None, what: str) -> float:
     """The frame rate outputs are written at: --fps (checked by StreamOptions), else the source's or the
     latent file's, else DEFAULT_FPS. A found rate below what a video file holds (MIN_OUTPUT_FPS) counts as
     unknown, with one note line: FFmpeg would otherwise store 24 frames/s without a word."""
@@ -361,11 +361,11 @@ def _output_fps(given: float | None, found: float | None, what: str) -> float:
     return found or DEFAULT_FPS
 
 
-def _path_of(source: FrameSource) -> str | None:
+def source_path(source: FrameSource) -> str | None:
     return None if source.path is None else str(source.path)
 
 
-def _latent_space(options: StreamOptions) -> str:
+def latent_space_of(options: StreamOptions) -> str:
     return RAW if options.raw_latents else NORMALIZED
 
 
@@ -373,28 +373,28 @@ def run_video(runner: Runner | CodecProvider, source: FrameSource, options: Stre
               outputs: VideoOutputs | None = None, progress: Progress | None = None) -> StreamReport:
     """Encode and decode `source` chunk by chunk, carrying the state; write the outputs asked for."""
     options, outputs = options or StreamOptions(), outputs or VideoOutputs()
-    info = _model_info(runner, options)
+    info = stream_model_info(runner, options)
     for path, what in ((outputs.video, "the video"), (outputs.side_by_side, "the side-by-side video"),
                        (outputs.latents, "the latents"), (outputs.model_input, "the model's input video"),
                        (outputs.model_output, "the model's output video")):
         if path is not None:
             check_output_path(path, what, video=path is not outputs.latents)
-    policy = _plan(info, source, options)
-    fps = _output_fps(options.fps, source.fps, source.description)
-    latent_codec = open_codec(runner, info, _latent_space(options), options.tile, policy.model_size)
-    report = StreamReport(source=source.description, source_path=_path_of(source))
-    _fill_common(report, runner, info, policy, options.chunk, fps)
+    policy = plan_source_fit(info, source, options)
+    fps = output_fps(options.fps, source.fps, source.description)
+    latent_codec = open_codec(runner, info, latent_space_of(options), options.tile, policy.model_size)
+    report = StreamReport(source=source.description, source_path=source_path(source))
+    fill_common(report, runner, info, policy, options.chunk, fps)
     keep_sources = outputs.side_by_side is not None or options.measure
     count = [0]
 
-    def transform(chunk: _Chunk) -> _Coded:
+    def transform(chunk: ReadChunk) -> StageResult:
         start = time.perf_counter()
         latents = latent_codec.encode(chunk.fitted)
         recon = latent_codec.decode(latents)[:chunk.fitted.shape[0]]  # drop frames decoded from padding
-        return _Coded(chunk, latents, recon, time.perf_counter() - start)
+        return StageResult(chunk, latents, recon, time.perf_counter() - start)
 
     w, h = policy.source_size
-    known = _expected_frames(source, options)  # an image output refuses a longer source before any work
+    known = expected_frames(source, options)  # an image output refuses a longer source before any work
     with contextlib.ExitStack() as stack:
         video = side = latents = None
         if outputs.video is not None:
@@ -404,21 +404,21 @@ def run_video(runner: Runner | CodecProvider, source: FrameSource, options: Stre
             side = stack.enter_context(video_output(outputs.side_by_side, fps, (2 * w, h), known,
                                                      source.description, codec=outputs.codec))
         if outputs.latents is not None:
-            header = _header(info, policy, fps, options.chunk, latent_codec)
+            header = latent_header(info, policy, fps, options.chunk, latent_codec)
             latents = stack.enter_context(latent_output(outputs.latents, header))
-        writer = _FrameWriter(policy, video, side, latents, options.measure, None, progress)
+        writer = FrameWriter(policy, video, side, latents, options.measure, None, progress)
         writer.working = tuple(  # type: ignore[assignment]
             None if path is None else stack.enter_context(video_output(path, fps, policy.content_size))
             for path in (outputs.model_input, outputs.model_output))
-        produce = _read_chunks(source, policy, options.chunk, options.max_frames, keep_sources, count,
+        produce = read_chunks(source, policy, options.chunk, options.max_frames, keep_sources, count,
                                info.first_frames)
         try:
             report.interrupted, started = _run_stream_stages(produce, transform, writer, options.queue_chunks)
         except _Interrupted:
             raise KeyboardInterrupt from None
     writer.fill(report, started)
-    _finish_source(report, source, count[0], options)
-    _finish_outputs(report, outputs)
+    finish_source(report, source, count[0], options)
+    finish_outputs(report, outputs)
     return report
 
 
@@ -426,30 +426,30 @@ def encode_video(runner: Runner | CodecProvider, source: FrameSource, path: Path
                  options: StreamOptions | None = None, progress: Progress | None = None) -> StreamReport:
     """Encode `source` into a .vaelat file at `path` (what `run` encodes, chunk for chunk)."""
     options = options or StreamOptions()
-    info = _model_info(runner, options)
+    info = stream_model_info(runner, options)
     check_output_path(path, "the latents")
-    policy = _plan(info, source, options)
-    fps = _output_fps(options.fps, source.fps, source.description)
-    latent_codec = open_codec(runner, info, _latent_space(options), options.tile, policy.model_size)
-    report = StreamReport(source=source.description, source_path=_path_of(source))
-    _fill_common(report, runner, info, policy, options.chunk, fps)
+    policy = plan_source_fit(info, source, options)
+    fps = output_fps(options.fps, source.fps, source.description)
+    latent_codec = open_codec(runner, info, latent_space_of(options), options.tile, policy.model_size)
+    report = StreamReport(source=source.description, source_path=source_path(source))
+    fill_common(report, runner, info, policy, options.chunk, fps)
     count = [0]
 
-    def transform(chunk: _Chunk) -> _Coded:
+    def transform(chunk: ReadChunk) -> StageResult:
         start = time.perf_counter()
         latents = latent_codec.encode(chunk.fitted)
-        return _Coded(chunk, latents, None, time.perf_counter() - start)
+        return StageResult(chunk, latents, None, time.perf_counter() - start)
 
-    with latent_output(path, _header(info, policy, fps, options.chunk, latent_codec)) as latents:
-        writer = _FrameWriter(policy, None, None, latents, False, None, progress)
-        produce = _read_chunks(source, policy, options.chunk, options.max_frames, False, count,
+    with latent_output(path, latent_header(info, policy, fps, options.chunk, latent_codec)) as latents:
+        writer = FrameWriter(policy, None, None, latents, False, None, progress)
+        produce = read_chunks(source, policy, options.chunk, options.max_frames, False, count,
                                info.first_frames)
         try:
             report.interrupted, started = _run_stream_stages(produce, transform, writer, options.queue_chunks)
         except _Interrupted:
             raise KeyboardInterrupt from None
     writer.fill(report, started)
-    _finish_source(report, source, count[0], options)
+    finish_source(report, source, count[0], options)
     report.outputs = {"latents": str(path)}
     report.latent_bytes = Path(path).stat().st_size
     return report
@@ -526,15 +526,15 @@ def decode_latents(runner: Runner | CodecProvider, path: Path | LatentReader, ou
     policy = FitPolicy.from_dict(header.fit)
     chunk = header.chunk or options.chunk
     info.check_chunk(chunk)
-    fps = _output_fps(options.fps, header.fps, str(path))
+    fps = output_fps(options.fps, header.fps, str(path))
     latent_codec = open_codec(runner, info, header.latent_space, options.tile, policy.model_size)
     report = StreamReport(source=str(path), source_path=str(path))
-    _fill_common(report, runner, info, policy, chunk, fps)
+    fill_common(report, runner, info, policy, chunk, fps)
 
-    def transform(latents: np.ndarray) -> _Coded:
+    def transform(latents: np.ndarray) -> StageResult:
         start = time.perf_counter()
         recon = latent_codec.decode(latents)
-        return _Coded(None, None, recon, time.perf_counter() - start)
+        return StageResult(None, None, recon, time.perf_counter() - start)
 
     with contextlib.ExitStack() as stack:
         video = None
@@ -542,7 +542,7 @@ def decode_latents(runner: Runner | CodecProvider, path: Path | LatentReader, ou
             video = stack.enter_context(video_output(outputs.video, fps, policy.source_size,
                                                       header.frame_count, str(path), hint="",
                                                       codec=outputs.codec))
-        writer = _FrameWriter(policy, video, None, None, False, header.frame_count, progress)
+        writer = FrameWriter(policy, video, None, None, False, header.frame_count, progress)
         try:
             chunks = reader.chunks(chunk // info.temporal_factor, info.first_latents)
             report.interrupted, started = _run_stream_stages(chunks, transform, writer, options.queue_chunks)
@@ -551,11 +551,11 @@ def decode_latents(runner: Runner | CodecProvider, path: Path | LatentReader, ou
     writer.fill(report, started)
     report.expected_frames = header.frame_count
     report.latent_bytes = Path(path).stat().st_size
-    _finish_outputs(report, VideoOutputs(video=outputs.video))
+    finish_outputs(report, VideoOutputs(video=outputs.video))
     return report
 
 
-def _finish_outputs(report: StreamReport, outputs: VideoOutputs) -> None:
+def finish_outputs(report: StreamReport, outputs: VideoOutputs) -> None:
     named = {"video": outputs.video, "side_by_side": outputs.side_by_side, "latents": outputs.latents,
              "model_input": outputs.model_input, "model_output": outputs.model_output}
     report.outputs = {k: str(v) for k, v in named.items() if v is not None}
