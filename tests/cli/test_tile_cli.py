@@ -144,3 +144,16 @@ def test_the_packaged_default_model_tiles_exactly(tmp_path, monkeypatch, capsys)
                              "--max-frames", "8", "-q")
         assert result.returncode == 0, result.stderr
     assert outputs["off"].read_bytes() == outputs["64"].read_bytes()
+
+
+def test_a_tile_is_checked_against_the_graphs_the_command_runs(vd, tmp_path):
+    """The packaged model reads 48 px around an encoder tile but 5 latent positions (40 px) around a decoder
+    tile: `decode --tile 40` runs, exact, where `encode --tile 40` is refused for the encoder's halo."""
+    latents = tmp_path / "c.vaelat"
+    assert vd("encode", CLIP, "--max-frames", "8", "-q", "-o", latents).returncode == 0
+    refused = vd("encode", CLIP, "--max-frames", "8", "--tile", "40", "-q", "-o", tmp_path / "t.vaelat")
+    assert_one_line_error(refused, "each encoder tile reads 48 px around it", 2)
+    for tile in ("off", "40"):
+        result = vd("decode", latents, "--tile", tile, "-q", "-o", tmp_path / f"{tile}.mkv")
+        assert result.returncode == 0, result.stderr
+    assert np.array_equal(frames_of(tmp_path / "off.mkv"), frames_of(tmp_path / "40.mkv"))

@@ -84,10 +84,13 @@ def format_bytes(n: float) -> str:
 @dataclass(frozen=True)
 class TileRequest:
     """The user's choice: `tile` in pixels, AUTO (tile only when a frame would not fit `budget`) or OFF;
-    `budget` in bytes for a frame's working memory (None: default_budget())."""
+    `budget` in bytes for a frame's working memory (None: default_budget()). `graphs`: the steady graphs
+    the command runs ("decoder" for `decode`), None for all; a size is checked against those alone, so
+    `decode --tile N` is never refused for the encoder's halo."""
 
     tile: int | str = AUTO
     budget: int | None = None
+    graphs: tuple[str, ...] | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "tile", parse_tile(self.tile))
@@ -146,7 +149,7 @@ class TilePlanner:
         factor = _spatial_factor(manifest)
         self.groups: dict[str, _Group] = {}
         for name, spec in manifest.graphs.items():
-            if name.endswith("_first"):
+            if name.endswith("_first") or (request.graphs is not None and name not in request.graphs):
                 continue
             members = [records[name]] + ([records[spec.first_graph]] if spec.first_graph in records else [])
             unit = 1 if str(spec.inputs[0].shape[-1]) == "width" else factor

@@ -31,7 +31,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -365,6 +365,11 @@ def source_path(source: FrameSource) -> str | None:
     return None if source.path is None else str(source.path)
 
 
+def _for(tile: TileRequest, graph: str) -> TileRequest:
+    """A command's tile request for the one graph it runs (encode: the encoder; decode: the decoder)."""
+    return replace(tile, graphs=(graph,))
+
+
 def latent_space_of(options: StreamOptions) -> str:
     return RAW if options.raw_latents else NORMALIZED
 
@@ -430,7 +435,8 @@ def encode_video(runner: Runner | CodecProvider, source: FrameSource, path: Path
     check_output_path(path, "the latents")
     policy = plan_source_fit(info, source, options)
     fps = output_fps(options.fps, source.fps, source.description)
-    latent_codec = open_codec(runner, info, latent_space_of(options), options.tile, policy.model_size)
+    latent_codec = open_codec(runner, info, latent_space_of(options), _for(options.tile, "encoder"),
+                              policy.model_size)
     report = StreamReport(source=source.description, source_path=source_path(source))
     fill_common(report, runner, info, policy, options.chunk, fps)
     count = [0]
@@ -527,7 +533,8 @@ def decode_latents(runner: Runner | CodecProvider, path: Path | LatentReader, ou
     chunk = header.chunk or options.chunk
     info.check_chunk(chunk)
     fps = output_fps(options.fps, header.fps, str(path))
-    latent_codec = open_codec(runner, info, header.latent_space, options.tile, policy.model_size)
+    latent_codec = open_codec(runner, info, header.latent_space, _for(options.tile, "decoder"),
+                              policy.model_size)
     report = StreamReport(source=str(path), source_path=str(path))
     fill_common(report, runner, info, policy, chunk, fps)
 
