@@ -63,6 +63,20 @@ def clips(tmp_path_factory, carphone) -> dict:
     return {"long": carphone, "short": short, "bad": bad, "corrupt": corrupt}
 
 
+
+def assert_each_equals_its_single_run(vd, clips, tmp_path, common) -> None:
+    """The long and the short clip's outputs in tmp_path/out (named <stem> and <stem>-2: the same stem)
+    equal `run SRC` alone with the same options: frames and latents, bit for bit."""
+    name = clips["long"].stem
+    for source, folder in ((clips["long"], name), (clips["short"], f"{name}-2")):
+        alone = vd("run", source, "--out", tmp_path / "alone.mkv", "--latents", tmp_path / "alone.vaelat",
+                   *common)
+        assert alone.returncode == 0, alone.stderr
+        np.testing.assert_array_equal(read_video(tmp_path / "out" / folder / "reconstruction.mkv"),
+                                      read_video(tmp_path / "alone.mkv"))
+        assert (tmp_path / "out" / folder / "latents.vaelat").read_bytes() == \
+            (tmp_path / "alone.vaelat").read_bytes()
+
 def test_two_sources_equal_their_single_runs_and_the_shorter_ends_early(vd, tiny_video_model, clips,
                                                                          tmp_path):
     model = tiny_video_model("causal3d-t2")  # causal state and a temporal factor: the padding rule too
@@ -72,14 +86,7 @@ def test_two_sources_equal_their_single_runs_and_the_shorter_ends_early(vd, tiny
     assert ran.returncode == 0, ran.stderr
     name = clips["long"].stem
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [name, f"{name}-2"]
-    for source, folder in ((clips["long"], name), (clips["short"], f"{name}-2")):
-        alone = vd("run", source, "--out", tmp_path / "alone.mkv", "--latents", tmp_path / "alone.vaelat",
-                   *common)
-        assert alone.returncode == 0, alone.stderr
-        np.testing.assert_array_equal(read_video(tmp_path / "out" / folder / "reconstruction.mkv"),
-                                      read_video(tmp_path / "alone.mkv"))
-        assert (tmp_path / "out" / folder / "latents.vaelat").read_bytes() == \
-            (tmp_path / "alone.vaelat").read_bytes()
+    assert_each_equals_its_single_run(vd, clips, tmp_path, common)
     aggregate = json.loads((tmp_path / "all.json").read_text())
     assert not (tmp_path / "out" / "metrics.json").exists()  # --metrics PATH takes the aggregate
     assert [(s["name"], s["status"], s["frames"]) for s in aggregate["sources"]] == [
@@ -139,14 +146,7 @@ def test_tiled_sources_equal_their_single_tiled_runs(vd, tiny_video_model, clips
               "--max-frames", 6, "--threads", 1, "--codec", "ffv1", "-q"]
     ran = vd("run", clips["long"], clips["short"], "--out-dir", tmp_path / "out", "--with-latents", *common)
     assert ran.returncode == 0, ran.stderr
-    for source, folder in ((clips["long"], clips["long"].stem), (clips["short"], f"{clips['long'].stem}-2")):
-        alone = vd("run", source, "--out", tmp_path / "alone.mkv", "--latents", tmp_path / "alone.vaelat",
-                   *common)
-        assert alone.returncode == 0, alone.stderr
-        np.testing.assert_array_equal(read_video(tmp_path / "out" / folder / "reconstruction.mkv"),
-                                      read_video(tmp_path / "alone.mkv"))
-        assert (tmp_path / "out" / folder / "latents.vaelat").read_bytes() == \
-            (tmp_path / "alone.vaelat").read_bytes()
+    assert_each_equals_its_single_run(vd, clips, tmp_path, common)
 
 
 def test_auto_tiles_when_the_sources_sharing_a_call_need_it(vd, tiny_video_model, clips, tmp_path):
