@@ -1,10 +1,23 @@
-"""`vae-deploy serve` under concurrent sessions (issue 25 item 4): the packaged default model, 1, 2, 4 and 8
-sessions from a separate client process on loopback, batched (the defaults: --max-batch 8, --max-wait-ms 2)
-against the same server with --max-batch 1, and in-process FrameStream as the baseline; then a long run for
-the server's RSS and a short fault run.
+"""`vae-deploy serve` under concurrent sessions (issue 25 item 4): the packaged default model and a small Wan
+export, 1, 2, 4 and 8 sessions from a separate client process on loopback, batched (the defaults: --max-batch
+8, --max-wait-ms 2) against the same server with --max-batch 1, and in-process FrameStream as the baseline;
+then a long run for the server's RSS and a short fault run (the default model).
 
-    .venv/bin/python benchmarks/serve_sessions.py [--counts 1,2,4,8] [--frames 32] [--chunk 8]
+    .venv/bin/python benchmarks/serve_sessions.py [--counts 1,2,4,8] [--models default,wan] [--wan-model M]
+                                                 [--frames 32] [--chunk 8] [--repeats 3] [--repeat-at 1,4]
                                                  [--rss-seconds 180] [--skip-faults] [--out PREFIX]
+
+The small Wan: a random-weight diffusers AutoencoderKLWan (WAN_CONFIG: Wan 2.1's layout at base_dim 8, as
+tests/external_zoo.py builds "wan2.1"), saved with save_pretrained and exported by `vae-deploy export SRC
+--out M --real 5` (about two minutes on 2 cores; --wan-model reuses an export). Its first chunk holds
+1 + chunk frames (the first-chunk rule): the client's chunker does that as FrameStream does, and the
+server's session runs the local codec, which takes it.
+
+The floors read 4 sessions (batched against --max-batch 1) and 1 session (the server against FrameStream), so
+those counts run --repeats times (--repeat-at), the others once; both servers of a model are up side by side
+for its whole part, and the three modes run one after the other in a new order each repetition (ORDERS). A
+row's frames/s is the median over its repetitions; a ratio is the median of the repetitions' own ratios (the
+two runs of one repetition are seconds apart, under the same load).
 
 A session is what FrameStream does for one video, over the server (the client's RemoteFrameStream): RGB
 frames of the packaged clip (176x144, fitted to the model's 160x128 as `encode` fits them) pushed frame by
@@ -59,13 +72,15 @@ CLIP_STRIDE = 11  # session i starts at frame 11 * i of the packaged clip (120 f
 # ---------------------------------------------------------------------------------------------- the server
 
 class Server:
-    """`vae-deploy serve` (the packaged model) on a free port of 127.0.0.1, stderr drained by a thread."""
+    """`vae-deploy serve MODEL` (default: the packaged model) on a free port of 127.0.0.1, stderr drained by a
+    thread."""
 
-    def __init__(self, *args: str):
+    def __init__(self, *args: str, model: Path | None = None):
         from vae_deploy.video.default_model import DEFAULT_MODEL_DIR
 
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "vae_deploy", "serve", str(DEFAULT_MODEL_DIR),
+        self.proc = subprocess.Popen([sys.executable, "-m", "vae_deploy", "serve",
+                                      str(model or DEFAULT_MODEL_DIR),
                                       "--host", "127.0.0.1",
                                       "--port", "0", "--threads", "1", *args],
                                      stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
@@ -168,14 +183,15 @@ def read_clip(folder: Path) -> np.ndarray:
         return source.read()
 
 
-def offline_latents(folders: list[Path], chunk: int) -> list[np.ndarray]:
+def offline_latents(folders: list[Path], chunk: int, model: Path | None = None) -> list[np.ndarray]:
     """`vae-deploy encode` of each clip (ort-cpu, one thread, untiled): the latents it stores."""
     from vae_deploy.runtime.latents import LatentReader
 
     out = []
     for folder in folders:
-        path = folder.with_suffix(".vaelat")
+        path = folder.parent / f"{folder.name}_{model.name if model else 'default'}.vaelat"
         subprocess.run([sys.executable, "-m", "vae_deploy", "encode", str(folder), "--out", str(path),
+                        *(["--model", str(model)] if model else []),
                         "--threads", "1", "--chunk", str(chunk), "--tile", "off", "--quiet"], check=True,
                        env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
         out.append(np.array(LatentReader(path).latents))
@@ -188,6 +204,7 @@ def client_main(argv: list[str]) -> None:
     """`serve_sessions.py client ...`: run sessions in threads, write their latents, timings and latencies."""
     parser = argparse.ArgumentParser(prog="serve_sessions.py client")
     parser.add_argument("--url", help="the server's session URL; none: in-process FrameStream")
+    parser.add_argument("--model", type=Path, help="in-process FrameStream's model (default: the packaged)")
     parser.add_argument("--clips", type=Path, nargs="+", required=True)
     parser.add_argument("--chunk", type=int, default=8)
     parser.add_argument("--out", type=Path, required=True)
@@ -207,7 +224,7 @@ def client_main(argv: list[str]) -> None:
         if args.url:
             streams.append(RemoteFrameStream(args.url, size, chunk=args.chunk, timeout=120))
         else:
-            streams.append(FrameStream.open(None, size, threads=1, chunk=args.chunk, tile="off"))
+            streams.append(FrameStream.open(args.model, size, threads=1, chunk=args.chunk, tile="off"))
     start = threading.Barrier(len(clips) + 1)
     results: list[dict] = [{} for _ in clips]
 
@@ -312,30 +329,70 @@ def summarize(result: dict, want: list[np.ndarray]) -> dict:
             "chunks": len(lat), **compare(result["latents"], want)}
 
 
-def sessions_cases(work: Path, counts: list[int], folders: list[Path], want: list[np.ndarray],
-                   chunk: int) -> list[dict]:
-    rows = []
-    for mode, server_args in (("batched", ()), ("max-batch 1", ("--max-batch", "1"))):
-        server = Server(*server_args)
-        try:
-            for n in counts:
-                result = run_client(work, f"{mode.replace(' ', '')}_{n}", folders[:n], chunk, server.url)
-                row = {"mode": mode, "sessions": n, **summarize(result, want[:n]),
-                       "server_peak_rss_mib": server.memory()["VmHWM"]}
-                row["left"] = server.wait_empty()
-                rows.append(row)
-                print(_row_text(row), flush=True)
-        finally:
-            row_exit = server.stop()
-        if row_exit != 0:
-            raise SystemExit(f"the {mode} server exited {row_exit}")
-    for n in counts:
-        result = run_client(work, f"local_{n}", folders[:n], chunk)
-        row = {"mode": "in-process FrameStream", "sessions": n, **summarize(result, want[:n]),
-               "server_peak_rss_mib": None}
-        rows.append(row)
-        print(_row_text(row), flush=True)
-    return rows
+MODES = ("batched", "max-batch 1", "in-process FrameStream")
+# the order of the modes in repetition i (cycled): every order once in six, and the two servers swap places
+# from one repetition to the next, so that no mode is always first or always right after another
+ORDERS = [(0, 1, 2), (1, 0, 2), (2, 0, 1), (2, 1, 0), (0, 2, 1), (1, 2, 0)]
+
+
+def sessions_cases(work: Path, label: str, model: Path | None, counts: list[int], folders: list[Path],
+                   want: list[np.ndarray], chunk: int, repeats: int, repeat_at: list[int]) -> list[dict]:
+    """One model's runs: both servers (batched and --max-batch 1) up side by side for the whole part, and for
+    each session count the three modes one after the other, `repeats` times for the counts in `repeat_at`
+    (once for the others), in the order ORDERS gives each repetition."""
+    servers = {"batched": Server(model=model), "max-batch 1": Server("--max-batch", "1", model=model)}
+    runs = []
+    try:
+        for n in counts:
+            for rep in range(repeats if n in repeat_at else 1):
+                order = [MODES[i] for i in ORDERS[rep % len(ORDERS)]]
+                for mode in order:
+                    server = servers.get(mode)
+                    extra = ("--model", str(model)) if model and server is None else ()
+                    result = run_client(work, f"{label}_{MODES.index(mode)}_{n}_{rep}", folders[:n], chunk,
+                                        server.url if server else None, extra)
+                    run = {"model": label, "mode": mode, "sessions": n, "rep": rep,
+                           "position": order.index(mode), **summarize(result, want[:n]),
+                           "latencies": result["latencies"],
+                           "server_peak_rss_mib": server.memory()["VmHWM"] if server else None}
+                    if server:
+                        run["left"] = server.wait_empty()
+                    runs.append(run)
+                    print(f"{label} rep {rep}: " + _row_text(run), flush=True)
+    finally:
+        exits = {mode: server.stop() for mode, server in servers.items()}
+    if any(exits.values()):
+        raise SystemExit(f"the servers exited {exits}")
+    return runs
+
+
+def combine(runs: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Rows of the table (one per model, mode and count: the median frames/s of its repetitions, the
+    latency percentiles over all their chunks) and the ratios of the same repetition's runs (side by side)."""
+    rows, ratios = [], []
+    keys = sorted({(r["model"], r["sessions"]) for r in runs}, key=lambda k: (k[0] != "default", k[1]))
+    for model, n in keys:
+        for mode in MODES:
+            mine = [r for r in runs if (r["model"], r["mode"], r["sessions"]) == (model, mode, n)]
+            lat = sorted(x for r in mine for x in r["latencies"])
+            rows.append({"model": model, "mode": mode, "sessions": n, "reps": len(mine),
+                         "fps": statistics.median(r["fps"] for r in mine),
+                         "fps_each": [r["fps"] for r in mine],
+                         "p50_ms": 1000 * lat[len(lat) // 2],
+                         "p95_ms": 1000 * lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))],
+                         "server_peak_rss_mib": max((r["server_peak_rss_mib"] or 0) for r in mine) or None,
+                         "identical": sum(r["identical"] for r in mine),
+                         "compared": sum(r["sessions"] for r in mine),
+                         "max_abs": max(r["max_abs"] for r in mine)})
+        fps = {(r["mode"], r["rep"]): r["fps"] for r in runs if (r["model"], r["sessions"]) == (model, n)}
+        reps = sorted({rep for _, rep in fps})
+        for name, top, bottom in (("batched / max-batch 1", "batched", "max-batch 1"),
+                                  ("batched / in-process", "batched", "in-process FrameStream"),
+                                  ("max-batch 1 / in-process", "max-batch 1", "in-process FrameStream")):
+            each = [fps[top, rep] / fps[bottom, rep] for rep in reps]
+            ratios.append({"model": model, "sessions": n, "ratio": name, "median": statistics.median(each),
+                           "each": each})
+    return rows, ratios
 
 
 def _row_text(r: dict) -> str:
@@ -514,35 +571,85 @@ def sigterm_case(work: Path, folders: list[Path], want: list[np.ndarray], chunk:
     return row
 
 
+# ------------------------------------------------------------------------------------------ a small Wan
+
+WAN_CONFIG = {"base_dim": 8, "z_dim": 4, "dim_mult": [1, 2, 2, 2], "num_res_blocks": 1,
+              "temperal_downsample": [False, True, True], "latents_mean": [0.1, -0.2, 0.3, 0.0],
+              "latents_std": [1.5, 2.0, 0.5, 1.0]}  # Wan 2.1's layout at tiny widths (tests/external_zoo.py)
+
+
+def export_wan(work: Path) -> tuple[Path, float]:
+    """A random-weight diffusers AutoencoderKLWan (WAN_CONFIG), saved with save_pretrained and exported by
+    `vae-deploy export SRC --out M --real 5` (5 real frames: Wan's 1 + 4); the model folder, the seconds."""
+    began = time.monotonic()
+    source, model = work / "wan_source", work / "wan_model"
+    build = ("import sys, json, torch, diffusers; torch.manual_seed(0); "
+             "diffusers.AutoencoderKLWan(**json.loads(sys.argv[1])).eval().save_pretrained(sys.argv[2])")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-c", build, json.dumps(WAN_CONFIG), str(source)], check=True, env=env,
+                   timeout=300, capture_output=True)
+    subprocess.run([sys.executable, "-m", "vae_deploy", "export", str(source), "--out", str(model), "--real",
+                    "5"], check=True, env=env, timeout=900, capture_output=True)
+    return model, time.monotonic() - began
+
+
 # --------------------------------------------------------------------------------------------- the report
 
-def report(args, rows: list[dict], rss: dict | None, faults: dict | None, minutes: float,
-           loads: list[float]) -> list[str]:
+def report(args, rows: list[dict], ratios: list[dict], rss: dict | None, faults: dict | None, minutes: float,
+           loads: list[float], machine: str, wan_export: float | None, wan_shape: str | None) -> list[str]:
     lines = ["# `vae-deploy serve`: concurrent sessions, batched and not, against in-process FrameStream", "",
              f"Command: `{' '.join(['.venv/bin/python', *sys.argv])}` ({minutes:.1f} min; "
-             f"benchmarks/serve_sessions.py). {os.cpu_count()} CPUs shared with other jobs: load average "
-             f"(1 min) {', '.join(f'{x:.1f}' for x in loads)} at the start of each part. The packaged "
-             f"default model (per-frame encoder, temporal-Transformer decoder with state), ort-cpu, one "
-             f"intra-op thread in every server and every FrameStream. Session i: {args.frames} frames of the "
-             f"packaged clip (176x144, fitted to 160x128) from frame {CLIP_STRIDE} * i, chunks of "
-             f"{args.chunk} frames, each chunk encoded and then decoded (RemoteFrameStream, as FrameStream "
-             f"does), from a client process of its own on 127.0.0.1.", "",
-             "| mode | sessions | frames/s (all) | chunk p50 ms | chunk p95 ms | server peak RSS MiB "
-             "| latents = offline encode |", "|---|---:|---:|---:|---:|---:|---|"]
+             f"benchmarks/serve_sessions.py). Machine: {machine}, shared with other jobs (another helper's "
+             f"tests ran beside this run): load average (1 min) "
+             f"{', '.join(f'{x:.1f}' for x in loads)} at the "
+             f"start of each part. Models: the packaged default model (per-frame encoder, "
+             f"temporal-Transformer decoder with state) and a small Wan export (`wan`: a random-weight "
+             f"diffusers AutoencoderKLWan, Wan 2.1's layout at base_dim 8, 4 latent channels, 8x spatial and "
+             f"4x temporal, causal state and a first-chunk rule of 1 + 4k frames; built and exported by the "
+             f"script: " + (f"{wan_export:.0f} s" if wan_export is not None else "an earlier export given "
+                            "with --wan-model")
+             + f"{', frames fitted to ' + wan_shape if wan_shape else ''}). "
+             f"ort-cpu, one intra-op thread in every server and every FrameStream. Session i: {args.frames} "
+             f"frames of the packaged clip (176x144, fitted to 160x128 for the default model) from frame "
+             f"{CLIP_STRIDE} * i, chunks of {args.chunk} frames (Wan: the first chunk 1 + {args.chunk}), "
+             f"each chunk encoded and then decoded (RemoteFrameStream, as FrameStream does), from a client "
+             f"process of its own on 127.0.0.1. The two servers of a model (batched: the defaults "
+             f"--max-batch 8 --max-wait-ms 2; and --max-batch 1) run side by side for the whole part, and "
+             f"each session count runs the three modes one after the other, {args.repeats} times for "
+             f"{args.repeat_at} session(s) (in a new order each repetition: the two servers swap places "
+             f"every time), once for "
+             f"the other counts: frames/s is the median over the repetitions (each one listed), the ratios "
+             f"below the median of the same repetition's ratios.",
+             "", "| model | mode | sessions | frames/s (median; each) | chunk p50 ms | chunk p95 ms "
+             "| server peak RSS MiB | latents = offline encode |", "|---|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         rss_text = f"{r['server_peak_rss_mib']:.0f}" if r["server_peak_rss_mib"] else "-"
-        same = (f"{r['identical']}/{r['sessions']} byte-identical" if r["identical"] == r["sessions"]
-                else f"{r['identical']}/{r['sessions']} byte-identical, max abs {r['max_abs']:.3g}")
-        lines.append(f"| {r['mode']} | {r['sessions']} | {r['fps']:.1f} | {r['p50_ms']:.0f} | "
-                     f"{r['p95_ms']:.0f} | {rss_text} | {same} |")
-    by = {(r["mode"], r["sessions"]): r["fps"] for r in rows}
-    lines += ["", "Ratios of aggregate frames/s:", ""]
-    for n in args.counts:
-        batched, single, local = by.get(("batched", n)), by.get(("max-batch 1", n)), by.get(
-            ("in-process FrameStream", n))
-        if batched and single and local:
-            lines.append(f"- {n} session(s): batched / max-batch 1 = {batched / single:.2f}x; batched / "
-                         f"in-process FrameStream = {batched / local:.2f}x")
+        same = (f"{r['identical']}/{r['compared']} byte-identical" if r["identical"] == r["compared"]
+                else f"{r['identical']}/{r['compared']} byte-identical, max abs {r['max_abs']:.3g}")
+        each = "" if r["reps"] == 1 else " (" + ", ".join(f"{x:.1f}" for x in r["fps_each"]) + ")"
+        lines.append(f"| {r['model']} | {r['mode']} | {r['sessions']} | {r['fps']:.1f}{each} | "
+                     f"{r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {rss_text} | {same} |")
+    lines += ["", "Ratios of aggregate frames/s (median of the repetitions' own ratios; each in brackets):",
+              ""]
+    for model in dict.fromkeys(r["model"] for r in ratios):
+        for n in dict.fromkeys(r["sessions"] for r in ratios if r["model"] == model):
+            mine = [r for r in ratios if (r["model"], r["sessions"]) == (model, n)]
+            lines.append(f"- {model}, {n} session(s): " + "; ".join(
+                f"{r['ratio']} = {r['median']:.2f}x" + ("" if len(r["each"]) == 1 else " (" + ", ".join(
+                    f"{x:.2f}" for x in r["each"]) + ")") for r in mine))
+    lines += ["", "Floors:", ""]
+    for model in dict.fromkeys(r["model"] for r in ratios):
+        got = {(r["sessions"], r["ratio"]): r["median"] for r in ratios if r["model"] == model}
+        if (4, "batched / max-batch 1") in got:
+            x = got[4, "batched / max-batch 1"]
+            lines.append(f"- {model}: batched >= 1.0x the unbatched server at 4 sessions: {x:.3f}x, "
+                         f"{'holds' if x >= 1.0 else 'does not hold'}")
+        for name in ("batched / in-process", "max-batch 1 / in-process"):
+            if (1, name) in got:
+                x = got[1, name]
+                lines.append(f"- {model}: one session through the server ({name.split(' /')[0]}) within 15% "
+                             f"of in-process FrameStream: {x:.3f}x, "
+                             f"{'holds' if x >= 0.85 else 'does not hold'}")
     if rss:
         lines += ["", "## RSS over many chunks", "",
                   f"One batched server, 4 sessions of 64x64 frames at a time, chunks of one frame (an encode "
@@ -580,33 +687,65 @@ def _mib(memory: dict) -> str:
     return f"RSS {memory['VmRSS']:.0f} (peak {memory['VmHWM']:.0f})"
 
 
+def machine() -> str:
+    names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+             if line.startswith("model name")]
+    count = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    return f"{names[0] if names else 'unknown CPU'}, nproc {count}"
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "client":
         return client_main(sys.argv[2:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--counts", default="1,2,4,8")
+    parser.add_argument("--models", default="default,wan", help="default and/or wan")
+    parser.add_argument("--wan-model", type=Path, help="an exported small Wan to reuse (default: export one)")
     parser.add_argument("--frames", type=int, default=32, help="frames per session")
     parser.add_argument("--chunk", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3, help="repetitions of the counts in --repeat-at")
+    parser.add_argument("--repeat-at", default="1,4", help="the counts the floors read: repeated")
     parser.add_argument("--rss-seconds", type=float, default=180.0, help="0: no RSS run")
     parser.add_argument("--skip-faults", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS / "serve_sessions")
     args = parser.parse_args()
     args.counts = [int(n) for n in args.counts.split(",")]
+    args.repeat_at = [int(n) for n in args.repeat_at.split(",")]
+    models = args.models.split(",")
     began, loads = time.time(), [os.getloadavg()[0]]
+    runs: list[dict] = []
+    wan_export = wan_shape = None
     with tempfile.TemporaryDirectory(prefix="serve_sessions_") as tmp:
         work = Path(tmp)
         folders = write_clips(work, max(*args.counts, 4), args.frames)  # the fault run takes 4
         want = offline_latents(folders, args.chunk)
-        rows = sessions_cases(work, args.counts, folders, want, args.chunk)
-        loads.append(os.getloadavg()[0])
+        if "default" in models:
+            runs += sessions_cases(work, "default", None, args.counts, folders, want, args.chunk,
+                                   args.repeats, args.repeat_at)
+            loads.append(os.getloadavg()[0])
+        if "wan" in models:
+            wan = args.wan_model
+            if wan is None:
+                wan, wan_export = export_wan(work)
+                print(f"exported the small Wan in {wan_export:.0f} s", flush=True)
+            wan_want = offline_latents(folders, args.chunk, wan)
+            wan_shape = "x".join(map(str, wan_want[0].shape[-2:][::-1])) + " latents"
+            runs += sessions_cases(work, "wan", wan, args.counts, folders, wan_want, args.chunk, args.repeats,
+                                   args.repeat_at)
+            loads.append(os.getloadavg()[0])
+        rows, ratios = combine(runs)
         rss = rss_case(work, args.rss_seconds) if args.rss_seconds else None
         loads.append(os.getloadavg()[0])
         faults = None if args.skip_faults else fault_case(work, folders, want, args.chunk)
         loads.append(os.getloadavg()[0])
-    lines = report(args, rows, rss, faults, (time.time() - began) / 60, loads)
+    lines = report(args, rows, ratios, rss, faults, (time.time() - began) / 60, loads, machine(), wan_export,
+                   wan_shape)
     args.out.with_suffix(".json").write_text(json.dumps(
-        {"sessions": rows, "rss": rss, "faults": faults, "loads": loads}, indent=1, default=str) + "\n")
+        {"sessions": rows, "ratios": ratios, "runs": [{k: v for k, v in r.items() if k != "latencies"}
+                                                     for r in runs],
+         "rss": rss, "faults": faults, "loads": loads}, indent=1, default=str) + "\n")
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
     print(f"wrote {args.out.with_suffix('.md')}")
 
 

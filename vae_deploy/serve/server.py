@@ -21,8 +21,11 @@ from pathlib import Path
 import uvicorn
 
 from vae_deploy.errors import ConfigError
+from vae_deploy.runtime.registry import load_runner, runner_class
+from vae_deploy.runtime.runner import Runner
 from vae_deploy.serve.app import ServeConfig, ServeState, create_app
-from vae_deploy.video.model_open import ModelChoice, open_model
+from vae_deploy.video.default_model import resolve_model
+from vae_deploy.video.model_open import runner_options
 
 DRAIN_TIMEOUT = 30.0  # seconds the stop waits for sessions to finish their chunk in flight
 
@@ -55,6 +58,20 @@ def bind(host: str, port: int) -> socket.socket:
         sock.close()
         raise ConfigError(f"cannot listen on {host}:{port}: {err.strerror or err}") from err
     return sock
+
+
+def open_served_model(model: Path | None, backend: str, threads: int | None) -> Runner:
+    """The model as `open_model` opens it for a stream, but for ort-cpu with glibc's own mmap threshold
+    (`mmap_threshold` 0) instead of the streaming default of 1 MiB (runtime/cpu_memory.py). Under that
+    default every tensor of 1 MiB or more is a fresh mapping, page-faulted in at each call; a round's
+    batched call has k times larger tensors, so more of them cross it, and the packaged model's decoder
+    (one latent frame a call) ran 0.70x to 0.83x as fast batched as its streams one by one; with glibc's
+    own threshold 1.00x to 1.02x (benchmarks/results/serve_sessions.md). A server is one long-lived
+    process whose rounds reuse the same sizes, so the heap it keeps is reused rather than grown."""
+    options = runner_options(backend, threads)
+    if "mmap_threshold" in getattr(runner_class(backend), "OPTIONS", {}):
+        options["mmap_threshold"] = 0
+    return load_runner(resolve_model(model), backend, **options)
 
 
 class _DrainingServer(uvicorn.Server):
@@ -98,7 +115,7 @@ def serve(model: Path | None, host: str, port: int, config: ServeConfig, backend
         raise ConfigError(f"model folder not found: {model}")
     sock = bind(host, port)  # first: a port in use is refused before the model loads
     try:
-        runner = open_model(ModelChoice(model, backend, threads))
+        runner = open_served_model(model, backend, threads)
         try:
             state = ServeState(runner, config)
         except BaseException:
