@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from vae_deploy.errors import ConfigError, DataError, VaeDeployError
-from vae_deploy.runtime.latent_space import NORMALIZED, RAW, LatentNormalization
+from vae_deploy.runtime.latent_space import NORMALIZED, LatentNormalization
 from vae_deploy.runtime.tile_plan import AUTO, OFF, TileRequest
 from vae_deploy.serve.client import RemoteSession, ServerRefusal, session_url
 from vae_deploy.video.latent_codec import VideoModelInfo
@@ -101,10 +101,10 @@ class RemoteModel(CodecProvider):
         if self._opened:
             raise VaeDeployError("a remote model's sessions carry one video's state: connect again for "
                                  "another")
-        wanted = NORMALIZED if latent_space == NORMALIZED and info.normalization is not None else RAW
+        wanted = info.stored_space(latent_space)
         for session in self.sessions.values():
             # an older server answers no latent_space: its sessions are in the model's default space
-            got = session.latent_space or (NORMALIZED if info.normalization is not None else RAW)
+            got = session.latent_space or info.stored_space(NORMALIZED)
             if got != wanted:
                 raise ConfigError(f"the server at {self.server.url} opened its {session.mode} session with "
                                   f"{got} latents, not the {wanted} ones asked for (an older vae-deploy "

@@ -111,6 +111,20 @@ class VideoModelInfo:
             return 1 + -(-max(0, frames - first) // f)
         return -(-frames // f)
 
+    def encoder_frames(self, frames: int, first_chunk: bool) -> int:
+        """The frames the encoder takes for a chunk of `frames` (the stream's first chunk or a later one):
+        a partial group padded up to whole groups, a first chunk short of the first rule up to it (module
+        docstring). More than `frames` only for the stream's last chunk."""
+        first = self.first_frames if first_chunk else 0
+        if frames < first:
+            return first
+        return frames + (-(frames - first)) % self.temporal_factor
+
+    def stored_space(self, asked: str) -> str:
+        """The space latents are stored in when `asked` (NORMALIZED or RAW) is asked for: a model without a
+        normalization has only raw latents."""
+        return NORMALIZED if asked == NORMALIZED and self.normalization is not None else RAW
+
     @property
     def first_latents(self) -> int:
         """Latent frames the first decoder chunk holds beyond a steady chunk's (1 with a first rule)."""
@@ -144,8 +158,8 @@ class LatentRules:
             raise ConfigError(f"latent space must be one of {', '.join(LATENT_SPACES)}, got {latent_space!r}")
         self.info = info
         # Only a model with a normalization has a normalized space; its latents are raw otherwise.
-        self.normalization = info.normalization if latent_space == NORMALIZED else None
-        self.latent_space = NORMALIZED if self.normalization is not None else RAW
+        self.latent_space = info.stored_space(latent_space)
+        self.normalization = info.normalization if self.latent_space == NORMALIZED else None
         self._ended = False
         self._started = False
 
@@ -156,9 +170,8 @@ class LatentRules:
             raise InputShapeError(f"frames must be (T, {self.info.channels}, H, W), got {frames.shape}")
         if self._ended:
             raise InputShapeError("the stream's last (partial) group was already encoded; open a new codec")
-        f, t = self.info.temporal_factor, frames.shape[0]
-        first = 0 if self._started else self.info.first_frames
-        extra = first - t if t < first else (-(t - first)) % f
+        t = frames.shape[0]
+        extra = self.info.encoder_frames(t, first_chunk=not self._started) - t
         self._started = True
         if extra:
             self._ended = True

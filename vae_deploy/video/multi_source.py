@@ -338,8 +338,7 @@ def tile_planner(runner: Runner, info: VideoModelInfo, options: StreamOptions,
     planner = TilePlanner(runner.manifest, request, note_once)
     if not planner.active:
         return None
-    f, first, chunk = info.temporal_factor, info.first_frames, options.chunk  # as LatentRules pads it
-    frames = chunk + (first - chunk if chunk < first else -(chunk - first) % f)
+    frames = info.encoder_frames(options.chunk, first_chunk=True)  # the longest call: as LatentRules pads
     lengths = {"encoder": frames, "decoder": info.latent_count(frames)}
     for w, h in sizes.values():
         for graph, group in planner.groups.items():
