@@ -51,6 +51,16 @@ BATCH = "batch"  # the symbol of the axis streams are stacked along, in every da
 LENGTHS = ("group", "pad")  # how chunks of different lengths meet in a round (module docstring)
 
 
+class StreamChunkError(InputShapeError):
+    """One stream's chunk refused by its checks (before any call): the message names the stream;
+    `stream` and `reason` keep them apart for a caller whose streams are parts of its own (tiled streams
+    name the stream and tile instead)."""
+
+    def __init__(self, stream: int, reason: str):
+        super().__init__(f"stream {stream}: {reason}")
+        self.stream, self.reason = stream, reason
+
+
 @dataclass
 class _Piece:
     """One stream's part of one call: the graph, its data inputs (this stream's batch rows) and symbols."""
@@ -152,7 +162,7 @@ class BatchedStreams:
             try:
                 head, pieces[stream] = self._plan(spec, stream, chunk)
             except InputShapeError as err:
-                raise InputShapeError(f"stream {stream}: {err}") from err
+                raise StreamChunkError(stream, str(err)) from err
             firsts += head
         # The round's state, committed only when every call of it has run (a failed call changes nothing).
         state = {stream: self._state[stream].get(graph) for stream in chunks}

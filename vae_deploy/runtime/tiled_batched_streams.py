@@ -39,7 +39,6 @@ several steps is still all or nothing: when a step fails, the state the earlier 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from vae_deploy.errors import InputShapeError, VaeDeployError
-from vae_deploy.runtime.batched_stream import BatchedStreams
+from vae_deploy.runtime.batched_stream import BatchedStreams, StreamChunkError
 from vae_deploy.runtime.runner import Runner, named_inputs
 from vae_deploy.runtime.tile_plan import GraphTiles, TilePlanner
 from vae_deploy.runtime.tiled_stream import (
@@ -58,8 +57,6 @@ from vae_deploy.runtime.tiled_stream import (
     plan_tiles,
     tile_windows,
 )
-
-_SLOT = re.compile(r"^stream (\d+): ")  # how BatchedStreams names a slot in a refusal
 
 
 @dataclass
@@ -215,13 +212,11 @@ class TiledBatchedStreams:
         try:
             for step in steps:
                 results |= self._slots.step(graph, step)
-        except InputShapeError as err:
+        except BaseException as err:
             if held is not None:
                 self._slots.restore(held)
-            raise InputShapeError(self._named(str(err))) from err
-        except BaseException:
-            if held is not None:
-                self._slots.restore(held)
+            if isinstance(err, StreamChunkError):
+                raise InputShapeError(self._named(err)) from err
             raise
         return results
 
@@ -242,14 +237,13 @@ class TiledBatchedStreams:
             count += rows
         return steps
 
-    def _named(self, message: str) -> str:
+    def _named(self, err: StreamChunkError) -> str:
         """A slot's refusal from BatchedStreams in terms of this object's stream ids (and tile)."""
-        match = _SLOT.match(message)
-        if match is None or int(match.group(1)) not in self._owner:
-            return message
-        stream, tile = self._owner[int(match.group(1))]
+        if err.stream not in self._owner:
+            return str(err)
+        stream, tile = self._owner[err.stream]
         where = f"stream {stream}" + ("" if tile is None else f" (tile {tile})")
-        return f"{where}: {message[match.end():]}"
+        return f"{where}: {err.reason}"
 
 
 def _first(part: Any) -> Any:
