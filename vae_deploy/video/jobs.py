@@ -53,11 +53,12 @@ from vae_deploy.video.pipeline import (
     VideoOutputs,
     decode_latents,
     encode_video,
+    progress_total,
     run_video,
 )
 from vae_deploy.video.report import DECODED_VIDEO, SOURCE_VIDEO, check_report_dir, model_summary, write_report
 from vae_deploy.video.samples import sample_video_path
-from vae_deploy.video.sources import FrameSource, open_source
+from vae_deploy.video.sources import open_source
 from vae_deploy.video.writers import suffix_for
 
 JobProgress = Callable[[int, int | None], None]  # (frames finished, total frames or None)
@@ -80,13 +81,6 @@ def check_outputs(inputs: dict[str, Path | str | None], model: Path | None,
 
 def _bound(progress: JobProgress | None, total: int | None) -> Callable[[int], None] | None:
     return None if progress is None else (lambda done: progress(done, total))
-
-
-def _source_total(source: FrameSource, options: StreamOptions) -> int | None:
-    total = source.frame_count
-    if options.max_frames is not None:
-        total = min(total or options.max_frames, options.max_frames)
-    return total
 
 
 def _check_server(server: ModelServer | None, model: ModelChoice, tile: TileRequest | None) -> None:
@@ -143,7 +137,7 @@ def run_job(source: str | Path, outputs: VideoOutputs, *, options: StreamOptions
         with _open_model(model, server, ("encode", "decode"), latent_space=_space(options)) as runner, \
                 open_source(source) as frames:
             report = run_video(runner, frames, options, outputs,
-                               _bound(progress, _source_total(frames, options)))
+                               _bound(progress, progress_total(frames, options)))
         report = _finish(report, metrics)
         if report_dir is not None:
             summary = (model_summary(resolve_model(model.folder), report) if server is None else
@@ -163,7 +157,7 @@ def encode_job(source: str | Path, out: Path, *, options: StreamOptions | None =
     check_outputs({"the input": source}, model.folder, {"--out": out, "--metrics": metrics})
     with _open_model(model, server, ("encode",), latent_space=_space(options)) as runner, \
             open_source(source) as frames:
-        report = encode_video(runner, frames, out, options, _bound(progress, _source_total(frames, options)))
+        report = encode_video(runner, frames, out, options, _bound(progress, progress_total(frames, options)))
     return _finish(report, metrics)
 
 

@@ -27,7 +27,7 @@ from vae_deploy.video.default_model import resolve_model
 from vae_deploy.video.model_open import DEFAULT_MODEL, ModelChoice, open_model
 from vae_deploy.video.multi_source import FAILED, MultiReport, SourceResult, SourceRun, run_videos
 from vae_deploy.video.outputs import check_distinct_outputs, check_output_path
-from vae_deploy.video.pipeline import StreamOptions, VideoOutputs
+from vae_deploy.video.pipeline import StreamOptions, VideoOutputs, progress_total
 from vae_deploy.video.sources import SOURCE_KINDS, open_source
 from vae_deploy.video.writers import suffix_for
 
@@ -115,7 +115,7 @@ def run_many_job(sources: Sequence[str], out_dir: Path, *, options: StreamOption
                     runs.append(SourceRun(name, spec, opened.enter_context(open_source(spec)), layout[name]))
                 except VaeDeployError as exc:  # exists, but cannot be read: this source fails alone
                     failed.append(SourceResult(name, spec, FAILED, str(exc)))
-            counts = [_total(run.source.frame_count, options.max_frames) for run in runs]
+            counts = [progress_total(run.source, options) for run in runs]
             total = None if None in counts else sum(counts)
             report = run_videos(runner, runs, options,
                                 None if progress is None else (lambda done: progress(done, total)), failed)
@@ -130,12 +130,6 @@ def run_many_job(sources: Sequence[str], out_dir: Path, *, options: StreamOption
         report.outputs["metrics"] = str(aggregate)
         write_json_atomic(aggregate, report.to_dict())
     return report
-
-
-def _total(count: int | None, max_frames: int | None) -> int | None:
-    if max_frames is not None:
-        return min(count or max_frames, max_frames)
-    return count
 
 
 def _remove_empty(folders: list[Path]) -> None:

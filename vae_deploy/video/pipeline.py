@@ -334,6 +334,15 @@ def expected_frames(source: FrameSource, options: StreamOptions) -> int | None:
     return expected
 
 
+def progress_total(source: FrameSource, options: StreamOptions) -> int | None:
+    """The total a progress bar counts to: the frames the source says it holds, capped by --max-frames
+    (--max-frames alone when the source does not say; None when neither does)."""
+    total = source.frame_count
+    if options.max_frames is not None:
+        total = min(total or options.max_frames, options.max_frames)
+    return total
+
+
 def finish_source(report: StreamReport, source: FrameSource, count: int, options: StreamOptions) -> None:
     expected = expected_frames(source, options)
     report.expected_frames = expected
