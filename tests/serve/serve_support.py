@@ -127,3 +127,27 @@ def chunks_of(frames: np.ndarray) -> list[np.ndarray]:
         out.append(frames[start:start + n])
         start += n
     return out
+
+
+def in_sessions_together(work, count: int, timeout: float = 60.0) -> list:
+    """`work(i, barrier)` for i in range(count), each in a thread of its own, the threads meeting at
+    `barrier` (a threading.Barrier of `count`) so that their chunks reach the server in the same rounds;
+    their results in order. A thread's error aborts the barrier (the others stop waiting) and is raised."""
+    barrier = threading.Barrier(count)
+    results: dict[int, object] = {}
+    errors: list[BaseException] = []
+
+    def one(i):
+        try:
+            results[i] = work(i, barrier)
+        except BaseException as err:  # noqa: BLE001 - raised below, in the test's thread
+            errors.append(err)
+            barrier.abort()
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    assert not errors, errors
+    return [results[i] for i in range(count)]

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 from cli_support import assert_one_line_error
-from serve_support import ServerProcess, metric
+from serve_support import ServerProcess, in_sessions_together, metric
 from torch_free_support import edge_cli
 
 from vae_deploy.runtime.latents import LatentReader, LatentWriter
@@ -146,21 +146,7 @@ def test_the_remote_codec_gives_the_local_codecs_bytes_alone_and_batched(server,
 
     alone = through(clips[0])
     before = server.http("/metrics", {"Authorization": f"Bearer {TOKEN}"})[1]
-    barrier, got, errors = threading.Barrier(2), {}, []
-
-    def one(i):
-        try:
-            got[i] = through(clips[i], barrier)
-        except BaseException as err:  # noqa: BLE001 - reported below
-            errors.append(err)
-            barrier.abort()
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors
+    got = in_sessions_together(lambda i, barrier: through(clips[i], barrier), 2)
     after = server.http("/metrics", {"Authorization": f"Bearer {TOKEN}"})[1]
     for (got_z, got_x), (want_z, want_x) in zip([alone, got[0], got[1]], [want[0], *want], strict=True):
         assert [z.dtype for z in got_z] == [np.float16] * 2 and [x.dtype for x in got_x] == [np.float32] * 2

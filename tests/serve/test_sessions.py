@@ -7,7 +7,7 @@ import threading
 
 import numpy as np
 import pytest
-from serve_support import ServerProcess, chunks_of, clip, metric
+from serve_support import ServerProcess, chunks_of, clip, in_sessions_together, metric
 
 from vae_deploy.serve.client import RemoteFrameStream, connect
 
@@ -51,22 +51,7 @@ def test_a_session_alone_gives_the_local_codecs_bytes(server, local_codec):
 def test_concurrent_sessions_are_batched_and_equal_each_alone(server, local_codec):
     before = server.http("/metrics")[1]
     clips = [clip(seed) for seed in (1, 2, 3)]
-    results: dict[int, tuple] = {}
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(3)
-
-    def one(i):
-        try:
-            results[i] = _remote(server.url, clips[i], barrier)
-        except BaseException as err:  # noqa: BLE001 - reported below, with the others
-            errors.append(err)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors
+    results = in_sessions_together(lambda i, barrier: _remote(server.url, clips[i], barrier), 3)
     for i, frames in enumerate(clips):
         want_latents, want_frames = _local(local_codec, frames)
         got_latents, got_frames = results[i]
