@@ -2,6 +2,8 @@
 
 SOURCE is a training run (or checkpoint) folder or a local diffusers model folder; `--from
 package.module:factory` instead of SOURCE takes any module keeping the adapter contract (export/sources.py).
+SOURCE may also be an fp32 model folder export wrote: it is re-profiled (fp32 -> fp16 or int8, say) from its
+own graphs and reference/, without tracing the model again (export/reprofile.py); it is only read.
 
 Writes encoder.onnx, decoder.onnx, reference/, golden.npz and manifest.json (with the parity report measured
 here), prints the worst error per output, and exits 1 when parity fails (the folder is still written, so
@@ -29,8 +31,9 @@ from vae_deploy.runtime.registry import DEFAULT_BACKEND
 def export(
     out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
     source: Annotated[Path | None, typer.Argument(
-        help="What to export: a training run or checkpoint folder (model.safetensors + config.json), or a "
-             f"local diffusers model folder ({family_names()}; a pipeline folder's vae/ is found too).",
+        help="What to export: a training run or checkpoint folder (model.safetensors + config.json), a "
+             f"local diffusers model folder ({family_names()}; a pipeline folder's vae/ is found too), or "
+             "an fp32 model folder to re-profile without tracing (its graphs and reference/ are reused).",
         show_default=False)] = None,
     entry_point: Annotated[str | None, typer.Option(
         "--from", help="Instead of SOURCE: package.module:factory returning a torch module that keeps the "

@@ -25,10 +25,10 @@ from typing import Any
 from vae_deploy.errors import ConfigError, MissingBackendError, ModelFormatError
 from vae_deploy.export.golden import GOLDEN_FILE, has_golden, read_golden
 from vae_deploy.export.profile import ExportProfile
-from vae_deploy.export.publish import check_target
+from vae_deploy.export.publish import check_apart, check_target
 from vae_deploy.export.real_inputs import real_inputs_for
 from vae_deploy.export.validate import ParityReport, check_golden, check_parity
-from vae_deploy.runtime.manifest import Manifest, has_reference, read_manifest
+from vae_deploy.runtime.manifest import MANIFEST_FILE, Manifest, has_reference, read_manifest
 from vae_deploy.runtime.registry import DEFAULT_BACKEND, get_backend
 from vae_deploy.runtime.runner import module_available
 
@@ -86,15 +86,19 @@ def export_job(source: Path | None, out: Path, *, profile: str | Path | None = N
                force: bool = False, engine: bool = False, engine_precision: str | None = None,
                log: Callable[[str], None] = lambda msg: None,
                on_exported: Callable[[ExportResult], None] | None = None) -> ExportResult:
-    """Export `source` (a run folder, a diffusers model folder, or, with `entry_point`
-    "package.module:factory", no source: export/sources.py) to the model folder `out` with `profile` (a
+    """Export `source` (a run folder, a diffusers model folder, a model folder to re-profile without
+    tracing (export/reprofile.py), or, with `entry_point` "package.module:factory", no source:
+    export/sources.py) to the model folder `out` with `profile` (a
     packaged profile's name or a TOML path; None: the defaults), parity checked on `parity_backend` with
     `real` real inputs (real_inputs.py; 0: random only). `force` replaces an existing model folder.
     `engine` then builds TensorRT engines of `engine_precision` (None: the profile's default), only when
     parity passed.
 
-    `log` gets one line per step as it starts and one with its seconds when it ends (StepLog); `on_exported` is called with the result once the folder is written and
-    its parity known, before any engine is built (the CLI prints the parity table there)."""
+    `log` gets one line per step as it starts and one with its seconds when it ends (StepLog);
+    `on_exported` is called with the result once the folder is written and its parity known, before any
+    engine is built (the CLI prints the parity table there)."""
+    if source is not None and (Path(source) / MANIFEST_FILE).is_file():  # re-profiling: SOURCE is only read
+        check_apart(source, out, "the re-profiled folder")
     check_target(out, overwrite=force)  # before any work: refusing later would waste the export
     if engine:  # before the export too: a missing TensorRT should not cost an export first
         check_engine_request(engine_precision)
@@ -106,7 +110,8 @@ def export_job(source: Path | None, out: Path, *, profile: str | Path | None = N
     log = StepLog(log)
     chosen = load_profile(profile)
     model_source = open_model_source(source, entry_point)
-    log(f"exporting {model_source.kind} from {model_source.description}")
+    log(f"{'re-profiling' if model_source.graphs else 'exporting'} {model_source.kind} from "
+        f"{model_source.description}")
     module = model_source.module
     encoder = graph_specs(model_source.kind, module.config, module)["encoder"]
     inputs = real_inputs_for(model_source.kind, real, data_source, data_dir, encoder)

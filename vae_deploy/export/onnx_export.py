@@ -7,6 +7,9 @@ Steps, each driven by the kind's graph specs (export/specs.py):
    nor merges any of them (export_env); the spec's axis names are then written onto the graph
    (declare_io_shapes). The legacy TorchScript exporter remains for graphs LEGACY_GRAPHS names and for
    profiles asking for an opset below 18 (choose_exporter); the manifest records each graph's exporter.
+   A model folder given as the source (re-profiling, export/reprofile.py) lends its fp32 graphs instead:
+   nothing is traced, every later step runs as below, and the manifest's export_profile.reprofiled_from
+   names the folder's manifest.
 2. fp16 profiles: onnxconverter_common's convert_float_to_float16, with keep_io_types so callers keep
    float32 arrays unless the profile asks otherwise. int8 profiles: once both fp32 graphs exist, ONNX
    Runtime static quantization calibrated on real frames streamed through them (export/quantize.py).
@@ -46,7 +49,7 @@ from vae_deploy.config_io import to_dict
 from vae_deploy.errors import ModelFormatError, VaeDeployError
 from vae_deploy.export.golden import GOLDEN_FILE, write_golden
 from vae_deploy.export.profile import ExportProfile
-from vae_deploy.export.publish import staged_folder
+from vae_deploy.export.publish import check_apart, staged_folder
 from vae_deploy.export.quantize import (
     calibration_clips,
     calibration_feeds,
@@ -445,6 +448,9 @@ def export_model(source: Path | ModelSource, out_dir: Path, profile: ExportProfi
         source = open_model_source(Path(source))
     model, config = source.module.eval(), source.config
     specs = graph_specs(config["kind"], model.config, model)
+    if source.graphs is not None:  # re-profiling a model folder: refused up front when its graphs do not fit
+        check_apart(source.graphs.folder, out_dir, "the re-profiled folder")
+        source.graphs.check_reuse(specs, profile.opset)
     if profile.io_dtype != "float32":
         specs = {name: _with_io_dtype(spec, profile.io_dtype) for name, spec in specs.items()}
     if profile.precision == "int8":
@@ -463,9 +469,14 @@ def _write_folder(source: ModelSource, specs: dict[str, GraphSpec], work: Path, 
     model, config = source.module, source.config
     for name, spec in list(specs.items()):
         path = work / spec.file
-        exporter = choose_exporter(config["kind"], spec, profile.opset)
-        log(f"exporting {spec.name} ({spec.method}, {exporter}) -> {out_dir / spec.file}")
-        specs[name] = spec = replace(spec, exporter=export_graph(model, spec, path, profile.opset, exporter))
+        if source.graphs is not None:  # the fp32 graph of a model folder, self-contained, its exporter kept
+            log(f"reusing {spec.name} from {source.graphs.folder} (no tracing) -> {out_dir / spec.file}")
+            specs[name] = spec = source.graphs.take(spec, path)
+        else:
+            exporter = choose_exporter(config["kind"], spec, profile.opset)
+            log(f"exporting {spec.name} ({spec.method}, {exporter}) -> {out_dir / spec.file}")
+            specs[name] = spec = replace(spec, exporter=export_graph(model, spec, path, profile.opset,
+                                                                     exporter))
         if profile.precision == "fp16":
             convert_fp16(path, profile.keep_io_types)
         declare_io_shapes(path, spec)
@@ -494,10 +505,13 @@ def _write_folder(source: ModelSource, specs: dict[str, GraphSpec], work: Path, 
     # external data files (the shared weights; any graph over 2 GB) are hashed like the graphs
     files += sorted({name for spec in specs.values() for name in external_data_files(work, spec.file)})
     files += [f"{REFERENCE_DIR}/{name}" for name in source.write_reference(work / REFERENCE_DIR)]
+    export_profile = profile.to_dict()
+    if source.graphs is not None:  # where the graphs came from: the folder and its manifest's sha256
+        export_profile["reprofiled_from"] = source.graphs.record()
     manifest = Manifest(
         kind=config["kind"], model=to_dict(model.config), graphs=specs, precision=profile.precision,
         opset=profile.opset, preprocessing=preprocessing, producer=_producer(model),
-        files=hash_files(work, files), export_profile=profile.to_dict(),
+        files=hash_files(work, files), export_profile=export_profile,
         cpu_requirements=cpu_requirements(profile.quantization) if profile.precision == "int8" else {},
         tiling=tiling,
     )

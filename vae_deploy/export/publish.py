@@ -44,6 +44,18 @@ def check_target(target: Path, overwrite: bool = True) -> None:
                           f"to replace it; choose another output folder")
 
 
+def check_apart(model_dir: Path, out: Path, what: str) -> None:
+    """Refuse an --out that is the model folder a command reads (`slim`, a re-profiling `export`), lies
+    inside it or holds it: publishing there would replace or change the folder being read. `what` names
+    the folder being written ("the slim folder")."""
+    source, target = Path(model_dir).resolve(), Path(out).resolve()
+    if target == source or source in target.parents:
+        raise ConfigError(f"--out {out} is {'the model folder' if target == source else 'inside it'}: write "
+                          f"{what} somewhere else")
+    if target in source.parents:
+        raise ConfigError(f"--out {out} holds the model folder {model_dir}: write {what} somewhere else")
+
+
 def _unique_dir(parent: Path, prefix: str) -> Path:
     """A new empty folder no other caller gets; mode 0777 less the umask, like any folder the user makes."""
     for _ in range(_NAME_TRIES):

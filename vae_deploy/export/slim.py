@@ -21,9 +21,9 @@ import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from vae_deploy.errors import ConfigError, ModelFormatError
+from vae_deploy.errors import ModelFormatError
 from vae_deploy.export.golden import GOLDEN_FILE, has_golden
-from vae_deploy.export.publish import staged_folder
+from vae_deploy.export.publish import check_apart, staged_folder
 from vae_deploy.files import writing
 from vae_deploy.runtime.manifest import (
     MANIFEST_FILE,
@@ -41,20 +41,10 @@ class SlimResult:
     removed_bytes: int
 
 
-def _check_places(model_dir: Path, out: Path) -> None:
-    source, target = Path(model_dir).resolve(), Path(out).resolve()
-    if target == source or source in target.parents:
-        raise ConfigError(f"--out {out} is {'the model folder' if target == source else 'inside it'}: write "
-                          f"the slim folder somewhere else")
-    if target in source.parents:
-        raise ConfigError(f"--out {out} holds the model folder {model_dir}: write the slim folder somewhere "
-                          f"else")
-
-
 def slim_folder(model_dir: Path, out: Path, force: bool = False) -> SlimResult:
     """Copy the model folder `model_dir` to `out` without reference/ (module docstring)."""
     model_dir, out = Path(model_dir), Path(out)
-    _check_places(model_dir, out)
+    check_apart(model_dir, out, "the slim folder")
     manifest = read_manifest(model_dir)  # every file's sha256 checked: a tampered folder is not copied
     if not has_golden(manifest):
         raise ModelFormatError(f"{model_dir} has no golden outputs ({GOLDEN_FILE}), so without its PyTorch "

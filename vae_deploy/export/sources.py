@@ -1,5 +1,7 @@
 """What `vae-deploy export` takes: a vae-deploy run (or checkpoint) folder, a local diffusers model folder
-(or a pipeline folder holding one in vae/), or `--from package.module:factory`; each becomes a ModelSource.
+(or a pipeline folder holding one in vae/), `--from package.module:factory`, or a vae-deploy model folder
+to re-profile (its reference/ module, and its fp32 graphs instead of tracing: export/reprofile.py); each
+becomes a ModelSource.
 
 A ModelSource holds the PyTorch model, ready to trace, and the checkpoint config the model folder's
 reference/ records; `write_reference` writes that reference (a run's checkpoint files are copied as they
@@ -17,6 +19,7 @@ from typing import Any
 from torch import nn
 
 from vae_deploy.errors import ConfigError, DataError
+from vae_deploy.export.reprofile import FolderGraphs, is_model_folder, open_model_folder
 from vae_deploy.files import atomic_path
 from vae_deploy.models.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -34,6 +37,7 @@ class ModelSource:
     config: dict[str, Any]  # the checkpoint config: kind, model (its config as a dict), extras (recipe)
     description: str  # what it was loaded from, for log lines
     checkpoint_dir: Path | None = None  # a vae-deploy checkpoint folder, copied into reference/ as it is
+    graphs: FolderGraphs | None = None  # a model folder's fp32 graphs, taken instead of tracing the module
 
     @property
     def kind(self) -> str:
@@ -54,6 +58,9 @@ def open_model_source(source: Path | None, entry_point: str | None = None) -> Mo
     """The model `export` was pointed at (module docstring); one error line when it is none of them."""
     from vae_deploy.models.adapters import diffusers_folder, load_diffusers_folder, load_entry_point
 
+    if source is not None and is_model_folder(source):
+        # before the "not both" rule: a model exported with --from is rebuilt only by the factory named again
+        return open_model_folder(Path(source), entry_point)
     if entry_point is not None:
         if source is not None:
             raise ConfigError("give either a SOURCE folder or --from package.module:factory, not both")
@@ -76,7 +83,6 @@ def open_model_source(source: Path | None, entry_point: str | None = None) -> Mo
                         f"diffusers model folder (config.json with _class_name, or a pipeline's vae/)")
     model, config = load_model(source)
     return ModelSource(model.eval(), config, f"checkpoint {source}", checkpoint_dir=source)
-
 
 
 def _adapted(model: nn.Module, description: str) -> ModelSource:

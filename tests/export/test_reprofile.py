@@ -1,0 +1,111 @@
+"""Re-profiling (export/reprofile.py): `vae-deploy export MODEL_DIR --profile P --out NEW` takes an fp32 model
+folder's graphs and reference/ instead of tracing the model again, and refuses in one line, writing nothing,
+a folder it cannot re-profile. The fp16 and int8 paths through it are tested where those profiles are
+(test_external_fp16.py on a Wan export with shared weights, test_quantize.py)."""
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from cli_support import assert_one_line_error, invoke_main
+
+from vae_deploy.export.slim import slim_folder
+
+
+def _files(folder: Path) -> dict[str, str]:
+    """Every file under `folder` (relative path -> sha256)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_fp32_to_fp32_reuses_the_graphs_as_they_are_and_verifies(mlp_model_dir, tmp_path, monkeypatch,
+                                                                  capsys):
+    before = _files(mlp_model_dir)
+    out = tmp_path / "again"
+    result = invoke_main(monkeypatch, capsys, "export", mlp_model_dir, "--profile", "cpu-fp32", "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert f"reusing encoder from {mlp_model_dir} (no tracing)" in result.stdout
+    assert f"reusing decoder from {mlp_model_dir} (no tracing)" in result.stdout
+    assert "exporting encoder" not in result.stdout
+    source, new = (json.loads((folder / "manifest.json").read_text()) for folder in (mlp_model_dir, out))
+    for graph in source["graphs"].values():  # the same ONNX files, byte for byte, the exporter record kept
+        assert (out / graph["file"]).read_bytes() == (mlp_model_dir / graph["file"]).read_bytes()
+    assert new["graphs"] == source["graphs"]
+    assert new["export_profile"]["reprofiled_from"] == {
+        "folder": str(mlp_model_dir), "fingerprint": new["export_profile"]["reprofiled_from"]["fingerprint"],
+        "manifest_sha256": hashlib.sha256((mlp_model_dir / "manifest.json").read_bytes()).hexdigest()}
+    assert new["files"]["reference/model.safetensors"] == source["files"]["reference/model.safetensors"]
+    assert new["parity"]["passed"]
+    verified = invoke_main(monkeypatch, capsys, "verify", out, "--backend", "ort-cpu", "--real", "100")
+    assert verified.returncode == 0, verified.stderr
+    assert _files(mlp_model_dir) == before  # the source is only read
+
+
+def _tampered(model: Path, tmp_path: Path) -> Path:
+    folder = tmp_path / "tampered"
+    shutil.copytree(model, folder)
+    data = bytearray((folder / "decoder.onnx").read_bytes())
+    data[len(data) // 2] ^= 1  # one bit, in the middle of the file: the weights
+    (folder / "decoder.onnx").write_bytes(bytes(data))
+    return folder
+
+
+def _slim(model: Path, tmp_path: Path) -> Path:
+    slim_folder(model, tmp_path / "slim")  # the folder for a device: no reference/
+    return tmp_path / "slim"
+
+
+def _other_spec(model: Path, tmp_path: Path) -> Path:
+    """A copy whose manifest promises another tolerance than vae-deploy computes for the model: its graphs
+    were not exported for the spec a new export would write."""
+    folder = tmp_path / "other_spec"
+    shutil.copytree(model, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["graphs"]["decoder"]["tolerance"]["max_abs"] = 0.5
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def _opset_17(tmp_path: Path) -> str:
+    profile = tmp_path / "opset17.toml"
+    profile.write_text('name = "opset17"\nprecision = "fp32"\nopset = 17\n')
+    return str(profile)
+
+
+# (case id, source, extra args, fragment of the one error line); sources: "fp32" (the MLP folder), "fp16"
+# (its gpu-fp16 export), "slim", "tampered", "other_spec"; "{src}" in the args is the source itself.
+REFUSALS = [
+    ("slim folder", "slim", [], "has no PyTorch reference (reference/: a folder `vae-deploy slim` wrote), "
+                                "which re-profiling needs for the parity check"),
+    ("fp16 source", "fp16", [], "holds fp16 graphs: re-export from an fp32 folder"),
+    ("tampered graph", "tampered", [], "decoder.onnx does not match the manifest"),
+    ("out is the source", "fp32", ["--out", "{src}", "--force"], "is the model folder: write the re-profiled "
+                                                                 "folder somewhere else"),
+    ("out inside the source", "fp32", ["--out", "{src}/fp16"], "is inside it"),
+    ("another opset", "fp32", ["--profile", "opset17"],
+     "holds opset 18 graphs and the profile asks for opset 17"),
+    ("specs differ", "other_spec", [], "the decoder graph specs computed now from its reference differ"),
+]
+
+
+@pytest.mark.parametrize(("source", "args", "fragment"), [c[1:] for c in REFUSALS],
+                         ids=[c[0] for c in REFUSALS])
+def test_a_folder_that_cannot_be_re_profiled_is_refused_in_one_line(source, args, fragment, mlp_model_dir,
+                                                                    request, tmp_path, monkeypatch, capsys):
+    folder = {"fp32": lambda: mlp_model_dir,
+              "fp16": lambda: request.getfixturevalue("mlp_model_fp16_dir"),
+              "slim": lambda: _slim(mlp_model_dir, tmp_path),
+              "tampered": lambda: _tampered(mlp_model_dir, tmp_path),
+              "other_spec": lambda: _other_spec(mlp_model_dir, tmp_path)}[source]()
+    args = [_opset_17(tmp_path) if a == "opset17" else a.format(src=folder) for a in args]
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "out")]
+    written = set(tmp_path.iterdir())
+    before = _files(folder)
+    result = invoke_main(monkeypatch, capsys, "export", folder, *args)
+    assert_one_line_error(result, fragment, 2)
+    assert "exporting" not in result.stdout and "reusing" not in result.stdout  # refused before any work
+    assert set(tmp_path.iterdir()) == written  # nothing written: no folder, no temporary
+    assert _files(folder) == before  # the source is untouched
