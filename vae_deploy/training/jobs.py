@@ -11,14 +11,20 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
 from vae_deploy.errors import ConfigError
 from vae_deploy.interrupts import Terminated
-from vae_deploy.training.config import load_recipe
-from vae_deploy.training.trainer import TrainResult, train
+from vae_deploy.models.checkpoint import load_state
+from vae_deploy.training.config import TrainRecipe, load_recipe
+from vae_deploy.training.distributed import World, check_task, global_train_config
+from vae_deploy.training.run_folder import RunFolder
+from vae_deploy.training.tasks import get_task
+from vae_deploy.training.trainer import TrainResult, check_resumable, check_run_folder, train
 
 DEBUG_VARIABLE = "VAE_DEPLOY_DEBUG"  # cli/app.py's: show tracebacks (here: torchrun's failure report)
 TORCH_LOG_LINE = re.compile(r"[IWEF]\d{4} [\d:.]+ +\d+ \S*torch/")  # torchrun's log lines (glog style)
@@ -40,13 +46,73 @@ def train_job(recipe: Path, out: Path | None = None, *, data_dir: Path | None = 
     """Train the recipe file `recipe` into `out` (default RUNS_DIR/<recipe name>); `resume` continues the
     run there. The keyword overrides replace the recipe's [train] values where given (None keeps them);
     `data_dir` replaces the data folder. `console` shows progress (trainer.train)."""
-    spec = load_recipe(recipe).with_overrides(
-        epochs=epochs, seed=seed, max_steps=max_steps, device=device, threads=threads,
-        max_minutes=max_minutes, init_from=str(init_from) if init_from is not None else None)
-    # An absolute data folder in the run's recipe, so `evaluate` and `--resume` work from any directory.
-    spec = spec.with_data_dir(data_dir.resolve() if data_dir is not None else None)
+    spec = job_recipe(recipe, data_dir=data_dir, epochs=epochs, seed=seed, max_steps=max_steps, device=device,
+                      threads=threads, max_minutes=max_minutes, init_from=init_from)
     out_dir = out if out is not None else RUNS_DIR / spec.name
     return train(spec, out_dir, resume=resume, console=console)
+
+
+def job_recipe(recipe: Path, *, data_dir: Path | None = None, init_from: Path | None = None,
+               **overrides: Any) -> TrainRecipe:
+    """The recipe file `recipe` with train_job's overrides applied: what a run of it trains."""
+    spec = load_recipe(recipe).with_overrides(
+        **overrides, init_from=str(init_from) if init_from is not None else None)
+    # An absolute data folder in the run's recipe, so `evaluate` and `--resume` work from any directory.
+    return spec.with_data_dir(data_dir.resolve() if data_dir is not None else None)
+
+
+# `vae-deploy train` options as cli/train.py passes them on to the ranks: the train_job keyword and its type
+JOB_OPTIONS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "--epochs": ("epochs", int), "--out": ("out", Path), "--data-dir": ("data_dir", Path),
+    "--seed": ("seed", int), "--max-steps": ("max_steps", int), "--device": ("device", str),
+    "--threads": ("threads", int), "--max-minutes": ("max_minutes", float),
+    "--init-from": ("init_from", Path)}
+
+
+def _job_arguments(train_args: list[str]) -> dict[str, Any] | None:
+    """train_job's arguments from the `train` command line handed to the ranks (RECIPE [--resume] then
+    option/value pairs); None for anything else (then the ranks alone check it)."""
+    if not train_args:
+        return None
+    arguments: dict[str, Any] = {"recipe": Path(train_args[0])}
+    rest = iter(train_args[1:])
+    for name in rest:
+        if name == "--resume":
+            arguments["resume"] = True
+            continue
+        value = next(rest, None)
+        if name not in JOB_OPTIONS or value is None:
+            return None
+        keyword, kind = JOB_OPTIONS[name]
+        try:
+            arguments[keyword] = kind(value)
+        except ValueError:
+            return None
+    return arguments
+
+
+def preflight(nproc: int, train_args: list[str]) -> None:
+    """What every rank of `train ARGS` on `nproc` processes would refuse before training, found by the
+    launcher before it starts any: the recipe and its overrides, the run folder (a run there without
+    --resume, --resume without one), a --resume of a run trained on another number of processes (or with
+    another recipe), and more ranks than the data allows. Each raises the ranks' own error. Without it,
+    each such mistake cost torchrun and N ranks starting torch (seconds each) to print one line; here it
+    costs reading the recipe, the run folder's state file and the data's size. Writes nothing: the ranks
+    then make the run folder as before. What only the ranks find (the model's and data's own checks, a
+    disk that fills up) still ends the job from there."""
+    arguments = _job_arguments(train_args)
+    if arguments is None:
+        return
+    out, resume = arguments.pop("out", None), arguments.pop("resume", False)
+    spec = job_recipe(**arguments)
+    run = RunFolder(out if out is not None else RUNS_DIR / spec.name)
+    world = World(size=nproc)
+    # The ranks' order (Trainer.__init__): the run folder, the state to resume, then the data.
+    if check_run_folder(run, resume) and resume:
+        check_resumable(run, load_state(run.state), spec, world.size)
+    samples = get_task(spec.data_kind).train_samples(spec.data)
+    if samples is not None:
+        check_task(samples, global_train_config(spec.train, world).batch_size, world)
 
 
 def launch_distributed(nproc: int, train_args: list[str]) -> int:
@@ -55,6 +121,7 @@ def launch_distributed(nproc: int, train_args: list[str]) -> int:
     trains its shard of every global batch (training/distributed.py); rank 0 writes the run folder."""
     if nproc < 1:
         raise ConfigError(f"--nproc must be at least 1, got {nproc}")
+    preflight(nproc, train_args)  # bad input: one line from here, before torchrun and N ranks import torch
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "vae_deploy", "train", *train_args]
     debug = bool(os.environ.get(DEBUG_VARIABLE))  # everything, torchrun's report included

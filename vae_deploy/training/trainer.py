@@ -104,6 +104,39 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def check_run_folder(run: RunFolder, resume: bool) -> bool:
+    """The run folder's rules for a new run or a `resume` (ConfigError when broken); True when it holds a
+    finished epoch to continue from. Reads the folder only: the --nproc launcher checks them too before it
+    starts any rank (jobs.preflight)."""
+    has_state = run.state.is_file()
+    if resume and not run.root.is_dir():
+        raise ConfigError(f"--resume: there is no run folder {run.root} to continue; drop --resume "
+                          f"to start a new run there")
+    if resume and not has_state and run.metrics.exists():
+        raise ConfigError(f"--resume: {run.root} has {run.metrics.name} but no "
+                          f"{run.state.name} to continue from")
+    if not resume and run.has_run():
+        raise ConfigError(f"{run.root} already holds a training run: pass --resume to continue it, "
+                          f"or choose another --out")
+    return has_state
+
+
+def check_resumable(run: RunFolder, stored: dict, recipe: TrainRecipe, world_size: int) -> None:
+    """Can `recipe` on `world_size` processes continue the run whose state file holds `stored`?"""
+    if stored.get("version") != STATE_VERSION:
+        raise ModelFormatError(f"{run.state} has state version {stored.get('version')}, "
+                               f"this vae-deploy reads {STATE_VERSION}")
+    stored_world = stored.get("world_size", 1)
+    if stored_world != world_size:
+        raise ConfigError(f"--resume: the run in {run.root} trained on {stored_world} process(es), "
+                          f"this is {world_size}: the global batch would change")
+    diffs = recipe_differences(stored["recipe"], recipe.to_dict())
+    if diffs:
+        more = f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else ""
+        raise ConfigError(f"--resume: the recipe does not match the run in {run.root}: "
+                          + "; ".join(diffs[:3]) + more)
+
+
 class _Bar:
     """A rich progress bar for the current epoch with the running loss; one summary line per epoch.
 
@@ -171,16 +204,7 @@ class Trainer:
         self.console = console or Console(stderr=True)
         if not self.world.is_main:
             self.console = Console(quiet=True)  # rank 0 alone prints and writes
-        has_state = self.run.state.is_file()
-        if resume and not self.run.root.is_dir():
-            raise ConfigError(f"--resume: there is no run folder {self.run.root} to continue; drop --resume "
-                              f"to start a new run there")
-        if resume and not has_state and self.run.metrics.exists():
-            raise ConfigError(f"--resume: {self.run.root} has {self.run.metrics.name} but no "
-                              f"{self.run.state.name} to continue from")
-        if not resume and self.run.has_run():
-            raise ConfigError(f"{self.run.root} already holds a training run: pass --resume to continue it, "
-                              f"or choose another --out")
+        has_state = check_run_folder(self.run, resume)
         # --resume before any epoch finished (--max-steps inside epoch 0, Ctrl-C) starts again at epoch 0.
         if resume and not has_state:
             self.console.print(f"--resume: {self.run.root} has no finished epoch yet; starting at epoch 0",
@@ -223,18 +247,7 @@ class Trainer:
     # ------------------------------------------------------------------ resume
 
     def _check_resumable(self, stored: dict) -> None:
-        if stored.get("version") != STATE_VERSION:
-            raise ModelFormatError(f"{self.run.state} has state version {stored.get('version')}, "
-                                   f"this vae-deploy reads {STATE_VERSION}")
-        stored_world = stored.get("world_size", 1)
-        if stored_world != self.world.size:
-            raise ConfigError(f"--resume: the run in {self.run.root} trained on {stored_world} process(es), "
-                              f"this is {self.world.size}: the global batch would change")
-        diffs = recipe_differences(stored["recipe"], self.recipe.to_dict())
-        if diffs:
-            more = f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else ""
-            raise ConfigError(f"--resume: the recipe does not match the run in {self.run.root}: "
-                              + "; ".join(diffs[:3]) + more)
+        check_resumable(self.run, stored, self.recipe, self.world.size)
 
     def _restore(self, stored: dict) -> None:
         try:

@@ -30,6 +30,14 @@ class Task:
         """Training samples per epoch."""
         raise NotImplementedError
 
+    @classmethod
+    def train_samples(cls, config: Any) -> int | None:
+        """`num_train` of the task `config` would build, found without building it (no model, no tensors,
+        nothing decoded), or None when only building the task tells. The --nproc launcher's preflight
+        (jobs.preflight) reads it to refuse more ranks than the data allows before it starts any rank; it
+        raises what building the task would raise for the data it reads."""
+        return None
+
     def steps_per_epoch(self) -> int:
         batch = self.train_config.batch_size
         return (self.num_train + batch - 1) // batch

@@ -45,6 +45,12 @@ def _to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(images).to(device).unsqueeze(1).float().div_(255.0)
 
 
+def _check_holdout(config: MnistDataConfig, images: int) -> None:
+    if config.valid_holdout >= images:
+        raise ConfigError(f"data.valid_holdout {config.valid_holdout} leaves no training images "
+                          f"(the training split has {images})")
+
+
 @register_task
 class MnistTask(Task):
     kind = "mnist"
@@ -56,9 +62,7 @@ class MnistTask(Task):
         train_split = load_mnist("train", config.source, data_dir)
         test_split = load_mnist("test", config.source, data_dir)
         if config.valid_holdout:
-            if config.valid_holdout >= len(train_split):
-                raise ConfigError(f"data.valid_holdout {config.valid_holdout} leaves no training images "
-                                  f"(the training split has {len(train_split)})")
+            _check_holdout(config, len(train_split))
             # A fixed draw, independent of the run's seed, so runs with different seeds share one split.
             order = np.random.default_rng(0).permutation(len(train_split))
             held, kept = order[: config.valid_holdout], np.sort(order[config.valid_holdout:])
@@ -75,6 +79,16 @@ class MnistTask(Task):
     @property
     def num_train(self) -> int:
         return int(self.train_images.shape[0])
+
+    @classmethod
+    def train_samples(cls, config: MnistDataConfig) -> int:
+        # The training split as numpy (the .npz cache once the CSV was read): its length is the honest count
+        # (a truncated file is an error here as in the task), with no tensor made.
+        data_dir = Path(config.data_dir) if config.data_dir else None
+        images = len(load_mnist("train", config.source, data_dir))
+        if config.valid_holdout:
+            _check_holdout(config, images)
+        return images - config.valid_holdout
 
     def train_batches(self, generator: torch.Generator,
                       rows: Callable[[int], range] | None = None) -> Iterator[torch.Tensor]:

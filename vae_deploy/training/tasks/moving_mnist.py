@@ -95,6 +95,10 @@ class MovingMnistTask(VideoTaskBase):
     def num_train(self) -> int:
         return self.config.sequences_per_epoch
 
+    @classmethod
+    def train_samples(cls, config: MovingMnistTaskConfig) -> int:
+        return config.sequences_per_epoch
+
     def train_batches(self, generator: torch.Generator,
                       rows: Callable[[int], range] | None = None) -> Iterator[torch.Tensor]:
         total, batch = self.config.sequences_per_epoch, self.train_config.batch_size

@@ -224,6 +224,10 @@ class VideoClipsTask(VideoTaskBase):
     def num_train(self) -> int:
         return self.config.clips_per_epoch
 
+    @classmethod
+    def train_samples(cls, config: VideoTaskConfig) -> int:
+        return config.clips_per_epoch  # the recipe defines the epoch: nothing to decode
+
     def train_batches(self, generator: torch.Generator,
                       rows: Callable[[int], range] | None = None) -> Iterator[torch.Tensor]:
         c, batch = self.config, self.train_config.batch_size
