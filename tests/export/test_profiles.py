@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
-from cli_support import assert_one_line_error, cli_process
+from cli_support import assert_one_line_error, invoke_main
 
 from vae_deploy.config_io import read_toml
 from vae_deploy.errors import ConfigError
@@ -103,15 +103,19 @@ def test_pyproject_ships_the_profiles_as_package_data():
     assert all(any(Path("profiles", f"{name}.toml").match(p) for p in patterns) for name in SHIPPED)
 
 
-def test_cli_export_takes_a_profile_name_from_any_directory(mlp_checkpoint, tmp_path):
-    result = cli_process("export", mlp_checkpoint, "--out", "model", "--profile", "cpu-fp32", "--real", "0",
-                         cwd=tmp_path)
+def test_cli_export_takes_a_profile_name_from_any_directory(mlp_checkpoint, tmp_path, monkeypatch, capsys):
+    # main() in this process, run from tmp_path (no export/ folder there): the same entry point and the same
+    # lookup as a `vae-deploy` process, without two process starts (11 CPU s measured with them, 2.3 without).
+    monkeypatch.chdir(tmp_path)
+    result = invoke_main(monkeypatch, capsys, "export", mlp_checkpoint, "--out", "model", "--profile",
+                         "cpu-fp32", "--real", "0")
     assert result.returncode == 0, result.stderr
     manifest = read_manifest(tmp_path / "model")
     assert manifest.precision == "fp32" and manifest.export_profile["name"] == "cpu-fp32"
     assert manifest.export_profile == load_profile(PROFILE_DIR / "cpu-fp32.toml").to_dict()
 
-    unknown = cli_process("export", mlp_checkpoint, "--out", "other", "--profile", "cpu-fp64", cwd=tmp_path)
+    unknown = invoke_main(monkeypatch, capsys, "export", mlp_checkpoint, "--out", "other", "--profile",
+                          "cpu-fp64")
     assert_one_line_error(unknown, "unknown export profile 'cpu-fp64' (packaged profiles: cpu-fp32, cpu-int8",
                           code=2)
     assert not (tmp_path / "other").exists()
