@@ -96,6 +96,18 @@ def inputs(tmp_path_factory, tiny_video_model, external_folder) -> dict[str, Pat
     from vae_deploy.export.slim import slim_folder
 
     slim_folder(model, root / "slim")  # the model for a device: no reference/
+    # model folders export refuses to re-profile: a modified graph, a manifest promising another spec
+    tampered = root / "tampered"
+    shutil.copytree(model, tampered)
+    graph = bytearray((tampered / "decoder.onnx").read_bytes())
+    graph[len(graph) // 2] ^= 1
+    (tampered / "decoder.onnx").write_bytes(bytes(graph))
+    other_spec = root / "other_spec"
+    shutil.copytree(model, other_spec)
+    manifest = json.loads((other_spec / "manifest.json").read_text())
+    manifest["graphs"]["decoder"]["tolerance"]["max_abs"] = 0.5
+    (other_spec / "manifest.json").write_text(json.dumps(manifest))
+    (root / "opset17.toml").write_text('name = "opset17"\nprecision = "fp32"\nopset = 17\n')
     latents = root / "clip.vaelat"
     made = cli("encode", clip, "--model", model, "-o", latents, "-q")
     assert made.returncode == 0, made.stderr
@@ -110,7 +122,8 @@ def inputs(tmp_path_factory, tiny_video_model, external_folder) -> dict[str, Pat
             "string_schema": string_schema, "latents": latents, "causal": tiny_video_model("causal3d-t1"),
             "diffusers": external_folder("kl-sd"), "no_videos": root / "no_videos",
             "list_of_missing": root / "list_of_missing.txt", "one_image": root / "one_image.toml",
-            "slim": root / "slim"}
+            "slim": root / "slim", "tampered": tampered, "other_spec": other_spec,
+            "opset17": root / "opset17.toml"}
 
 
 @pytest.fixture(scope="module")
@@ -201,6 +214,19 @@ BAD_INPUT_CASES = [
                                                  "--real", "0"], "--force"),
     Case("export of a folder that is no checkpoint", ["export", "{root}", "--out", "{out}/m"],
          "is neither a vae-deploy run folder", absent=["m"]),
+    # re-profiling a model folder (export/reprofile.py): refused before anything is traced or written
+    Case("export a slim model folder", ["export", "{slim}", "--out", "{out}/m"],
+         "which re-profiling needs for the parity check", absent=["m"]),
+    Case("export a folder of fp16 graphs", ["export", "{mlp_model_fp16_dir}", "--out", "{out}/m"],
+         "holds fp16 graphs: re-export from an fp32 folder", absent=["m"]),
+    Case("export a modified model folder", ["export", "{tampered}", "--out", "{out}/m"],
+         "decoder.onnx does not match the manifest", absent=["m"]),
+    Case("export a model folder onto itself", ["export", "{model}", "--out", "{model}", "--force"],
+         "is the model folder: write the re-profiled folder somewhere else"),
+    Case("export a model folder at another opset", ["export", "{model}", "--profile", "{opset17}", "--out",
+                                                    "{out}/m"], "holds opset 18 graphs", absent=["m"]),
+    Case("export a model folder whose specs changed", ["export", "{other_spec}", "--out", "{out}/m"],
+         "graph specs computed now from its reference differ", absent=["m"]),
     Case("verify a folder that is no model", ["verify", "{root}"], "is not a model folder"),
     Case("verify with an unknown backend", ["verify", "{mlp_model_dir}", "--backend", "nope"],
          "unknown backend 'nope'"),
@@ -311,6 +337,8 @@ def test_bad_input_gets_one_line_and_writes_nothing(vd, inputs, mlp_checkpoint, 
         run = request.getfixturevalue("one_process_run")
         names["one_process_run"] = str(run)
         run_files = {p.name: sha256(p) for p in run.iterdir() if p.is_file()}
+    if any("{mlp_model_fp16_dir}" in arg for arg in case.args):  # built only for the rows that name it
+        names["mlp_model_fp16_dir"] = str(request.getfixturevalue("mlp_model_fp16_dir"))
     before = {name: sha256(inputs[name]) for name in case.unchanged}
     model_files = {folder: sorted((p.name, sha256(p)) for p in folder.iterdir() if p.is_file())
                    for folder in (inputs["model"], mlp_model_dir)}
