@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,13 +18,18 @@ from pathlib import Path
 import pytest
 import torch
 from cli_support import assert_one_line_error, cli_process
+from rich.console import Console
+from training_helpers import one_thread
 
+from vae_deploy.errors import VaeDeployError
 from vae_deploy.models.checkpoint import load_model, read_config
 from vae_deploy.models.registry import build_model
-from vae_deploy.training import distributed
+from vae_deploy.training import distributed, jobs
 from vae_deploy.training.config import recipe_from_dict
+from vae_deploy.training.jobs import train_job
 from vae_deploy.training.run_folder import RunFolder
 from vae_deploy.training.tasks import build_task
+from vae_deploy.training.trainer import TrainResult
 
 TOLERANCE = 1e-5
 
@@ -57,6 +63,14 @@ def torchrun(nproc: int, *args, timeout: float = 240) -> subprocess.CompletedPro
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+def one_process(recipe: Path, out: Path, **overrides) -> TrainResult:
+    """The one-process reference run, in this process: what the ranks are compared with is its numbers,
+    and `vae-deploy train` as a process of its own would only add a torch import (seconds) to each test.
+    One thread, as the recipes ask; the test process's thread count is restored afterwards."""
+    with one_thread():
+        return train_job(recipe, out, console=Console(quiet=True), **overrides)
+
+
 def max_difference(run_a: Path, run_b: Path) -> float:
     a, _ = load_model(run_a)
     b, _ = load_model(run_b)
@@ -67,8 +81,8 @@ def max_difference(run_a: Path, run_b: Path) -> float:
 
 @pytest.mark.slow
 def test_two_ranks_at_half_batch_equal_one_process_mnist(tmp_path):
-    one = cli_process("train", mnist_recipe(tmp_path, "one", 64), "--out", tmp_path / "one", "--max-steps", 3)
-    assert one.returncode == 0, one.stderr
+    one = one_process(mnist_recipe(tmp_path, "one", 64), tmp_path / "one", max_steps=3)
+    assert one.steps == 3
     two = torchrun(2, mnist_recipe(tmp_path, "two", 32), "--out", tmp_path / "two", "--max-steps", 3)
     assert two.returncode == 0, two.stderr
     assert two.stdout.count("3 steps") == 1  # rank 0 alone reports
@@ -91,9 +105,9 @@ def test_nproc_launcher_trains_and_resumes_a_distributed_run(tmp_path):
     history = RunFolder(tmp_path / "run").read_metrics()
     assert [(r["epoch"], r["steps"], r["global_batch"], r["world_size"]) for r in history] == [
         (0, 4, 144, 3), (1, 8, 144, 3)]
-    single = cli_process("train", mnist_recipe(tmp_path, "single", 144, epochs=2, valid_holdout=3500),
-                         "--out", tmp_path / "single")
-    assert single.returncode == 0, single.stderr
+    single = one_process(mnist_recipe(tmp_path, "single", 144, epochs=2, valid_holdout=3500),
+                         tmp_path / "single")
+    assert single.epochs_done == 2
     # The training loss of the epoch is that of the global batches. Parameters are not held to 1e-5 here,
     # and the uneven 23/23/22 batch is not why (its scaling is exact:
     # test_uneven_shards_add_up_to_the_one_process_gradient). Measured (seed 3, dumping every step): the
@@ -146,8 +160,8 @@ def test_two_ranks_at_half_batch_equal_one_process_video(tmp_path):
     sampling noise and end where one process at the global batch does."""
     (tmp_path / "one.toml").write_text(VIDEO_RECIPE.format(batch=4))
     (tmp_path / "two.toml").write_text(VIDEO_RECIPE.format(batch=2))
-    one = cli_process("train", tmp_path / "one.toml", "--out", tmp_path / "one")
-    assert one.returncode == 0, one.stderr
+    one = one_process(tmp_path / "one.toml", tmp_path / "one")
+    assert one.steps == 4
     two = torchrun(2, tmp_path / "two.toml", "--out", tmp_path / "two")
     assert two.returncode == 0, two.stderr
     assert max_difference(tmp_path / "one", tmp_path / "two") <= TOLERANCE
@@ -338,6 +352,30 @@ def test_more_ranks_than_the_data_allows_is_one_error_line(tmp_path):
     result = cli_process("train", recipe, "--out", tmp_path / "run", "--nproc", 4)
     assert_one_line_error(result, "4 ranks cannot share this data")
     assert not (tmp_path / "run").exists()
+
+
+def test_the_launcher_finds_what_every_rank_would_refuse_before_starting_any(tmp_path, trained_run):
+    """jobs.preflight, which `train --nproc` runs before torchrun: each mistake the ranks would all find in
+    the recipe, the run folder and the data's size is the ranks' own error, here, with nothing written."""
+    recipe = mnist_recipe(tmp_path, "r", 32, valid_holdout=3997)  # 3 training images
+    cases = [
+        (4, [recipe, "--out", tmp_path / "run"], "4 ranks cannot share this data: an epoch of 3 samples"),
+        (2, [recipe, "--batch", "1"], None),  # not the CLI's form: the ranks alone check it
+        (2, [recipe, "--resume", "--out", trained_run], "trained on 1 process(es), this is 2"),
+        (2, [recipe, "--out", trained_run], "already holds a training run"),
+        (2, [recipe, "--resume", "--out", tmp_path / "gone"], "there is no run folder"),
+        (2, [recipe, "--epochs", "0"], "epochs and batch_size must be at least 1"),
+        (2, [recipe, "--out", tmp_path / "run", "--max-steps", "1"], None),  # 3 images share onto 2 ranks
+    ]
+    state = RunFolder(trained_run).state.read_bytes()
+    for nproc, args, message in cases:
+        if message is None:
+            jobs.preflight(nproc, list(map(str, args)))
+            continue
+        with pytest.raises(VaeDeployError, match=re.escape(message)):
+            jobs.preflight(nproc, list(map(str, args)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.toml"]
+    assert RunFolder(trained_run).state.read_bytes() == state
 
 
 @pytest.fixture(autouse=True)
