@@ -1,10 +1,15 @@
-"""int8 export (export/cpu-int8.toml, export/quantize.py): the packaged default model's checkpoint, quantized
-by ONNX Runtime's static quantization and calibrated on real frames, keeps its graphs' contract, runs on
-ort-cpu and stays within the int8 parity rule on real frames of a clip it was not calibrated on."""
+"""int8 export (export/cpu-int8.toml, export/quantize.py): the packaged default model, quantized by ONNX
+Runtime's static quantization and calibrated on real frames, keeps its graphs' contract, runs on ort-cpu and
+stays within the int8 parity rule on real frames of a clip it was not calibrated on.
+
+The int8 folders are re-profiled from the packaged fp32 folder (export/reprofile.py): quantization runs on
+fp32 graphs once they exist, whether just traced or taken from a folder, so tracing the checkpoint again
+would only cost time."""
 
 import dataclasses
 import json
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -36,13 +41,25 @@ pytestmark = pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "manifest.json").is_fil
 
 
 @pytest.fixture(scope="module")
-def int8_export(tmp_path_factory):
-    """`vae-deploy export DEFAULT/reference --profile cpu-int8` as a user runs it (the profile by name, from
-    the checkout's export/ folder); returns the folder, its manifest, the parity report and the real clip."""
+def int8_profile(tmp_path_factory) -> Path:
+    """The shipped cpu-int8 profile at the packaged fp32 folder's opset (it was exported with the legacy
+    exporter, at 17), so that folder can be re-profiled: re-profiling keeps the graphs, and their opset."""
+    path = tmp_path_factory.mktemp("profile") / "cpu-int8-packaged-opset.toml"
+    opset = read_manifest(DEFAULT_MODEL_DIR).opset
+    path.write_text(re.sub(r"(?m)^opset = \d+$", f"opset = {opset}", INT8.read_text()))
+    assert load_profile(path).opset == opset
+    return path
+
+
+@pytest.fixture(scope="module")
+def int8_export(tmp_path_factory, int8_profile):
+    """`vae-deploy export DEFAULT --profile cpu-int8` as a user runs it on the packaged fp32 folder, which
+    is re-profiled without tracing; returns the folder, its manifest, the parity report and the real clip."""
     out = tmp_path_factory.mktemp("int8") / "model"
-    result = cli("export", DEFAULT_MODEL_DIR / "reference", "--out", out, "--profile", "cpu-int8", cwd=ROOT)
+    result = cli("export", DEFAULT_MODEL_DIR, "--out", out, "--profile", int8_profile, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert "calibrating int8 on 64 frames of bikes, bigbuckbunny" in result.stdout
+    assert f"reusing decoder from {DEFAULT_MODEL_DIR} (no tracing)" in result.stdout
     manifest = read_manifest(out)
     numbers = ("max_abs", "max_rel", "psnr_db")  # JSON keeps infinities as strings
     report = [Comparison(**{k: float(v) if k in numbers else v for k, v in c.items()})
@@ -139,16 +156,16 @@ def _activation_scales(path: Path) -> dict[str, float]:
             for node in graph.node if node.op_type == "QuantizeLinear"}
 
 
-def test_averaged_ranges_are_never_wider_than_the_extremes(int8_export, tmp_path):
+def test_averaged_ranges_are_never_wider_than_the_extremes(int8_export, int8_profile, tmp_path):
     """quantization.average_ranges (the profile's choice) takes the mean of each calibration chunk's min and
     max; with it off, the extremes over all chunks: the same activations, each range no wider, most
     narrower."""
     out, manifest, _, real = int8_export
-    profile = load_profile(INT8)
+    profile = load_profile(int8_profile)
     extremes = dataclasses.replace(profile, quantization=dataclasses.replace(profile.quantization,
                                                                             average_ranges=False))
     assert profile.quantization.average_ranges
-    export_model(DEFAULT_MODEL_DIR / "reference", tmp_path / "extremes", extremes, real_inputs=real)
+    export_model(DEFAULT_MODEL_DIR, tmp_path / "extremes", extremes, real_inputs=real)
     for name in ("encoder", "decoder"):
         averaged = _activation_scales(out / manifest.graph(name).file)
         widest = _activation_scales(tmp_path / "extremes" / manifest.graph(name).file)
