@@ -6,7 +6,6 @@ processes: torchrun and `vae-deploy train`."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -312,34 +311,6 @@ def _rank_pid(parent: int, rank: int) -> int | None:
     return None
 
 
-@pytest.mark.slow
-def test_a_killed_rank_ends_the_job_within_60_seconds(tmp_path):
-    recipe = mnist_recipe(tmp_path, "long", 32, epochs=1000)
-    job = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                            "--nproc-per-node=2", "-m", "vae_deploy", "train", str(recipe),
-                            "--out", str(tmp_path / "run")],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
-        metrics = RunFolder(tmp_path / "run").metrics
-        deadline = time.monotonic() + 120
-        while not metrics.exists() and job.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)  # training: the first epoch is written
-        assert job.poll() is None and metrics.exists()
-        pid = _rank_pid(job.pid, 1)
-        assert pid is not None
-        killed = time.monotonic()
-        os.kill(pid, signal.SIGKILL)
-        code = job.wait(timeout=60)
-        assert code != 0
-        assert time.monotonic() - killed < 60
-    finally:
-        if job.poll() is None:
-            job.kill()
-            job.wait()
-    assert json.loads(metrics.read_text().splitlines()[0])["world_size"] == 2
-
-
 def test_nproc_zero_is_one_error_line(tmp_path):
     result = cli_process("train", mnist_recipe(tmp_path, "r", 32), "--out", tmp_path / "run", "--nproc", 0)
     assert_one_line_error(result, "--nproc must be at least 1")
@@ -389,25 +360,33 @@ def _gloo_available():
 def test_a_rank_killed_under_the_nproc_launcher_is_one_line_naming_it(tmp_path, rank):
     """kill -9 of one rank: the others end on a gloo error ("Connection closed by peer") or torchrun's
     SIGTERM, which the launcher printed as such (a raw gloo error, or "terminated" though the user stopped
-    nothing). Now one line names the rank that died and says the finished epochs are kept."""
+    nothing). Now one line names the rank that died and says the finished epochs are kept. And the job
+    (torchrun, the launcher's child, which the launcher waits for) ends within 60 s of the kill, with a
+    non-zero code. (That was a test of its own on torchrun without the launcher: the same torchrun, ranks
+    and gloo, three more processes importing torch.)"""
     recipe = mnist_recipe(tmp_path, "long", 32, epochs=1000, valid_holdout=3000)
     out = tmp_path / "run"
     launcher = _launch_until_the_first_epoch(recipe, out)
     try:
+        assert launcher.poll() is None and RunFolder(out).metrics.exists()  # training: an epoch is written
         (torchrun_pid,) = _children(launcher.pid)
         pid = _rank_pid(torchrun_pid, rank)
         assert pid is not None
+        killed = time.monotonic()
         os.kill(pid, signal.SIGKILL)
         _, err = launcher.communicate(timeout=90)
+        assert time.monotonic() - killed < 60
     finally:
         if launcher.poll() is None:
             launcher.kill()
             launcher.wait()
-    assert launcher.returncode not in (0, None)
+    assert launcher.returncode not in (0, None)  # torchrun's own code (launch_distributed returns it)
+    assert not _running(torchrun_pid)
     result = subprocess.CompletedProcess(launcher.args, launcher.returncode, "",
                                          "\n".join(line for line in err.splitlines()
                                                    if not line.startswith("epoch ")))  # rank 0's progress
     assert_one_line_error(result, f"training rank {rank} was killed (SIGKILL), which ended the others; the "
                                   f"finished epochs are kept: rerun with --resume to continue")
     assert len(RunFolder(out).metrics.read_text().splitlines()) >= 1 and RunFolder(out).state.is_file()
+    assert RunFolder(out).read_metrics()[0]["world_size"] == 2
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
