@@ -2,10 +2,14 @@
 export, through the real CLI in a process where `import torch` fails; and the PyTorch-side commands'
 one-line answer there."""
 
+import contextlib
+import io
 import json
-import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
 
 import pytest
 from cli_support import assert_one_line_error, cli_process, invoke_main
@@ -133,14 +137,43 @@ def build_nan():
 EVIL = "from pathlib import Path\nPath({marker!r}).write_text('imported')\nfrom tiny_factory import build\n"
 
 
+def in_process(*args, path=()) -> subprocess.CompletedProcess:
+    """`vae-deploy ARGS` through main() in this process, the folders in `path` importable as PYTHONPATH makes
+    them in a process: the same entry point without a process start (an export process costs ~7 CPU s here,
+    mostly imports; a verify ~2). Used where the check is about what the command does, not about a process
+    of its own (a factory named os:abort, and the once-per-process parity warning, keep real processes).
+    Modules imported from `path` are dropped afterwards, so the next call imports its own copy."""
+    before = set(sys.modules)
+    sigterm = signal.getsignal(signal.SIGTERM)  # main() installs its own handler
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        for folder in reversed(path):
+            mp.syspath_prepend(str(folder))
+        mp.setattr(sys, "argv", ["vae-deploy", *map(str, args)])
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                from vae_deploy.cli.app import main
+
+                main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code or 0
+        finally:
+            signal.signal(signal.SIGTERM, sigterm)
+            for name in set(sys.modules) - before:
+                module_file = getattr(sys.modules[name], "__file__", None) or ""
+                if any(module_file.startswith(str(folder)) for folder in path):
+                    del sys.modules[name]
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture(scope="module")
 def entry_point_model(tmp_path_factory):
     """(a model folder exported with --from tiny_factory:build, the folder holding that module)."""
     code = tmp_path_factory.mktemp("factory_code")
     (code / "tiny_factory.py").write_text(FACTORY)
     model = code.parent / "entry_point_model"
-    made = cli_process("export", "--from", "tiny_factory:build", "--out", model, "--real", "2",
-                       env={**os.environ, "PYTHONPATH": str(code)})
+    made = in_process("export", "--from", "tiny_factory:build", "--out", model, "--real", "2", path=[code])
     assert made.returncode == 0, made.stderr
     return model, code
 
@@ -183,12 +216,13 @@ def test_a_module_a_folder_names_is_never_imported(entry_point_model, tmp_path, 
     marker = tmp_path / "imported.txt"
     (evil / "evil_vae.py").write_text(EVIL.format(marker=str(marker)))
     folder = naming(model, tmp_path, "evil_vae:build", kind)
-    env = {**os.environ, "PYTHONPATH": f"{evil}{os.pathsep}{code}"}  # importable, were anything to try
+    # importable, were anything to try; no copy imported earlier in this process may hide an import
+    assert "evil_vae" not in sys.modules
     for args, outcome in ((["--reference", "torch"], "vae-deploy imports it only when you name it"),
                           (["--from", "tiny_factory:build"], "was exported with --from evil_vae:build, not "
                                                              "--from tiny_factory:build"),
                           ([], None)):
-        result = cli_process("verify", folder, "--real", "2", *args, env=env)
+        result = in_process("verify", folder, "--real", "2", *args, path=[evil, code])
         if outcome is None:  # auto: the golden outputs
             assert result.returncode == 0 and "reference: golden outputs" in result.stdout, result.stderr
         else:
@@ -201,8 +235,7 @@ def test_a_module_a_folder_names_is_never_imported(entry_point_model, tmp_path, 
 
 def test_verify_from_the_named_factory_checks_against_pytorch(entry_point_model):
     model, code = entry_point_model
-    result = cli_process("verify", model, "--from", "tiny_factory:build", "--real", "2",
-                         env={**os.environ, "PYTHONPATH": str(code)})
+    result = in_process("verify", model, "--from", "tiny_factory:build", "--real", "2", path=[code])
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0] == "reference: PyTorch (the folder's reference/ checkpoint)"
     assert "ort-cpu vs torch (fp32)" in result.stdout and "parity ok" in result.stdout
@@ -224,16 +257,17 @@ def test_nan_outputs_fail_parity_by_name_and_a_failed_folder_runs_with_one_warni
     failing output with error 0 and PSNR inf; the folder (written so verify can show why) ran silently."""
     _, code = entry_point_model
     model = tmp_path / "nan_model"
-    made = cli_process("export", "--from", "tiny_factory:build_nan", "--out", model, "--real", "2",
-                       env={**os.environ, "PYTHONPATH": str(code)})
+    made = in_process("export", "--from", "tiny_factory:build_nan", "--out", model, "--real", "2",
+                      path=[code])
     assert_one_line_error(made, "(worst decoder/video, real batch 1: NaN or inf values, needs abs<=0.0001)",
                           code=1)
     assert not re.search(r"\bnan\b", made.stdout)
     assert re.search(r"decoder/video\s*│\s*inf\s*│\s*inf\s*│\s*-inf", made.stdout), made.stdout
     assert read_manifest(model).parity["passed"] is False
-    checked = cli_process("verify", model, "--reference", "golden")
+    checked = in_process("verify", model, "--reference", "golden")
     assert_one_line_error(checked, "NaN or inf values", code=1)
     assert not re.search(r"\bnan\b", checked.stdout)
+    # a process of its own: the warning comes once per folder and process (runtime/manifest.py)
     run = cli_process("run", sample_video_path("carphone_pristine"), "--model", model, "--out",
                       tmp_path / "o.mp4", "--max-frames", "2", "-q")
     assert run.returncode == 0, run.stderr
