@@ -43,12 +43,16 @@ def test_fp32_to_fp32_reuses_the_graphs_as_they_are_and_verifies(mlp_model_dir, 
     assert _files(mlp_model_dir) == before  # the source is only read
 
 
+def _tampered_in_place(graph: Path) -> None:
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 1  # one bit, in the middle of the file: the weights
+    graph.write_bytes(bytes(data))
+
+
 def _tampered(model: Path, tmp_path: Path) -> Path:
     folder = tmp_path / "tampered"
     shutil.copytree(model, folder)
-    data = bytearray((folder / "decoder.onnx").read_bytes())
-    data[len(data) // 2] ^= 1  # one bit, in the middle of the file: the weights
-    (folder / "decoder.onnx").write_bytes(bytes(data))
+    _tampered_in_place(folder / "decoder.onnx")
     return folder
 
 
@@ -109,3 +113,21 @@ def test_a_folder_that_cannot_be_re_profiled_is_refused_in_one_line(source, args
     assert "exporting" not in result.stdout and "reusing" not in result.stdout  # refused before any work
     assert set(tmp_path.iterdir()) == written  # nothing written: no folder, no temporary
     assert _files(folder) == before  # the source is untouched
+
+
+def test_a_graph_modified_after_the_folder_was_opened_is_refused(mlp_model_dir, tmp_path):
+    """Each graph is checked against the folder's manifest again right before it is read, not only when the
+    folder is opened (a slow model's folder may change meanwhile)."""
+    from vae_deploy.errors import ModelFormatError
+    from vae_deploy.export import export_model
+    from vae_deploy.export.sources import open_model_source
+
+    folder = tmp_path / "model"
+    shutil.copytree(mlp_model_dir, folder)
+    source = open_model_source(folder)  # checks every file: the folder is intact here
+    assert source.graphs is not None and source.checkpoint_dir == folder / "reference"
+    _tampered_in_place(folder / "encoder.onnx")
+    with pytest.raises(ModelFormatError, match=r"encoder\.onnx does not match .*manifest\.json: the file was "
+                                               r"modified after export"):
+        export_model(source, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # nothing written

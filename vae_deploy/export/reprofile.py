@@ -79,16 +79,21 @@ class FolderGraphs:
         """Write the folder's graph for `spec` to `path`, every tensor inline (its shared weights.bin read
         in), after checking its files against the manifest; returns `spec` with the folder's exporter."""
         theirs = self.manifest.graph(spec.name)
-        # checked again here, not only when the folder was opened: it may have changed since
-        for name in [theirs.file, *external_data_files(self.folder, theirs.file)]:
-            digest = self.manifest.files.get(name)
-            if digest is None or sha256_file(self.folder / name) != digest:
-                raise ModelFormatError(f"{self.folder / name} does not match {self.folder / MANIFEST_FILE}: "
-                                       f"the file was modified after export; re-export the model")
+        # checked again here, not only when the folder was opened: it may have changed since (the graph
+        # first: the names of its external data files come from it)
+        self._check(theirs.file)
+        for name in external_data_files(self.folder, theirs.file):
+            self._check(name)
         model = onnx.load(str(self.folder / theirs.file), load_external_data=True)
         with atomic_path(path) as tmp:
             onnx.save(model, str(tmp))
         return replace(spec, exporter=theirs.exporter)
+
+    def _check(self, name: str) -> None:
+        digest = self.manifest.files.get(name)
+        if digest is None or sha256_file(self.folder / name) != digest:
+            raise ModelFormatError(f"{self.folder / name} does not match {self.folder / MANIFEST_FILE}: the "
+                                   f"file was modified after export; re-export the model")
 
 
 def open_model_folder(folder: Path, entry_point: str | None = None):
