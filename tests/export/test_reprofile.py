@@ -6,6 +6,7 @@ a folder it cannot re-profile. The fp16 and int8 paths through it are tested whe
 import hashlib
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,28 @@ def test_a_graph_modified_after_the_folder_was_opened_is_refused(mlp_model_dir, 
                                                r"modified after export"):
         export_model(source, tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # nothing written
+
+
+def test_a_factory_the_folder_names_is_never_imported(mlp_model_dir, tmp_path, monkeypatch, capsys):
+    """A model folder whose reference/ records a --from factory (a folder passing every integrity check) is
+    not re-profiled unless the user names that factory: the module is importable here and never imported."""
+    from vae_deploy.runtime.manifest import hash_files, read_manifest, write_manifest
+
+    evil = tmp_path / "code"
+    evil.mkdir()
+    marker = tmp_path / "imported.txt"
+    (evil / "evil_vae.py").write_text(f"open({str(marker)!r}, 'w').write('imported')\ndef build(): pass\n")
+    monkeypatch.syspath_prepend(str(evil))
+    folder = shutil.copytree(mlp_model_dir, tmp_path / "named")
+    config = json.loads((folder / "reference" / "config.json").read_text())
+    config["kind"], config["model"] = "entry-point", {"entry_point": "evil_vae:build"}
+    (folder / "reference" / "config.json").write_text(json.dumps(config))
+    manifest = read_manifest(folder, check_files=False)
+    manifest.kind, manifest.files = "entry-point", hash_files(folder, list(manifest.files))
+    write_manifest(folder, manifest)
+    read_manifest(folder)  # every file matches its manifest
+    result = invoke_main(monkeypatch, capsys, "export", folder, "--out", tmp_path / "out")
+    assert_one_line_error(result, "built by the factory it was exported with (--from evil_vae:build); "
+                                  "vae-deploy imports it only when you name it", 2)
+    assert not marker.exists() and "evil_vae" not in sys.modules
+    assert not (tmp_path / "out").exists()
