@@ -189,6 +189,7 @@ def test_each_rank_reads_only_its_rows_of_the_global_batch():
                                    "train": {"batch_size": 14, "device": "cpu"}}, name="rows")
         task = build_task(recipe.data_kind, recipe.data, recipe.train, torch.device("cpu"))
         assert task.batch_sizes() == [14, 6]
+        assert type(task).train_samples(recipe.data) == task.num_train == 20  # what the launcher checks
         whole = list(task.train_batches(torch.Generator().manual_seed(5)))
         for rank in range(3):
             world = distributed.World(3, rank)
