@@ -6,6 +6,7 @@ processes: torchrun and `vae-deploy train`."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import signal
@@ -310,6 +311,26 @@ def _rank_pid(parent: int, rank: int) -> int | None:
         if ppid == parent and f"RANK={rank}".encode() in environ:
             return int(entry.name)
     return None
+
+
+def test_the_launcher_prints_an_error_every_rank_found_once(capsys):
+    """What the launcher makes of its ranks' stderr when each finds the same bad input (since the preflight
+    finds the usual ones first, no process test here reaches this; the full-disk row of
+    tests/cli/test_hostile_inputs.py does, with rank 0's error): torchrun's log lines dropped, a rank's
+    progress passed through, and each distinct `error:` message once, also where two ranks wrote theirs onto
+    one line; torchrun's failure report is what follows its traceback line."""
+    message = "error: data.valid_holdout 4000 leaves no training images (the training split has 4000)"
+    stream = io.StringIO(
+        "I1207 21:00:00.000000 123 site-packages/torch/distributed/run.py:1] starting\n"
+        "epoch 0 (1/2)  train 1.0\n"
+        f"{message}\n"
+        f"{message}{message}\n"
+        "terminated (SIGTERM): finished work was kept\n"
+        "Traceback (most recent call last):\n  the report\n")
+    errors: list[str] = []
+    assert jobs._relay_stderr(stream, errors) == "  the report\n"
+    assert capsys.readouterr().err == "epoch 0 (1/2)  train 1.0\n"
+    assert jobs._distinct_errors(errors) == [f"{message}\n"]
 
 
 def test_nproc_zero_is_one_error_line(tmp_path):
