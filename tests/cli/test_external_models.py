@@ -202,18 +202,20 @@ def verdicts(stdout: str) -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_verify_passes_every_output_against_pytorch_and_as_json(external_model, name):
+def test_verify_passes_every_output_against_pytorch_and_as_json(vd, external_model, name):
     model_dir = external_model(name).model_dir
     # Random inputs at batch 1 only keep it quick (a Wan model's clip cases cost seconds in PyTorch); the
     # export checked the real frames and batch 2 already, and the golden check below replays them.
-    result = cli_process("verify", model_dir, "--real", 0, "--batch-sizes", 1)
+    # main() in this process like the other commands here: two `verify` processes (torch and diffusers
+    # imports) were 7-12 CPU s a model.
+    result = vd("verify", model_dir, "--real", 0, "--batch-sizes", 1)
     assert result.returncode == 0, (result.stdout, result.stderr)
     assert result.stdout.splitlines()[0] == "reference: PyTorch (the folder's reference/ checkpoint)"
     found = verdicts(result.stdout)
     for output in data_outputs(model_dir):
         assert found.get(output) and set(found[output]) == {"ok"}, (output, found.get(output))
     assert "parity ok" in result.stdout
-    as_json = cli_process("verify", model_dir, "--json", "--reference", "golden")
+    as_json = vd("verify", model_dir, "--json", "--reference", "golden")
     assert as_json.returncode == 0, as_json.stderr
     report = json.loads(as_json.stdout)
     assert report["passed"] and report["reference"] == "golden"
