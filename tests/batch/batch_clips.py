@@ -4,10 +4,12 @@ its tail cut off and a text file with a video suffix, and each good clip's bytes
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import cv2
 from cli_support import cli_process
+from shared_artifacts import build_once
 
 from vae_deploy.video.samples import sample_video_path
 
@@ -39,12 +41,22 @@ def make_clips(root: Path, good: dict[str, tuple[int, int]], bad: tuple[str, str
     return root
 
 
-def serial_encode(clips: Path, names, out: Path) -> dict[str, bytes]:
-    """name -> the bytes `vae-deploy encode` writes for clips/name."""
+def serial_encode(clips: Path, names, tmp_path_factory) -> dict[str, bytes]:
+    """name -> the bytes `vae-deploy encode` writes for clips/name, one process per clip.
+
+    Each encode is kept by the sha256 of the clip's bytes (shared_artifacts.build_once), so a clip that is
+    byte for byte one encoded before in this run, by any module or xdist worker, is not encoded again:
+    OpenCV writes the same frames to the same bytes, and both modules' corpora cut the same four clips
+    (about 1 CPU s an encode process)."""
     expected = {}
     for name in names:
-        target = out / "latents.vaelat"
-        result = cli_process("encode", clips / name, "-o", target, "--size", SIZE, "-q")
-        assert result.returncode == 0, result.stderr
-        expected[name] = target.read_bytes()
+        digest = hashlib.sha256((clips / name).read_bytes()).hexdigest()[:32]
+        folder = build_once(tmp_path_factory, f"batch_serial_encode_{digest}",
+                            lambda folder, name=name: _encode(clips / name, folder / "latents.vaelat"))
+        expected[name] = (folder / "latents.vaelat").read_bytes()
     return expected
+
+
+def _encode(clip: Path, target: Path) -> None:
+    result = cli_process("encode", clip, "-o", target, "--size", SIZE, "-q")
+    assert result.returncode == 0, result.stderr
