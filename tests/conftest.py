@@ -221,3 +221,22 @@ def carphone() -> Path:
     from vae_deploy.video.samples import sample_video_path
 
     return sample_video_path("carphone_pristine")
+
+
+# ---------------------------------------------------------------- the packaged demo's folder (test time)
+
+
+@pytest.fixture(scope="session")
+def packaged_demo_dir(tmp_path_factory) -> Path:
+    """The folder `vae-deploy demo --out-dir OUT --quiet` writes (the packaged default model on the packaged
+    clip: metrics.json, report.html, the videos), run once per test run as a real process: three modules
+    read the same 120-frame demo, which they each ran (about 6 CPU s a run). Read-only: copy before
+    modifying."""
+    return build_once(tmp_path_factory, "packaged_demo", _run_packaged_demo) / "out"
+
+
+def _run_packaged_demo(root: Path) -> None:
+    from cli_support import cli_process
+
+    result = cli_process("demo", "--out-dir", root / "out", "--quiet")
+    assert result.returncode == 0, result.stderr

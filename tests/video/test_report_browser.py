@@ -15,7 +15,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from cli_support import cli_process
 
 from vae_deploy.video.sinks import VideoSink
 
@@ -57,11 +56,10 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("demo") / "out"
-    result = cli_process("demo", "--out-dir", out, "--quiet")
-    assert result.returncode == 0, result.stderr
-    return out
+def demo_dir(packaged_demo_dir, tmp_path_factory) -> Path:
+    """`vae-deploy demo --out-dir OUT --quiet`'s folder (run once per test run, tests/conftest.py), copied:
+    the tests write pages and a screenshot beside its files."""
+    return shutil.copytree(packaged_demo_dir, tmp_path_factory.mktemp("demo") / "out")
 
 
 def media_state(driver, element) -> dict:
