@@ -20,19 +20,28 @@ def cli_process(*args, timeout=300, **kwargs) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout, **kwargs)
 
 
-def invoke_main(monkeypatch, capsys, *args) -> subprocess.CompletedProcess:
-    """`main()` with argv in this process: the same entry point without a process start (or torch import)."""
+def main_exit_code(*args) -> int:
+    """`vae-deploy ARGS` through main() in this process (sys.argv set for it); its exit code. main() installs
+    its own SIGTERM handler: the caller's comes back after."""
     from vae_deploy.cli.app import main
 
-    monkeypatch.setattr(sys, "argv", ["vae-deploy", *map(str, args)])
-    sigterm = signal.getsignal(signal.SIGTERM)  # main() installs its own handler; pytest's comes back after
+    argv, sigterm = sys.argv, signal.getsignal(signal.SIGTERM)
+    sys.argv = ["vae-deploy", *map(str, args)]
     try:
         main()
-        code = 0
+        return 0
     except SystemExit as exc:
-        code = exc.code or 0
+        return exc.code or 0
     finally:
+        sys.argv = argv
         signal.signal(signal.SIGTERM, sigterm)
+
+
+def invoke_main(monkeypatch, capsys, *args) -> subprocess.CompletedProcess:
+    """`main()` with argv in this process: the same entry point without a process start (or torch import).
+    Output through pytest's capsys. (`monkeypatch` is no longer needed, main_exit_code restores argv itself;
+    the callers still pass it.)"""
+    code = main_exit_code(*args)
     captured = capsys.readouterr()
     return subprocess.CompletedProcess(args, code, captured.out, captured.err)
 

@@ -7,12 +7,11 @@ import io
 import json
 import re
 import shutil
-import signal
 import subprocess
 import sys
 
 import pytest
-from cli_support import assert_one_line_error, cli_process, invoke_main
+from cli_support import assert_one_line_error, cli_process, invoke_main, main_exit_code
 from torch_free_support import edge_cli
 
 from vae_deploy.errors import VaeDeployError
@@ -144,22 +143,14 @@ def in_process(*args, path=()) -> subprocess.CompletedProcess:
     of its own (a factory named os:abort, and the once-per-process parity warning, keep real processes).
     Modules imported from `path` are dropped afterwards, so the next call imports its own copy."""
     before = set(sys.modules)
-    sigterm = signal.getsignal(signal.SIGTERM)  # main() installs its own handler
     out, err = io.StringIO(), io.StringIO()
     with pytest.MonkeyPatch.context() as mp:
         for folder in reversed(path):
             mp.syspath_prepend(str(folder))
-        mp.setattr(sys, "argv", ["vae-deploy", *map(str, args)])
         try:
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                from vae_deploy.cli.app import main
-
-                main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code or 0
+                code = main_exit_code(*args)
         finally:
-            signal.signal(signal.SIGTERM, sigterm)
             for name in set(sys.modules) - before:
                 module_file = getattr(sys.modules[name], "__file__", None) or ""
                 if any(module_file.startswith(str(folder)) for folder in path):
