@@ -352,23 +352,25 @@ def test_the_launcher_finds_what_every_rank_would_refuse_before_starting_any(tmp
     the recipe, the run folder and the data's size is the ranks' own error, here, with nothing written."""
     recipe = mnist_recipe(tmp_path, "r", 32, valid_holdout=3997)  # 3 training images
     cases = [
-        (4, [recipe, "--out", tmp_path / "run"], "4 ranks cannot share this data: an epoch of 3 samples"),
-        (2, [recipe, "--batch", "1"], None),  # not the CLI's form: the ranks alone check it
-        (2, [recipe, "--resume", "--out", trained_run], "trained on 1 process(es), this is 2"),
-        (2, [recipe, "--out", trained_run], "already holds a training run"),
-        (2, [recipe, "--resume", "--out", tmp_path / "gone"], "there is no run folder"),
-        (2, [recipe, "--epochs", "0"], "epochs and batch_size must be at least 1"),
-        (2, [recipe, "--out", tmp_path / "run", "--max-steps", "1"], None),  # 3 images share onto 2 ranks
+        (4, {"out": tmp_path / "run"}, "4 ranks cannot share this data: an epoch of 3 samples"),
+        (2, {"resume": True, "out": trained_run}, "trained on 1 process(es), this is 2"),
+        (2, {"out": trained_run}, "already holds a training run"),
+        (2, {"resume": True, "out": tmp_path / "gone"}, "there is no run folder"),
+        (2, {"epochs": 0}, "epochs and batch_size must be at least 1"),
+        (2, {"out": tmp_path / "run", "max_steps": 1}, None),  # 3 images share onto 2 ranks
     ]
     state = RunFolder(trained_run).state.read_bytes()
-    for nproc, args, message in cases:
+    for nproc, options, message in cases:
         if message is None:
-            jobs.preflight(nproc, list(map(str, args)))
+            jobs.preflight(nproc, recipe, **options)
             continue
         with pytest.raises(VaeDeployError, match=re.escape(message)):
-            jobs.preflight(nproc, list(map(str, args)))
+            jobs.preflight(nproc, recipe, **options)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.toml"]
     assert RunFolder(trained_run).state.read_bytes() == state
+    # what the ranks are then given: the same values as `train` options, those left None left out
+    assert jobs.rank_arguments(recipe, resume=True, out=trained_run, epochs=3, seed=None) == [
+        str(recipe), "--resume", "--out", str(trained_run), "--epochs", "3"]
 
 
 @pytest.fixture(autouse=True)

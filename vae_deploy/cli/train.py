@@ -41,13 +41,9 @@ def train(
         with train_extra("train"):
             from vae_deploy.training.jobs import launch_distributed
 
-            options = {"--epochs": epochs, "--out": out, "--data-dir": data_dir, "--seed": seed,
-                       "--max-steps": max_steps, "--device": device, "--threads": threads,
-                       "--max-minutes": max_minutes, "--init-from": init_from}
-            args = [str(recipe), *(["--resume"] if resume else [])]
-            args += [part for name, value in options.items() if value is not None
-                     for part in (name, str(value))]
-            code = launch_distributed(nproc, args)
+            code = launch_distributed(nproc, recipe, resume=resume, out=out, data_dir=data_dir, epochs=epochs,
+                                      seed=seed, max_steps=max_steps, device=device, threads=threads,
+                                      max_minutes=max_minutes, init_from=init_from)
         raise typer.Exit(code)
     with train_extra("train"):
         from vae_deploy.training.distributed import World

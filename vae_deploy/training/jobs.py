@@ -11,7 +11,6 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,50 +60,31 @@ def job_recipe(recipe: Path, *, data_dir: Path | None = None, init_from: Path | 
     return spec.with_data_dir(data_dir.resolve() if data_dir is not None else None)
 
 
-# `vae-deploy train` options as cli/train.py passes them on to the ranks: the train_job keyword and its type
-JOB_OPTIONS: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "--epochs": ("epochs", int), "--out": ("out", Path), "--data-dir": ("data_dir", Path),
-    "--seed": ("seed", int), "--max-steps": ("max_steps", int), "--device": ("device", str),
-    "--threads": ("threads", int), "--max-minutes": ("max_minutes", float),
-    "--init-from": ("init_from", Path)}
+# train_job's keywords and the `vae-deploy train` options that pass them on to the ranks
+RANK_FLAGS = {"epochs": "--epochs", "out": "--out", "data_dir": "--data-dir", "seed": "--seed",
+              "max_steps": "--max-steps", "device": "--device", "threads": "--threads",
+              "max_minutes": "--max-minutes", "init_from": "--init-from"}
 
 
-def _job_arguments(train_args: list[str]) -> dict[str, Any] | None:
-    """train_job's arguments from the `train` command line handed to the ranks (RECIPE [--resume] then
-    option/value pairs); None for anything else (then the ranks alone check it)."""
-    if not train_args:
-        return None
-    arguments: dict[str, Any] = {"recipe": Path(train_args[0])}
-    rest = iter(train_args[1:])
-    for name in rest:
-        if name == "--resume":
-            arguments["resume"] = True
-            continue
-        value = next(rest, None)
-        if name not in JOB_OPTIONS or value is None:
-            return None
-        keyword, kind = JOB_OPTIONS[name]
-        try:
-            arguments[keyword] = kind(value)
-        except ValueError:
-            return None
-    return arguments
+def rank_arguments(recipe: Path, *, resume: bool = False, **options: Any) -> list[str]:
+    """The `vae-deploy train` command line each rank runs for train_job(recipe, resume=..., **options)
+    (options left None are left out)."""
+    args = [str(recipe), *(["--resume"] if resume else [])]
+    return args + [part for name, value in options.items() if value is not None
+                   for part in (RANK_FLAGS[name], str(value))]
 
 
-def preflight(nproc: int, train_args: list[str]) -> None:
-    """What every rank of `train ARGS` on `nproc` processes would refuse before training, found by the
-    launcher before it starts any: the recipe and its overrides, the run folder (a run there without
+def preflight(nproc: int, recipe: Path, *, out: Path | None = None, resume: bool = False,
+              data_dir: Path | None = None, init_from: Path | None = None, **overrides: Any) -> None:
+    """What every rank of train_job(recipe, ...) on `nproc` processes would refuse before training, found by
+    the launcher before it starts any: the recipe and its overrides, the run folder (a run there without
     --resume, --resume without one), a --resume of a run trained on another number of processes (or with
     another recipe), and more ranks than the data allows. Each raises the ranks' own error. Without it,
     each such mistake cost torchrun and N ranks starting torch (seconds each) to print one line; here it
     costs reading the recipe, the run folder's state file and the data's size. Writes nothing: the ranks
     then make the run folder as before. What only the ranks find (the model's and data's own checks, a
     disk that fills up) still ends the job from there."""
-    arguments = _job_arguments(train_args)
-    if arguments is None:
-        return
-    out, resume = arguments.pop("out", None), arguments.pop("resume", False)
-    spec = job_recipe(**arguments)
+    spec = job_recipe(recipe, data_dir=data_dir, init_from=init_from, **overrides)
     run = RunFolder(out if out is not None else RUNS_DIR / spec.name)
     world = World(size=nproc)
     # The ranks' order (Trainer.__init__): the run folder, the state to resume, then the data.
@@ -115,15 +95,15 @@ def preflight(nproc: int, train_args: list[str]) -> None:
         check_task(samples, global_train_config(spec.train, world).batch_size, world)
 
 
-def launch_distributed(nproc: int, train_args: list[str]) -> int:
+def launch_distributed(nproc: int, recipe: Path, *, resume: bool = False, **options: Any) -> int:
     """`vae-deploy train --nproc N`: run `torchrun --nproc-per-node N -m vae_deploy train ARGS` (the torch
     launcher as `python -m torch.distributed.run`, on a free local port) and return its exit code. Each rank
     trains its shard of every global batch (training/distributed.py); rank 0 writes the run folder."""
     if nproc < 1:
         raise ConfigError(f"--nproc must be at least 1, got {nproc}")
-    preflight(nproc, train_args)  # bad input: one line from here, before torchrun and N ranks import torch
+    preflight(nproc, recipe, resume=resume, **options)  # bad input: one line here, before N ranks start torch
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "vae_deploy", "train", *train_args]
+               "-m", "vae_deploy", "train", *rank_arguments(recipe, resume=resume, **options)]
     debug = bool(os.environ.get(DEBUG_VARIABLE))  # everything, torchrun's report included
     # Otherwise the ranks' output goes through; torchrun's own logging and failure report (a traceback) do
     # not, and the `error:` line every rank prints for the same bad input is printed once.
