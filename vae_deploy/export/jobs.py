@@ -27,8 +27,9 @@ from vae_deploy.export.golden import GOLDEN_FILE, has_golden, read_golden
 from vae_deploy.export.profile import ExportProfile
 from vae_deploy.export.publish import check_apart, check_target
 from vae_deploy.export.real_inputs import real_inputs_for
+from vae_deploy.export.reprofile import is_model_folder
 from vae_deploy.export.validate import ParityReport, check_golden, check_parity
-from vae_deploy.runtime.manifest import MANIFEST_FILE, Manifest, has_reference, read_manifest
+from vae_deploy.runtime.manifest import Manifest, has_reference, read_manifest
 from vae_deploy.runtime.registry import DEFAULT_BACKEND, get_backend
 from vae_deploy.runtime.runner import module_available
 
@@ -97,7 +98,7 @@ def export_job(source: Path | None, out: Path, *, profile: str | Path | None = N
     `log` gets one line per step as it starts and one with its seconds when it ends (StepLog);
     `on_exported` is called with the result once the folder is written and its parity known, before any
     engine is built (the CLI prints the parity table there)."""
-    if source is not None and (Path(source) / MANIFEST_FILE).is_file():  # re-profiling: SOURCE is only read
+    if source is not None and is_model_folder(source):  # re-profiling: SOURCE is only read
         check_apart(source, out, "the re-profiled folder")
     check_target(out, overwrite=force)  # before any work: refusing later would waste the export
     if engine:  # before the export too: a missing TensorRT should not cost an export first

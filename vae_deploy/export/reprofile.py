@@ -21,7 +21,6 @@ The folder is only read; --out must lie outside it (export/publish.py check_apar
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -114,6 +113,6 @@ def open_model_folder(folder: Path, entry_point: str | None = None):
     if config["kind"] != manifest.kind:
         raise ModelFormatError(f"{folder / REFERENCE_DIR} holds a {config['kind']!r} model but the manifest "
                                f"says {manifest.kind!r}")
-    digest = hashlib.sha256((folder / MANIFEST_FILE).read_bytes()).hexdigest()
+    digest = sha256_file(folder / MANIFEST_FILE)
     return ModelSource(model.eval(), config, f"model folder {folder}", checkpoint_dir=folder / REFERENCE_DIR,
                        graphs=FolderGraphs(folder, manifest, digest))
