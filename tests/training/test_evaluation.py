@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from rich.console import Console
-from torchvision.utils import make_grid
 from training_helpers import one_thread, tiny_recipe
 
 from vae_deploy.data import load_mnist
@@ -27,9 +26,16 @@ def png(path) -> np.ndarray:
     return np.asarray(Image.open(path))
 
 
-def as_saved(grid: torch.Tensor) -> np.ndarray:
-    """What torchvision's save_image writes for a (3, H, W) grid: rounded to uint8, HWC."""
-    return grid.mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to(torch.uint8).numpy()
+def as_saved(images: torch.Tensor) -> np.ndarray:
+    """A (N, 1, H, W) batch in [0, 1] as 8-bit gray levels, (N, H, W)."""
+    return images.squeeze(1).mul(255).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def tiles(grid: np.ndarray, n: int, per_row: int, side: int, pad: int) -> np.ndarray:
+    """The n side x side images of a grid laid out row by row, `pad` pixels around each."""
+    step = side + pad
+    return np.stack([grid[pad + (i // per_row) * step:][:side, pad + (i % per_row) * step:][:, :side]
+                     for i in range(n)])
 
 
 @pytest.fixture(scope="module")
@@ -81,10 +87,13 @@ def test_reconstructions_use_mu(report, trained_run):
     rows = []
     for start in range(0, 64, 16):
         rows += [originals[start:start + 16], recon[start:start + 16]]
-    expected = as_saved(make_grid(torch.cat(rows), nrow=16, padding=2, pad_value=0.5))
     got = png(report["pictures"]["reconstructions"])
-    assert got.shape == (8 * 30 + 2, 16 * 30 + 2, 3)
-    np.testing.assert_array_equal(got, expected)
+    assert got.shape == (8 * 30 + 2, 16 * 30 + 2)  # 8 rows of 16 images of 28 px, 2 px apart and around
+    np.testing.assert_array_equal(tiles(got, 128, 16, 28, 2), as_saved(torch.cat(rows)))
+    rows_of_images = np.isin(np.arange(got.shape[0]) % 30, range(2, 30))
+    columns_of_images = np.isin(np.arange(got.shape[1]) % 30, range(2, 30))
+    between = ~(rows_of_images[:, None] & columns_of_images[None, :])
+    assert np.unique(got[between]).tolist() == [128]  # 0.5 grey between and around the images
 
 
 def test_manifold_decodes_the_normal_quantile_grid(report, trained_run):
@@ -94,8 +103,10 @@ def test_manifold_decodes_the_normal_quantile_grid(report, trained_run):
     assert z[0].tolist() == pytest.approx([-1.6449, 1.6449], abs=1e-4)  # top left: 5% / 95% quantiles
     assert z[-1].tolist() == pytest.approx([1.6449, -1.6449], abs=1e-4)
     with torch.no_grad():
-        expected = as_saved(make_grid(model.decode(z), nrow=20, padding=0))
-    np.testing.assert_array_equal(png(report["pictures"]["manifold"]), expected)
+        expected = as_saved(model.decode(z))
+    got = png(report["pictures"]["manifold"])
+    assert got.shape == (20 * 28, 20 * 28)  # edge to edge
+    np.testing.assert_array_equal(tiles(got, 400, 20, 28, 0), expected)
 
 
 def test_plots_are_real_pictures(report):

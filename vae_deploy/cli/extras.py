@@ -16,7 +16,7 @@ from vae_deploy.runtime.runner import module_available
 
 TRAIN_EXTRA = "pip install 'vae-deploy[train]'"
 # Top-level modules of the train extra's packages (pyproject.toml [project.optional-dependencies] train).
-TRAIN_MODULES = ("torch", "torchvision", "safetensors", "matplotlib", "onnxconverter_common", "skimage")
+TRAIN_MODULES = ("torch", "safetensors", "matplotlib", "onnxconverter_common", "skimage")
 
 
 def _message(command: str, module: str) -> str:

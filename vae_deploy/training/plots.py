@@ -1,5 +1,6 @@
 """Evaluation pictures. matplotlib through its object API on the Agg canvas (no pyplot, no display, no
-global state); image grids through torchvision's make_grid/save_image. Every file is written atomically."""
+global state); image grids through runtime.sampling's image_grid and write_image (OpenCV). Every file is
+written atomically."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import torch
 
 from vae_deploy.files import atomic_path
+from vae_deploy.runtime.sampling import image_grid, write_image
 
 
 def _figure(width: float, height: float):
@@ -43,18 +45,15 @@ def save_loss_curves(path: Path, history: list[dict]) -> Path:
 
 def save_reconstructions(path: Path, originals: torch.Tensor, reconstructions: torch.Tensor,
                          per_row: int = 16) -> Path:
-    """Rows of originals, each followed by the row of their reconstructions. Images NCHW in [0, 1]."""
-    from torchvision.utils import make_grid, save_image
-
+    """Rows of originals, each followed by the row of their reconstructions, 2 px of grey between the
+    images. Images NCHW in [0, 1]."""
     n = min(originals.shape[0], reconstructions.shape[0])
     per_row = min(per_row, n)
     n -= n % per_row  # whole rows only, so every original sits above its reconstruction
     rows = []
     for start in range(0, n, per_row):
         rows += [originals[start:start + per_row], reconstructions[start:start + per_row]]
-    grid = make_grid(torch.cat(rows), nrow=per_row, padding=2, pad_value=0.5)
-    with atomic_path(path) as tmp:
-        save_image(grid, str(tmp), format="png")
+    write_image(path, image_grid(torch.cat(rows).numpy(), columns=per_row, pad=2, pad_value=0.5))
     return Path(path)
 
 
@@ -82,10 +81,6 @@ def manifold_latents(n: int) -> torch.Tensor:
 
 
 def save_manifold(path: Path, images: torch.Tensor, n: int) -> Path:
-    """Decoded images of `manifold_latents(n)` as an n x n grid."""
-    from torchvision.utils import make_grid, save_image
-
-    grid = make_grid(images, nrow=n, padding=0)
-    with atomic_path(path) as tmp:
-        save_image(grid, str(tmp), format="png")
+    """Decoded images of `manifold_latents(n)` as an n x n grid, edge to edge."""
+    write_image(path, image_grid(images.numpy(), columns=n, pad=0))
     return Path(path)
