@@ -165,6 +165,16 @@ def test_truncated_idx_file_is_a_data_error(tmp_path, name, cut):
     assert str(root / "MNIST" / "raw") in str(info.value)
 
 
+@pytest.mark.parametrize("header", [b"\x00\x00\x0d\x03", b"\x00\x00\x08\x02", b"PK\x03\x04"],
+                         ids=["float elements", "two dimensions", "a zip file"])
+def test_an_idx_header_that_is_not_uint8_images_is_a_data_error(tmp_path, header):
+    root = make_torchvision_folder(tmp_path / "MNIST_DATA")
+    path = root / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
+    path.write_bytes(header + path.read_bytes()[4:])
+    with pytest.raises(DataError, match="corrupt or truncated .*not a uint8 idx file of 3 dimension"):
+        load_mnist("test", data_dir=root)
+
+
 def test_idx_files_that_disagree_are_a_data_error(tmp_path):
     """Consistent headers but 999 labels for 1000 images: a truncated set, not a silently short one."""
     root = make_torchvision_folder(tmp_path / "MNIST_DATA")
