@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_support import assert_one_line_error, cli_process
+from cli_support import assert_one_line_error, invoke_main
 from rich.console import Console
 from training_helpers import one_thread
 
@@ -93,14 +93,19 @@ def test_two_ranks_at_half_batch_equal_one_process_mnist(tmp_path):
 
 
 @pytest.mark.slow
-def test_nproc_launcher_trains_and_resumes_a_distributed_run(tmp_path):
+def test_nproc_launcher_trains_and_resumes_a_distributed_run(tmp_path, monkeypatch, capsys):
+    """`train --nproc 3`, then `--resume`: real torchrun and ranks, the launcher (main(), the CLI's entry
+    point) in this process, which has torch imported already; a launcher process of its own would import
+    it again for nothing. The tests below send signals to a launcher process."""
     # an uneven split: 500 training images (valid_holdout 3500) in global batches of 3 x 48 = 144, the last
     # 68 split 23/23/22
     recipe = mnist_recipe(tmp_path, "three", 48, epochs=2, valid_holdout=3500)
-    first = cli_process("train", recipe, "--out", tmp_path / "run", "--nproc", 3, "--epochs", 1)
+    first = invoke_main(monkeypatch, capsys, "train", recipe, "--out", tmp_path / "run", "--nproc", 3,
+                        "--epochs", 1)
     assert first.returncode == 0, first.stderr
     assert "Traceback" not in first.stderr and "torch/distributed" not in first.stderr
-    resumed = cli_process("train", recipe, "--out", tmp_path / "run", "--nproc", 3, "--resume")
+    resumed = invoke_main(monkeypatch, capsys, "train", recipe, "--out", tmp_path / "run", "--nproc", 3,
+                          "--resume")
     assert resumed.returncode == 0, resumed.stderr
     history = RunFolder(tmp_path / "run").read_metrics()
     assert [(r["epoch"], r["steps"], r["global_batch"], r["world_size"]) for r in history] == [
@@ -120,7 +125,8 @@ def test_nproc_launcher_trains_and_resumes_a_distributed_run(tmp_path):
     single_history = RunFolder(tmp_path / "single").read_metrics()
     assert history[-1]["train_loss"] == pytest.approx(single_history[-1]["train_loss"], rel=1e-5)
     # another world size cannot continue the run (its global batch would change)
-    other = cli_process("train", recipe, "--out", tmp_path / "run", "--nproc", 2, "--resume", "--epochs", 3)
+    other = invoke_main(monkeypatch, capsys, "train", recipe, "--out", tmp_path / "run", "--nproc", 2,
+                        "--resume", "--epochs", 3)
     assert_one_line_error(other, "trained on 3 process(es)")
 
 
@@ -256,15 +262,17 @@ def _running(pid: int) -> bool:
         return False
 
 
-def _launch_until_the_first_epoch(recipe: Path, out: Path) -> subprocess.Popen:
-    """`vae-deploy train RECIPE --out OUT --nproc 2` as a real process, returned once its first epoch is in
-    metrics.jsonl (or it ended, or 120 s passed)."""
-    launcher = subprocess.Popen([sys.executable, "-m", "vae_deploy", "train", str(recipe), "--out", str(out),
-                                 "--nproc", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+def _launch_until_an_epoch(recipe: Path, out: Path, *options) -> subprocess.Popen:
+    """`vae-deploy train RECIPE --out OUT --nproc 2 [OPTIONS]` as a real process, returned once it has added
+    an epoch to metrics.jsonl (or it ended, or 120 s passed)."""
     metrics = RunFolder(out).metrics
+    before = len(metrics.read_text().splitlines()) if metrics.exists() else 0
+    launcher = subprocess.Popen([sys.executable, "-m", "vae_deploy", "train", str(recipe), "--out", str(out),
+                                 "--nproc", "2", *map(str, options)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and launcher.poll() is None and not metrics.exists():
+    while time.monotonic() < deadline and launcher.poll() is None and (
+            not metrics.exists() or len(metrics.read_text().splitlines()) <= before):
         time.sleep(0.1)
     return launcher
 
@@ -272,10 +280,12 @@ def _launch_until_the_first_epoch(recipe: Path, out: Path) -> subprocess.Popen:
 @pytest.mark.slow
 def test_sigterm_to_the_nproc_launcher_ends_every_rank_and_keeps_the_finished_epochs(tmp_path):
     """`docker stop` sends SIGTERM to the launcher alone: every rank ends, the exit code is 143 with the one
-    terminated line, the finished epochs are kept and `--resume` continues on 2 processes."""
+    terminated line, the finished epochs are kept and `--resume` continues on 2 processes. That resumed run
+    then loses rank 1 to kill -9 (test_a_rank_killed_under_the_nproc_launcher_is_one_line_naming_it, there
+    rank 0 on a fresh run): one launch of torchrun and its ranks fewer than a resume run to its end."""
     recipe = mnist_recipe(tmp_path, "long", 32, epochs=200, valid_holdout=3000)
     out = tmp_path / "run"
-    launcher = _launch_until_the_first_epoch(recipe, out)
+    launcher = _launch_until_an_epoch(recipe, out)
     try:
         (torchrun_pid,) = _children(launcher.pid)
         ranks = [_rank_pid(torchrun_pid, rank) for rank in (0, 1)]
@@ -293,10 +303,10 @@ def test_sigterm_to_the_nproc_launcher_ends_every_rank_and_keeps_the_finished_ep
     finished = len(RunFolder(out).metrics.read_text().splitlines())
     assert finished >= 1 and RunFolder(out).state.is_file()
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no partial file left
-    resumed = cli_process("train", recipe, "--out", out, "--nproc", 2, "--resume", "--epochs", finished + 1)
-    assert resumed.returncode == 0, resumed.stderr
-    history = RunFolder(out).read_metrics()
-    assert [r["epoch"] for r in history] == list(range(finished + 1)) and history[-1]["world_size"] == 2
+    _kill_a_rank(_launch_until_an_epoch(recipe, out, "--resume"), out, 1)
+    history = RunFolder(out).read_metrics()  # the resumed run added epochs after the kept ones
+    assert len(history) > finished and [r["epoch"] for r in history] == list(range(len(history)))
+    assert all(r["world_size"] == 2 for r in history)
 
 
 def _rank_pid(parent: int, rank: int) -> int | None:
@@ -333,16 +343,17 @@ def test_the_launcher_prints_an_error_every_rank_found_once(capsys):
     assert jobs._distinct_errors(errors) == [f"{message}\n"]
 
 
-def test_nproc_zero_is_one_error_line(tmp_path):
-    result = cli_process("train", mnist_recipe(tmp_path, "r", 32), "--out", tmp_path / "run", "--nproc", 0)
+def test_nproc_zero_is_one_error_line(tmp_path, monkeypatch, capsys):
+    result = invoke_main(monkeypatch, capsys, "train", mnist_recipe(tmp_path, "r", 32), "--out",
+                         tmp_path / "run", "--nproc", 0)
     assert_one_line_error(result, "--nproc must be at least 1")
     assert not (tmp_path / "run").exists()
 
 
-def test_more_ranks_than_the_data_allows_is_one_error_line(tmp_path):
+def test_more_ranks_than_the_data_allows_is_one_error_line(tmp_path, monkeypatch, capsys):
     # 3 training images: a fourth rank would get none
     recipe = mnist_recipe(tmp_path, "r", 32, valid_holdout=3997)
-    result = cli_process("train", recipe, "--out", tmp_path / "run", "--nproc", 4)
+    result = invoke_main(monkeypatch, capsys, "train", recipe, "--out", tmp_path / "run", "--nproc", 4)
     assert_one_line_error(result, "4 ranks cannot share this data")
     assert not (tmp_path / "run").exists()
 
@@ -379,18 +390,9 @@ def _gloo_available():
         pytest.skip("this torch has no torch.distributed")
 
 
-@pytest.mark.parametrize("rank", [0, 1])
-@pytest.mark.slow
-def test_a_rank_killed_under_the_nproc_launcher_is_one_line_naming_it(tmp_path, rank):
-    """kill -9 of one rank: the others end on a gloo error ("Connection closed by peer") or torchrun's
-    SIGTERM, which the launcher printed as such (a raw gloo error, or "terminated" though the user stopped
-    nothing). Now one line names the rank that died and says the finished epochs are kept. And the job
-    (torchrun, the launcher's child, which the launcher waits for) ends within 60 s of the kill, with a
-    non-zero code. (That was a test of its own on torchrun without the launcher: the same torchrun, ranks
-    and gloo, three more processes importing torch.)"""
-    recipe = mnist_recipe(tmp_path, "long", 32, epochs=1000, valid_holdout=3000)
-    out = tmp_path / "run"
-    launcher = _launch_until_the_first_epoch(recipe, out)
+def _kill_a_rank(launcher: subprocess.Popen, out: Path, rank: int) -> None:
+    """kill -9 of `rank` under a launcher that is training (an epoch of this run in OUT's metrics), and what
+    must follow: the job ends within 60 s, non-zero, with one line naming that rank, the epochs kept."""
     try:
         assert launcher.poll() is None and RunFolder(out).metrics.exists()  # training: an epoch is written
         (torchrun_pid,) = _children(launcher.pid)
@@ -414,3 +416,17 @@ def test_a_rank_killed_under_the_nproc_launcher_is_one_line_naming_it(tmp_path, 
     assert len(RunFolder(out).metrics.read_text().splitlines()) >= 1 and RunFolder(out).state.is_file()
     assert RunFolder(out).read_metrics()[0]["world_size"] == 2
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.slow
+def test_a_rank_killed_under_the_nproc_launcher_is_one_line_naming_it(tmp_path):
+    """kill -9 of one rank: the others end on a gloo error ("Connection closed by peer") or torchrun's
+    SIGTERM, which the launcher printed as such (a raw gloo error, or "terminated" though the user stopped
+    nothing). Now one line names the rank that died and says the finished epochs are kept. And the job
+    (torchrun, the launcher's child, which the launcher waits for) ends within 60 s of the kill, with a
+    non-zero code. (That was a test of its own on torchrun without the launcher: the same torchrun, ranks
+    and gloo, three more processes importing torch.) Rank 0 here, the one that writes the run; rank 1 dies
+    in the resumed run of the SIGTERM test above."""
+    recipe = mnist_recipe(tmp_path, "long", 32, epochs=1000, valid_holdout=3000)
+    out = tmp_path / "run"
+    _kill_a_rank(_launch_until_an_epoch(recipe, out), out, 0)
