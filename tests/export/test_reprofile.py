@@ -1,7 +1,8 @@
 """Re-profiling (export/reprofile.py): `vae-deploy export MODEL_DIR --profile P --out NEW` takes an fp32 model
 folder's graphs and reference/ instead of tracing the model again, and refuses in one line, writing nothing,
 a folder it cannot re-profile. The fp16 and int8 paths through it are tested where those profiles are
-(test_external_fp16.py on a Wan export with shared weights, test_quantize.py)."""
+(test_external_fp16.py: the zoo's AutoencoderKL and Wan 2.1 exports, the latter with shared weights;
+test_quantize.py)."""
 
 import hashlib
 import json
