@@ -53,7 +53,8 @@ def save_reconstructions(path: Path, originals: torch.Tensor, reconstructions: t
     rows = []
     for start in range(0, n, per_row):
         rows += [originals[start:start + per_row], reconstructions[start:start + per_row]]
-    write_image(path, image_grid(torch.cat(rows).numpy(), columns=per_row, pad=2, pad_value=0.5))
+    images = torch.cat(rows).detach().cpu().numpy()
+    write_image(path, image_grid(images, columns=per_row, pad=2, pad_value=0.5))
     return Path(path)
 
 
@@ -82,5 +83,5 @@ def manifold_latents(n: int) -> torch.Tensor:
 
 def save_manifold(path: Path, images: torch.Tensor, n: int) -> Path:
     """Decoded images of `manifold_latents(n)` as an n x n grid, edge to edge."""
-    write_image(path, image_grid(images.numpy(), columns=n, pad=0))
+    write_image(path, image_grid(images.detach().cpu().numpy(), columns=n, pad=0))
     return Path(path)
