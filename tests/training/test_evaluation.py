@@ -33,9 +33,9 @@ def as_saved(images: torch.Tensor) -> np.ndarray:
 
 def tiles(grid: np.ndarray, n: int, per_row: int, side: int, pad: int) -> np.ndarray:
     """The n side x side images of a grid laid out row by row, `pad` pixels around each."""
-    step = side + pad
-    return np.stack([grid[pad + (i // per_row) * step:][:side, pad + (i % per_row) * step:][:, :side]
-                     for i in range(n)])
+    corners = [(pad + row * (side + pad), pad + column * (side + pad))
+               for row, column in (divmod(i, per_row) for i in range(n))]
+    return np.stack([grid[top:top + side, left:left + side] for top, left in corners])
 
 
 @pytest.fixture(scope="module")

@@ -215,7 +215,7 @@ class Trainer:
             self.run.remove_partial_files()
         stored = load_state(self.run.state) if resume else None
         if stored is not None:
-            self._check_resumable(stored)
+            check_resumable(self.run, stored, recipe, self.world.size)
 
         train = recipe.train
         self.device = distributed.rank_device(resolve_device(train.device), self.world)
@@ -245,9 +245,6 @@ class Trainer:
             self._restore(stored)
 
     # ------------------------------------------------------------------ resume
-
-    def _check_resumable(self, stored: dict) -> None:
-        check_resumable(self.run, stored, self.recipe, self.world.size)
 
     def _restore(self, stored: dict) -> None:
         try:
