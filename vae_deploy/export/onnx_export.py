@@ -47,6 +47,7 @@ from torch import nn
 import vae_deploy
 from vae_deploy.config_io import to_dict
 from vae_deploy.errors import ModelFormatError, VaeDeployError
+from vae_deploy.export.compose import compose_parts
 from vae_deploy.export.golden import GOLDEN_FILE, write_golden
 from vae_deploy.export.profile import ExportProfile
 from vae_deploy.export.publish import check_apart, staged_folder
@@ -473,16 +474,24 @@ def _write_folder(source: ModelSource, specs: dict[str, GraphSpec], work: Path, 
     """Every file of the model folder, written into the empty folder `work` (logged under `out_dir`, the
     name it will have)."""
     model, config = source.module, source.config
-    for name, spec in list(specs.items()):
+    # Graphs made of parts are joined after their parts are traced (and before any conversion, so that
+    # the join is of fp32 graphs like every other export step's input)
+    for name in sorted(specs, key=lambda n: bool(specs[n].parts)):
+        spec = specs[name]
         path = work / spec.file
         if source.graphs is not None:  # the fp32 graph of a model folder, self-contained, its exporter kept
             log(f"reusing {spec.name} from {source.graphs.folder} (no tracing) -> {out_dir / spec.file}")
-            specs[name] = spec = source.graphs.take(spec, path)
+            specs[name] = source.graphs.take(spec, path)
+        elif spec.parts:
+            log(f"joining {spec.name} from {', '.join(spec.parts)} -> {out_dir / spec.file}")
+            compose_parts([work / specs[part].file for part in spec.parts], spec, path)
+            specs[name] = replace(spec, exporter=specs[spec.parts[0]].exporter)
         else:
             exporter = choose_exporter(config["kind"], spec, profile.opset)
             log(f"exporting {spec.name} ({spec.method}, {exporter}) -> {out_dir / spec.file}")
-            specs[name] = spec = replace(spec, exporter=export_graph(model, spec, path, profile.opset,
-                                                                     exporter))
+            specs[name] = replace(spec, exporter=export_graph(model, spec, path, profile.opset, exporter))
+    for spec in specs.values():
+        path = work / spec.file
         if profile.precision == "fp16":
             convert_fp16(path, profile.keep_io_types)
         declare_io_shapes(path, spec)

@@ -18,6 +18,7 @@ Two builders, registered by name (models name them, never import them: export is
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from vae_deploy.errors import ConfigError
@@ -48,9 +49,11 @@ def graph_specs(kind: str, config: Any, model: Any = None) -> dict[str, GraphSpe
         known = ", ".join(sorted(k for k, r in model_kinds().items() if r.specs in SPEC_BUILDERS))
         raise ConfigError(f"no export spec for model kind {kind!r} (known: {known})")
     specs = builder(kind, config, model)
-    if tuple(specs)[:2] != GRAPH_NAMES or not set(tuple(specs)[2:]) <= set(FIRST_GRAPH_NAMES):
+    parts = {part for spec in specs.values() for part in spec.parts}
+    parts |= {specs[part].first_graph for part in parts if part in specs and specs[part].first_graph}
+    if tuple(specs)[:2] != GRAPH_NAMES or not set(tuple(specs)[2:]) <= set(FIRST_GRAPH_NAMES) | parts:
         raise ConfigError(f"the spec of kind {kind!r} must define graphs {GRAPH_NAMES} (and may add "
-                          f"{FIRST_GRAPH_NAMES}), got {tuple(specs)}")
+                          f"{FIRST_GRAPH_NAMES} and the parts they name), got {tuple(specs)}")
     return specs
 
 
@@ -108,10 +111,10 @@ def streaming_video_specs(kind: str, config: Any, model: Any = None) -> dict[str
     dec_state = model.decoder_state_shapes(batch, latent_h, latent_w)
 
     def states(shapes: list) -> list[StateSpec]:
-        return [StateSpec(f"past_{i}", f"present_{i}", tuple(shape)) for i, shape in enumerate(shapes)]
+        return _states(shapes, 0)
 
     def presents(shapes: list) -> list[TensorSpec]:
-        return [TensorSpec(f"present_{i}", tuple(shape)) for i, shape in enumerate(shapes)]
+        return [st.as_output() for st in states(shapes)]
 
     def latents(t) -> list[TensorSpec]:
         shape = (batch, t, lc, _scaled(height, s, True), _scaled(width, s, True))
@@ -164,7 +167,116 @@ def streaming_video_specs(kind: str, config: Any, model: Any = None) -> dict[str
             example_dims={"batch": 1, "latent_h": 4, "latent_w": 4}, max_parity_batch=2,
             derived_dims={"latent_h": f"height//{s}", "latent_w": f"width//{s}"},
         )
+    if getattr(model, "split_point", None) is not None:
+        specs.update(_split_specs(model, specs, latent_count))
+        for name in GRAPH_NAMES + FIRST_GRAPH_NAMES:
+            if name in specs:
+                specs[name] = replace(specs[name], parts=_part_names(name))
     return specs
+
+
+# ---------------------------------------------------------------- graphs in parts (LatentSplit)
+
+# What each graph's parts are called, in the order they run: the encoder's pixel part first, the decoder's
+# latent part first. A first-chunk graph's parts are its steady graph's parts + "_first".
+PART_SUFFIXES = {"encoder": ("pixels", "latents"), "decoder": ("latents", "pixels")}
+
+
+def is_part(graph: str) -> bool:
+    """Whether `graph` is a part of a graph split at latent resolution (by its name)."""
+    steady = graph[:-len("_first")] if graph.endswith("_first") else graph
+    return any(steady == f"{whole}_{suffix}" for whole, suffixes in PART_SUFFIXES.items()
+               for suffix in suffixes)
+
+
+def part_runs_whole(graph: str) -> bool:
+    """Whether `graph` is the latent-resolution part of a split graph, which runs on whole latent frames
+    (the pixel-resolution part is the one that tiles)."""
+    return is_part(graph) and "_latents" in graph
+
+
+def _part_names(graph: str) -> tuple[str, ...]:
+    steady, first = (graph[:-len("_first")], "_first") if graph.endswith("_first") else (graph, "")
+    return tuple(f"{steady}_{suffix}{first}" for suffix in PART_SUFFIXES[steady])
+
+
+def _split_specs(model: Any, whole: dict[str, GraphSpec], latent_count: str) -> dict[str, GraphSpec]:
+    """The parts of a LatentSplit model's graphs (models/adapters/contract.py), each a graph of its own
+    with the whole graph's streaming rules: features at latent resolution between them, the whole graph's
+    state shared out in order (the part that runs first holds the first ones)."""
+    point = model.split_point
+    s, lc = int(model.spatial_factor), int(model.latent_channels)
+    encoder, decoder = whole["encoder"], whole["decoder"]
+    batch, latent_frames = SymDim("batch"), SymDim("latent_frames")
+    latent_h, latent_w = SymDim("latent_h"), SymDim("latent_w")
+    ke, kd = point.encoder_pixel_states, point.decoder_latent_states
+
+    def features(name: str, channels: int, t, h, w) -> TensorSpec:
+        return TensorSpec(name, (batch, t, channels, h, w), layout="NTCHW")
+
+    def steady(graph: GraphSpec, name: str, inputs: list, outputs: list, state: list, method: str,
+               **rules) -> GraphSpec:
+        return replace(graph, name=name, inputs=inputs, outputs=outputs, state=state, method=method,
+                       first_graph=f"{name}_first" if graph.first_graph else "", exporter="", parts=(),
+                       **rules)
+
+    def first(graph: GraphSpec, name: str, inputs: list, outputs: list, method: str, **rules) -> GraphSpec:
+        return GraphSpec(name, inputs=inputs, outputs=outputs, method=method, tolerance=graph.tolerance,
+                         max_parity_batch=graph.max_parity_batch, **rules)
+
+    # the encoder: pixels (tiled) -> features at latent resolution -> latents (whole)
+    pixel_state, latent_shapes = encoder.state[:ke], model.encoder_latent_state_shapes(batch, latent_h,
+                                                                                        latent_w)
+    video_in = encoder.inputs[0]
+    frames, height, width = video_in.shape[1], SymDim(video_in.shape[3]), SymDim(video_in.shape[4])
+    enc_features = features("features", point.encoder_channels, SymDim(frames) // int(model.temporal_factor),
+                            height // s, width // s)
+    latent_features = features("features", point.encoder_channels, latent_frames, latent_h, latent_w)
+    names = [t.name for t in encoder.outputs]
+    latents = [TensorSpec(n, (batch, latent_frames, lc, latent_h, latent_w), layout="NTCHW") for n in names]
+    latent_rules = {"example_dims": {"batch": 1, "latent_frames": 4, "latent_h": 4, "latent_w": 4},
+                    "stream_axis": "latent_frames", "stream_chunks": (1, 3), "dim_multiples": {},
+                    "derived_dims": {"latent_frames": latent_count, "latent_h": f"height//{s}",
+                                     "latent_w": f"width//{s}"}}
+    one = replace(latents[0], shape=(batch, 1, lc, latent_h, latent_w))
+    parts = {
+        "encoder_pixels": steady(encoder, "encoder_pixels", [video_in], [enc_features], pixel_state,
+                                 "encode_pixels_step"),
+        "encoder_latents": steady(encoder, "encoder_latents", [latent_features], latents,
+                                  _states(latent_shapes, ke), "encode_latents_step",
+                                  first_length=1 if encoder.first_graph else 0, **latent_rules),
+    }
+    # the decoder: latents (whole) -> features at latent resolution -> pixels (tiled)
+    dec_features = features("features", point.decoder_channels, latent_frames, latent_h, latent_w)
+    parts["decoder_latents"] = steady(decoder, "decoder_latents", decoder.inputs, [dec_features],
+                                      decoder.state[:kd], "decode_latents_step")
+    parts["decoder_pixels"] = steady(decoder, "decoder_pixels", [dec_features], decoder.outputs,
+                                     decoder.state[kd:], "decode_pixels_step")
+    if "encoder_first" in whole:
+        enc_first, dec_first = whole["encoder_first"], whole["decoder_first"]
+        enc_presents, dec_presents = enc_first.outputs[len(names):], dec_first.outputs[1:]
+        one_features = replace(enc_features, shape=(batch, 1, point.encoder_channels, height // s, width // s))
+        parts["encoder_pixels_first"] = first(
+            enc_first, "encoder_pixels_first", enc_first.inputs, [one_features] + enc_presents[:ke],
+            "encode_pixels_first", example_dims=enc_first.example_dims, dim_multiples=enc_first.dim_multiples)
+        parts["encoder_latents_first"] = first(
+            enc_first, "encoder_latents_first",
+            [replace(latent_features, shape=(batch, 1, point.encoder_channels, latent_h, latent_w))],
+            [replace(one, name=n) for n in names] + [st.as_output() for st in _states(latent_shapes, ke)],
+            "encode_latents_first", example_dims={"batch": 1, "latent_h": 4, "latent_w": 4},
+            derived_dims={"latent_h": f"height//{s}", "latent_w": f"width//{s}"})
+        dec_one = replace(dec_features, shape=(batch, 1, point.decoder_channels, latent_h, latent_w))
+        rules = {"example_dims": dec_first.example_dims, "derived_dims": dec_first.derived_dims}
+        parts["decoder_latents_first"] = first(dec_first, "decoder_latents_first", dec_first.inputs,
+                                               [dec_one] + dec_presents[:kd], "decode_latents_first", **rules)
+        parts["decoder_pixels_first"] = first(dec_first, "decoder_pixels_first", [dec_one],
+                                              dec_first.outputs[:1] + dec_presents[kd:], "decode_pixels_first",
+                                              **rules)
+    return parts
+
+
+def _states(shapes: list, start: int) -> list[StateSpec]:
+    return [StateSpec(f"past_{i}", f"present_{i}", tuple(shape)) for i, shape in enumerate(shapes, start)]
 
 
 register_spec("video", streaming_video_specs)  # every kind with the step form, adapted VAEs too

@@ -11,9 +11,12 @@ statistics over the whole frame, attention over a whole frame) depends on every 
 the input's border however large the input is, and such a graph is not exact.
 
 Some families are known to have global ops, and the record says what the runtime may do with them instead
-(GLOBAL_FAMILIES): diffusers' AutoencoderKL may be blended (what diffusers' own enable_tiling does), and
-AutoencoderKLWan cannot be tiled until its graphs are split (its attention runs at latent resolution only).
-Everything else is measured; a measured global graph is recorded as not tileable.
+(GLOBAL_FAMILIES): diffusers' AutoencoderKL may be blended (what diffusers' own enable_tiling does).
+AutoencoderKLWan's attention runs at latent resolution only, so its graphs are exported in two parts split
+there (export/specs.py, a LatentSplit model): the pixel-resolution part is measured like any graph, the
+latent-resolution part runs on whole latent frames, and the whole graph's record is its tiled part's with the
+list of parts (split_record). Everything else is measured; a measured global graph is recorded as not
+tileable.
 
 The record also carries the working memory of one step per input position (`bytes_per_position`), from
 ONNX shape inference of the exported graph at a concrete size, for `--tile auto`'s budget.
@@ -28,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from vae_deploy.export.specs import is_part, part_runs_whole
 from vae_deploy.runtime.spec import GraphSpec, random_inputs
 from vae_deploy.runtime.tiling import BLEND, EXACT, NONE
 
@@ -38,8 +42,8 @@ GLOBAL_FAMILIES: dict[str, tuple[str, str]] = {
         BLEND, "GroupNorm takes its statistics over the whole frame (and the mid block attends over it): "
                "tiles can only be blended"),
     "diffusers-autoencoder-kl-wan": (
-        NONE, "its mid block attends over the whole latent frame: exact tiling needs its graphs split "
-              "(latent-resolution part whole, pixel-resolution part tiled), which is not built yet"),
+        NONE, "its mid block attends over the whole latent frame: only its graphs split at latent "
+              "resolution tile (the parts export writes), not a graph exported whole"),
 }
 # Latent positions along each side of the frames the field is measured on: doubled while the field reaches
 # the border, up to the last. A local network is measured where its field fits; a field wider than half of
@@ -52,18 +56,38 @@ BLEND_OVERLAP = 0.25  # fraction of a blended tile shared with each neighbour (d
 def tiling_records(kind: str, model: Any, specs: dict[str, GraphSpec], folder: Path,
                    log: Callable[[str], None] = lambda msg: None) -> dict[str, dict]:
     """One record per video graph of `specs` (exported into `folder`), or {} for a model that is not a
-    video model (the MLP: nothing spatial to tile)."""
+    video model (the MLP: nothing spatial to tile). A graph made of parts (spec.parts) is recorded after
+    them: see split_record."""
     if not all(spec.inputs[0].layout == "NTCHW" for spec in specs.values()):
         return {}
     log("measuring each graph's receptive field for spatial tiling")
     records = {}
-    for name, spec in specs.items():
-        records[name] = graph_record(kind, model, spec)
+    for name in sorted(specs, key=lambda n: bool(specs[n].parts)):
+        spec = specs[name]
+        if spec.parts:
+            records[name] = split_record(spec, records)
+        elif part_runs_whole(name):
+            records[name] = {"mode": NONE, "why": "runs on whole latent frames (the latent-resolution part "
+                                                  "of a graph split for tiling)"}
+        else:
+            records[name] = graph_record(kind, model, spec, family_rule=not is_part(name))
         memory = None if records[name]["mode"] == NONE else bytes_per_position(folder / spec.file, spec)
         if memory is not None:
             records[name]["bytes_per_position"] = memory
         log(f"  tiling {name}: {describe(records[name])}")
-    return records
+    return {name: records[name] for name in specs}
+
+
+def split_record(spec: GraphSpec, records: dict[str, dict]) -> dict:
+    """The record of a graph made of parts: exact with its tiled part's halo and alignment (the other parts
+    run whole), listed in `parts` as [graph, tiles] in the order they run; as its tiled part otherwise."""
+    tiled = [part for part in spec.parts if not part_runs_whole(part)]
+    if len(tiled) != 1 or records[tiled[0]]["mode"] != EXACT:
+        why = records[tiled[0]].get("why", "") if len(tiled) == 1 else "no single part to tile"
+        return {"mode": NONE, "why": f"its pixel-resolution part does not tile exactly ({why})"}
+    record = {key: value for key, value in records[tiled[0]].items() if key != "bytes_per_position"}
+    record["parts"] = [[part, part in tiled] for part in spec.parts]
+    return record
 
 
 def describe(record: dict) -> str:
@@ -72,10 +96,11 @@ def describe(record: dict) -> str:
     return f"{record['mode']}: {record['why']}"
 
 
-def graph_record(kind: str, model: Any, spec: GraphSpec) -> dict:
-    """The tiling record of one graph (runtime/tiling.py reads it)."""
+def graph_record(kind: str, model: Any, spec: GraphSpec, family_rule: bool = True) -> dict:
+    """The tiling record of one graph (runtime/tiling.py reads it); `family_rule`: whether GLOBAL_FAMILIES
+    decides for the kind (not for a part of a split graph, which is measured)."""
     align = _align(spec)
-    if kind in GLOBAL_FAMILIES:
+    if family_rule and kind in GLOBAL_FAMILIES:
         mode, why = GLOBAL_FAMILIES[kind]
         if mode == BLEND:
             return {"mode": BLEND, "align": align, "overlap": BLEND_OVERLAP, "why": why}

@@ -200,6 +200,11 @@ class GraphSpec:
     # (torch.export-based) or "torchscript" (the legacy tracer); "" in manifests written before it was recorded
     # (the legacy exporter made every graph then). Informational: nothing at run time depends on it.
     exporter: str = ""
+    # Graphs this one is the composition of, in the order they run (a LatentSplit model's parts, e.g.
+    # decoder = decoder_latents then decoder_pixels): the first's data output is the second's data input,
+    # and this graph's state is theirs, in order. Export joins their files into this one; the tiled stream
+    # runs the parts (runtime/tiled_stream.py). Empty for a graph exported whole.
+    parts: tuple[str, ...] = ()
 
     def __post_init__(self):
         names = self.input_names + self.output_names

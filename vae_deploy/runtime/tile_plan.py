@@ -135,6 +135,7 @@ class _Group:
     why: str
     bytes_per_position: float | None
     unit: int  # pixels per input unit: 1 for an encoder, the spatial factor for a decoder
+    parts: tuple[tuple[str, bool], ...] = ()  # a graph in parts: (part, whether it tiles), in run order
 
 
 class TilePlanner:
@@ -148,8 +149,10 @@ class TilePlanner:
         records = tile_records(manifest)
         factor = _spatial_factor(manifest)
         self.groups: dict[str, _Group] = {}
+        parts = {part for record in records.values() for part, _ in record.parts}
         for name, spec in manifest.graphs.items():
-            if name.endswith("_first") or (request.graphs is not None and name not in request.graphs):
+            if name.endswith("_first") or name in parts or (request.graphs is not None
+                                                            and name not in request.graphs):
                 continue
             members = [records[name]] + ([records[spec.first_graph]] if spec.first_graph in records else [])
             unit = 1 if str(spec.inputs[0].shape[-1]) == "width" else factor
@@ -163,6 +166,12 @@ class TilePlanner:
         return self.request.tile != OFF and any(g.mode != NONE for g in self.groups.values())
 
     # ------------------------------------------------------------------ checks when the stream opens
+
+    def parts(self, graph: str) -> tuple[tuple[str, bool], ...]:
+        """The parts `graph` runs in when tiled, (part, whether it tiles) in order; () for a graph that
+        tiles whole."""
+        group = self.groups.get(graph)
+        return group.parts if group is not None else ()
 
     def _check_size(self, tile: int) -> None:
         for name, group in self.groups.items():
@@ -275,7 +284,8 @@ def _group(records: list[TileRecord], unit: int) -> _Group:
     memory = [r.bytes_per_position for r in records]
     return _Group(mode, max(r.halo for r in records), math.lcm(*(r.align for r in records)),
                   max(r.overlap for r in records), why,
-                  None if None in memory else max(memory), unit)  # type: ignore[type-var]
+                  None if None in memory else max(memory), unit,  # type: ignore[type-var]
+                  records[0].parts if mode == EXACT else ())
 
 
 def _exact_spans(size: int, tile: int, halo: int) -> tuple[Span, ...]:

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from vae_deploy.errors import InputShapeError, VaeDeployError
+from vae_deploy.errors import ConfigError, InputShapeError, VaeDeployError
 from vae_deploy.runtime.batched_stream import BatchedStreams, StreamChunkError
 from vae_deploy.runtime.runner import Runner, named_inputs
 from vae_deploy.runtime.tile_plan import GraphTiles, TilePlanner
@@ -60,6 +60,12 @@ from vae_deploy.runtime.tiled_stream import (
 
 
 @dataclass
+# Tiles of a graph in parts (Wan's, split at latent resolution) run through TiledStream only, one stream at
+# a time: the parts' shared calls across streams are not built.
+SPLIT_NOT_BATCHED = ("this model tiles through graphs split at latent resolution, which several streams at "
+                     "once do not do yet: run each source alone to tile it, or use --tile off")
+
+
 class _Tiled:
     """One stream's tiles of one graph: the plan (None: whole frames), the frame size and a slot per tile."""
 
@@ -188,6 +194,8 @@ class TiledBatchedStreams:
                     tiles = None
                     if x is not None and self.planner is not None:
                         tiles = plan_tiles(self.runner, self.planner, spec, x, self.rows or 1)
+                        if tiles is not None and self.planner.parts(spec.name):
+                            raise ConfigError(SPLIT_NOT_BATCHED)
                     tiled = new[stream] = self._open(stream, tiles, None if x is None else x.shape[-2:])
                 elif x is not None and tiled.size is not None:
                     check_frame_size(spec.name, x.shape[-2:], tiled.size)

@@ -12,6 +12,11 @@ tile's output.
 
 The plan is made at a graph's first chunk, when its frame size and chunk length are known; a later chunk of
 another frame size is refused, as a Stream refuses it (open a new stream).
+
+A graph whose global op works at latent resolution only (Wan's attention) tiles through its parts (the
+manifest's tiling record lists them): the encoder's pixel part runs in tiles, its features are joined, and
+its latent part runs on the whole latent frame; the decoder's latent part runs whole, then its pixel part
+in tiles. Untiled (a frame that fits, or tiling off) the graph runs whole, as exported.
 """
 
 from __future__ import annotations
@@ -54,7 +59,9 @@ class TiledStream:
         size = x.shape[-2:]
         started = self._graphs.get(graph)
         if started is None:
-            started = _TiledGraph(self.runner, plan_tiles(self.runner, self.planner, spec, x), size)
+            tiles = plan_tiles(self.runner, self.planner, spec, x)
+            parts = self.planner.parts(graph) if tiles is not None else ()
+            started = _TiledGraph(self.runner, tiles, size, parts)
             self._graphs[graph] = started
         else:
             check_frame_size(graph, size, started.size)
@@ -74,17 +81,31 @@ class TiledStream:
 
 
 class _TiledGraph:
-    """One graph's tiles and their streams."""
+    """One graph's tiles and their streams. A graph in parts (`parts`, Wan's split at latent resolution)
+    runs them in order, each one's data output the next one's input: the part that tiles in the tiles'
+    streams, the others whole in a stream of their own."""
 
-    def __init__(self, runner: Runner, tiles: GraphTiles | None, size: tuple[int, int]):
+    def __init__(self, runner: Runner, tiles: GraphTiles | None, size: tuple[int, int],
+                 parts: tuple[tuple[str, bool], ...] = ()):
         self.tiles = tiles
         self.size = tuple(size)
+        self.parts = parts
         count = 1 if tiles is None else tiles.count
         self.streams = [runner.open_stream() for _ in range(count)]
+        self.whole = runner.open_stream() if parts else None  # the parts that run on whole frames
 
     def step(self, graph: str, x: np.ndarray) -> dict[str, np.ndarray]:
         if self.tiles is None:
             return self.streams[0].step(graph, x)
+        if not self.parts:
+            return self._tiled(graph, x)
+        outputs: dict[str, np.ndarray] = {}
+        for part, tiles in self.parts:
+            outputs = self._tiled(part, x) if tiles else self.whole.step(part, x)
+            x = next(iter(outputs.values()))  # a part's data output: the next part's data input
+        return outputs
+
+    def _tiled(self, graph: str, x: np.ndarray) -> dict[str, np.ndarray]:
         joiner = TileJoiner(self.tiles, self.size)
         for index, (row, col) in enumerate(tile_windows(self.tiles)):  # one tile's outputs held at a time
             joiner.add(row, col, self.streams[index].step(graph, cut_tile(x, row, col)))

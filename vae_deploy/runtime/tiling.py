@@ -11,6 +11,11 @@ Export measures it (export/tiling.py) and writes one record per graph under the 
     {"mode": "none", "why": "..."}
         not tileable (yet)
 
+A graph exported in parts (GraphSpec.parts: Wan's, split at latent resolution) adds
+`"parts": [[graph, tiles], ...]`, in the order the parts run, to an exact record: the halo and alignment are
+those of the part that tiles (tiles true); the others run on whole latent frames. The parts' own records
+are the tiled part's measured one and "none" for the others.
+
 `bytes_per_position`: the working memory of one stream step per input position (ONNX shape inference at
 export), what `--tile auto` compares with its budget; absent where inference could not size every tensor.
 A folder exported before the record existed has none: every graph reads as "none", with a why that says
@@ -37,6 +42,7 @@ class TileRecord:
     overlap: float = 0.0  # blend: fraction of a tile shared with each neighbour
     why: str = ""  # blend and none: the reason, in words
     bytes_per_position: float | None = None  # working memory of one step per input position
+    parts: tuple[tuple[str, bool], ...] = ()  # a graph in parts: (part, whether it tiles), in run order
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> TileRecord:
@@ -57,8 +63,14 @@ class TileRecord:
         if memory is not None and not (isinstance(memory, (int, float)) and memory > 0):
             raise ModelFormatError(f"{where}: tiling bytes_per_position must be a positive number, got "
                                    f"{memory!r}")
+        parts = data.get("parts", [])
+        if not isinstance(parts, list) or not all(
+                isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], bool)
+                for p in parts) or (parts and (mode != EXACT or sum(p[1] for p in parts) != 1)):
+            raise ModelFormatError(f"{where}: tiling parts must be [graph, tiles] pairs of an exact record, "
+                                   f"exactly one of which tiles, got {parts!r}")
         return cls(mode, ints["halo"], ints["align"], float(overlap), str(data.get("why", "")),
-                   None if memory is None else float(memory))
+                   None if memory is None else float(memory), tuple((p[0], p[1]) for p in parts))
 
 
 def tile_records(manifest: Any) -> dict[str, TileRecord]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 
 import torch
 
@@ -58,6 +59,22 @@ class CacheState:
 
     def zeros(self, like: torch.Tensor, batch: int, height: int, width: int) -> list[torch.Tensor]:
         return [like.new_zeros(shape) for shape in self.shapes(batch, height, width)]
+
+    def split(self, slot: int) -> tuple[CacheState, CacheState]:
+        """The states of the slots before `slot` and from it on: a model run in two parts on one cache list
+        (each part's list keeps every slot, so the indices stay those of the whole walk)."""
+        before = tuple(s for s in self.slots if s.index < slot)
+        after = tuple(s for s in self.slots if s.index >= slot)
+        return CacheState(self.where, self.total, before), CacheState(self.where, self.total, after)
+
+    def rescaled(self, factor: int) -> CacheState:
+        """The same slots with sizes given in units `factor` times larger (an encoder's latent-resolution
+        slots in latent positions instead of pixels): h * num // den becomes h * (num * factor) // den."""
+        slots = []
+        for s in self.slots:
+            ratio = Fraction(s.num * factor, s.den)
+            slots.append(Slot(s.index, s.channels, s.frames, ratio.numerator, ratio.denominator))
+        return CacheState(self.where, self.total, tuple(slots))
 
     def empty(self) -> list:
         """The list of a first chunk: nothing cached."""

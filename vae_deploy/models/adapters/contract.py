@@ -78,6 +78,42 @@ class FirstChunkRule(Protocol):
         """(N, 1, Cl, h, w) -> (video (N, first_frames, C, H, W), *present)."""
 
 
+@dataclass(frozen=True)
+class SplitPoint:
+    """Where a LatentSplit module's graphs split: the channels of the latent-resolution features between the
+    parts, and how many of the state tensors the part that runs first holds (they are the first ones)."""
+
+    encoder_channels: int
+    decoder_channels: int
+    encoder_pixel_states: int  # the encoder's pixel part runs first
+    decoder_latent_states: int  # the decoder's latent part runs first
+    encoder_slot: int = 0  # the cache slot each second part starts at (the module's own bookkeeping)
+    decoder_slot: int = 0
+
+
+@runtime_checkable
+class LatentSplit(Protocol):
+    """Optional, for a causal VAE whose only global op works at latent resolution (Wan's mid-block attention
+    over a latent frame): each graph in two parts split at latent resolution, so that the pixel-resolution
+    part, local, runs in exact spatial tiles and the latent part on whole latent frames. Features between
+    the parts are NTCHW at latent resolution; each part has the first rule's two forms. The encoder's pixel
+    part runs first and holds its first `encoder_pixel_states` states (shapes as encoder_state_shapes'); its
+    latent part holds the rest, with shapes from `encoder_latent_state_shapes` in latent units. The
+    decoder's latent part runs first and holds its first `decoder_latent_states` states."""
+
+    split_point: SplitPoint
+
+    def encoder_latent_state_shapes(self, batch: Any, latent_h: Any, latent_w: Any) -> list[tuple]: ...
+    def encode_pixels_first(self, video: Tensor) -> tuple[Tensor, ...]: ...
+    def encode_pixels_step(self, video: Tensor, *past: Tensor) -> tuple[Tensor, ...]: ...
+    def encode_latents_first(self, features: Tensor) -> tuple[Tensor, ...]: ...
+    def encode_latents_step(self, features: Tensor, *past: Tensor) -> tuple[Tensor, ...]: ...
+    def decode_latents_first(self, z: Tensor) -> tuple[Tensor, ...]: ...
+    def decode_latents_step(self, z: Tensor, *past: Tensor) -> tuple[Tensor, ...]: ...
+    def decode_pixels_first(self, features: Tensor) -> tuple[Tensor, ...]: ...
+    def decode_pixels_step(self, features: Tensor, *past: Tensor) -> tuple[Tensor, ...]: ...
+
+
 class ReferenceHooks(Protocol):
     """Optional, either kind: the model's own whole-clip computation (diffusers' `vae.encode(x)`), the
     reference the streamed graphs are checked against. The same names on the module and on AdaptedVAE."""
@@ -101,6 +137,10 @@ def members(protocol: type) -> tuple[str, ...]:
     return tuple(names)
 
 
+# The methods of LatentSplit, which AdaptedVAE hands to the module it wraps (export traces them by name).
+SPLIT_METHODS = frozenset(members(LatentSplit)) - {"split_point"}
+
+
 @dataclass(frozen=True)
 class Traits:
     """What export and the runtime need to know of a contract module, read once by `check_contract`."""
@@ -116,6 +156,7 @@ class Traits:
     # {"scale": s, "shift": m}, each a number or one per latent channel: the diffusion model's space is
     # (z - m) * s (runtime/latent_space.py); None when the model has none
     latent_normalization: dict | None = field(default=None, hash=False)
+    split: SplitPoint | None = None  # a LatentSplit module's split point (its graphs also come in parts)
 
 
 def _int(module: Any, name: str, where: str, least: int, default: int | None = None) -> int:
@@ -147,6 +188,12 @@ def check_contract(module: Any, where: str) -> Traits:
     if missing:
         raise ConfigError(f"{where} is {what} without {', '.join(missing)} (see the adapter contract in "
                           f"docs/adapters.md)")
+    split = getattr(module, "split_point", None) if causal else None
+    if split is not None:
+        if not isinstance(split, SplitPoint):
+            raise ConfigError(f"{where}: split_point must be a SplitPoint, got {split!r}")
+        missing += _lacks(module, LatentSplit)
+        what += " split at latent resolution"
     norm = getattr(module, "latent_normalization", None)
     if norm is not None and (not isinstance(norm, dict) or set(norm) - {"scale", "shift"}):
         raise ConfigError(f"{where}: latent_normalization must be a dict with 'scale' and/or 'shift', "
@@ -157,7 +204,8 @@ def check_contract(module: Any, where: str) -> Traits:
         spatial_factor=_int(module, "spatial_factor", where, 1),
         temporal_factor=_int(module, "temporal_factor", where, 1) if causal else 1, first_frames=first,
         has_logvar=bool(getattr(module, "has_logvar", True)),
-        output_clamped=bool(getattr(module, "output_clamped", False)), latent_normalization=norm)
+        output_clamped=bool(getattr(module, "output_clamped", False)), latent_normalization=norm,
+        split=split)
 
 
 @dataclass
@@ -199,6 +247,13 @@ class AdaptedVAE(VideoVAE):
         self.spatial_factor, self.temporal_factor = t.spatial_factor, t.temporal_factor
         self.first_frames, self.has_logvar = t.first_frames, t.has_logvar
         self.output_clamped, self.latent_normalization = t.output_clamped, t.latent_normalization
+        self.split_point = t.split
+
+    def __getattr__(self, name: str):
+        # A LatentSplit module's parts are traced by name (export/specs.py): they are the module's own.
+        if name in SPLIT_METHODS and self.split_point is not None:
+            return getattr(self.inner, name)
+        return super().__getattr__(name)
 
     # ---- state shapes (none for frame VAEs)
     def encoder_state_shapes(self, batch, height, width) -> list[tuple]:
@@ -281,4 +336,5 @@ class AdaptedVAE(VideoVAE):
 
 
 __all__ = ["AdaptedVAE", "AdapterConfig", "CausalVAEModule", "FirstChunkRule", "FrameVAEModule",
-           "ReferenceHooks", "Traits", "VAEModule", "check_contract", "members"]
+           "LatentSplit", "ReferenceHooks", "SPLIT_METHODS", "SplitPoint", "Traits", "VAEModule",
+           "check_contract", "members"]

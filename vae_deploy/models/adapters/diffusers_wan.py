@@ -10,6 +10,13 @@ causal-conv slots hold the last 2 frames of their input, the stride-2 time convs
 last frame; after the first chunk a slot may hold the marker "Rep" (`upsample3d`, which skips its time conv
 on the first latent frame), which the next chunk treats as zero frames, as diffusers does. Which slots are
 used, and their shapes, come from one small probe run in `wrap()`.
+
+For exact spatial tiling each graph also comes in two parts split at latent resolution (the contract's
+`LatentSplit`): Wan's only global op is the mid block's attention over a latent frame, so the encoder's
+pixel part (conv_in, down blocks) and the decoder's pixel part (up blocks, head) are local and tile, while
+the latent parts (encoder: mid block and head; decoder: conv_in and mid block) run on whole latent frames.
+The parts call diffusers' own blocks in the order its `forward` does, on the same cache list; the state
+tensors of the part that runs first are the first ones, because the cache fills in call order.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from torch import nn
 
 from vae_deploy.errors import ConfigError, InputShapeError
 from vae_deploy.models.adapters.causal_cache import CacheState, filled
+from vae_deploy.models.adapters.contract import SplitPoint
 
 FIRST_FRAMES = 1  # diffusers encodes frame 0 alone and decodes the first latent frame to 1 frame
 STEP_FRAMES = 4  # frames per encoder call after the first in diffusers' own encode (`iter_`)
@@ -69,6 +77,7 @@ class WanVAE(nn.Module):
         self.latent_normalization = {"shift": [float(m) for m in mean],
                                      "scale": [1.0 / float(s) for s in std]}
         self.enc_state, self.dec_state = self._probe()
+        self.split_point = self._probe_split()
 
     # ---- the contract's state shapes
     def encoder_state_shapes(self, batch, height, width) -> list[tuple]:
@@ -140,6 +149,115 @@ class WanVAE(nn.Module):
         out = self.vae.decoder(x, feat_cache=cache, feat_idx=[0])
         return (self._video(out), *self.dec_state.present(cache, list(past)))
 
+    # ---- the parts split at latent resolution (LatentSplit), for exact spatial tiles
+    def encoder_latent_state_shapes(self, batch, latent_h, latent_w) -> list[tuple]:
+        """The states of the encoder's latent part, in latent units (they are the encoder's last ones)."""
+        return self._encoder_latent_state.shapes(batch, latent_h, latent_w)
+
+    def encode_pixels_first(self, video: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Frame 0 alone -> (features (N, 1, C, h, w), *present of the pixel part)."""
+        n, _, _, h, w = video.shape
+        part = self._encoder_pixel_state
+        cache = part.empty()
+        x = self._encoder_pixels(self._model_input(video), cache)
+        return (_ntchw(x), *part.present(cache, part.zeros(video, n, h, w)))
+
+    def encode_pixels_step(self, video: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        part = self._encoder_pixel_state
+        cache = part.cache(past)
+        x = self._encoder_pixels(self._model_input(video), cache)
+        return (_ntchw(x), *part.present(cache, list(past)))
+
+    def encode_latents_first(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The first latent frame's features -> (mean, logvar, *present of the latent part)."""
+        n, _, _, h, w = features.shape
+        part = self._encoder_latent_state
+        cache = part.empty()
+        x = self._encoder_latents(_ncthw(features), cache)
+        return (*self._latents(x), *part.present(cache, part.zeros(features, n, h, w)))
+
+    def encode_latents_step(self, features: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        part = self._encoder_latent_state
+        cache = part.cache(past)
+        x = self._encoder_latents(_ncthw(features), cache)
+        return (*self._latents(x), *part.present(cache, list(past)))
+
+    def decode_latents_first(self, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The first latent frame -> (features (N, 1, C, h, w), *present of the latent part)."""
+        n, _, _, h, w = z.shape
+        part = self._decoder_latent_state
+        cache = part.empty()
+        x = self._decoder_latents(self.vae.post_quant_conv(_ncthw(z)), cache)
+        return (_ntchw(x), *part.present(cache, part.zeros(z, n, h, w)))
+
+    def decode_latents_step(self, z: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        part = self._decoder_latent_state
+        cache = part.cache(past)
+        x = self._decoder_latents(self.vae.post_quant_conv(_ncthw(z)), cache)
+        return (_ntchw(x), *part.present(cache, list(past)))
+
+    def decode_pixels_first(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The first latent frame's features -> (video (N, 1, C, H, W), *present of the pixel part)."""
+        n, _, _, h, w = features.shape
+        part = self._decoder_pixel_state
+        cache = part.empty()
+        x = self._decoder_pixels(_ncthw(features), cache, first_chunk=True)
+        return (self._video(x), *part.present(cache, part.zeros(features, n, h, w)))
+
+    def decode_pixels_step(self, features: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        part = self._decoder_pixel_state
+        cache = part.cache(past)
+        x = self._decoder_pixels(_ncthw(features), cache, first_chunk=False)
+        return (self._video(x), *part.present(cache, list(past)))
+
+    # diffusers' WanEncoder3d.forward and WanDecoder3d.forward, cut at the mid block's edge; each part
+    # starts at its first cache slot, as the whole forward reaches it
+    def _encoder_pixels(self, x: torch.Tensor, cache: list) -> torch.Tensor:
+        encoder, feat_idx = self.vae.encoder, [0]
+        x = _cached_conv(encoder.conv_in, x, cache, feat_idx)
+        for block in encoder.down_blocks:
+            x = block(x, feat_cache=cache, feat_idx=feat_idx)
+        return x
+
+    def _encoder_latents(self, x: torch.Tensor, cache: list) -> torch.Tensor:
+        encoder, feat_idx = self.vae.encoder, [self.split_point.encoder_slot]
+        x = encoder.mid_block(x, feat_cache=cache, feat_idx=feat_idx)
+        x = encoder.nonlinearity(encoder.norm_out(x))
+        return _cached_conv(encoder.conv_out, x, cache, feat_idx)
+
+    def _decoder_latents(self, x: torch.Tensor, cache: list) -> torch.Tensor:
+        decoder, feat_idx = self.vae.decoder, [0]
+        x = _cached_conv(decoder.conv_in, x, cache, feat_idx)
+        return decoder.mid_block(x, feat_cache=cache, feat_idx=feat_idx)
+
+    def _decoder_pixels(self, x: torch.Tensor, cache: list, first_chunk: bool) -> torch.Tensor:
+        decoder, feat_idx = self.vae.decoder, [self.split_point.decoder_slot]
+        for block in decoder.up_blocks:
+            x = block(x, feat_cache=cache, feat_idx=feat_idx, first_chunk=first_chunk)
+        x = decoder.nonlinearity(decoder.norm_out(x))
+        return _cached_conv(decoder.conv_out, x, cache, feat_idx)
+
+    def _probe_split(self) -> SplitPoint:
+        """Where each cache list splits: the slots the encoder's pixel part and the decoder's latent part
+        fill (they run first), counted by running them once on the probe's sizes."""
+        param = next(self.vae.parameters())
+        s = self.spatial_factor
+        with torch.no_grad():
+            video = torch.zeros(1, FIRST_FRAMES, self.in_channels, s, 2 * s, device=param.device,
+                                dtype=param.dtype)
+            cache = self.enc_state.empty()
+            features = self._encoder_pixels(self._model_input(video), cache)
+            encoder_slot, encoder_channels = len(filled_prefix(cache)), int(features.shape[1])
+            z = torch.zeros(1, self.latent_channels, 1, 1, 2, device=param.device, dtype=param.dtype)
+            cache = self.dec_state.empty()
+            features = self._decoder_latents(self.vae.post_quant_conv(z), cache)
+            decoder_slot, decoder_channels = len(filled_prefix(cache)), int(features.shape[1])
+        self._encoder_pixel_state, encoder_latent = self.enc_state.split(encoder_slot)
+        self._encoder_latent_state = encoder_latent.rescaled(s)  # its sizes in latent units
+        self._decoder_latent_state, self._decoder_pixel_state = self.dec_state.split(decoder_slot)
+        return SplitPoint(encoder_channels, decoder_channels, len(self._encoder_pixel_state.slots),
+                          len(self._decoder_latent_state.slots), encoder_slot, decoder_slot)
+
     # ---- the parity reference: diffusers' public whole-clip API
     def reference_encode(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         dist = self.vae.encode((video * 2 - 1).permute(0, 2, 1, 3, 4)).latent_dist
@@ -183,6 +301,34 @@ class WanVAE(nn.Module):
             decoder = CacheState.from_probe("AutoencoderKLWan decoder", cache, first, base=1,
                                             scale=lambda size: (size, 1))
         return encoder, decoder
+
+
+def _ntchw(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 2, 1, 3, 4)
+
+
+_ncthw = _ntchw  # the same swap of axes 1 and 2, read the other way
+
+
+def filled_prefix(cache: list) -> list:
+    """The slots up to the last one a call filled: how far into the cache list it got."""
+    used = filled(cache)
+    return cache[:used[-1] + 1] if used else []
+
+
+def _cached_conv(conv: nn.Module, x: torch.Tensor, cache: list, feat_idx: list[int]) -> torch.Tensor:
+    """diffusers' inline step around conv_in and conv_out in WanEncoder3d/WanDecoder3d.forward: run the
+    causal conv on its cached frames, then cache the last CACHE_T frames of its input (with the last cached
+    frame in front when the chunk is one frame long)."""
+    cache_t = _diffusers_wan().CACHE_T
+    idx = feat_idx[0]
+    cache_x = x[:, :, -cache_t:, :, :].clone()
+    if cache_x.shape[2] < 2 and cache[idx] is not None:
+        cache_x = torch.cat([cache[idx][:, :, -1, :, :].unsqueeze(2).to(cache_x.device), cache_x], dim=2)
+    x = conv(x, cache[idx])
+    cache[idx] = cache_x
+    feat_idx[0] += 1
+    return x
 
 
 def _nearest_for_export(vae: nn.Module) -> None:
