@@ -122,15 +122,29 @@ def test_encode_dataset_of_a_blended_model_keeps_one_tiling_per_folder(vd, exter
 
 
 @pytest.mark.slow  # reads the Wan 2.1 export
-def test_wan_refuses_a_tile_size_and_runs_whole_with_auto(vd, external_model, tmp_path):  # noqa: F811
+def test_wan_tiles_through_run_encode_and_decode(vd, external_model, tmp_path):  # noqa: F811
+    """Wan tiles exactly through its graphs split at latent resolution: `run --tile 80` on a clip of 7
+    frames (not 1 + 4k) writes the latents and frames of the untiled run; a tile below the decoder's halo
+    (72 px) is refused in one line by the commands that decode and accepted by `encode` (the encoder's
+    halo is 40 px); several sources at once refuse its tiles in one line."""
     wan = external_model("wan2.1").model_dir
-    result = vd("encode", CLIP, "--model", wan, "--size", "32", "--max-frames", "5", "--chunk", "4",
-                "--tile", "64", "-q", "-o", tmp_path / "w.vaelat")
-    assert_one_line_error(result, "tiling is not available for this model yet", 2)
-    assert not (tmp_path / "w.vaelat").exists()
-    result = vd("encode", CLIP, "--model", wan, "--size", "32", "--max-frames", "5", "--chunk", "4",
-                "--tile", "auto", "--tile-budget", "1KB", "-q", "-o", tmp_path / "w.vaelat")
-    assert result.returncode == 0, result.stderr
+    args = ["--model", wan, "--size", "128", "--max-frames", "7", "--chunk", "4", "-q"]
+    for tile in ("off", "80"):
+        result = vd("run", CLIP, *args, "--tile", tile, "--out", tmp_path / f"{tile}.mkv",
+                    "--latents", tmp_path / f"{tile}.vaelat")
+        assert result.returncode == 0, result.stderr
+        assert "note:" not in result.stderr
+    assert np.abs(latents_of(tmp_path / "off.vaelat") - latents_of(tmp_path / "80.vaelat")).max() <= 1e-4
+    assert np.abs(frames_of(tmp_path / "off.mkv") - frames_of(tmp_path / "80.mkv")).max() <= 1
+    refused = vd("run", CLIP, *args, "--tile", "64", "--out", tmp_path / "r.mkv")
+    assert_one_line_error(refused, "smaller than this model's halo", 2)
+    refused = vd("decode", tmp_path / "off.vaelat", "--model", wan, "--tile", "64", "-q", "-o", tmp_path / "r.mkv")
+    assert_one_line_error(refused, "each decoder tile reads 72 px around it", 2)
+    assert not (tmp_path / "r.mkv").exists()
+    assert vd("encode", CLIP, *args, "--tile", "64", "-o", tmp_path / "e.vaelat").returncode == 0
+    assert np.abs(latents_of(tmp_path / "off.vaelat") - latents_of(tmp_path / "e.vaelat")).max() <= 1e-4
+    refused = vd("run", CLIP, CLIP, *args, "--tile", "80", "--out-dir", tmp_path / "many")
+    assert_one_line_error(refused, "several streams at once do not do yet", 2)
 
 
 def test_the_packaged_default_model_tiles_exactly(tmp_path, monkeypatch, capsys):

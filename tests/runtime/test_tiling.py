@@ -203,12 +203,62 @@ def test_blended_kl_tiles_are_at_least_as_close_as_diffusers_own_tiling(frames, 
     assert ours_psnr >= theirs_psnr
 
 
+# px: at least the decoder's halo (72 and 144 px), so that the 160x128 frames run in 2 x 2 and 2 x 1 tiles
+WAN_TILE = {"wan2.1": 80, "wan2.2": 144}
+
+
+def wan_stream_outputs(stream, frames: np.ndarray, cuts: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+    """Frames through `stream` in chunks ending at `cuts` (the first chunk holds Wan's first frame), each
+    chunk's latents decoded as they come: (latents, video), joined along time."""
+    latents, videos, start = [], [], 0
+    for end in cuts:
+        mu = stream.encode(frames[None, start:end])[0]
+        latents.append(mu)
+        videos.append(stream.decode(mu))
+        start = end
+    return np.concatenate(latents, axis=1), np.concatenate(videos, axis=1)
+
+
+@pytest.mark.parametrize("name", ("wan2.1", "wan2.2"))
+@pytest.mark.parametrize("cuts", [(1, 5, 9), (5, 9)], ids=["first-alone", "first-in-a-chunk"])
+def test_wan_tiles_exactly_through_its_graphs_split_at_latent_resolution(name, cuts, frames,
+                                                                          external_model):  # noqa: F811
+    """Wan's attention sees a whole latent frame, so its graphs come in parts (export writes them and joins
+    them into the whole graphs): tiles of the pixel parts, the latent parts whole, equal untiled output
+    over a clip of 1 + 4k real frames, each tile with its own state and first-chunk rule. Tiles of the
+    whole graphs would not be exact: the parts are what makes it."""
+    folder = external_model(name).model_dir
+    records = tile_records(read_manifest(folder))
+    assert records["encoder"].parts == (("encoder_pixels", True), ("encoder_latents", False))
+    assert records["decoder"].parts == (("decoder_latents", False), ("decoder_pixels", True))
+    assert records["decoder_pixels"].mode == EXACT and records["decoder_latents"].mode == NONE
+    assert records["decoder"].halo == records["decoder_pixels"].halo > 0
+    with load_runner(folder, "ort-cpu", threads=1) as runner:
+        whole = wan_stream_outputs(runner.open_stream(), frames, cuts)
+        tiled_stream = TiledStream(runner, TilePlanner(runner.manifest, TileRequest(WAN_TILE[name])))
+        tiled = wan_stream_outputs(tiled_stream, frames, cuts)
+        assert tiled_stream.tiles("encoder").count >= 2 and tiled_stream.tiles("decoder").count >= 2
+        errors = [float(np.abs(a - b).max()) for a, b in zip(whole, tiled, strict=True)]
+        print(f"{name} {cuts}: max abs tiled vs untiled, latents {errors[0]:.2e}, video {errors[1]:.2e}")
+        assert max(errors) <= 1e-4, errors
+        if cuts != (1, 5, 9):
+            return
+        planner = TilePlanner(runner.manifest, TileRequest(WAN_TILE[name]))
+        for graph in ("encoder", "decoder"):  # the whole graphs in tiles: attention over a tile only
+            planner.groups[graph] = dataclasses.replace(planner.groups[graph], parts=())
+        naive = wan_stream_outputs(TiledStream(runner, planner), frames, cuts)
+    assert float(np.abs(whole[0] - naive[0]).max()) > 1e-3
+
+
 @pytest.mark.slow  # reads the Wan 2.1 export
-def test_wan_records_no_tiling_yet_and_auto_runs_it_whole(external_model):  # noqa: F811 (fixture)
-    manifest = read_manifest(external_model("wan2.1").model_dir)
-    records = tile_records(manifest)
-    assert {r.mode for r in records.values()} == {NONE}
-    assert "attends over the whole latent frame" in records["decoder"].why
-    with pytest.raises(ConfigError, match="tiling is not available for this model yet"):
-        TilePlanner(manifest, TileRequest(TILE))
-    assert TilePlanner(manifest, TileRequest("auto", "1KB")).plan("decoder", 60, 104) is None
+def test_a_split_model_loads_its_parts_only_when_a_tiled_stream_runs_them(frames,
+                                                                          external_model):  # noqa: F811
+    folder = external_model("wan2.1").model_dir
+    with load_runner(folder, "ort-cpu", threads=1) as runner:
+        parts = runner.manifest.part_graphs
+        assert parts == {f"{graph}_{part}{first}" for graph in ("encoder", "decoder")
+                         for part in ("pixels", "latents") for first in ("", "_first")}
+        runner.open_stream().encode(frames[None, :5])
+        assert runner._unloaded == parts  # an untiled stream runs the whole graphs alone
+        TiledStream(runner, TilePlanner(runner.manifest, TileRequest(80))).encode(frames[None, :5])
+        assert runner._unloaded == {p for p in parts if p.startswith("decoder")}

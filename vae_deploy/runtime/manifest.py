@@ -69,6 +69,12 @@ class Manifest:
     schema_version: int = SCHEMA_VERSION
     format: str = FORMAT
 
+    @property
+    def part_graphs(self) -> set[str]:
+        """The graphs that are parts of another (GraphSpec.parts, their first-chunk graphs included): only
+        a tiled stream runs them, so runners load them when first used."""
+        return {part for graph in self.graphs.values() for part in graph.parts}
+
     def graph(self, name: str) -> GraphSpec:
         try:
             return self.graphs[name]

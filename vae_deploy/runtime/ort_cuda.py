@@ -340,6 +340,7 @@ class OrtDeviceRunner(DeviceRunner, OrtRunner):
 
     def _device_step(self, spec, arrays, env, past):
         graph = spec.name
+        self._loaded(graph)
         outputs, present = self._execs[graph].step(spec, arrays, env, past)
         if self._guard.watching(graph):
             reason = inspect_arrays(spec, outputs)
@@ -352,6 +353,7 @@ class OrtDeviceRunner(DeviceRunner, OrtRunner):
 
     def device_call(self, graph, inputs):
         spec, arrays, env = self._prepare(graph, inputs)
+        self._loaded(graph)
         return self._execs[graph].device_call(spec, arrays, env)
 
     def _close(self) -> None:

@@ -66,8 +66,18 @@ class OrtRunner(Runner):
         self._sessions = {}
         self._output_names = {}
         self._fallback_sessions = {}
+        # A graph split in parts is loaded whole; its parts (each weight a second time in memory) only
+        # when a tiled stream first runs them
+        self._unloaded = self.manifest.part_graphs
         for name, spec in self.manifest.graphs.items():
-            self._load_graph(name, str(self.model_dir / spec.file))
+            if name not in self._unloaded:
+                self._load_graph(name, str(self.model_dir / spec.file))
+
+    def _loaded(self, graph: str) -> None:
+        """Load `graph` now if it was left for its first use (a part of a split graph)."""
+        if graph in self._unloaded:
+            self._unloaded = self._unloaded - {graph}
+            self._load_graph(graph, str(self.model_dir / self.manifest.graph(graph).file))
 
     def _load_graph(self, graph: str, path: str) -> None:
         session = self._make_session(graph, path)
@@ -93,6 +103,7 @@ class OrtRunner(Runner):
 
     def _session(self, graph: str):
         """The session `graph` runs on: its fp32 fallback once the fp16 guard chose it, else its own."""
+        self._loaded(graph)
         return self._fallback_sessions.get(graph) or self._sessions[graph]
 
     def _fall_back_if_bad(self, graph: str, outputs: Mapping[str, np.ndarray]) -> bool:
@@ -108,6 +119,7 @@ class OrtRunner(Runner):
         return True
 
     def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._loaded(graph)
         names = self._output_names[graph]
         outputs = dict(zip(names, self._session(graph).run(names, feeds, self._run_options), strict=True))
         if self._fall_back_if_bad(graph, outputs):

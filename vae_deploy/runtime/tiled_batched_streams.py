@@ -59,13 +59,13 @@ from vae_deploy.runtime.tiled_stream import (
 )
 
 
-@dataclass
 # Tiles of a graph in parts (Wan's, split at latent resolution) run through TiledStream only, one stream at
 # a time: the parts' shared calls across streams are not built.
 SPLIT_NOT_BATCHED = ("this model tiles through graphs split at latent resolution, which several streams at "
                      "once do not do yet: run each source alone to tile it, or use --tile off")
 
 
+@dataclass
 class _Tiled:
     """One stream's tiles of one graph: the plan (None: whole frames), the frame size and a slot per tile."""
 
