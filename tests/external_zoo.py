@@ -54,6 +54,11 @@ CONFIGS: dict[str, tuple[str, dict]] = {
 NAMES = tuple(CONFIGS)
 FRAME_MODELS = ("kl-sd", "kl-sd3", "tiny")  # every frame on its own
 WAN_MODELS = ("wan2.1", "wan2.2")  # causal, with first-chunk graphs
+# A Wan export's graphs: the whole ones and the parts they are joined from (split at latent resolution)
+WAN_WHOLE_GRAPHS = ("encoder", "decoder", "encoder_first", "decoder_first")
+WAN_PART_GRAPHS = tuple(f"{graph}_{part}{first}" for graph in ("encoder", "decoder")
+                        for part in ("pixels", "latents") for first in ("", "_first"))
+WAN_GRAPHS = frozenset(WAN_WHOLE_GRAPHS + WAN_PART_GRAPHS)
 KINDS = {"AutoencoderKL": "diffusers-autoencoder-kl", "AutoencoderTiny": "diffusers-autoencoder-tiny",
          "AutoencoderKLWan": "diffusers-autoencoder-kl-wan"}
 # Real frames the export's parity check (and its golden data) uses: 5 = Wan's 1 + 4, the smallest whole

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import torch
 from cli_support import assert_one_line_error, cli_process, invoke_main
-from external_zoo import CONFIGS, KINDS, NAMES, WAN_MODELS, load_theirs
+from external_zoo import CONFIGS, KINDS, NAMES, WAN_GRAPHS, WAN_MODELS, load_theirs
 from torch_free_support import edge_cli, edge_env
 
 from vae_deploy.errors import InputShapeError
@@ -129,8 +129,7 @@ def test_export_records_the_kind_the_graphs_and_the_latent_normalization(externa
     class_name, config = CONFIGS[name]
     assert manifest.kind == KINDS[class_name]
     assert manifest.model["class_name"] == class_name
-    graphs = {"encoder", "decoder"} | ({"encoder_first", "decoder_first"} if name in WAN_MODELS else set())
-    assert set(manifest.graphs) == graphs
+    assert set(manifest.graphs) == (WAN_GRAPHS if name in WAN_MODELS else {"encoder", "decoder"})
     if name in WAN_MODELS:
         assert manifest.graph("encoder").first_graph == "encoder_first"
         assert manifest.graph("decoder").first_graph == "decoder_first"

@@ -138,7 +138,8 @@ def test_wan_tiles_through_run_encode_and_decode(vd, external_model, tmp_path): 
     assert np.abs(frames_of(tmp_path / "off.mkv") - frames_of(tmp_path / "80.mkv")).max() <= 1
     refused = vd("run", CLIP, *args, "--tile", "64", "--out", tmp_path / "r.mkv")
     assert_one_line_error(refused, "smaller than this model's halo", 2)
-    refused = vd("decode", tmp_path / "off.vaelat", "--model", wan, "--tile", "64", "-q", "-o", tmp_path / "r.mkv")
+    refused = vd("decode", tmp_path / "off.vaelat", "--model", wan, "--tile", "64", "-q", "-o",
+                 tmp_path / "r.mkv")
     assert_one_line_error(refused, "each decoder tile reads 72 px around it", 2)
     assert not (tmp_path / "r.mkv").exists()
     assert vd("encode", CLIP, *args, "--tile", "64", "-o", tmp_path / "e.vaelat").returncode == 0

@@ -8,7 +8,7 @@ import shutil
 import warnings
 
 import pytest
-from external_zoo import external_folder, external_model  # noqa: F401 (pytest fixtures)
+from external_zoo import WAN_GRAPHS, external_folder, external_model  # noqa: F401 (pytest fixtures)
 
 from vae_deploy.export import ExportProfile, export_model
 from vae_deploy.export.onnx_export import (
@@ -53,8 +53,8 @@ def test_video_graphs_are_exported_by_dynamo(tiny_video_model, name):
 @pytest.mark.parametrize("name", ["kl-sd", "tiny", "wan2.1"])
 def test_adapter_graphs_are_exported_by_dynamo(external_model, name):  # noqa: F811 (fixture)
     raw, manifest = _recorded(external_model(name).model_dir)
-    graphs = ("encoder", "decoder") + (("encoder_first", "decoder_first") if name.startswith("wan") else ())
-    assert raw == dict.fromkeys(graphs, DYNAMO)
+    graphs = WAN_GRAPHS if name.startswith("wan") else ("encoder", "decoder")
+    assert raw == dict.fromkeys(graphs, DYNAMO)  # a Wan graph joined from its parts: theirs
     assert manifest.parity["passed"] is True
 
 

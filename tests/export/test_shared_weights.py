@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import pytest
 from cli_support import assert_one_line_error, invoke_main
-from external_zoo import external_folder, external_model  # noqa: F401 (pytest fixtures)
+from external_zoo import WAN_GRAPHS, external_folder, external_model  # noqa: F401 (pytest fixtures)
 from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 from torch_free_support import edge_cli
 
@@ -39,7 +39,7 @@ def fp32_parameter_bytes(folder) -> int:
 
 def test_each_weight_is_stored_once_in_one_shared_file(wan):
     manifest = read_manifest(wan)
-    assert len(manifest.graphs) == 4 and WEIGHTS_FILE in manifest.files  # hashed like the graphs
+    assert set(manifest.graphs) == WAN_GRAPHS and WEIGHTS_FILE in manifest.files  # hashed like the graphs
     spans, graphs_of, contents, inline = {}, defaultdict(set), defaultdict(set), 0
     blob = (wan / WEIGHTS_FILE).read_bytes()
     for spec in manifest.graphs.values():
@@ -58,6 +58,8 @@ def test_each_weight_is_stored_once_in_one_shared_file(wan):
     # the steady graphs and their first-chunk graphs read the same bytes
     assert any({"decoder", "decoder_first"} <= names for names in graphs_of.values())
     assert any({"encoder", "encoder_first"} <= names for names in graphs_of.values())
+    # and the parts the whole graphs are joined from read those bytes too
+    assert any({"decoder", "decoder_pixels", "decoder_pixels_first"} <= names for names in graphs_of.values())
     stored = len(blob) + inline  # every tensor byte of the folder's graphs
     assert stored <= 1.1 * fp32_parameter_bytes(wan), (stored, fp32_parameter_bytes(wan))
 
@@ -66,7 +68,7 @@ def test_the_sessions_share_one_buffer_per_tensor(wan):
     with load_runner(wan, "ort-cpu", threads=1) as runner:
         held = [getattr(s, "_vae_deploy_weights", []) for s in runner._sessions.values()]
         assert all(len(h) == 1 and isinstance(h[0], WeightsFile) for h in held)
-        assert len({id(h[0]) for h in held}) == 1  # one mapping of weights.bin for the four graphs
+        assert len({id(h[0]) for h in held}) == 1  # one mapping of weights.bin for the graphs loaded
         stream = runner.open_stream()
         rng = np.random.default_rng(0)
         video = rng.random((1, 5, 3, 32, 32), dtype=np.float32)
@@ -92,7 +94,7 @@ def test_a_slim_folder_verifies_without_torch_and_is_the_same_model(wan, tmp_pat
     made = edge_cli("slim", wan, "--out", device)  # slim and verify in processes where torch cannot load
     assert made.returncode == 0, made.stderr
     assert sorted(p.name for p in device.iterdir()) == sorted(
-        [f"{name}.onnx" for name in ("encoder", "decoder", "encoder_first", "decoder_first")]
+        [f"{name}.onnx" for name in WAN_GRAPHS]
         + [WEIGHTS_FILE, "golden.npz", "manifest.json"])
     full, slim = read_manifest(wan), read_manifest(device)
     assert sorted(slim.removed_files) == ["reference/config.json", "reference/model.safetensors"]

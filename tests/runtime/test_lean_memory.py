@@ -8,7 +8,13 @@ import re
 
 import numpy as np
 import pytest
-from external_zoo import external_folder, external_model  # noqa: F401 (pytest fixtures)
+from external_zoo import (  # noqa: F401 (pytest fixtures)
+    WAN_GRAPHS,
+    WAN_PART_GRAPHS,
+    WAN_WHOLE_GRAPHS,
+    external_folder,
+    external_model,
+)
 
 from vae_deploy.errors import ConfigError
 from vae_deploy.runtime import load_runner
@@ -113,11 +119,13 @@ def test_export_prints_each_graph_and_parity_case_with_seconds(external_model): 
     seconds after it, and one per parity case with the reference's and the backend's seconds. (The console
     wraps long lines: the output is read with its whitespace collapsed.)"""
     text = " ".join(external_model("wan2.1").export.stdout.split())
-    no_other_step = r"(?:(?!exporting|storing|checking).)*?"
-    for graph in ("encoder", "decoder", "encoder_first", "decoder_first"):
+    no_other_step = r"(?:(?!exporting|joining|storing|checking).)*?"
+    for graph in WAN_PART_GRAPHS:
         assert re.search(rf"exporting {graph} \({no_other_step} done in \d+\.\d s", text), graph
+    for graph in WAN_WHOLE_GRAPHS:  # joined from its parts, not traced again
+        assert re.search(rf"joining {graph} from {no_other_step} done in \d+\.\d s", text), graph
     checking = text[text.index("checking parity: ort-cpu vs torch"):]
     cases = re.findall(r"parity (\w+) (real|random|stream) \(batch \d+\): torch \d+\.\d s, ort-cpu \d+\.\d s",
                        checking)
-    assert {graph for graph, _ in cases} == {"encoder", "decoder", "encoder_first", "decoder_first"}, cases
+    assert {graph for graph, _ in cases} == WAN_GRAPHS, cases
     assert re.search(r"ort-cpu \d+\.\d s done in \d+\.\d s", checking)  # the check's own total, last

@@ -476,7 +476,8 @@ def _write_folder(source: ModelSource, specs: dict[str, GraphSpec], work: Path, 
     model, config = source.module, source.config
     # Graphs made of parts are joined after their parts are traced (and before any conversion, so that
     # the join is of fp32 graphs like every other export step's input)
-    for name in sorted(specs, key=lambda n: bool(specs[n].parts)):
+    order = list(specs) if source.graphs is not None else sorted(specs, key=lambda n: bool(specs[n].parts))
+    for name in order:
         spec = specs[name]
         path = work / spec.file
         if source.graphs is not None:  # the fp32 graph of a model folder, self-contained, its exporter kept

@@ -255,7 +255,8 @@ def _split_specs(model: Any, whole: dict[str, GraphSpec], latent_count: str) -> 
     if "encoder_first" in whole:
         enc_first, dec_first = whole["encoder_first"], whole["decoder_first"]
         enc_presents, dec_presents = enc_first.outputs[len(names):], dec_first.outputs[1:]
-        one_features = replace(enc_features, shape=(batch, 1, point.encoder_channels, height // s, width // s))
+        one_features = replace(enc_features,
+                               shape=(batch, 1, point.encoder_channels, height // s, width // s))
         parts["encoder_pixels_first"] = first(
             enc_first, "encoder_pixels_first", enc_first.inputs, [one_features] + enc_presents[:ke],
             "encode_pixels_first", example_dims=enc_first.example_dims, dim_multiples=enc_first.dim_multiples)
@@ -270,8 +271,8 @@ def _split_specs(model: Any, whole: dict[str, GraphSpec], latent_count: str) -> 
         parts["decoder_latents_first"] = first(dec_first, "decoder_latents_first", dec_first.inputs,
                                                [dec_one] + dec_presents[:kd], "decode_latents_first", **rules)
         parts["decoder_pixels_first"] = first(dec_first, "decoder_pixels_first", [dec_one],
-                                              dec_first.outputs[:1] + dec_presents[kd:], "decode_pixels_first",
-                                              **rules)
+                                              dec_first.outputs[:1] + dec_presents[kd:],
+                                              "decode_pixels_first", **rules)
     return parts
 
 

@@ -236,7 +236,10 @@ def reference_cases(reference: Runner, real_inputs: np.ndarray | None = None,
         latents = real.outputs[encoder.outputs[0].name].astype(decoder.inputs[0].dtype)
         yield real_case("decoder", "real", [latents])
     firsts = [reference.graph(g.first_graph) for g in (encoder, decoder) if g.first_graph]
-    for graph in (encoder, decoder, *firsts):
+    # the parts of graphs split for tiling (what a tiled stream runs), in the manifest's order
+    split = reference.manifest.part_graphs
+    parts = [spec for name, spec in reference.manifest.graphs.items() if name in split]
+    for graph in (encoder, decoder, *firsts, *parts):
         cap = graph.max_parity_batch or max(batch_sizes)
         for batch in sorted({min(b, cap) for b in batch_sizes}):
             yield case(graph.name, "random", random_inputs(graph, batch, rng))

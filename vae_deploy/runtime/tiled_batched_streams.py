@@ -58,7 +58,6 @@ from vae_deploy.runtime.tiled_stream import (
     tile_windows,
 )
 
-
 # Tiles of a graph in parts (Wan's, split at latent resolution) run through TiledStream only, one stream at
 # a time: the parts' shared calls across streams are not built.
 SPLIT_NOT_BATCHED = ("this model tiles through graphs split at latent resolution, which several streams at "
