@@ -131,6 +131,8 @@ def test_the_planner_refuses_what_cannot_tile_in_one_line(tiny_video_model):
             parse_budget(text)
     assert parse_budget("4GB") == 4 * 10**9 and parse_budget("1.5GiB") == 3 * 2**29
     assert parse_tile("AUTO") == "auto" and parse_tile(" off ") == OFF and parse_tile("128") == 128
+    off = TilePlanner(manifest, TileRequest(OFF))  # a planner asked for no tiles: none, and no refusal
+    assert not off.active and off.plan("encoder", 1080, 1920) is None
 
 
 def test_auto_tiles_only_what_does_not_fit_and_stays_exact(frames, tiny_video_model):

@@ -157,7 +157,7 @@ class TilePlanner:
             members = [records[name]] + ([records[spec.first_graph]] if spec.first_graph in records else [])
             unit = 1 if str(spec.inputs[0].shape[-1]) == "width" else factor
             self.groups[name] = _group(members, unit)
-        if request.tile != AUTO:
+        if request.tile not in (AUTO, OFF):
             self._check_size(request.tile)
 
     @property
