@@ -236,8 +236,8 @@ def markdown(meta: dict, rows: list[dict]) -> str:
              "| graph | size | case | seconds | peak RSS MB | tiles | vs untiled (same side): max abs "
              "| PSNR dB |",
              "|---|---|---|---:|---:|---:|---:|---:|"]
-    notes = ["", "PSNR 200.0 stands for identical outputs (max abs 0). Seconds: the encode/decode calls only, "
-             "loading apart. Peak RSS: ru_maxrss of the case's process."]
+    notes = ["", "PSNR 200.0 stands for identical outputs (max abs 0). Seconds: the encode/decode calls "
+             "only, loading apart. Peak RSS: ru_maxrss of the case's process."]
     for row in rows:
         for case, r in row["results"].items():
             if "failed" in r:
