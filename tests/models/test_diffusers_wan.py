@@ -346,3 +346,35 @@ def test_chunks_of_a_length_diffusers_never_walks_are_refused(loaded):
         model.encode_first(video[:, :5])
     with torch.no_grad(), pytest.raises(InputShapeError, match=r"decode_first takes 1 latent frame"):
         model.decode_first(z[:, :2])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_parts_split_at_latent_resolution_are_the_whole_steps(loaded, name):
+    """The LatentSplit parts (what tiles exactly) compute, run one after the other, what the whole first and
+    steady steps compute, bit for bit, state included: export joins their graphs into the whole ones."""
+    vae, _ = loaded[name]
+    point = vae.split_point
+    assert point is not None and 0 < point.encoder_pixel_states < len(vae.encoder_state_shapes(1, 32, 32))
+    torch.manual_seed(1)
+    video = torch.rand(1, 9, 3, 64, 96)
+    with torch.no_grad():
+        first = vae.encode_first(video[:, :1])
+        step = vae.encode_step(video[:, 1:], *first[2:])
+        pixels = vae.encode_pixels_first(video[:, :1])
+        latents = vae.encode_latents_first(pixels[0])
+        assert all(torch.equal(a, b) for a, b in zip(first, (*latents[:2], *pixels[1:], *latents[2:]),
+                                                     strict=True))
+        pixels = vae.encode_pixels_step(video[:, 1:], *pixels[1:])
+        latents = vae.encode_latents_step(pixels[0], *latents[2:])
+        assert all(torch.equal(a, b) for a, b in zip(step, (*latents[:2], *pixels[1:], *latents[2:]),
+                                                     strict=True))
+        z = torch.cat([first[0], step[0]], dim=1)
+        whole = vae.decode_first(z[:, :1])
+        whole_step = vae.decode_step(z[:, 1:], *whole[1:])
+        head = vae.decode_latents_first(z[:, :1])
+        tail = vae.decode_pixels_first(head[0])
+        assert all(torch.equal(a, b) for a, b in zip(whole, (tail[0], *head[1:], *tail[1:]), strict=True))
+        head = vae.decode_latents_step(z[:, 1:], *head[1:])
+        tail = vae.decode_pixels_step(head[0], *tail[1:])
+        assert all(torch.equal(a, b) for a, b in zip(whole_step, (tail[0], *head[1:], *tail[1:]),
+                                                     strict=True))

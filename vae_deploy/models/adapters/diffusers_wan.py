@@ -156,59 +156,51 @@ class WanVAE(nn.Module):
 
     def encode_pixels_first(self, video: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Frame 0 alone -> (features (N, 1, C, h, w), *present of the pixel part)."""
-        n, _, _, h, w = video.shape
-        part = self._encoder_pixel_state
-        cache = part.empty()
-        x = self._encoder_pixels(self._model_input(video), cache)
-        return (_ntchw(x), *part.present(cache, part.zeros(video, n, h, w)))
+        return self._part(self._encoder_pixel_state, video, None,
+                          lambda cache: (_ntchw(self._encoder_pixels(self._model_input(video), cache)),))
 
     def encode_pixels_step(self, video: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        part = self._encoder_pixel_state
-        cache = part.cache(past)
-        x = self._encoder_pixels(self._model_input(video), cache)
-        return (_ntchw(x), *part.present(cache, list(past)))
+        return self._part(self._encoder_pixel_state, video, past,
+                          lambda cache: (_ntchw(self._encoder_pixels(self._model_input(video), cache)),))
 
     def encode_latents_first(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The first latent frame's features -> (mean, logvar, *present of the latent part)."""
-        n, _, _, h, w = features.shape
-        part = self._encoder_latent_state
-        cache = part.empty()
-        x = self._encoder_latents(_ncthw(features), cache)
-        return (*self._latents(x), *part.present(cache, part.zeros(features, n, h, w)))
+        return self._part(self._encoder_latent_state, features, None,
+                          lambda cache: self._latents(self._encoder_latents(_ncthw(features), cache)))
 
     def encode_latents_step(self, features: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        part = self._encoder_latent_state
-        cache = part.cache(past)
-        x = self._encoder_latents(_ncthw(features), cache)
-        return (*self._latents(x), *part.present(cache, list(past)))
+        return self._part(self._encoder_latent_state, features, past,
+                          lambda cache: self._latents(self._encoder_latents(_ncthw(features), cache)))
 
     def decode_latents_first(self, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The first latent frame -> (features (N, 1, C, h, w), *present of the latent part)."""
-        n, _, _, h, w = z.shape
-        part = self._decoder_latent_state
-        cache = part.empty()
-        x = self._decoder_latents(self.vae.post_quant_conv(_ncthw(z)), cache)
-        return (_ntchw(x), *part.present(cache, part.zeros(z, n, h, w)))
+        return self._part(self._decoder_latent_state, z, None, lambda cache: (_ntchw(
+            self._decoder_latents(self.vae.post_quant_conv(_ncthw(z)), cache)),))
 
     def decode_latents_step(self, z: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        part = self._decoder_latent_state
-        cache = part.cache(past)
-        x = self._decoder_latents(self.vae.post_quant_conv(_ncthw(z)), cache)
-        return (_ntchw(x), *part.present(cache, list(past)))
+        return self._part(self._decoder_latent_state, z, past, lambda cache: (_ntchw(
+            self._decoder_latents(self.vae.post_quant_conv(_ncthw(z)), cache)),))
 
     def decode_pixels_first(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The first latent frame's features -> (video (N, 1, C, H, W), *present of the pixel part)."""
-        n, _, _, h, w = features.shape
-        part = self._decoder_pixel_state
-        cache = part.empty()
-        x = self._decoder_pixels(_ncthw(features), cache, first_chunk=True)
-        return (self._video(x), *part.present(cache, part.zeros(features, n, h, w)))
+        return self._part(self._decoder_pixel_state, features, None, lambda cache: (self._video(
+            self._decoder_pixels(_ncthw(features), cache, first_chunk=True)),))
 
     def decode_pixels_step(self, features: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        part = self._decoder_pixel_state
-        cache = part.cache(past)
-        x = self._decoder_pixels(_ncthw(features), cache, first_chunk=False)
-        return (self._video(x), *part.present(cache, list(past)))
+        return self._part(self._decoder_pixel_state, features, past, lambda cache: (self._video(
+            self._decoder_pixels(_ncthw(features), cache, first_chunk=False)),))
+
+    def _part(self, state: CacheState, x: torch.Tensor, past: tuple[torch.Tensor, ...] | None,
+              compute) -> tuple[torch.Tensor, ...]:
+        """`compute(cache)`'s outputs and the part's present: on the cache list of `past`, or of nothing
+        (None: a first chunk, whose present starts from zeros at the size of `x`)."""
+        if past is None:
+            n, _, _, h, w = x.shape
+            cache, start = state.empty(), state.zeros(x, n, h, w)
+        else:
+            cache, start = state.cache(past), list(past)
+        outputs = compute(cache)
+        return (*outputs, *state.present(cache, start))
 
     # diffusers' WanEncoder3d.forward and WanDecoder3d.forward, cut at the mid block's edge; each part
     # starts at its first cache slot, as the whole forward reaches it
