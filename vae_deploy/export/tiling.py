@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from vae_deploy.export.specs import is_part, part_runs_whole
+from vae_deploy.export.specs import graph_specs, is_part, part_runs_whole
 from vae_deploy.runtime.spec import GraphSpec, random_inputs
 from vae_deploy.runtime.tiling import BLEND, EXACT, NONE
 
@@ -61,6 +61,10 @@ def tiling_records(kind: str, model: Any, specs: dict[str, GraphSpec], folder: P
     if not all(spec.inputs[0].layout == "NTCHW" for spec in specs.values()):
         return {}
     log("measuring each graph's receptive field for spatial tiling")
+    # A model that offers a copy at its narrowest widths is measured on it (the same fields, a fraction of
+    # the memory: a Wan 2.1-width decoder's gradients at the sizes measured exceed 20 GB)
+    narrow = model.narrow() if callable(getattr(model, "narrow", None)) else None
+    field_model, field_specs = (model, specs) if narrow is None else (narrow, graph_specs(kind, None, narrow))
     records = {}
     for name in sorted(specs, key=lambda n: bool(specs[n].parts)):
         spec = specs[name]
@@ -70,7 +74,7 @@ def tiling_records(kind: str, model: Any, specs: dict[str, GraphSpec], folder: P
             records[name] = {"mode": NONE, "why": "runs on whole latent frames (the latent-resolution part "
                                                   "of a graph split for tiling)"}
         else:
-            records[name] = graph_record(kind, model, spec, family_rule=not is_part(name))
+            records[name] = graph_record(kind, field_model, field_specs[name], family_rule=not is_part(name))
         memory = None if records[name]["mode"] == NONE else bytes_per_position(folder / spec.file, spec)
         if memory is not None:
             records[name]["bytes_per_position"] = memory

@@ -249,6 +249,12 @@ class AdaptedVAE(VideoVAE):
         self.output_clamped, self.latent_normalization = t.output_clamped, t.latent_normalization
         self.split_point = t.split
 
+    def narrow(self) -> AdaptedVAE | None:
+        """The wrapped module's copy at its narrowest widths (its `narrow()`: the same receptive fields, a
+        fraction of the memory to measure them in), wrapped the same way; None for a module without one."""
+        narrow = getattr(self.inner, "narrow", None)
+        return AdaptedVAE(self.config, narrow(), self.kind) if callable(narrow) else None
+
     def __getattr__(self, name: str):
         # A LatentSplit module's parts are traced by name (export/specs.py): they are the module's own.
         if name in SPLIT_METHODS and self.split_point is not None:

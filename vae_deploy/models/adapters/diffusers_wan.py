@@ -21,6 +21,8 @@ tensors of the part that runs first are the first ones, because the cache fills 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -28,6 +30,7 @@ from vae_deploy.errors import ConfigError, InputShapeError
 from vae_deploy.models.adapters.causal_cache import CacheState, filled
 from vae_deploy.models.adapters.contract import SplitPoint
 
+NARROW_WIDTH = 8  # base widths of the copy receptive fields are measured on (`narrow`)
 FIRST_FRAMES = 1  # diffusers encodes frame 0 alone and decodes the first latent frame to 1 frame
 STEP_FRAMES = 4  # frames per encoder call after the first in diffusers' own encode (`iter_`)
 
@@ -148,6 +151,18 @@ class WanVAE(nn.Module):
         x = self.vae.post_quant_conv(z.permute(0, 2, 1, 3, 4))
         out = self.vae.decoder(x, feat_cache=cache, feat_idx=[0])
         return (self._video(out), *self.dec_state.present(cache, list(past)))
+
+    # ---- a copy for measuring receptive fields (export/tiling.py)
+    def narrow(self) -> WanVAE:
+        """The same geometry (kernels, strides, blocks, patches, latent channels) at the narrowest widths,
+        with seeded random weights: a receptive field does not depend on channel counts, and the gradients
+        that measure it on Wan 2.1's own widths take more than 20 GB at the sizes measured."""
+        widths = {"base_dim": NARROW_WIDTH}
+        if self.vae.config.get("decoder_base_dim"):
+            widths["decoder_base_dim"] = NARROW_WIDTH
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return wrap(type(self.vae).from_config(self.vae.config, **widths))
 
     # ---- the parts split at latent resolution (LatentSplit), for exact spatial tiles
     def encoder_latent_state_shapes(self, batch, latent_h, latent_w) -> list[tuple]:
@@ -323,6 +338,49 @@ def _cached_conv(conv: nn.Module, x: torch.Tensor, cache: list, feat_idx: list[i
     return x
 
 
+# Query blocks Wan's attention runs in (attend_in_blocks): a fixed count, so that the exported graph, whose
+# sizes are symbolic, holds one block's score matrix at a time, 1/ATTENTION_BLOCKS of the whole: a 1080p
+# Wan latent frame has 32,400 positions, whose whole fp32 score matrix is 4.2 GB, one block 262 MB.
+ATTENTION_BLOCKS = 16
+
+
+def _attend_in_blocks(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """diffusers' WanAttentionBlock.forward (diffusers 0.42.1, autoencoder_kl_wan.py lines 410-435) with the
+    attention computed for ATTENTION_BLOCKS blocks of queries one after the other. Exact: each query's
+    softmax is over all the keys either way, so only the float rounding of the products may differ."""
+    identity = x
+    batch_size, channels, time, height, width = x.size()
+    x = x.permute(0, 2, 1, 3, 4).reshape(batch_size * time, channels, height, width)
+    x = block.norm(x)
+    qkv = block.to_qkv(x)
+    qkv = qkv.reshape(batch_size * time, 1, channels * 3, -1)
+    qkv = qkv.permute(0, 1, 3, 2).contiguous()
+    q, k, v = qkv.chunk(3, dim=-1)
+    x = torch.cat([nn.functional.scaled_dot_product_attention(queries, k, v)
+                   for queries in q.tensor_split(ATTENTION_BLOCKS, dim=2)], dim=2)
+    x = x.squeeze(1).permute(0, 2, 1).reshape(batch_size * time, channels, height, width)
+    x = block.proj(x)
+    x = x.view(batch_size, time, channels, height, width)
+    x = x.permute(0, 2, 1, 3, 4)
+    return x + identity
+
+
+def _attention_in_blocks(vae: nn.Module) -> None:
+    """Make every WanAttentionBlock of `vae` attend in blocks of queries (_attend_in_blocks), where it
+    gives what the block's own forward gives on a small random input (the copy above follows one diffusers
+    version: a block that another version changed keeps its own forward)."""
+    wan = _diffusers_wan()
+    for module in vae.modules():
+        if isinstance(module, wan.WanAttentionBlock):
+            param = next(module.parameters())
+            generator = torch.Generator(device="cpu").manual_seed(0)
+            x = torch.randn(1, module.dim, 2, 3, 5, generator=generator).to(param)
+            with torch.no_grad():
+                same = torch.allclose(module(x), _attend_in_blocks(module, x), rtol=1e-4, atol=1e-5)
+            if same:
+                module.forward = functools.partial(_attend_in_blocks, module)
+
+
 def _nearest_for_export(vae: nn.Module) -> None:
     """Switch Wan's 2x spatial upsampling from 'nearest-exact' to 'nearest'.
 
@@ -342,6 +400,7 @@ def _nearest_for_export(vae: nn.Module) -> None:
 def wrap(model: nn.Module) -> nn.Module:
     """An AutoencoderKLWan -> a module keeping the causal video VAE contract (it holds `model` as `vae`)."""
     _nearest_for_export(model)
+    _attention_in_blocks(model)
     return WanVAE(model.eval())
 
 
