@@ -19,6 +19,8 @@ from diffusers.models.autoencoders.autoencoder_kl_wan import WanAttentionBlock, 
 from torch import nn
 
 from vae_deploy.errors import ConfigError, InputShapeError
+from vae_deploy.export.specs import graph_specs
+from vae_deploy.export.tiling import measured_halo
 from vae_deploy.models.adapters import AdaptedVAE, AdapterConfig, load_diffusers_folder
 from vae_deploy.models.adapters.diffusers_wan import wrap
 from vae_deploy.models.registry import build_model
@@ -396,3 +398,16 @@ def test_the_parts_split_at_latent_resolution_are_the_whole_steps(loaded, name):
         tail = vae.decode_pixels_step(head[0], *tail[1:])
         assert all(torch.equal(a, b) for a, b in zip(whole_step, (tail[0], *head[1:], *tail[1:]),
                                                      strict=True))
+
+
+def test_the_narrow_copy_has_the_receptive_fields_of_the_model(loaded):
+    """Export measures the halos on `narrow()` (Wan 2.1's own widths need more than 20 GB to measure them
+    on): the copy's fields are the model's. Wan 2.2's tiny decoder is 12 wide, its copy 8."""
+    model, _ = loaded["wan2.2"]
+    narrow = model.narrow()
+    assert narrow.inner.vae.config.decoder_base_dim < model.inner.vae.config.decoder_base_dim
+    specs = graph_specs(model.kind, None, model)
+    narrow_specs = graph_specs(model.kind, None, narrow)
+    for name in ("encoder_pixels", "decoder_pixels"):
+        halo = measured_halo(model, specs[name], 24)
+        assert halo and halo == measured_halo(narrow, narrow_specs[name], 24), name
