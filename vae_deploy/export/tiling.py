@@ -84,7 +84,8 @@ def tiling_records(kind: str, model: Any, specs: dict[str, GraphSpec], folder: P
 
 def split_record(spec: GraphSpec, records: dict[str, dict]) -> dict:
     """The record of a graph made of parts: exact with its tiled part's halo and alignment (the other parts
-    run whole), listed in `parts` as [graph, tiles] in the order they run; as its tiled part otherwise."""
+    run whole), listed in `parts` as [graph, tiles] in the order they run; `none`, with the tiled part's
+    reason, when that part does not tile exactly (a model with attention at pixel resolution too)."""
     tiled = [part for part in spec.parts if not part_runs_whole(part)]
     if len(tiled) != 1 or records[tiled[0]]["mode"] != EXACT:
         why = records[tiled[0]].get("why", "") if len(tiled) == 1 else "no single part to tile"
