@@ -10,8 +10,10 @@ weights from a fixed seed, `save_pretrained`, exported with vae-deploy's own `ex
 frames of the packaged clip resized to each size (the first chunk and one steady step: 1 + 4 frames, 2
 latent frames); decode takes the latents vae-deploy's untiled encode gave.
 
-Every case runs in its own fresh process under an address-space limit (RLIMIT_AS, --limit-gb): a case that
-does not fit is reported as "did not fit", it never takes the machine down. Both sides use --threads
+Every case runs in its own fresh process under a memory limit (--limit-gb): a cgroup v1 memory limit on its
+resident memory where the machine has the controller (the kernel kills a case that exceeds it), else an
+address-space limit (RLIMIT_AS, which also counts memory reserved but never touched). A case that does not
+fit is reported as "did not fit", it never takes the machine down. Both sides use --threads
 threads. vae-deploy streams: the first chunk (1 frame / 1 latent frame), then one step of 4 frames / 1
 latent frame, as `vae-deploy run` does; diffusers is given the whole 5-frame clip (it walks it the same way
 internally). Tiled vae-deploy uses `TiledStream` with `--tile` (exact: Wan's graphs split at latent
@@ -113,8 +115,24 @@ def theirs(task: dict) -> dict:
     return {"seconds": seconds, "peak_rss_mb": peak}
 
 
+CGROUP = Path("/sys/fs/cgroup/memory")  # cgroup v1's memory controller, where the machine has one
+
+
+def memory_cgroup(name: str, limit_gb: float) -> Path | None:
+    """A memory cgroup of `limit_gb` for one case (resident memory, what the kernel's OOM killer enforces),
+    or None where there is none to make (then the worker limits its address space instead)."""
+    path = CGROUP / name
+    try:
+        path.mkdir(exist_ok=True)
+        (path / "memory.limit_in_bytes").write_text(str(int(limit_gb * 2**30)))
+        (path / "memory.max_usage_in_bytes").write_text("0")
+    except OSError:
+        return None
+    return path
+
+
 def worker(task: dict) -> dict:
-    if task.get("limit_gb"):
+    if task.get("limit_gb") and not task.get("cgroup"):
         limit = int(task["limit_gb"] * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))  # a case that does not fit fails alone
     if task["kind"] == "export":
@@ -125,8 +143,21 @@ def worker(task: dict) -> dict:
 # ---------------------------------------------------------------- the orchestrating process
 def run(task: dict) -> dict:
     started = time.time()
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(task)], capture_output=True,
-                          text=True, cwd=REPO)
+    group = memory_cgroup(f"tiled_frame_sizes_{os.getpid()}", task["limit_gb"]) if task.get("limit_gb") \
+        else None
+    task = {**task, "cgroup": str(group) if group else ""}
+
+    def join_group() -> None:  # in the child, before it starts: it and all it allocates count
+        if group is not None:
+            (group / "cgroup.procs").write_text(str(os.getpid()))
+
+    try:
+        proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(task)], capture_output=True,
+                              text=True, cwd=REPO, preexec_fn=join_group)
+        peak = int((group / "memory.max_usage_in_bytes").read_text()) / 2**20 if group else None
+    finally:
+        if group is not None:
+            group.rmdir()  # the case's own group, empty once its process ended
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
         signs = ("MemoryError", "bad_alloc", "Failed to allocate", "Cannot allocate memory")
@@ -135,6 +166,8 @@ def run(task: dict) -> dict:
                 "wall_s": time.time() - started}
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["wall_s"] = time.time() - started
+    if peak is not None:
+        result["cgroup_peak_mb"] = peak  # resident memory and page cache the case's group held at most
     return result
 
 
@@ -179,7 +212,9 @@ def main() -> None:
     tile = 80 if args.quick else args.tile
     out = Path(args.out) if args.out else (work / "tiled_frame_sizes" if args.quick else
                                            RESULTS / "tiled_frame_sizes")
-    meta = {"command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "cpus": os.cpu_count(),
+    limit_kind = "cgroup v1 memory.limit_in_bytes" if CGROUP.is_dir() else "RLIMIT_AS"
+    meta = {"limit_kind": limit_kind,
+            "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "cpus": os.cpu_count(),
             "platform": platform.platform(), "load_before": os.getloadavg()[0], "threads": args.threads,
             "tile": tile, "limit_gb": args.limit_gb, "frames": FRAMES}
     folder, model = work / "diffusers", work / "model"
@@ -231,8 +266,9 @@ def markdown(meta: dict, rows: list[dict]) -> str:
              f"Command: `{meta['command']}`. {meta['cpus']} CPUs, {meta['platform']}; load average "
              f"{meta['load_before']:.1f} before, {meta['load_after']:.1f} after. {meta['threads']} threads "
              f"on both sides. Tile {meta['tile']} px on both sides. {meta['frames']} frames (first chunk + "
-             f"one steady step). Each case its own process under a {meta['limit_gb']} GB address-space "
-             f"limit.", "", f"Export: {json.dumps(meta['export'])[:600]}", "",
+             f"one steady step). Each case its own process under a {meta['limit_gb']} GB memory limit "
+             f"({meta.get('limit_kind', 'address space')}).", "",
+             f"Export: {json.dumps(meta['export'])[:600]}", "",
              "| graph | size | case | seconds | peak RSS MB | tiles | vs untiled (same side): max abs "
              "| PSNR dB |",
              "|---|---|---|---:|---:|---:|---:|---:|"]
