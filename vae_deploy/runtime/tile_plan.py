@@ -289,17 +289,9 @@ def _group(records: list[TileRecord], unit: int) -> _Group:
 
 
 def _exact_spans(size: int, tile: int, halo: int) -> tuple[Span, ...]:
-    """Cores of `tile` from 0 (the last maybe shorter), each read in a window of the same length, tile + 2
-    halo (or the whole axis): the halo around the core, the window moved inward where it would cross the
-    frame's edge (the edge is the frame's own there, so the core is still exact). One window shape for
-    every tile lets a backend keep one memory plan for all of them, where clipped edge tiles would each
-    add a shape of their own (ONNX Runtime's arena keeps what each shape needed)."""
-    window = min(size, tile + 2 * halo)
-    spans = []
-    for lo in range(0, size, tile):
-        start = min(max(0, lo - halo), size - window)
-        spans.append(Span(start, start + window, lo, min(size, lo + tile)))
-    return tuple(spans)
+    """Cores of `tile` from 0 (the last maybe shorter), each read with `halo` around it, clipped."""
+    return tuple(Span(max(0, lo - halo), min(size, lo + tile + halo), lo, min(size, lo + tile))
+                 for lo in range(0, size, tile))
 
 
 def _blend_spans(size: int, tile: int, group: _Group) -> tuple[Span, ...]:
