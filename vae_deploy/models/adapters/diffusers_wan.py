@@ -21,8 +21,6 @@ tensors of the part that runs first are the first ones, because the cache fills 
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import nn
 
@@ -338,49 +336,6 @@ def _cached_conv(conv: nn.Module, x: torch.Tensor, cache: list, feat_idx: list[i
     return x
 
 
-# Query blocks Wan's attention runs in (attend_in_blocks): a fixed count, so that the exported graph, whose
-# sizes are symbolic, holds one block's score matrix at a time, 1/ATTENTION_BLOCKS of the whole: a 1080p
-# Wan latent frame has 32,400 positions, whose whole fp32 score matrix is 4.2 GB, one block 262 MB.
-ATTENTION_BLOCKS = 16
-
-
-def _attend_in_blocks(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """diffusers' WanAttentionBlock.forward (diffusers 0.42.1, autoencoder_kl_wan.py lines 410-435) with the
-    attention computed for ATTENTION_BLOCKS blocks of queries one after the other. Exact: each query's
-    softmax is over all the keys either way, so only the float rounding of the products may differ."""
-    identity = x
-    batch_size, channels, time, height, width = x.size()
-    x = x.permute(0, 2, 1, 3, 4).reshape(batch_size * time, channels, height, width)
-    x = block.norm(x)
-    qkv = block.to_qkv(x)
-    qkv = qkv.reshape(batch_size * time, 1, channels * 3, -1)
-    qkv = qkv.permute(0, 1, 3, 2).contiguous()
-    q, k, v = qkv.chunk(3, dim=-1)
-    x = torch.cat([nn.functional.scaled_dot_product_attention(queries, k, v)
-                   for queries in q.tensor_split(ATTENTION_BLOCKS, dim=2)], dim=2)
-    x = x.squeeze(1).permute(0, 2, 1).reshape(batch_size * time, channels, height, width)
-    x = block.proj(x)
-    x = x.view(batch_size, time, channels, height, width)
-    x = x.permute(0, 2, 1, 3, 4)
-    return x + identity
-
-
-def _attention_in_blocks(vae: nn.Module) -> None:
-    """Make every WanAttentionBlock of `vae` attend in blocks of queries (_attend_in_blocks), where it
-    gives what the block's own forward gives on a small random input (the copy above follows one diffusers
-    version: a block that another version changed keeps its own forward)."""
-    wan = _diffusers_wan()
-    for module in vae.modules():
-        if isinstance(module, wan.WanAttentionBlock):
-            param = next(module.parameters())
-            generator = torch.Generator(device="cpu").manual_seed(0)
-            x = torch.randn(1, module.dim, 2, 3, 5, generator=generator).to(param)
-            with torch.no_grad():
-                same = torch.allclose(module(x), _attend_in_blocks(module, x), rtol=1e-4, atol=1e-5)
-            if same:
-                module.forward = functools.partial(_attend_in_blocks, module)
-
-
 def _nearest_for_export(vae: nn.Module) -> None:
     """Switch Wan's 2x spatial upsampling from 'nearest-exact' to 'nearest'.
 
@@ -400,7 +355,6 @@ def _nearest_for_export(vae: nn.Module) -> None:
 def wrap(model: nn.Module) -> nn.Module:
     """An AutoencoderKLWan -> a module keeping the causal video VAE contract (it holds `model` as `vae`)."""
     _nearest_for_export(model)
-    _attention_in_blocks(model)
     return WanVAE(model.eval())
 
 
